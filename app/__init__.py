@@ -1,0 +1,1 @@
+"""The top of the stack: the `nearfield` command and the Qt viewer over recorded drives."""

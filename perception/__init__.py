@@ -1,0 +1,1 @@
+"""Perception: torch-free preprocessing shared with the embedded runtime, and the torch fusion network."""

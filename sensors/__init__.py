@@ -1,0 +1,1 @@
+"""Sensors layer: rig and calibration models, message types, logs, drivers, synchronisation (no torch)."""

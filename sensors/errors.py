@@ -1,0 +1,27 @@
+"""Typed errors for bad input. Messages name the file, field or timestamp and say what to do."""
+
+from __future__ import annotations
+
+
+class NearfieldError(Exception):
+    """Base of every error nearfield raises for bad input; the CLI prints it as one line."""
+
+
+class CalibrationError(NearfieldError):
+    """A camera calibration is missing a field, has an impossible value or is not invertible."""
+
+
+class RigError(NearfieldError):
+    """A rig file is malformed or inconsistent."""
+
+
+class LogFormatError(NearfieldError):
+    """A log is unreadable, truncated or carries messages that do not decode."""
+
+
+class SensorError(NearfieldError):
+    """A live or replayed sensor source cannot be opened or delivers unusable data."""
+
+
+class ConfigError(NearfieldError):
+    """A configuration or command-line value is invalid."""

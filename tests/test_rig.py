@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from sensors.bev import BevGrid
+from sensors.errors import RigError
+from sensors.rig import CAMERA_NAMES, load_rig, rig_from_toml
+
+
+def test_default_rig_contents(rig):
+    assert tuple(rig.cameras) == CAMERA_NAMES
+    assert len(rig.uss) == 12
+    front = [s for s in rig.uss if s.bumper == "front"]
+    assert len(front) == 6
+    assert rig.uss_neighbours(0) == (1,)
+    assert rig.uss_neighbours(2) == (1, 3)
+    assert rig.uss_neighbours(5) == (4,)  # the front-right corner has no neighbour in the rear bumper
+    for s in rig.uss:
+        assert s.range_min == 0.15 and s.range_max == 5.5
+        # Every sensor sits on the body outline and looks away from the car.
+        assert rig.vehicle.distance_to_body(np.array(s.position[:2])) < 0.2
+        cx, _ = rig.vehicle.centre
+        out = np.array(s.position[:2]) - [cx, 0]
+        assert np.dot(out, s.axis[:2]) > 0
+
+
+def test_rig_round_trips_through_self_contained_toml(rig):
+    again = rig_from_toml(rig.to_toml(), "inline")
+    assert again.vehicle == rig.vehicle
+    assert again.uss == rig.uss
+    pts = np.array([[5.0, 1.0, 0.0], [2.0, 4.0, 0.3]])
+    for n in CAMERA_NAMES:
+        assert np.allclose(again.cameras[n].project(pts)[0], rig.cameras[n].project(pts)[0])
+
+
+def _default_text():
+    from sensors.rig import DEFAULT_RIG_PATH
+
+    return DEFAULT_RIG_PATH.read_text(), DEFAULT_RIG_PATH.parent
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("[cameras.RV]\ncalibration", "[cameras.XX]\ncalibration", "missing RV"),
+        ("wheelbase = 2.70", "wheelbase = -1", "vehicle.wheelbase"),
+        ('calibration = "default/FV.json"', 'calibration = "nope.json"', "camera FV"),
+        ("range_max = 5.5", "range_max = 0.1", "range_min"),
+        ('name = "FOL"', 'name = "FSL"', "unique"),
+        ("position = [3.55, 0.60, 0.50]", "position = [3.55, 0.60]", "position"),
+        ("[vehicle]", "[vehicle", "not valid TOML"),
+    ],
+)
+def test_bad_rig_files(tmp_path, old, new, message):
+    text, base = _default_text()
+    assert old in text
+    p = tmp_path / "rig.toml"
+    p.write_text(text.replace(old, new, 1))
+    (tmp_path / "default").symlink_to(base / "default")
+    with pytest.raises(RigError, match=message):
+        load_rig(p)
+
+
+def test_missing_rig_file(tmp_path):
+    with pytest.raises(RigError, match="cannot read"):
+        load_rig(tmp_path / "none.toml")
+
+
+def test_bev_grid_conventions(rig):
+    g = BevGrid.around(rig.vehicle)
+    assert g.shape == (160, 160)
+    c = g.cell_centres()
+    # Row 0 is the front-most row, column 0 the left-most (+y) column.
+    assert c[0, 0, 0] > c[1, 0, 0] and c[0, 0, 1] > c[0, 1, 1]
+    assert c[0, 0].tolist() == pytest.approx([rig.vehicle.centre[0] + 7.95, 7.95])
+    rc = g.to_cell(c.reshape(-1, 2))
+    assert np.allclose(rc - 0.5, np.stack(np.meshgrid(np.arange(160), np.arange(160), indexing="ij"), -1).reshape(-1, 2))
+    small = g.resampled(0.2)
+    assert small.shape == (80, 80) and small.x_max == pytest.approx(g.x_max)
