@@ -11,7 +11,9 @@ import sys
 from sensors.errors import NearfieldError
 
 # Modules with `register(commands, bench)`; imported in this order, each optional until its package exists.
-COMMAND_MODULES = ("sim_data.cli", "sensors.cli", "perception.cli", "deploy.cli", "app.commands")
+COMMAND_MODULES = (
+    "sim_data.cli", "sensors.cli", "sensors.drivers.cli", "perception.cli", "deploy.cli", "app.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,6 +73,7 @@ def test_bev_grid_conventions(rig):
     assert c[0, 0, 0] > c[1, 0, 0] and c[0, 0, 1] > c[0, 1, 1]
     assert c[0, 0].tolist() == pytest.approx([rig.vehicle.centre[0] + 7.95, 7.95])
     rc = g.to_cell(c.reshape(-1, 2))
-    assert np.allclose(rc - 0.5, np.stack(np.meshgrid(np.arange(160), np.arange(160), indexing="ij"), -1).reshape(-1, 2))
+    ij = np.stack(np.meshgrid(np.arange(160), np.arange(160), indexing="ij"), -1).reshape(-1, 2)
+    assert np.allclose(rc - 0.5, ij)
     small = g.resampled(0.2)
     assert small.shape == (80, 80) and small.x_max == pytest.approx(g.x_max)
