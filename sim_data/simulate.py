@@ -1,0 +1,234 @@
+"""Simulated drives written as MCAP logs: scene → per frame camera images, ultrasonic cycle, ground truth.
+
+A drive is a pure function of (rig, preset entry, seed): the same arguments give the same log content.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty
+
+import numpy as np
+
+from sensors.bev import BevGrid
+from sensors.errors import ConfigError
+from sensors.messages import CONDITIONS, CameraImage
+from sensors.rig import Rig, load_rig
+from sensors.timing import StageTimer, maybe_stage
+
+log = logging.getLogger(__name__)
+
+FRAME_PERIOD_NS = 100_000_000  # 10 Hz
+START_NS = 1_000_000_000
+USS_OFFSET_NS = 12_000_000  # the ultrasonic cycle completes a little after the camera exposure
+CAMERA_JITTER_NS = 2_000_000  # free-running cameras are not exactly simultaneous
+DEFAULT_SCALE = 0.5  # images at half the native 1280 x 966 (640 x 483): see README "Simulated data"
+JPEG_QUALITY = 88
+
+
+@dataclass(frozen=True)
+class DriveSpec:
+    """One drive to simulate."""
+
+    name: str
+    seed: int
+    frames: int
+    conditions: tuple[str, ...] | None = None  # None: the realistic training mix
+    scene_kinds: tuple[str, ...] | None = None
+    motions: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    drives: int
+    frames: int
+    seed: int
+    # Per-drive condition cycle (None: sampled mix). The test split forces each condition in turn so that every
+    # condition is measured.
+    condition_cycle: tuple[tuple[str, ...], ...] | None = None
+
+
+# Seeds of the splits are disjoint ranges: the test split never shares a seed with training.
+PRESETS: dict[str, Preset] = {
+    "demo": Preset(drives=1, frames=60, seed=7),
+    "train": Preset(drives=20, frames=100, seed=100_000),
+    "val": Preset(drives=4, frames=100, seed=200_000),
+    "test": Preset(drives=8, frames=100, seed=300_000,
+                   condition_cycle=tuple((c,) for c in CONDITIONS)),
+}
+
+
+def plan_drives(preset: str, frames: int | None = None, seed: int | None = None, drives: int | None = None,
+                conditions: Sequence[str] | None = None) -> list[DriveSpec]:
+    """The drives a `nearfield simulate` invocation writes."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    for c in conditions or ():
+        if c not in CONDITIONS:
+            raise ConfigError(f"unknown condition {c!r}; choose from {', '.join(CONDITIONS)}")
+    n = drives if drives is not None else p.drives
+    if n < 1:
+        raise ConfigError("--drives must be at least 1")
+    nf = frames if frames is not None else p.frames
+    if nf < 1:
+        raise ConfigError("--frames must be at least 1")
+    base = seed if seed is not None else p.seed
+    out = []
+    for i in range(n):
+        if conditions:
+            cond = tuple(conditions)
+        elif p.condition_cycle:
+            cond = p.condition_cycle[i % len(p.condition_cycle)]
+        else:
+            cond = None
+        out.append(DriveSpec(f"{preset}-{i:03d}", base + i, nf, cond))
+    return out
+
+
+def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float = DEFAULT_SCALE,
+                   progress: Callable[[int], None] | None = None, timer: StageTimer | None = None) -> Path:
+    """Write one drive to OUT_DIR/NAME.mcap and return its path. `timer` collects per-stage times."""
+    from sensors.log import LogWriter
+
+    from sensors.imaging import encode_jpeg
+    from sim_data.conditions import sample_condition
+    from sim_data.groundtruth import rasterize_truth
+    from sim_data.render import FisheyeRenderer
+    from sim_data.scenes import sample_drive
+    from sim_data.ultrasonic import UltrasonicSimulator
+
+    rng = np.random.default_rng(spec.seed)
+    duration = spec.frames * FRAME_PERIOD_NS / 1e9
+    with maybe_stage(timer, "scene"):
+        scene = sample_drive(rng, rig, duration, kinds=spec.scene_kinds, motions=spec.motions)
+        condition = sample_condition(rng, rig, scene, spec.conditions)
+    render_rig = rig.scaled(scale) if not math.isclose(scale, 1.0) else rig
+    with maybe_stage(timer, "renderer setup"):
+        renderer = FisheyeRenderer(render_rig.cameras, rig.vehicle, scene)
+    uss = UltrasonicSimulator(rig, scene.kind)
+    grid = BevGrid.around(rig.vehicle)
+    labels = condition.labels()
+
+    path = Path(out_dir) / f"{spec.name}.mcap"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".mcap.part")
+    metadata = {"generator": "nearfield simulate", "drive": spec.name, "seed": str(spec.seed),
+                "scene": scene.kind, "frames": str(spec.frames), "scale": f"{scale:g}",
+                "conditions": ",".join(labels)}
+    frozen: dict[str, bytes] = {}
+    with LogWriter(tmp, render_rig, metadata=metadata) as writer:
+        for k in range(spec.frames):
+            t = k * FRAME_PERIOD_NS / 1e9
+            stamp = START_NS + k * FRAME_PERIOD_NS
+            ego = scene.ego.pose(t)
+            objects = scene.objects_at(t)
+            with maybe_stage(timer, "render"):
+                images = renderer.render(t, ego, condition, rng)
+            jitter = rng.integers(-CAMERA_JITTER_NS, CAMERA_JITTER_NS + 1, size=len(images))
+            for (cam, img), dt in zip(images.items(), jitter, strict=True):
+                failure = condition.failed_cameras.get(cam)
+                with maybe_stage(timer, "jpeg"):
+                    if failure == "black":
+                        jpeg = encode_jpeg(np.zeros_like(img.rgb), JPEG_QUALITY)
+                    elif failure == "frozen" and cam in frozen:
+                        jpeg = frozen[cam]  # the last good image repeats, only the timestamp moves on
+                    else:
+                        jpeg = encode_jpeg(img.rgb, JPEG_QUALITY)
+                        if failure == "frozen":
+                            frozen[cam] = jpeg
+                with maybe_stage(timer, "write"):
+                    writer.write_camera(CameraImage(cam, stamp + int(dt), jpeg=jpeg))
+            with maybe_stage(timer, "ultrasonic"):
+                cycle = uss.cycle(objects, ego, condition, stamp + USS_OFFSET_NS, k, rng)
+            with maybe_stage(timer, "ground truth"):
+                truth = rasterize_truth(objects, ego, rig.vehicle, grid, stamp)
+            with maybe_stage(timer, "write"):
+                writer.write_uss(cycle)
+                writer.write_truth(truth, grid)
+                writer.write_condition(stamp, labels, scene.kind)
+            if progress:
+                progress(1)
+    os.replace(tmp, path)
+    return path
+
+
+def _drive_worker(args) -> str:
+    spec, out_dir, rig_path, scale, queue = args
+    rig = load_rig(rig_path)
+    return str(simulate_drive(spec, out_dir, rig, scale, progress=(lambda n: queue.put(n)) if queue else None))
+
+
+def simulate(out_dir: str | Path, preset: str = "demo", frames: int | None = None, seed: int | None = None,
+             conditions: Sequence[str] | None = None, rig_path: str | Path | None = None, drives: int | None = None,
+             scale: float = DEFAULT_SCALE, workers: int | None = None, show_progress: bool = True) -> list[Path]:
+    """Simulate the drives of a preset into OUT_DIR, one MCAP file each, drives in parallel processes."""
+    from tqdm import tqdm
+
+    if not (0.1 <= scale <= 1.0):
+        raise ConfigError(f"--scale must be in 0.1..1.0, got {scale}")
+    rig = load_rig(rig_path)  # validate before starting workers
+    specs = plan_drives(preset, frames, seed, drives, conditions)
+    total = sum(s.frames for s in specs)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
+    bar = tqdm(total=total, unit="frame", desc=f"simulate {preset}", disable=not show_progress)
+    try:
+        if workers == 1:
+            paths = [simulate_drive(s, out_dir, rig, scale, progress=bar.update) for s in specs]
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            with ctx.Manager() as manager:
+                queue = manager.Queue()
+                with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                    futures = [pool.submit(_drive_worker, (s, str(out_dir), rig_path, scale, queue)) for s in specs]
+                    while True:
+                        finished = all(f.done() for f in futures)
+                        try:
+                            while True:
+                                bar.update(queue.get(timeout=0.2))
+                        except Empty:
+                            pass
+                        if finished:
+                            break
+                    paths = [Path(f.result()) for f in futures]  # re-raises a worker's error
+    finally:
+        bar.close()
+    return paths
+
+
+def bench_sim(frames: int = 20, scale: float = DEFAULT_SCALE, workers: int | None = None) -> dict[str, object]:
+    """Measure simulation speed: per-stage times of one drive in this process, then the throughput of
+    `workers` drives in parallel processes (the way `nearfield simulate` makes a training set)."""
+    import tempfile
+    import time
+
+    rig = load_rig()
+    workers = workers or os.cpu_count() or 1
+    timer = StageTimer()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = DriveSpec("bench-single", PRESETS["train"].seed, frames)
+        t0 = time.perf_counter()
+        simulate_drive(spec, tmp, rig, scale, timer=timer)
+        single = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        simulate(tmp, "train", frames=frames, drives=workers, scale=scale, workers=workers, show_progress=False)
+        parallel = time.perf_counter() - t0
+    cam = rig.scaled(scale).cameras["FV"]
+    fps_parallel = workers * frames / parallel
+    return {
+        "resolution": f"{cam.width}x{cam.height}",
+        "frames": frames,
+        "stage_ms": {k: v * 1e3 / frames for k, v in timer.total.items()},
+        "fps_single_process": frames / single,
+        "workers": workers,
+        "fps_parallel": fps_parallel,
+        "minutes_for_2000_frames": 2000 / fps_parallel / 60,
+    }
