@@ -21,6 +21,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--workers", type=int, help="parallel processes (default: one per core)")
     p.set_defaults(func=_simulate)
 
+    c = commands.add_parser("contact-sheet", help="PNG of a frame of each log: four cameras and BEV ground truth")
+    c.add_argument("logs", nargs="+", help="MCAP logs, one row each")
+    c.add_argument("--out", required=True, help="output PNG")
+    c.add_argument("--frame", type=int, default=0, help="frame index in each log")
+    c.set_defaults(func=_contact_sheet)
+
     b = bench.add_parser("sim", help="simulation frames per second at the default resolution")
     b.add_argument("--frames", type=int, default=20)
     b.add_argument("--workers", type=int)
@@ -34,6 +40,13 @@ def _simulate(args) -> int:
                      args.scale or DEFAULT_SCALE, args.workers)
     for p in paths:
         print(p)
+    return 0
+
+
+def _contact_sheet(args) -> int:
+    from sim_data.contact_sheet import contact_sheet
+
+    print(contact_sheet(args.logs, args.out, args.frame))
     return 0
 
 
