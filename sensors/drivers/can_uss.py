@@ -9,7 +9,9 @@ frame from a real echo; problems are counted in `UssCanDecoder.stats`, never rai
 from __future__ import annotations
 
 import logging
+import struct
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +34,8 @@ CAN_LOG_SUFFIXES = (".log", ".asc", ".blf")
 STAT_KEYS = ("frames", "cycles", "unknown_id", "bad_frames", "bad_checksum", "counter_jumps", "incomplete_cycles",
              "orphan_echoes", "bad_values")
 # What python-can's readers raise on a damaged record: parse errors of their own making, not ours.
-_READ_ERRORS = (ValueError, IndexError, TypeError, KeyError, OSError, EOFError, BLFParseError, can.CanError)
+_READ_ERRORS = (ValueError, IndexError, TypeError, KeyError, OSError, EOFError, struct.error, zlib.error, BLFParseError,
+                can.CanError)
 _LOUD_PROBLEMS = 20  # problems logged as warnings before the decoder drops to debug level (a bad bus floods logs)
 
 
@@ -387,7 +390,10 @@ def read_can_log(path: str | Path, db=None, decoder: UssCanDecoder | None = None
     if not path.is_file():
         raise LogFormatError(f"{path}: no such CAN log file")
     decoder = decoder if decoder is not None else UssCanDecoder(db)
-    reader, position = _open_reader(path, suffix)
+    try:
+        reader, position = _open_reader(path, suffix)
+    except _READ_ERRORS as e:
+        raise LogFormatError(f"{path}: not a readable {suffix} CAN log ({type(e).__name__}: {e})") from None
     try:
         records = iter(reader)
         while True:
@@ -410,9 +416,22 @@ def read_can_log(path: str | Path, db=None, decoder: UssCanDecoder | None = None
             yield from decoder.feed(msg)
     finally:
         reader.stop()
+    _check_blf_size(reader, path, errors)
     if decoder.in_cycle:
         decoder.finish(f"{path}: end of file")
     log.info("%s: %s", path, ", ".join(f"{k} {v}" for k, v in decoder.stats.items() if v))
+
+
+def _check_blf_size(reader, path: Path, errors: str) -> None:
+    """python-can stops quietly inside a cut BLF container; the size in the file header tells."""
+    declared = getattr(reader, "file_size", 0)
+    actual = path.stat().st_size
+    if not declared or actual >= declared:
+        return
+    text = f"{path}: byte {actual}: file ends before the {declared} bytes its header declares (truncated)"
+    if errors == "raise":
+        raise LogFormatError(f"{text}; the cycles before the cut were read; pass errors='skip' to accept them")
+    log.warning("%s", text)
 
 
 def write_can_log(cycles: Iterable[UssCycle], path: str | Path, db=None, channel: str = "can0") -> int:
