@@ -7,6 +7,7 @@ import itertools
 import re
 import threading
 import uuid
+from typing import ClassVar
 
 import can
 import numpy as np
@@ -389,3 +390,64 @@ def test_virtual_bus_restamps_with_given_clock_and_times_out():
 def test_bus_open_failure_is_a_sensor_error():
     with pytest.raises(SensorError, match="cannot open"):
         CanUssSource("nonexistent0", interface="no-such-interface")
+
+
+# --- conversion from a nearfield log -------------------------------------------------------------------------
+
+
+class _FakeLogReader:
+    """Stands in for sensors.log.LogReader (the MCAP layer) so the conversion is tested on its own."""
+
+    records: ClassVar[list] = []
+
+    def __init__(self, path):
+        self.path = path
+
+    def messages(self, topics=None):
+        return (r for r in self.records if topics is None or r.topic in topics)
+
+
+def test_log_to_can_converts_only_uss_topic_and_writes_whole_files(tmp_path, monkeypatch):
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    from sensors.drivers.can_uss import USS_TOPIC, log_to_can
+
+    @dataclass
+    class Record:
+        topic: str
+        stamp_ns: int
+        value: object
+
+    cycles = stream(4)
+    fake = types.ModuleType("sensors.log")
+    fake.LogReader = _FakeLogReader
+    _FakeLogReader.records = [Record("/camera/FV/image", c.stamp_ns, None) for c in cycles] + \
+        [Record(USS_TOPIC, c.stamp_ns, c) for c in cycles]
+    monkeypatch.setitem(sys.modules, "sensors.log", fake)
+    src = tmp_path / "drive.mcap"
+    src.write_bytes(b"")
+    out = tmp_path / "drive.log"
+    assert log_to_can(src, out) == (4, sum(c.num_echoes + 2 for c in cycles))
+    for g, c in zip(read_can_log(out), cycles, strict=True):
+        assert_same(g, c)
+    # A cycle that cannot be encoded aborts the conversion and leaves no half-written output behind.
+    bad = make_cycle(9, T0, n=2)
+    bad.distance[0] = np.nan
+    _FakeLogReader.records = [Record(USS_TOPIC, c.stamp_ns, c) for c in [*cycles, bad]]
+    out2 = tmp_path / "bad.log"
+    with pytest.raises(SensorError, match="cycle 9"):
+        log_to_can(src, out2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.log", "drive.mcap"]
+    with pytest.raises(LogFormatError, match="no such log"):
+        log_to_can(tmp_path / "missing.mcap", out2)
+
+
+def test_cli_bench_and_missing_input(capsys, tmp_path):
+    from app.cli import main
+
+    assert main(["convert", "to-can", str(tmp_path / "none.mcap"), str(tmp_path / "o.log")]) == 2
+    assert "no such log file" in capsys.readouterr().err
+    assert main(["bench", "can", "--cycles", "20", "--echoes", "4"]) == 0
+    assert "decode_frames_per_s" in capsys.readouterr().out

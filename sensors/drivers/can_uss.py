@@ -455,6 +455,54 @@ def write_can_log(cycles: Iterable[UssCycle], path: str | Path, db=None, channel
     return count
 
 
+USS_TOPIC = "/uss/echoes"
+
+
+def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str = "can0") -> tuple[int, int]:
+    """Write the ultrasonic cycles of a nearfield log (MCAP) as a CAN log (.log candump, .asc, .blf) encoded with
+    the USS DBC, so standard CAN tools can read them; returns (cycles, frames). The output appears only whole."""
+    log_path, out_path = Path(log_path), Path(out_path)
+    if not log_path.is_file():
+        raise LogFormatError(f"{log_path}: no such log file")
+    from sensors.log import LogReader  # the MCAP layer is only needed for this conversion
+
+    counted = {"cycles": 0}
+
+    def cycles() -> Iterator[UssCycle]:
+        for record in LogReader(log_path).messages(topics=[USS_TOPIC]):
+            counted["cycles"] += 1
+            yield record.value
+
+    partial = out_path.with_name(f"{out_path.stem}.partial{out_path.suffix}")
+    try:
+        n_frames = write_can_log(cycles(), partial, db=db, channel=channel)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(out_path)
+    if not counted["cycles"]:
+        log.warning("%s: no %s messages; %s holds no frames", log_path, USS_TOPIC, out_path)
+    return counted["cycles"], n_frames
+
+
+def benchmark_codec(num_cycles: int = 300, echoes: int = 24, seed: int = 0) -> dict[str, float]:
+    """Encode and decode synthetic cycles; frames per second each way (one CPU core, cantools in Python)."""
+    rng = np.random.default_rng(seed)
+    cycles = [UssCycle(i * 50_000_000, i, rng.integers(0, 12, echoes), rng.integers(0, 12, echoes),
+                       rng.uniform(0.15, 5.5, echoes), rng.uniform(0, 1, echoes)) for i in range(num_cycles)]
+    encoder = UssCanEncoder()
+    t0 = time.perf_counter()
+    frames = [f for c in cycles for f in encoder.encode(c)]
+    t1 = time.perf_counter()
+    decoder = UssCanDecoder(encoder.db)
+    decoded = sum(len(decoder.feed(f)) for f in frames)
+    t2 = time.perf_counter()
+    if decoded != num_cycles:
+        raise SensorError(f"benchmark: decoded {decoded} of {num_cycles} cycles ({decoder.stats})")
+    return {"frames": len(frames), "encode_frames_per_s": len(frames) / (t1 - t0),
+            "decode_frames_per_s": len(frames) / (t2 - t1), "cycles_per_s_at_decode": num_cycles / (t2 - t1)}
+
+
 # --- live bus -----------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,49 @@
+"""`nearfield convert to-can`: a log's ultrasonic cycles as a CAN log that standard CAN tools read."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _subcommands(commands, name: str, help_text: str):
+    """The subparsers of command `name`, creating the command unless another module already did."""
+    parser = commands.choices.get(name)
+    if parser is None:
+        parser = commands.add_parser(name, help=help_text)
+    for action in parser._actions:  # argparse has no public accessor for an existing subparsers action
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest=f"{name}_command", metavar="TARGET", required=True)
+
+
+def register(commands, bench) -> None:
+    convert = _subcommands(commands, "convert", "convert logs to other formats")
+    p = convert.add_parser("to-can", help="write a log's ultrasonic cycles as a CAN log (candump .log, .asc or "
+                           ".blf) encoded with sensors/can/uss.dbc")
+    p.add_argument("log", help="nearfield log (.mcap)")
+    p.add_argument("out", help="CAN log to write; the suffix picks the format (.log candump, .asc, .blf)")
+    p.add_argument("--channel", default="can0", help="CAN channel name written in the log (default can0)")
+    p.add_argument("--dbc", help="another DBC with the same messages (default: the packaged uss.dbc)")
+    p.set_defaults(func=_to_can)
+    b = bench.add_parser("can", help="USS CAN codec throughput (encode and decode frames per second)")
+    b.add_argument("--cycles", type=int, default=300)
+    b.add_argument("--echoes", type=int, default=24, help="echoes per cycle")
+    b.set_defaults(func=_bench_can)
+
+
+def _to_can(args) -> int:
+    from sensors.drivers.can_uss import load_dbc, log_to_can
+
+    db = load_dbc(args.dbc) if args.dbc else None
+    cycles, frames = log_to_can(args.log, args.out, db=db, channel=args.channel)
+    print(f"{args.out}: {cycles} ultrasonic cycles in {frames} CAN frames")
+    return 0
+
+
+def _bench_can(args) -> int:
+    from sensors.drivers.can_uss import benchmark_codec
+
+    result = benchmark_codec(args.cycles, args.echoes)
+    for key, value in result.items():
+        print(f"{key:<24} {value:>12,.0f}")
+    return 0
