@@ -451,3 +451,13 @@ def test_cli_bench_and_missing_input(capsys, tmp_path):
     assert "no such log file" in capsys.readouterr().err
     assert main(["bench", "can", "--cycles", "20", "--echoes", "4"]) == 0
     assert "decode_frames_per_s" in capsys.readouterr().out
+
+
+def test_distance_limits_are_exact():
+    top = make_cycle(3, T0, n=2)
+    top.distance[:] = [0.0, 8.19]  # both ends of the DBC range encode
+    (got,) = decode_all(encode_cycle(top))
+    np.testing.assert_allclose(got.distance, [0.0, 8.19], atol=1e-6)
+    top.distance[1] = 8.1906  # rounds past the range: refused rather than clipped
+    with pytest.raises(SensorError, match=r"0\.\.8\.19 m"):
+        encode_cycle(top)

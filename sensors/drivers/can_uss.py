@@ -88,20 +88,25 @@ class _Layout:
     end: cantools.database.can.Message
     distance_scale: float
     distance_sna: int  # raw value meaning "signal not available"
-    distance_max: float
+    distance_max_raw: int
     amplitude_max_raw: int
     max_echoes: int
     status_signals: int
+
+    @property
+    def distance_max(self) -> float:
+        return self.distance_max_raw * self.distance_scale
 
     @classmethod
     def of(cls, db) -> _Layout:
         start, echo, end = (db.get_message_by_name(n) for n in (START, ECHO, END))
         dist, amp = echo.get_signal_by_name("Distance"), echo.get_signal_by_name("Amplitude")
         sna = (1 << dist.length) - 1
-        return cls(start, echo, end, float(dist.scale), sna, float(dist.maximum if dist.maximum is not None
-                                                                   else (sna - 1) * dist.scale),
-                   (1 << amp.length) - 1, (1 << start.get_signal_by_name("NumEchoes").length) - 1,
-                   sum(s.name.startswith("Status_") for s in start.signals))
+        max_raw = round(dist.maximum / dist.scale) if dist.maximum is not None else sna - 1
+        return cls(start=start, echo=echo, end=end, distance_scale=float(dist.scale), distance_sna=sna,
+                   distance_max_raw=min(max_raw, sna - 1), amplitude_max_raw=(1 << amp.length) - 1,
+                   max_echoes=(1 << start.get_signal_by_name("NumEchoes").length) - 1,
+                   status_signals=sum(s.name.startswith("Status_") for s in start.signals))
 
 
 class UssCanEncoder:
@@ -162,10 +167,10 @@ class UssCanEncoder:
                                   f"0..{self.num_sensors - 1}")
         d, a = cycle.distance.astype(np.float64), cycle.amplitude.astype(np.float64)
         dist_raw = np.rint(d / lay.distance_scale)
-        bad = np.flatnonzero(~np.isfinite(d) | (d < 0) | (dist_raw * lay.distance_scale > lay.distance_max))
+        bad = np.flatnonzero(~np.isfinite(d) | (d < 0) | (dist_raw > lay.distance_max_raw))
         if bad.size:
             raise SensorError(f"{where}: echo {bad[0]} has distance {d[bad[0]]} m; the DBC carries "
-                              f"0..{lay.distance_max} m (drop the echo or fix the source)")
+                              f"0..{lay.distance_max:g} m (drop the echo or fix the source)")
         bad = np.flatnonzero(~np.isfinite(a) | (a < 0) | (a > 1))
         if bad.size:
             raise SensorError(f"{where}: echo {bad[0]} has amplitude {a[bad[0]]}, expected 0..1")
@@ -295,7 +300,7 @@ class UssCanDecoder:
             self._problem("bad_values", f"{where}: echo {k} of cycle {o.cycle}: sender {sender} / receiver "
                           f"{receiver} is not a sensor id 0..{self.num_sensors - 1}; echo dropped")
             return
-        if dist_raw == self.layout.distance_sna or distance > self.layout.distance_max:
+        if dist_raw > self.layout.distance_max_raw:  # includes the SNA value
             self._problem("bad_values", f"{where}: echo {k} of cycle {o.cycle}: distance not available "
                           f"(raw {dist_raw}); echo dropped")
             return
