@@ -273,8 +273,8 @@ def grid_to_proto(values: np.ndarray, grid: BevGrid, stamp_ns: int, fields: tupl
     return msg
 
 
-def grid_from_proto(msg: Grid) -> tuple[np.ndarray, BevGrid]:
-    """foxglove.Grid written by grid_to_proto -> ((rows, cols) or (rows, cols, C) values, its BevGrid)."""
+def _grid_layout(msg: Grid) -> tuple[np.dtype, int, BevGrid]:
+    """Check a foxglove.Grid is in the layout grid_to_proto writes: (little-endian dtype, fields, BevGrid)."""
     types = {f.type for f in msg.fields}
     if len(types) != 1 or next(iter(types)) not in _DTYPES:
         raise LogFormatError("grid fields must share one numeric type")
@@ -297,8 +297,19 @@ def grid_from_proto(msg: Grid) -> tuple[np.ndarray, BevGrid]:
         raise LogFormatError("grid origin is not finite")
     # Rounded so that the decimal centres BevGrid uses (1.40 m) read back identical despite the corner sums.
     grid = BevGrid(rows, cols, cell, round(p.x - rows * cell / 2, 9), round(p.y - cols * cell / 2, 9))
+    return dtype, n_fields, grid
+
+
+def grid_of(msg: Grid) -> BevGrid:
+    """The BevGrid of a foxglove.Grid written by grid_to_proto."""
+    return _grid_layout(msg)[2]
+
+
+def grid_from_proto(msg: Grid) -> tuple[np.ndarray, BevGrid]:
+    """foxglove.Grid written by grid_to_proto -> ((rows, cols) or (rows, cols, C) values, its BevGrid)."""
+    dtype, n_fields, grid = _grid_layout(msg)
     values = np.frombuffer(msg.data, dtype).astype(dtype.newbyteorder("="))
-    values = values.reshape(rows, cols, n_fields)
+    values = values.reshape(grid.rows, grid.cols, n_fields)
     return (values[..., 0] if n_fields == 1 else values), grid
 
 

@@ -1,0 +1,907 @@
+"""The drive log: one MCAP file per drive, protobuf messages with their schemas and the rig as an attachment.
+
+LogWriter writes it; LogReader reads it back in time order through the summary indexes, or linearly when the
+file was cut off, and reports damage (where it starts, the last good timestamp) instead of failing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import logging
+import os
+import struct
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from foxglove_schemas_protobuf.Grid_pb2 import Grid
+from mcap.data_stream import ReadDataStream
+from mcap.opcode import Opcode
+from mcap.records import (
+    Attachment,
+    AttachmentIndex,
+    Channel,
+    ChunkIndex,
+    Message,
+    MessageIndex,
+    Metadata,
+    MetadataIndex,
+    Schema,
+    Statistics,
+)
+from mcap.well_known import MessageEncoding, SchemaEncoding
+from mcap.writer import LIBRARY_IDENTIFIER, CompressionType
+from mcap.writer import Writer as McapWriter
+from mcap_protobuf.schema import register_schema
+
+from sensors.bev import BevGrid
+from sensors.calibration import FisheyeCamera
+from sensors.errors import ConfigError, LogFormatError, RigError
+from sensors.messages import CameraImage, GroundTruth, UssCycle
+from sensors.rig import Rig, rig_from_toml
+from sensors.schemas import (
+    CONDITION_TOPIC,
+    GT_OBJECTS_TOPIC,
+    GT_OCCUPANCY_TOPIC,
+    USS_TOPIC,
+    ConditionRecord,
+    calibration_to_proto,
+    calibration_topic,
+    condition_to_proto,
+    grid_of,
+    image_to_proto,
+    image_topic,
+    objects_to_proto,
+    topic_spec,
+    truth_to_proto,
+    uss_to_proto,
+)
+
+__all__ = ["ConditionRecord", "LogDamage", "LogMessage", "LogReader", "LogSummary", "LogWriter", "TopicSummary"]
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"\x89MCAP0\r\n"
+RIG_ATTACHMENT = "rig.toml"
+METADATA_NAME = "nearfield"
+_HEAD = struct.Struct("<BQ")  # every record: opcode, length of what follows
+_FOOTER = struct.Struct("<BQQQI")  # opcode, length, summary_start, summary_offset_start, summary_crc
+_MESSAGE_HEAD = 22  # channel id, sequence, log time, publish time
+_MAX_SUMMARY = 1 << 30
+_MAX_U64 = (1 << 64) - 1
+
+
+def _nearfield_version() -> str:
+    try:
+        return version("nearfield")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+_MODULES = {"zstd": "zstandard", "lz4": "lz4"}
+
+
+def _installed(compression: str) -> bool:
+    try:
+        __import__(_MODULES[compression])
+        return True
+    except ImportError:
+        return False
+
+
+DEFAULT_COMPRESSION = next((c for c in ("zstd", "lz4") if _installed(c)), "none")
+_COMPRESSION = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE,
+                "": CompressionType.NONE}
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+def check_outgoing(topic: str, proto_message: Any, stamp_ns: int) -> None:
+    """Raise LogFormatError unless the message can go into a log: a protobuf message of the topic's schema with
+    a stamp in integer nanoseconds that MCAP can hold."""
+    if not isinstance(stamp_ns, (int, np.integer)) or not 0 <= int(stamp_ns) <= _MAX_U64:
+        raise LogFormatError(f"{topic}: timestamp {stamp_ns!r} must be integer nanoseconds in 0..2^64-1")
+    descriptor = getattr(proto_message, "DESCRIPTOR", None)
+    if descriptor is None or not hasattr(proto_message, "SerializeToString"):
+        raise LogFormatError(f"{topic} at {stamp_ns} ns: {type(proto_message).__name__} is not a protobuf message")
+    spec = topic_spec(topic)
+    if spec is not None and descriptor.full_name != spec.schema_name:
+        raise LogFormatError(f"{topic} at {stamp_ns} ns: the topic carries {spec.schema_name}, "
+                             f"not {descriptor.full_name}")
+
+
+class LogWrites:
+    """The typed write methods shared by LogWriter (writes) and Recorder (queues); both define write_message."""
+
+    def write_message(self, topic: str, proto_message: Any, stamp_ns: int) -> None:
+        raise NotImplementedError
+
+    def write_camera(self, image: CameraImage) -> None:
+        self.write_message(image_topic(image.camera), image_to_proto(image), image.stamp_ns)
+
+    def write_calibration(self, camera: FisheyeCamera, stamp_ns: int) -> None:
+        self.write_message(calibration_topic(camera.name), calibration_to_proto(camera, stamp_ns), stamp_ns)
+
+    def write_uss(self, cycle: UssCycle) -> None:
+        self.write_message(USS_TOPIC, uss_to_proto(cycle), cycle.stamp_ns)
+
+    def write_truth(self, truth: GroundTruth, grid: BevGrid) -> None:
+        """/gt/occupancy (the class map as a foxglove.Grid) and /gt/objects (the boxes as a SceneUpdate)."""
+        occupancy = truth_to_proto(truth, grid)
+        objects = objects_to_proto(truth.objects, truth.stamp_ns)
+        self.write_message(GT_OCCUPANCY_TOPIC, occupancy, truth.stamp_ns)
+        self.write_message(GT_OBJECTS_TOPIC, objects, truth.stamp_ns)
+
+    def write_condition(self, stamp_ns: int, labels: list[str], scene: str = "") -> None:
+        self.write_message(CONDITION_TOPIC, condition_to_proto(ConditionRecord(stamp_ns, list(labels), scene)),
+                           stamp_ns)
+
+
+class LogWriter(LogWrites):
+    """Writes one drive. Not thread-safe (sensors.recorder.Recorder is). The rig goes in as the attachment
+    rig.toml and every rig camera's calibration is written at the first message's stamp.
+
+    sync_chunks: flush and fsync the file each time a chunk is complete, so that a killed process leaves a log
+    readable up to its last chunk.
+    """
+
+    def __init__(self, path: str | Path, rig: Rig, metadata: dict[str, str] | None = None,
+                 chunk_size: int = 1 << 20, compression: str = DEFAULT_COMPRESSION, sync_chunks: bool = False):
+        if compression not in _COMPRESSION:
+            raise ConfigError(f"log compression {compression!r} is unknown; use zstd, lz4 or none")
+        if compression in _MODULES and not _installed(compression):
+            raise ConfigError(f"log compression {compression!r} needs the {_MODULES[compression]} package, which is "
+                              f"not installed; use {DEFAULT_COMPRESSION}")
+        self.path = Path(path)
+        self.rig = rig
+        self._sync = sync_chunks
+        try:
+            self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as e:
+            raise LogFormatError(f"{self.path}: cannot create the log ({e.strerror})") from None
+        self._mcap = McapWriter(self._file, chunk_size=chunk_size, compression=_COMPRESSION[compression])
+        self._mcap.start(library=f"nearfield/{_nearfield_version()} {LIBRARY_IDENTIFIER}")
+        self._mcap.add_attachment(create_time=time.time_ns(), log_time=0, name=RIG_ATTACHMENT,
+                                  media_type="application/toml", data=rig.to_toml().encode())
+        meta = {"nearfield_version": _nearfield_version(), "rig": rig.name,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+        self._mcap.add_metadata(METADATA_NAME, meta)
+        self._schemas: dict[str, int] = {}
+        self._channels: dict[str, tuple[int, str]] = {}
+        self._sequence: dict[int, int] = defaultdict(int)
+        self._started = False
+        self._closed = False
+        self.messages_written = 0
+        self._on_disk = -1
+        self._to_disk()  # the rig is on disk before the first message
+
+    def __enter__(self) -> LogWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def write_message(self, topic: str, proto_message: Any, stamp_ns: int) -> None:
+        """Write any protobuf message (later topics register their decoder in sensors.schemas.TOPICS)."""
+        check_outgoing(topic, proto_message, stamp_ns)
+        if self._closed:
+            raise LogFormatError(f"{self.path}: the log is closed; cannot write {topic} at {stamp_ns} ns")
+        if not self._started:
+            self._started = True
+            for name, camera in self.rig.cameras.items():
+                if calibration_topic(name) != topic:  # an explicit first calibration replaces the rig's
+                    self._add(calibration_topic(name), calibration_to_proto(camera, stamp_ns), int(stamp_ns))
+        self._add(topic, proto_message, int(stamp_ns))
+
+    def _add(self, topic: str, proto_message: Any, stamp_ns: int) -> None:
+        name = proto_message.DESCRIPTOR.full_name
+        channel = self._channels.get(topic)
+        if channel is None:
+            if name not in self._schemas:
+                self._schemas[name] = register_schema(self._mcap, type(proto_message))
+            channel = self._channels[topic] = (
+                self._mcap.register_channel(topic, MessageEncoding.Protobuf, self._schemas[name]), name)
+        elif channel[1] != name:
+            raise LogFormatError(f"{self.path}: topic {topic} carries {channel[1]}; cannot write a {name}")
+        cid = channel[0]
+        self._mcap.add_message(cid, log_time=stamp_ns, data=proto_message.SerializeToString(),
+                               publish_time=stamp_ns, sequence=self._sequence[cid] & 0xFFFFFFFF)
+        self._sequence[cid] += 1
+        self.messages_written += 1
+        if self._sync and self._file.tell() != self._on_disk:  # the mcap writer just completed a chunk
+            self._to_disk()
+
+    def flush(self) -> None:
+        """Close the chunk in progress and put it on disk (a live recorder does this at least every second)."""
+        if not self._closed:
+            self._mcap.flush()
+            self._to_disk()
+
+    def _to_disk(self) -> None:
+        self._file.flush()
+        if self._sync:
+            os.fsync(self._file.fileno())
+        self._on_disk = self._file.tell()
+
+    def close(self) -> None:
+        """Write the summary (indexes, statistics) and the footer. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._mcap.finish()
+            self._to_disk()
+        finally:
+            self._file.close()
+
+
+# --- reading: results ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LogMessage:
+    """One message in nearfield types: CameraImage (JPEG, rgb None), FisheyeCamera, UssCycle, GroundTruth,
+    list[ObjectBox], ConditionRecord; the raw protobuf message on other topics. `grid`: the BevGrid of grid
+    topics (/gt/occupancy)."""
+
+    topic: str
+    stamp_ns: int
+    value: Any
+    grid: BevGrid | None = None
+
+
+@dataclass(frozen=True)
+class LogDamage:
+    """Where a log stops being readable, or a message that does not decode."""
+
+    file: str
+    offset: int  # byte offset where the damage starts
+    reason: str
+    kind: str = "corrupt"  # "truncated" (cut off), "corrupt" (bytes that do not parse), "undecodable" (one message)
+    chunk: int | None = None  # number of the chunk in file order
+    last_good_ns: int | None = None  # the latest message stamp read before the damage (file order)
+    topic: str | None = None
+    stamp_ns: int | None = None
+
+    def __str__(self) -> str:
+        where = [f"byte {self.offset}"]
+        if self.chunk is not None:
+            where.append(f"chunk {self.chunk}")
+        if self.topic:
+            where.append(f"topic {self.topic}")
+        if self.stamp_ns is not None:
+            where.append(f"at {self.stamp_ns} ns")
+        text = f"{self.file}: {self.reason} ({', '.join(where)})"
+        if self.last_good_ns is not None:
+            text += f"; last good message at {self.last_good_ns} ns"
+        elif self.kind != "undecodable":
+            text += "; no message before it"
+        return text
+
+
+@dataclass
+class TopicSummary:
+    topic: str
+    schema: str
+    count: int
+    first_ns: int | None
+    last_ns: int | None
+
+    @property
+    def rate_hz(self) -> float:
+        if self.count < 2 or self.first_ns is None or self.last_ns is None or self.last_ns <= self.first_ns:
+            return 0.0
+        return (self.count - 1) / ((self.last_ns - self.first_ns) / 1e9)
+
+
+@dataclass
+class LogSummary:
+    """What `nearfield info` prints: topics, time span, conditions with frame counts, rig, metadata, damage."""
+
+    path: str
+    rig_name: str | None
+    metadata: dict[str, str]
+    topics: dict[str, TopicSummary]
+    start_ns: int | None
+    end_ns: int | None
+    conditions: dict[str, int]  # label -> frames it covers
+    frames: int  # frames counted for `conditions` (images of the busiest camera)
+    indexed: bool  # read through the summary indexes (False: read linearly)
+    damage: list[LogDamage] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return 0.0 if self.start_ns is None else (self.end_ns - self.start_ns) / 1e9
+
+    @property
+    def message_count(self) -> int:
+        return sum(t.count for t in self.topics.values())
+
+    @property
+    def truncated(self) -> bool:
+        return any(d.kind == "truncated" for d in self.damage)
+
+    def format(self) -> str:
+        lines = [f"log        {self.path}", f"rig        {self.rig_name or '(none)'}"]
+        if self.start_ns is None:
+            lines.append("messages   none readable")
+        else:
+            start = f"{self.start_ns / 1e9:.9f} s"
+            if self.start_ns > 946684800 * 10**9:  # looks like Unix time: show the date as well
+                start += datetime.fromtimestamp(self.start_ns / 1e9, timezone.utc).strftime(" (%Y-%m-%d %H:%M:%S UTC)")
+            how = "indexed" if self.indexed else "read linearly: no usable summary section"
+            lines += [f"start      {start}", f"duration   {self.duration_s:.3f} s",
+                      f"messages   {self.message_count} in {len(self.topics)} topics ({how})", ""]
+            width = max(len(t) for t in self.topics)
+            lines.append(f"{'topic':<{width}}  {'count':>7}  {'rate':>9}  schema")
+            for t in sorted(self.topics.values(), key=lambda t: t.topic):
+                lines.append(f"{t.topic:<{width}}  {t.count:>7}  {t.rate_hz:>6.1f} Hz  {t.schema}")
+        lines.append("")
+        if self.conditions:
+            lines.append(f"conditions (frames of {self.frames})")
+            lines += [f"  {label:<24} {n}" for label, n in sorted(self.conditions.items())]
+        else:
+            lines.append("conditions none recorded")
+        if self.metadata:
+            lines += ["", "metadata"] + [f"  {k}: {v}" for k, v in sorted(self.metadata.items())]
+        if self.damage:
+            lines.append("")
+            state = "TRUNCATED" if self.truncated else "DAMAGED"
+            lines.append(f"{state}: everything listed above is readable; the file is damaged at:")
+            lines += [f"  {d}" for d in self.damage[:20]]
+            if len(self.damage) > 20:
+                lines.append(f"  ... and {len(self.damage) - 20} more")
+        return "\n".join(lines)
+
+
+# --- reading: bytes -----------------------------------------------------------------------------------------------
+
+class _CorruptError(Exception):
+    """Bytes on disk that do not parse; becomes a LogDamage with the location."""
+
+
+def _stream(body: bytes) -> ReadDataStream:
+    return ReadDataStream(io.BytesIO(body))
+
+
+def _records(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(offset, opcode, body) of the records packed in `data` (a chunk's content or the summary section)."""
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < _HEAD.size:
+            raise _CorruptError(f"a record header is cut off {end - pos} bytes before the end")
+        opcode, length = _HEAD.unpack_from(data, pos)
+        if length > end - pos - _HEAD.size:
+            raise _CorruptError(f"a record claims {length} bytes, only {end - pos - _HEAD.size} remain")
+        yield pos, opcode, data[pos + _HEAD.size: pos + _HEAD.size + length]
+        pos += _HEAD.size + length
+
+
+def _message(body: bytes) -> Message:
+    if len(body) < _MESSAGE_HEAD:
+        raise _CorruptError(f"a message record of {len(body)} bytes is shorter than its header")
+    return Message.read(_stream(body), len(body))
+
+
+def _decompress(compression: str, data: bytes, size: int) -> bytes:
+    # The sizes come from the file: bound them before any buffer is allocated for them (lz4 compresses at most
+    # ~255:1; zstd checks its own frame size against the bound).
+    limit = {"": len(data), "lz4": max(1 << 16, 256 * len(data))}.get(compression, 1 << 31)
+    if size > limit:
+        raise _CorruptError(f"uncompressed size {size} is impossible for {len(data)} {compression or 'raw'} bytes")
+    if compression == "":
+        return data
+    if compression == "lz4":
+        import lz4.frame
+
+        decompressor = lz4.frame.LZ4FrameDecompressor()
+        out = decompressor.decompress(data, max_length=size)
+        if not decompressor.eof:
+            raise _CorruptError("lz4 data does not end where the chunk says")
+        return out
+    if compression == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise _CorruptError("chunk is zstd-compressed and the zstandard package is not installed") from None
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    raise _CorruptError(f"unknown chunk compression {compression!r}")
+
+
+def _chunk_records(body: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, body) records inside a chunk record, decompressed and checked against the chunk's CRC."""
+    s = _stream(body)
+    s.read8(), s.read8()  # message start and end times: recomputed from the messages, not trusted
+    size, crc = s.read8(), s.read4()
+    compression = s.read_prefixed_string()
+    length = s.read8()
+    if length != len(body) - s.count:
+        raise _CorruptError(f"chunk data length {length} disagrees with the record length")
+    data = _decompress(compression, body[s.count:], size)
+    if len(data) != size:
+        raise _CorruptError(f"chunk decompresses to {len(data)} bytes, its header says {size}")
+    if crc and zlib.crc32(data) != crc:
+        raise _CorruptError("chunk fails its CRC check (flipped bytes)")
+    return [(opcode, rec) for _, opcode, rec in _records(data)]
+
+
+@dataclass
+class _Chunk:
+    """A chunk (or a message record outside chunks) as the reader indexes it."""
+
+    offset: int
+    length: int  # the whole record, header included
+    start_ns: int
+    end_ns: int
+    number: int  # position in file order
+    loose: bool = False  # a single message record outside any chunk
+    channels: frozenset[int] | None = None  # channels with messages here; None: unknown
+    index_offsets: dict[int, int] = field(default_factory=dict)  # channel -> MessageIndex record (summary)
+    times: dict[int, np.ndarray] | None = None  # channel -> log times (linear scan)
+    last_good_ns: int | None = None  # latest stamp in the file before this record
+
+
+def _opcode_name(opcode: int) -> str:
+    try:
+        return Opcode(opcode).name.lower()
+    except ValueError:
+        return f"opcode 0x{opcode:02x}"
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+
+class LogReader:
+    """Reads a drive log without loading it into memory. Not thread-safe.
+
+    Damage (a cut-off file, corrupt chunks, messages that do not decode) is logged as a warning and collected
+    in `damages` (`damage`: the first) while every readable message is still delivered; with strict=True the
+    first damage raises LogFormatError instead. A file that is not MCAP at all raises LogFormatError.
+    """
+
+    def __init__(self, path: str | Path, strict: bool = False):
+        self.path = Path(path)
+        self.strict = strict
+        self.damage: LogDamage | None = None
+        self.damages: list[LogDamage] = []
+        self.metadata: dict[str, str] = {}
+        self.indexed = False
+        self._seen: set[tuple] = set()
+        self._quiet_topics: dict[str, int] = defaultdict(int)
+        self._schemas: dict[int, Schema] = {}
+        self._channels: dict[int, Channel] = {}
+        self._chunks: list[_Chunk] = []
+        self._decoders: dict[int, Any] = {}
+        self._rig_toml: bytes | None = None
+        self._rig: Rig | None = None
+        try:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        except OSError as e:
+            raise LogFormatError(f"{self.path}: cannot open the log ({e.strerror})") from None
+        try:
+            self._size = os.fstat(self._file.fileno()).st_size
+            self._open()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    # --- public queries ---------------------------------------------------------------------------------------
+
+    @property
+    def rig(self) -> Rig:
+        """The rig from the rig.toml attachment, cameras replaced by each camera's first calibration message."""
+        if self._rig is None:
+            if self._rig_toml is None:
+                raise LogFormatError(f"{self.path}: the log carries no {RIG_ATTACHMENT} attachment (not written by "
+                                     "nearfield, or the start of the file is damaged)")
+            source = f"{self.path} [{RIG_ATTACHMENT}]"
+            try:
+                rig = rig_from_toml(self._rig_toml.decode(), source)
+            except (RigError, UnicodeDecodeError) as e:
+                raise LogFormatError(f"{source}: the rig attachment does not load: {e}") from None
+            cameras = dict(rig.cameras)
+            for name in cameras:
+                first = next(self.messages(calibration_topic(name)), None)
+                if first is not None and isinstance(first.value, FisheyeCamera):
+                    cameras[name] = first.value
+            self._rig = rig.with_cameras(cameras)
+        return self._rig
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted({c.topic for c in self._channels.values()})
+
+    def messages(self, topics: str | Iterable[str] | None = None, start_ns: int | None = None,
+                 end_ns: int | None = None) -> Iterator[LogMessage]:
+        """Messages of `topics` (all when None) with start_ns <= stamp < end_ns, in time order across topics
+        (ties in file order). Only the chunks that can hold them are read, a few at a time."""
+        wanted = self._channel_ids(topics)
+        heap: list[tuple] = []
+        for c in self._chunks:
+            if (start_ns is not None and c.end_ns < start_ns) or (end_ns is not None and c.start_ns >= end_ns):
+                continue
+            if wanted is not None and c.channels is not None and not (c.channels & wanted):
+                continue
+            heap.append((c.start_ns, 0, c.offset, 0, c))
+        heapq.heapify(heap)
+        # A chunk is opened when its start time comes up, so messages leave in time order even when chunks overlap.
+        while heap:
+            stamp, kind, offset, _, item = heapq.heappop(heap)
+            if kind == 1:
+                decoded = self._decode(item, stamp)
+                if decoded is not None:
+                    yield decoded
+                continue
+            for j, (cid, log_time, data) in enumerate(self._load(item)):
+                if wanted is not None and cid not in wanted:
+                    continue
+                if (start_ns is not None and log_time < start_ns) or (end_ns is not None and log_time >= end_ns):
+                    continue
+                heapq.heappush(heap, (log_time, 1, offset, j, (cid, data, item)))
+
+    def seek(self, stamp_ns: int) -> Iterator[LogMessage]:
+        """All messages from `stamp_ns` on; the chunk index skips everything that ends earlier."""
+        return self.messages(start_ns=stamp_ns)
+
+    def index(self, topic: str) -> np.ndarray:
+        """Sorted int64 log times of a topic, from the message indexes (no chunk is decompressed for them)."""
+        ids = self._channel_ids(topic) or set()
+        parts = []
+        for c in self._chunks:
+            for cid in ids:
+                if c.times is not None:
+                    parts.append(c.times.get(cid, np.empty(0, np.int64)))
+                elif c.channels is not None and cid not in c.channels:
+                    continue
+                else:
+                    times = self._message_index(c, cid)
+                    if times is None:  # no usable message index: read the chunk itself
+                        times = np.array([t for ch, t, _ in self._load(c) if ch == cid], np.int64)
+                    parts.append(times)
+        if not parts:
+            return np.empty(0, np.int64)
+        return np.sort(np.concatenate(parts), kind="stable")
+
+    def summary(self) -> LogSummary:
+        """Topics with counts, schemas and rates, time span, condition labels with the frames they cover, rig,
+        metadata and damage (reads the condition messages; everything else comes from the indexes)."""
+        by_topic: dict[str, list[Channel]] = defaultdict(list)
+        for ch in self._channels.values():
+            by_topic[ch.topic].append(ch)
+        topics, times = {}, {}
+        for topic, channels in by_topic.items():
+            t = times[topic] = self.index(topic)
+            schema = self._schemas.get(channels[0].schema_id)
+            topics[topic] = TopicSummary(topic, schema.name if schema else channels[0].message_encoding, int(t.size),
+                                         int(t[0]) if t.size else None, int(t[-1]) if t.size else None)
+        nonempty = [t for t in times.values() if t.size]
+        start = min(int(t[0]) for t in nonempty) if nonempty else None
+        end = max(int(t[-1]) for t in nonempty) if nonempty else None
+
+        cameras = [t for t in times if t.startswith("/camera/") and t.endswith("/image")]
+        frames = times[max(cameras, key=lambda t: times[t].size)] if cameras else times.get(USS_TOPIC)
+        records = [m.value for m in self.messages(CONDITION_TOPIC) if isinstance(m.value, ConditionRecord)]
+        if frames is None:
+            frames = np.array([r.stamp_ns for r in records], np.int64)
+        conditions: dict[str, int] = defaultdict(int)
+        # A condition message holds from its stamp until the next one: count the frames in that span.
+        bounds = np.searchsorted(frames, [r.stamp_ns for r in records] + [np.iinfo(np.int64).max])
+        for r, lo, hi in zip(records, bounds[:-1], bounds[1:], strict=True):
+            for label in r.labels:
+                conditions[label] += int(hi - lo)
+        rig_name = self.metadata.get("rig")
+        if rig_name is None and self._rig_toml is not None:
+            try:
+                rig_name = self.rig.name
+            except LogFormatError:
+                rig_name = None
+        return LogSummary(str(self.path), rig_name, dict(self.metadata), topics, start, end, dict(conditions),
+                          int(frames.size), self.indexed, list(self.damages))
+
+    # --- opening ----------------------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if self._size == 0:
+            raise LogFormatError(f"{self.path}: the file is empty (0 bytes), not an MCAP log")
+        head = self._file.read(len(MAGIC))
+        if head != MAGIC:
+            if len(head) < len(MAGIC) and MAGIC.startswith(head):
+                self._report(LogDamage(str(self.path), 0, "the file is cut off inside the MCAP magic",
+                                       "truncated"))
+                return
+            raise LogFormatError(f"{self.path}: not an MCAP file (it starts with {head!r}); nearfield logs are MCAP "
+                                 "files written by `nearfield simulate` or `nearfield record`")
+        summary_problem = self._read_summary()
+        if not self.indexed:
+            self._scan(summary_problem)
+
+    def _report(self, damage: LogDamage) -> None:
+        key = (damage.offset, damage.reason, damage.topic, damage.stamp_ns)
+        if key not in self._seen:
+            self._seen.add(key)
+            self.damages.append(damage)
+            self.damage = self.damage or damage
+            topic = damage.topic or ""
+            self._quiet_topics[topic] += 1
+            if damage.kind != "undecodable" or self._quiet_topics[topic] <= 5:
+                logger.warning("%s", damage)
+            elif self._quiet_topics[topic] == 6:
+                logger.warning("%s: more messages on %s do not decode; see LogReader.damages", self.path, topic)
+        if self.strict:
+            raise LogFormatError(str(damage))
+
+    def _read_at(self, offset: int, length: int) -> bytes:
+        self._file.seek(offset)
+        data = self._file.read(length)
+        if len(data) != length:
+            raise _CorruptError(f"{length} bytes at byte {offset} reach past the end of the file")
+        return data
+
+    def _record_at(self, offset: int, opcodes: tuple[int, ...], length: int | None = None) -> bytes:
+        """The body of the record at `offset`, checked to be one of `opcodes` and to fit in the file."""
+        opcode, body_length = _HEAD.unpack(self._read_at(offset, _HEAD.size))
+        if opcode not in opcodes:
+            raise _CorruptError(f"expected a {_opcode_name(opcodes[0])} record, found {_opcode_name(opcode)}")
+        if body_length > self._size - offset - _HEAD.size or (length is not None and
+                                                               body_length + _HEAD.size != length):
+            raise _CorruptError(f"{_opcode_name(opcode)} record length {body_length} is inconsistent")
+        return self._read_at(offset + _HEAD.size, body_length)
+
+    def _read_summary(self) -> str | None:
+        """Use the summary section when the footer and its CRC are good; else say why not (None: no footer)."""
+        footer_at = self._size - len(MAGIC) - _FOOTER.size
+        if footer_at < len(MAGIC):
+            return None
+        self._file.seek(footer_at)
+        tail = self._file.read(_FOOTER.size + len(MAGIC))
+        opcode, length, start, _, crc = _FOOTER.unpack(tail[:_FOOTER.size])
+        if tail[_FOOTER.size:] != MAGIC or opcode != Opcode.FOOTER or length != _FOOTER.size - _HEAD.size:
+            return None
+        if start == 0:
+            return ""  # a complete file written without a summary section
+        if not len(MAGIC) <= start <= footer_at or footer_at - start > _MAX_SUMMARY:
+            return f"the footer points at byte {start}, outside the file"
+        section = self._read_at(start, footer_at - start)
+        if crc and zlib.crc32(tail[:_FOOTER.size - 4], zlib.crc32(section)) != crc:
+            return "the summary section fails its CRC check"
+        schemas, channels, chunk_indexes, attachments, metadata = {}, {}, [], [], []
+        stats = None
+        try:
+            for _, op, body in _records(section):
+                if op == Opcode.SCHEMA:
+                    s = Schema.read(_stream(body))
+                    schemas[s.id] = s
+                elif op == Opcode.CHANNEL:
+                    c = Channel.read(_stream(body))
+                    channels[c.id] = c
+                elif op == Opcode.CHUNK_INDEX:
+                    chunk_indexes.append(ChunkIndex.read(_stream(body)))
+                elif op == Opcode.ATTACHMENT_INDEX:
+                    attachments.append(AttachmentIndex.read(_stream(body)))
+                elif op == Opcode.METADATA_INDEX:
+                    metadata.append(MetadataIndex.read(_stream(body)))
+                elif op == Opcode.STATISTICS:
+                    stats = Statistics.read(_stream(body))
+        except Exception as e:  # any bytes that do not parse: fall back to reading linearly
+            return f"the summary section does not parse ({type(e).__name__}: {e})"
+        if not chunk_indexes and (stats is None or stats.message_count > 0):
+            return ""  # messages outside chunks (or unknown): only a linear read finds them
+        if any(not len(MAGIC) <= ci.chunk_start_offset <= start - ci.chunk_length for ci in chunk_indexes) or \
+                any(ci.message_start_time > ci.message_end_time for ci in chunk_indexes):
+            return "the summary's chunk index points outside the data section"
+        chunk_indexes.sort(key=lambda ci: ci.chunk_start_offset)
+        last_good = None
+        for number, ci in enumerate(chunk_indexes):
+            self._chunks.append(_Chunk(ci.chunk_start_offset, ci.chunk_length, ci.message_start_time,
+                                       ci.message_end_time, number,
+                                       channels=frozenset(ci.message_index_offsets) or None,
+                                       index_offsets=dict(ci.message_index_offsets), last_good_ns=last_good))
+            last_good = max(last_good or 0, ci.message_end_time)
+        self._schemas, self._channels, self.indexed = schemas, channels, True
+        for entry in attachments:
+            if entry.name == RIG_ATTACHMENT:
+                self._read_attachment(entry.offset, entry.length)
+        for entry in metadata:
+            try:
+                self._add_metadata(self._record_at(entry.offset, (Opcode.METADATA,), entry.length), entry.offset)
+            except _CorruptError as e:
+                self._report(LogDamage(str(self.path), entry.offset, f"metadata record is corrupt: {e}"))
+        return None
+
+    def _read_attachment(self, offset: int, length: int | None) -> None:
+        try:
+            body = self._record_at(offset, (Opcode.ATTACHMENT,), length)
+            self._add_attachment(body)
+        except Exception as e:  # bytes from disk that do not parse
+            self._report(LogDamage(str(self.path), offset, f"attachment {RIG_ATTACHMENT} is corrupt: {e}"))
+
+    def _add_attachment(self, body: bytes) -> None:
+        attachment = Attachment.read(_stream(body))
+        stored = struct.unpack_from("<I", body, len(body) - 4)[0]
+        if stored and zlib.crc32(body[:-4]) != stored:
+            raise _CorruptError(f"attachment {attachment.name} fails its CRC check")
+        if attachment.name == RIG_ATTACHMENT:
+            self._rig_toml = attachment.data
+
+    def _add_metadata(self, body: bytes, offset: int) -> None:
+        try:
+            record = Metadata.read(_stream(body))
+        except Exception as e:  # bytes from disk that do not parse
+            raise _CorruptError(f"{type(e).__name__}: {e}") from None
+        if record.name == METADATA_NAME:
+            self.metadata.update(record.metadata)
+        else:
+            self.metadata.update({k: v for k, v in record.metadata.items() if k not in self.metadata})
+
+    def _scan(self, summary_problem: str | None) -> None:
+        """Read the file record by record: the way to read a log without (a usable) summary. Builds the chunk
+        list the indexed path gets from the summary, and stops at the first record that does not fit."""
+        path, pos, last_good = str(self.path), len(MAGIC), None
+        if summary_problem:
+            self._report(LogDamage(path, self._size, f"{summary_problem}; reading the file linearly"))
+        f = self._file
+        while True:
+            if pos == self._size:
+                self._report(LogDamage(path, pos, "the file ends without a footer: the recording was cut off",
+                                       "truncated", last_good_ns=last_good))
+                return
+            f.seek(pos)
+            head = f.read(_HEAD.size)
+            if len(head) < _HEAD.size:
+                self._report(LogDamage(path, pos, "the file is cut off inside a record header", "truncated",
+                                       last_good_ns=last_good))
+                return
+            opcode, length = _HEAD.unpack(head)
+            left = self._size - pos - _HEAD.size
+            if opcode == 0 or length > left:
+                kind = "truncated" if opcode in Opcode._value2member_map_ and length > left else "corrupt"
+                self._report(LogDamage(path, pos, f"a {_opcode_name(opcode)} record claims {length} bytes, "
+                                       f"{left} remain: the file is {'cut off' if kind == 'truncated' else 'corrupt'}"
+                                       " here", kind, last_good_ns=last_good))
+                return
+            body = f.read(length)
+            try:
+                if opcode == Opcode.CHUNK:
+                    last_good = self._scan_chunk(pos, body, last_good)
+                elif opcode == Opcode.MESSAGE:
+                    m = _message(body)
+                    self._chunks.append(_Chunk(pos, _HEAD.size + length, m.log_time, m.log_time, len(self._chunks),
+                                               loose=True, channels=frozenset([m.channel_id]),
+                                               times={m.channel_id: np.array([m.log_time], np.int64)},
+                                               last_good_ns=last_good))
+                    last_good = max(last_good or 0, m.log_time)
+                elif opcode in (Opcode.SCHEMA, Opcode.CHANNEL):
+                    self._register(opcode, body)
+                elif opcode == Opcode.ATTACHMENT:
+                    self._add_attachment(body)
+                elif opcode == Opcode.METADATA:
+                    self._add_metadata(body, pos)
+                elif opcode in (Opcode.DATA_END, Opcode.FOOTER):
+                    if summary_problem is None and opcode == Opcode.DATA_END:
+                        self._report(LogDamage(path, pos + _HEAD.size + length,
+                                               "the summary section is cut off (every message is readable)",
+                                               "truncated", last_good_ns=last_good))
+                    return
+            except Exception as e:  # a record whose frame fits but whose bytes do not parse: skip it
+                self._report(LogDamage(path, pos, f"{_opcode_name(opcode)} record is corrupt "
+                                       f"({type(e).__name__}: {e})",
+                                       chunk=len(self._chunks) if opcode == Opcode.CHUNK else None,
+                                       last_good_ns=last_good))
+            pos += _HEAD.size + length
+
+    def _scan_chunk(self, pos: int, body: bytes, last_good: int | None) -> int | None:
+        times: dict[int, list[int]] = defaultdict(list)
+        for opcode, rec in _chunk_records(body):
+            if opcode == Opcode.MESSAGE:
+                m = _message(rec)
+                times[m.channel_id].append(m.log_time)
+            elif opcode in (Opcode.SCHEMA, Opcode.CHANNEL):
+                self._register(opcode, rec)
+        if not times:
+            return last_good
+        arrays = {cid: np.array(t, np.int64) for cid, t in times.items()}
+        lo = min(int(a.min()) for a in arrays.values())
+        hi = max(int(a.max()) for a in arrays.values())
+        self._chunks.append(_Chunk(pos, _HEAD.size + len(body), lo, hi, len(self._chunks),
+                                   channels=frozenset(arrays), times=arrays, last_good_ns=last_good))
+        return max(last_good or 0, hi)
+
+    def _register(self, opcode: int, body: bytes) -> None:
+        if opcode == Opcode.SCHEMA:
+            s = Schema.read(_stream(body))
+            self._schemas[s.id] = s
+        else:
+            c = Channel.read(_stream(body))
+            self._channels[c.id] = c
+
+    # --- chunks and messages ----------------------------------------------------------------------------------
+
+    def _channel_ids(self, topics: str | Iterable[str] | None) -> set[int] | None:
+        if topics is None:
+            return None
+        wanted = {topics} if isinstance(topics, str) else set(topics)
+        return {cid for cid, ch in self._channels.items() if ch.topic in wanted}
+
+    def _load(self, chunk: _Chunk) -> list[tuple[int, int, bytes]]:
+        """(channel id, log time, data) of a chunk's messages; [] and a damage report if it does not read."""
+        try:
+            if chunk.loose:
+                m = _message(self._record_at(chunk.offset, (Opcode.MESSAGE,), chunk.length))
+                return [(m.channel_id, m.log_time, m.data)]
+            out = []
+            for opcode, rec in _chunk_records(self._record_at(chunk.offset, (Opcode.CHUNK,), chunk.length)):
+                if opcode == Opcode.MESSAGE:
+                    m = _message(rec)
+                    if not chunk.start_ns <= m.log_time <= chunk.end_ns:
+                        raise _CorruptError(f"a message at {m.log_time} ns lies outside the chunk's indexed time range")
+                    out.append((m.channel_id, m.log_time, m.data))
+            return out
+        except Exception as e:  # bytes from disk that do not parse: report where, keep the other chunks
+            self._report(LogDamage(str(self.path), chunk.offset, f"chunk is corrupt ({type(e).__name__}: {e})",
+                                   chunk=chunk.number, last_good_ns=chunk.last_good_ns))
+            return []
+
+    def _message_index(self, chunk: _Chunk, cid: int) -> np.ndarray | None:
+        offset = chunk.index_offsets.get(cid)
+        if offset is None:
+            return None
+        try:
+            index = MessageIndex.read(_stream(self._record_at(offset, (Opcode.MESSAGE_INDEX,))))
+        except Exception:  # an unreadable index is not damage to the data: the chunk itself is read instead
+            return None
+        times = np.array([t for t, _ in index.records], np.int64)
+        if index.channel_id != cid or (times.size and (times.min() < chunk.start_ns or times.max() > chunk.end_ns)):
+            return None
+        return times
+
+    def _decode(self, item: tuple[int, bytes, _Chunk], stamp: int) -> LogMessage | None:
+        cid, data, chunk = item
+        channel = self._channels.get(cid)
+        topic = channel.topic if channel else f"<channel {cid}>"
+        try:
+            if channel is None:
+                raise _CorruptError(f"the message names channel {cid}, which the log never defines")
+            decode = self._decoders.get(cid)
+            if decode is None:
+                decode = self._decoders[cid] = self._decoder_for(channel)
+            value, grid = decode(data, topic)
+        except Exception as e:  # a message that does not decode is reported with its topic and time
+            self._report(LogDamage(str(self.path), chunk.offset, f"message does not decode ({type(e).__name__}: {e})",
+                                   "undecodable", chunk=None if chunk.loose else chunk.number, topic=topic,
+                                   stamp_ns=stamp))
+            return None
+        return LogMessage(topic, stamp, value, grid)
+
+    def _decoder_for(self, channel: Channel):
+        schema = self._schemas.get(channel.schema_id)
+        spec = topic_spec(channel.topic)
+        protobuf = channel.message_encoding == MessageEncoding.Protobuf and schema is not None and \
+            schema.encoding == SchemaEncoding.Protobuf
+        if spec is not None and protobuf and schema.name == spec.schema_name:
+            def decode(data: bytes, topic: str):
+                proto = spec.message_class.FromString(data)
+                return spec.decode(proto, topic), (grid_of(proto) if isinstance(proto, Grid) else None)
+            return decode
+        if protobuf:
+            # Another tool's topic: decode with the schema stored in the file, as any MCAP reader would.
+            from mcap_protobuf.decoder import DecoderFactory
+
+            raw = DecoderFactory().decoder_for(channel.message_encoding, schema)
+            return lambda data, topic: (raw(data), None)
+        return lambda data, topic: (bytes(data), None)
