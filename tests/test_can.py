@@ -403,6 +403,12 @@ class _FakeLogReader:
     def __init__(self, path):
         self.path = path
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
     def messages(self, topics=None):
         return (r for r in self.records if topics is None or r.topic in topics)
 
@@ -412,7 +418,8 @@ def test_log_to_can_converts_only_uss_topic_and_writes_whole_files(tmp_path, mon
     import types
     from dataclasses import dataclass
 
-    from sensors.drivers.can_uss import USS_TOPIC, log_to_can
+    from sensors.drivers.can_uss import log_to_can
+    from sensors.schemas import USS_TOPIC
 
     @dataclass
     class Record:
@@ -461,3 +468,21 @@ def test_distance_limits_are_exact():
     top.distance[1] = 8.1906  # rounds past the range: refused rather than clipped
     with pytest.raises(SensorError, match=r"0\.\.8\.19 m"):
         encode_cycle(top)
+
+
+def test_convert_to_can_end_to_end_from_mcap(tmp_path, rig):
+    from app.cli import main
+    from sensors.log import LogWriter
+
+    cycles = [make_cycle(i, T0 + 123_456_789 + i * 66_666_667, n=2 + i % 4) for i in range(8)]
+    drive = tmp_path / "drive.mcap"
+    with LogWriter(drive, rig) as writer:
+        for c in cycles:
+            writer.write_uss(c)
+    out = tmp_path / "drive.log"
+    assert main(["convert", "to-can", str(drive), str(out)]) == 0
+    decoder = UssCanDecoder()
+    got = list(read_can_log(out, decoder=decoder))
+    assert len(got) == len(cycles) and decoder.stats["counter_jumps"] == 0
+    for g, c in zip(got, cycles, strict=True):
+        assert_same(g, c, stamp_tol_ns=1000)  # candump keeps microseconds

@@ -460,23 +460,23 @@ def write_can_log(cycles: Iterable[UssCycle], path: str | Path, db=None, channel
     return count
 
 
-USS_TOPIC = "/uss/echoes"
-
-
 def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str = "can0") -> tuple[int, int]:
     """Write the ultrasonic cycles of a nearfield log (MCAP) as a CAN log (.log candump, .asc, .blf) encoded with
     the USS DBC, so standard CAN tools can read them; returns (cycles, frames). The output appears only whole."""
     log_path, out_path = Path(log_path), Path(out_path)
     if not log_path.is_file():
         raise LogFormatError(f"{log_path}: no such log file")
-    from sensors.log import LogReader  # the MCAP layer is only needed for this conversion
+    # The MCAP layer is only needed for this conversion.
+    from sensors.log import LogReader
+    from sensors.schemas import USS_TOPIC
 
     counted = {"cycles": 0}
 
     def cycles() -> Iterator[UssCycle]:
-        for record in LogReader(log_path).messages(topics=[USS_TOPIC]):
-            counted["cycles"] += 1
-            yield record.value
+        with LogReader(log_path) as reader:
+            for record in reader.messages(topics=[USS_TOPIC]):
+                counted["cycles"] += 1
+                yield record.value
 
     partial = out_path.with_name(f"{out_path.stem}.partial{out_path.suffix}")
     try:
@@ -486,7 +486,7 @@ def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str
         raise
     partial.replace(out_path)
     if not counted["cycles"]:
-        log.warning("%s: no %s messages; %s holds no frames", log_path, USS_TOPIC, out_path)
+        log.warning("%s: no ultrasonic cycles (%s); %s holds no frames", log_path, USS_TOPIC, out_path)
     return counted["cycles"], n_frames
 
 
