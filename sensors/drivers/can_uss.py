@@ -383,8 +383,9 @@ def read_can_log(path: str | Path, db=None, decoder: UssCanDecoder | None = None
     LogFormatError naming file and line (byte offset for .blf); `errors="skip"` logs a warning and, for candump
     .log, skips the line and reads on (.asc and .blf readers cannot resume, so they stop there). Frame-level
     problems are counted in `decoder.stats` (pass your own decoder to see them). Times: .log keeps absolute
-    microseconds; .asc and .blf store the measurement start at millisecond resolution, so their absolute stamps
-    are within ~1 ms and only the spacing between cycles is microsecond-exact.
+    microseconds; .asc and .blf store the measurement start as a calendar time at millisecond resolution, so
+    their absolute stamps are within ~1 ms and only the spacing between cycles is microsecond-exact (.blf keeps
+    no absolute start at all for stamps near 0, i.e. a boot-time clock).
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
