@@ -343,7 +343,8 @@ class LogSummary:
             width = max(len(t) for t in self.topics)
             lines.append(f"{'topic':<{width}}  {'count':>7}  {'rate':>9}  schema")
             for t in sorted(self.topics.values(), key=lambda t: t.topic):
-                lines.append(f"{t.topic:<{width}}  {t.count:>7}  {t.rate_hz:>6.1f} Hz  {t.schema}")
+                rate = f"{t.rate_hz:>6.1f} Hz" if t.count > 1 else f"{'-':>9}"
+                lines.append(f"{t.topic:<{width}}  {t.count:>7}  {rate}  {t.schema}")
         lines.append("")
         if self.conditions:
             lines.append(f"conditions (frames of {self.frames})")
@@ -639,7 +640,9 @@ class LogReader:
             self.damage = self.damage or damage
             topic = damage.topic or ""
             self._quiet_topics[topic] += 1
-            if damage.kind != "undecodable" or self._quiet_topics[topic] <= 5:
+            if self.strict:
+                pass  # the error raised below says it
+            elif damage.kind != "undecodable" or self._quiet_topics[topic] <= 5:
                 logger.warning("%s", damage)
             elif self._quiet_topics[topic] == 6:
                 logger.warning("%s: more messages on %s do not decode; see LogReader.damages", self.path, topic)
