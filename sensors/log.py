@@ -600,9 +600,13 @@ class LogReader:
         records = [m.value for m in self.messages(CONDITION_TOPIC) if isinstance(m.value, ConditionRecord)]
         if frames is None:
             frames = np.array([r.stamp_ns for r in records], np.int64)
+        try:  # camera stamps jitter around the frame time that the condition messages carry
+            tolerance = self.rig.sync.camera_tolerance_ns
+        except LogFormatError:
+            tolerance = 0
         conditions: dict[str, int] = defaultdict(int)
         # A condition message holds from its stamp until the next one: count the frames in that span.
-        bounds = np.searchsorted(frames, [r.stamp_ns for r in records] + [np.iinfo(np.int64).max])
+        bounds = np.searchsorted(frames, [r.stamp_ns - tolerance for r in records] + [np.iinfo(np.int64).max])
         for r, lo, hi in zip(records, bounds[:-1], bounds[1:], strict=True):
             for label in r.labels:
                 conditions[label] += int(hi - lo)
