@@ -1,0 +1,991 @@
+"""Procedural near-field scenes (parking lot, garage, street, driveway) with the ego's drive through them.
+
+A generator plans the ego's path first, lays its scene out around it, keeps only objects that clear every other
+object and the ego's swept path, then moves the world so that the drive starts at the origin heading +x.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from sensors.classes import SemanticClass
+from sensors.errors import ConfigError
+from sensors.geometry import Pose2D
+from sensors.rig import Rig, VehicleBody
+from sim_data.world import (
+    Box,
+    Cylinder,
+    EgoPath,
+    Ground,
+    GroundPatch,
+    Light,
+    Marking,
+    Material,
+    Motion,
+    Part,
+    Scene,
+    SceneObject,
+    Sphere,
+)
+
+log = logging.getLogger(__name__)
+
+SCENE_KINDS = ("parking_lot", "garage", "street", "driveway")
+EGO_MOTIONS = ("parked", "creep_forward", "reverse_into_slot")
+KIND_WEIGHTS = (0.35, 0.25, 0.25, 0.15)
+MOTION_WEIGHTS = (0.25, 0.40, 0.35)
+
+MAX_SPEED = 10 / 3.6  # m/s: parking manoeuvres stay below 10 km/h
+EGO_CLEARANCE = 0.35  # m kept free around the ego footprint along the whole drive
+OBJECT_GAP = 0.10  # m between any two objects (boxes), so footprints never touch
+PATH_DT = 0.05  # s between ego path samples
+COVER = 16.0  # m of populated world around the ego path on every side (8 m of BEV plus margin)
+
+V = SemanticClass
+
+# --- materials ------------------------------------------------------------------------------------------
+
+GLASS = Material((0.10, 0.13, 0.16), "glass", 0.9, 0.9)
+RUBBER = Material((0.05, 0.05, 0.05), "rubber", 0.1, 0.6)
+CONCRETE = Material((0.62, 0.61, 0.58), "concrete", 0.05, 0.95)
+METAL = Material((0.55, 0.57, 0.60), "metal", 0.6, 0.95)
+DARK_METAL = Material((0.18, 0.19, 0.21), "metal", 0.4, 0.95)
+HAZARD = Material((0.95, 0.45, 0.08), "hazard", 0.2, 0.7)
+HEADLAMP = Material((0.90, 0.90, 0.85), "glass", 0.9, 0.9)
+TAILLAMP = Material((0.70, 0.05, 0.05), "glass", 0.8, 0.9)
+
+# (rgb, weight): the colours of real car parks, mostly white, black and greys.
+CAR_COLOURS = (((0.92, 0.92, 0.92), 0.25), ((0.05, 0.05, 0.06), 0.2), ((0.62, 0.63, 0.65), 0.17),
+               ((0.35, 0.36, 0.38), 0.13), ((0.10, 0.20, 0.50), 0.09), ((0.60, 0.06, 0.06), 0.08),
+               ((0.12, 0.28, 0.16), 0.03), ((0.72, 0.65, 0.50), 0.03), ((0.85, 0.55, 0.10), 0.02))
+SKIN = ((0.96, 0.80, 0.69), (0.87, 0.67, 0.52), (0.67, 0.46, 0.33), (0.44, 0.29, 0.20), (0.30, 0.20, 0.14))
+HAIR = ((0.08, 0.06, 0.05), (0.25, 0.15, 0.08), (0.55, 0.40, 0.20), (0.80, 0.70, 0.45), (0.60, 0.60, 0.60))
+CLOTHES = ((0.10, 0.12, 0.25), (0.08, 0.08, 0.08), (0.55, 0.10, 0.12), (0.85, 0.85, 0.82), (0.20, 0.35, 0.20),
+           (0.45, 0.45, 0.48), (0.85, 0.65, 0.15), (0.15, 0.40, 0.65), (0.60, 0.45, 0.30), (0.85, 0.35, 0.55))
+WALL_MATERIALS = (Material((0.55, 0.25, 0.18), "brick", 0.05, 0.95),
+                  Material((0.70, 0.68, 0.63), "concrete", 0.05, 0.95),
+                  Material((0.85, 0.82, 0.74), "plain", 0.05, 0.95),
+                  Material((0.60, 0.55, 0.48), "brick", 0.05, 0.95))
+
+
+def _pick(rng: np.random.Generator, options: Sequence):
+    return options[int(rng.integers(len(options)))]
+
+
+def _fabric(rng: np.random.Generator) -> Material:
+    return Material(_pick(rng, CLOTHES), "fabric", 0.0, 0.3)
+
+
+# --- object factories -----------------------------------------------------------------------------------
+# Each returns a SceneObject whose parts all lie inside its ground-truth box.
+
+# length, width, height, height of the body below the windows, wheel radius
+CAR_STYLES: dict[str, tuple[float, float, float, float, float]] = {
+    "hatchback": (4.05, 1.76, 1.48, 0.92, 0.31),
+    "sedan": (4.75, 1.83, 1.45, 0.95, 0.33),
+    "suv": (4.70, 1.92, 1.72, 1.08, 0.36),
+    "van": (5.10, 2.00, 1.98, 1.05, 0.34),
+}
+STYLE_WEIGHTS = (0.35, 0.30, 0.25, 0.10)
+# Cabin (glass house) length and centre as fractions of the car length, per style.
+_CABIN = {"hatchback": (0.58, -0.08), "sedan": (0.48, -0.04), "suv": (0.64, -0.10), "van": (0.80, -0.06)}
+
+
+def _frame(x: float, y: float, yaw: float) -> Callable[[float, float], tuple[float, float]]:
+    c, s = math.cos(yaw), math.sin(yaw)
+    return lambda lx, ly: (x + c * lx - s * ly, y + s * lx + c * ly)
+
+
+def make_car(oid: int, x: float, y: float, yaw: float, rng: np.random.Generator,
+             style: str | None = None) -> SceneObject:
+    """A parked car centred at (x, y) facing `yaw`: body, glass cabin, roof, four wheels, lamps."""
+    style = style or str(rng.choice(list(CAR_STYLES), p=STYLE_WEIGHTS))
+    L, W, H, belt, r = CAR_STYLES[style]
+    f = rng.uniform(0.97, 1.03)
+    L, W, H = L * f, W * rng.uniform(0.98, 1.02), H * rng.uniform(0.97, 1.03)
+    colours, weights = zip(*CAR_COLOURS, strict=True)
+    paint = Material(colours[int(rng.choice(len(colours), p=np.array(weights) / sum(weights)))], "car_paint", 0.7, 0.9)
+    at = _frame(x, y, yaw)
+
+    def box(lx, ly, length, width, z0, z1, mat):
+        px, py = at(lx, ly)
+        return Part(Box(px, py, yaw, length, width, z0, z1), mat)
+
+    cab_len, cab_off = _CABIN[style]
+    parts = [box(0, 0, L, W, 0.22, belt, paint),
+             box(cab_off * L, 0, cab_len * L, W - 0.10, belt, H - 0.06, GLASS),
+             box(cab_off * L, 0, cab_len * L - 0.2, W - 0.16, H - 0.06, H, paint)]
+    wheel_x = 0.30 * L
+    for lx in (wheel_x, -wheel_x * 0.95):
+        for side in (1, -1):
+            parts.append(box(lx, side * (W / 2 - 0.14), 2 * r, 0.22, 0.0, 2 * r, RUBBER))
+    for side in (1, -1):
+        parts.append(box(L / 2 - 0.04, side * (W / 2 - 0.28), 0.08, 0.32, belt - 0.25, belt - 0.12, HEADLAMP))
+        parts.append(box(-L / 2 + 0.04, side * (W / 2 - 0.22), 0.08, 0.30, belt - 0.22, belt - 0.08, TAILLAMP))
+    return SceneObject(oid, V.VEHICLE, "car", tuple(parts), Box(x, y, yaw, L, W, 0.0, H))
+
+
+def make_pedestrian(oid: int, x: float, y: float, heading: float, rng: np.random.Generator, child: bool = False,
+                    walk_to: Sequence[tuple[float, float]] = (), speed: float = 0.0) -> SceneObject:
+    """A person standing at (x, y) facing `heading`: legs, torso, arms (cylinders), head and hair (spheres).
+    With `walk_to` waypoints they walk there and back at `speed` (m/s), facing the way they go."""
+    H = rng.uniform(1.0, 1.3) if child else rng.uniform(1.6, 1.9)
+    k = H / 1.75 * (1.1 if child else 1.0)  # children are stockier for their height
+    at = _frame(x, y, heading)
+    skin = Material(_pick(rng, SKIN), "skin", 0.1, 0.3)
+    shirt, trousers = _fabric(rng), _fabric(rng)
+    hair = Material(_pick(rng, HAIR), "hair", 0.05, 0.2)
+    leg_r, torso_r, arm_r, head_r = 0.065 * k, 0.16 * k, 0.045 * k, 0.095 * H / 1.75 * (1.25 if child else 1.0)
+    hip, shoulder = 0.47 * H, H - 2 * head_r - 0.04 * H
+
+    def cyl(lx, ly, r, z0, z1, mat, r_top=None):
+        px, py = at(lx, ly)
+        return Part(Cylinder(px, py, r, z0, z1, r_top), mat)
+
+    def sph(lx, ly, z, r, mat):
+        px, py = at(lx, ly)
+        return Part(Sphere(px, py, z, r), mat)
+
+    parts = [cyl(0, 0.085 * k, leg_r, 0.0, hip, trousers), cyl(0, -0.085 * k, leg_r, 0.0, hip, trousers),
+             cyl(0, 0, torso_r * 0.9, hip - 0.02, shoulder, shirt, torso_r),
+             cyl(0, torso_r + arm_r + 0.01, arm_r, hip - 0.03, shoulder - 0.02, shirt),
+             cyl(0, -(torso_r + arm_r + 0.01), arm_r, hip - 0.03, shoulder - 0.02, shirt),
+             sph(0, 0, H - head_r, head_r, skin),
+             sph(-0.2 * head_r, 0, H - 0.9 * head_r, 0.95 * head_r, hair)]
+    half_w = torso_r + 2 * arm_r + 0.01
+    box = Box(x, y, heading, 2 * torso_r + 0.02, 2 * half_w, 0.0, H)
+    motion = Motion(((x, y), *walk_to), speed) if walk_to else None
+    return SceneObject(oid, V.PEDESTRIAN, "pedestrian", tuple(parts), box, motion)
+
+
+def make_pole(oid: int, x: float, y: float, rng: np.random.Generator, height: float, radius: float,
+              lamp: bool = False, sign: bool = False) -> SceneObject:
+    """A pole (STRUCTURE): a street lamp with a concrete foot and a lamp head, or a sign post with its plate."""
+    yaw = rng.uniform(0, math.pi)
+    parts = [Part(Cylinder(x, y, radius, 0.0, height, radius * 0.8), METAL if lamp else DARK_METAL)]
+    half = radius
+    if lamp:
+        foot = radius * 2.2
+        parts.append(Part(Cylinder(x, y, foot, 0.0, 0.45), CONCRETE))
+        parts.append(Part(Box(x, y, yaw, 0.5, 0.22, height, height + 0.15), DARK_METAL))
+        half = max(foot, 0.25)
+    if sign:
+        colour = _pick(rng, ((0.1, 0.3, 0.7), (0.8, 0.1, 0.1), (0.95, 0.95, 0.95)))
+        parts.append(Part(Box(x, y, yaw, 0.6, 0.03, height - 0.6, height), Material(colour, "plain", 0.4, 0.9)))
+        half = 0.3
+    top = height + (0.15 if lamp else 0.0)
+    return SceneObject(oid, V.STRUCTURE, "pole", tuple(parts), Box(x, y, yaw, 2 * half, 2 * half, 0.0, top))
+
+
+def make_bollard(oid: int, x: float, y: float, rng: np.random.Generator) -> SceneObject:
+    r, h = rng.uniform(0.07, 0.11), rng.uniform(0.75, 1.0)
+    body = _pick(rng, (DARK_METAL, METAL, CONCRETE))
+    parts = (Part(Cylinder(x, y, r, 0.0, h), body), Part(Cylinder(x, y, r * 1.05, h - 0.18, h - 0.08), HAZARD))
+    return SceneObject(oid, V.LOW_OBSTACLE, "bollard", parts, Box(x, y, 0.0, 2.1 * r, 2.1 * r, 0.0, h))
+
+
+def make_cone(oid: int, x: float, y: float, rng: np.random.Generator) -> SceneObject:
+    h = rng.uniform(0.5, 0.75)
+    base = 0.36 * h / 0.7 + 0.04
+    yaw = rng.uniform(0, math.pi / 2)
+    parts = (Part(Box(x, y, yaw, base, base, 0.0, 0.03), RUBBER),
+             Part(Cylinder(x, y, base * 0.4, 0.03, h, 0.02), HAZARD))
+    return SceneObject(oid, V.LOW_OBSTACLE, "cone", parts, Box(x, y, yaw, base, base, 0.0, h))
+
+
+def make_trolley(oid: int, x: float, y: float, yaw: float, rng: np.random.Generator) -> SceneObject:
+    """A shopping trolley: wheeled base, wire basket (metal boxes), handle."""
+    at = _frame(x, y, yaw)
+    wire = Material((0.70, 0.72, 0.75), "metal", 0.7, 0.5)
+    parts = [Part(Box(x, y, yaw, 0.90, 0.54, 0.45, 0.95), wire),
+             Part(Box(*at(0.05, 0), yaw, 0.7, 0.44, 0.12, 0.2), wire)]
+    for lx in (0.35, -0.3):
+        for ly in (0.2, -0.2):
+            parts.append(Part(Cylinder(*at(lx, ly), 0.05, 0.0, 0.12), RUBBER))
+    parts.append(Part(Box(*at(-0.42, 0), yaw, 0.05, 0.54, 0.95, 1.02), Material((0.8, 0.1, 0.1), "plain", 0.3, 0.6)))
+    return SceneObject(oid, V.LOW_OBSTACLE, "trolley", tuple(parts), Box(x, y, yaw, 0.9, 0.54, 0.0, 1.02))
+
+
+def make_bin(oid: int, x: float, y: float, yaw: float, rng: np.random.Generator) -> SceneObject:
+    """A wheelie bin."""
+    colour = _pick(rng, ((0.15, 0.35, 0.18), (0.25, 0.25, 0.27), (0.15, 0.25, 0.55), (0.45, 0.30, 0.15)))
+    mat = Material(colour, "plain", 0.3, 0.9)
+    parts = (Part(Box(x, y, yaw, 0.72, 0.58, 0.04, 1.0), mat), Part(Box(x, y, yaw, 0.76, 0.60, 1.0, 1.06), mat))
+    return SceneObject(oid, V.LOW_OBSTACLE, "bin", parts, Box(x, y, yaw, 0.76, 0.60, 0.0, 1.06))
+
+
+def make_box(oid: int, x: float, y: float, yaw: float, rng: np.random.Generator) -> SceneObject:
+    """A cardboard box or crate left on the ground."""
+    length, width, h = rng.uniform(0.3, 0.8), rng.uniform(0.3, 0.6), rng.uniform(0.25, 0.7)
+    mat = _pick(rng, (Material((0.65, 0.50, 0.32), "cardboard", 0.0, 0.6),
+                      Material((0.3, 0.3, 0.32), "plain", 0.2, 0.8)))
+    return SceneObject(oid, V.LOW_OBSTACLE, "box", (Part(Box(x, y, yaw, length, width, 0.0, h), mat),),
+                       Box(x, y, yaw, length, width, 0.0, h))
+
+
+def make_toy(oid: int, x: float, y: float, yaw: float, rng: np.random.Generator) -> SceneObject:
+    """A child's ball or ride-on toy in bright plastic."""
+    colour = _pick(rng, ((0.9, 0.1, 0.1), (0.1, 0.4, 0.9), (0.95, 0.8, 0.1), (0.2, 0.7, 0.2)))
+    mat = Material(colour, "plain", 0.5, 0.7)
+    if rng.random() < 0.5:
+        r = rng.uniform(0.1, 0.18)
+        return SceneObject(oid, V.LOW_OBSTACLE, "toy", (Part(Sphere(x, y, r, r), mat),),
+                           Box(x, y, 0.0, 2 * r, 2 * r, 0.0, 2 * r))
+    at = _frame(x, y, yaw)
+    parts = (Part(Box(x, y, yaw, 0.65, 0.32, 0.08, 0.3), mat), Part(Box(*at(-0.1, 0), yaw, 0.22, 0.26, 0.3, 0.42), mat),
+             Part(Box(*at(0.25, 0), yaw, 0.06, 0.3, 0.3, 0.55), Material((0.1, 0.1, 0.1), "plain", 0.3, 0.7)))
+    return SceneObject(oid, V.LOW_OBSTACLE, "toy", parts, Box(x, y, yaw, 0.65, 0.32, 0.0, 0.55))
+
+
+def make_wall(oid: int, x0: float, y0: float, x1: float, y1: float, thickness: float, height: float,
+              material: Material) -> SceneObject:
+    """A wall (STRUCTURE) whose centre line runs from (x0, y0) to (x1, y1)."""
+    yaw = math.atan2(y1 - y0, x1 - x0)
+    box = Box((x0 + x1) / 2, (y0 + y1) / 2, yaw, math.hypot(x1 - x0, y1 - y0), thickness, 0.0, height)
+    return SceneObject(oid, V.STRUCTURE, "wall", (Part(box, material),), box)
+
+
+def make_curb(oid: int, x0: float, y0: float, x1: float, y1: float, height: float) -> SceneObject:
+    """A kerb stone run (LOW_OBSTACLE), 0.15 m wide, centre line from (x0, y0) to (x1, y1)."""
+    yaw = math.atan2(y1 - y0, x1 - x0)
+    box = Box((x0 + x1) / 2, (y0 + y1) / 2, yaw, math.hypot(x1 - x0, y1 - y0), 0.15, 0.0, height)
+    return SceneObject(oid, V.LOW_OBSTACLE, "curb", (Part(box, Material((0.70, 0.70, 0.68), "concrete", 0.05, 0.95)),),
+                       box)
+
+
+def make_pillar(oid: int, x: float, y: float, rng: np.random.Generator, height: float, round_: bool) -> SceneObject:
+    """A garage pillar (STRUCTURE), square or round, with a hazard-painted foot."""
+    if round_:
+        r = rng.uniform(0.25, 0.32)
+        parts = (Part(Cylinder(x, y, r, 0.0, height), CONCRETE), Part(Cylinder(x, y, r + 0.01, 0.0, 1.0), HAZARD))
+        return SceneObject(oid, V.STRUCTURE, "pillar", parts, Box(x, y, 0.0, 2 * r + 0.02, 2 * r + 0.02, 0.0, height))
+    s = rng.uniform(0.45, 0.6)
+    parts = (Part(Box(x, y, 0.0, s, s, 0.0, height), CONCRETE),
+             Part(Box(x, y, 0.0, s + 0.02, s + 0.02, 0.0, 1.0), HAZARD))
+    return SceneObject(oid, V.STRUCTURE, "pillar", parts, Box(x, y, 0.0, s + 0.02, s + 0.02, 0.0, height))
+
+
+def make_house_front(oid: int, x0: float, x1: float, y: float, door_x: float, door_w: float, height: float,
+                     rng: np.random.Generator) -> SceneObject:
+    """A house front wall along x at y (the wall occupies y..y+0.3) with a garage door centred on door_x."""
+    t, door_h = 0.3, rng.uniform(2.1, 2.4)
+    mat = _pick(rng, WALL_MATERIALS)
+    door = Material(_pick(rng, ((0.9, 0.9, 0.88), (0.35, 0.35, 0.37), (0.5, 0.35, 0.2))), "metal", 0.5, 0.95)
+    dl, dr = door_x - door_w / 2, door_x + door_w / 2
+    yc = y + t / 2
+    parts = (Part(Box((x0 + dl) / 2, yc, 0.0, dl - x0, t, 0.0, height), mat),
+             Part(Box((dr + x1) / 2, yc, 0.0, x1 - dr, t, 0.0, height), mat),
+             Part(Box(door_x, yc, 0.0, door_w, t, door_h, height), mat),
+             Part(Box(door_x, y + 0.12, 0.0, door_w, 0.05, 0.0, door_h), door))
+    return SceneObject(oid, V.STRUCTURE, "wall", parts, Box((x0 + x1) / 2, yc, 0.0, x1 - x0, t, 0.0, height))
+
+
+# --- placement ------------------------------------------------------------------------------------------
+
+
+def _rect(x: float, y: float, yaw: float, length: float, width: float) -> np.ndarray:
+    return Box(x, y, yaw, length, width, 0.0, 0.0).footprint()
+
+
+def _corridor(points: np.ndarray, half_width: float) -> np.ndarray:
+    """(S, 4, 2) rectangles covering a polyline widened by half_width (ends included)."""
+    a, b = points[:-1], points[1:]
+    mid, d = (a + b) / 2, b - a
+    rects = [_rect(m[0], m[1], math.atan2(v[1], v[0]), float(np.hypot(*v)) + 2 * half_width, 2 * half_width)
+             for m, v in zip(mid, d, strict=True)]
+    return np.stack(rects)
+
+
+def ego_swept(path: EgoPath, vehicle: VehicleBody, margin: float, step: float = 0.2) -> np.ndarray:
+    """(K, 4, 2) ego footprints grown by `margin`, one every `step` metres (or 0.1 rad) along the path."""
+    corners = np.array([[vehicle.x_max + margin, vehicle.width / 2 + margin],
+                        [vehicle.x_max + margin, -vehicle.width / 2 - margin],
+                        [vehicle.x_min - margin, -vehicle.width / 2 - margin],
+                        [vehicle.x_min - margin, vehicle.width / 2 + margin]])
+    keep, last = [], None
+    for p in path.poses:
+        if last is None or math.hypot(p.x - last.x, p.y - last.y) >= step or abs(p.yaw - last.yaw) >= 0.1:
+            keep.append(p)
+            last = p
+    if keep[-1] is not path.poses[-1]:
+        keep.append(path.poses[-1])
+    return np.stack([p.to_world(corners) for p in keep])
+
+
+class _Layout:
+    """The objects placed so far and the space they, their walks and the ego's drive take."""
+
+    def __init__(self, rng: np.random.Generator, ego: EgoPath, vehicle: VehicleBody):
+        self.rng = rng
+        self.objects: list[SceneObject] = []
+        self._rects = ego_swept(ego, vehicle, EGO_CLEARANCE)
+        self._update()
+
+    def _update(self):
+        self._lo, self._hi = self._rects.min(1), self._rects.max(1)
+
+    def fits(self, rects: np.ndarray) -> bool:
+        """Whether (k, 4, 2) rectangles overlap nothing placed (separating-axis test after a bounding-box cull)."""
+        for r in rects:
+            lo, hi = r.min(0), r.max(0)
+            near = np.nonzero(np.all((self._lo < hi) & (self._hi > lo), axis=1))[0]
+            if near.size and _any_overlap(r, self._rects[near]):
+                return False
+        return True
+
+    def place(self, make: Callable[[int], SceneObject], sweep: np.ndarray | None = None) -> SceneObject | None:
+        """Build the object with the next id and keep it if it (or its walking corridor `sweep`) fits."""
+        obj = make(len(self.objects) + 1)
+        b = obj.box
+        rects = _rect(b.x, b.y, b.yaw, b.length + OBJECT_GAP, b.width + OBJECT_GAP)[None] if sweep is None else sweep
+        if not self.fits(rects):
+            return None
+        self._rects = np.concatenate([self._rects, rects])
+        self._update()
+        self.objects.append(obj)
+        return obj
+
+    def place_first(self, makers: Sequence[Callable[[int], SceneObject]]) -> SceneObject | None:
+        for make in makers:
+            obj = self.place(make)
+            if obj is not None:
+                return obj
+        return None
+
+    def walker(self, x: float, y: float, to: Sequence[tuple[float, float]], child: bool = False) -> SceneObject | None:
+        """A pedestrian walking from (x, y) through `to` and back, if the whole walk is clear."""
+        speed = self.rng.uniform(0.8, 1.5) * (0.85 if child else 1.0)
+        pts = np.array([(x, y), *to])
+        d = pts[1] - pts[0]
+        seed = self.rng.integers(2**31)
+
+        def make(oid):
+            return make_pedestrian(oid, x, y, math.atan2(d[1], d[0]), np.random.default_rng(seed), child, to, speed)
+
+        probe = make(0).box
+        return self.place(make, _corridor(pts, math.hypot(probe.length, probe.width) / 2 + OBJECT_GAP / 2))
+
+
+def _any_overlap(a: np.ndarray, bs: np.ndarray) -> bool:
+    """Whether rectangle (4, 2) `a` overlaps any of (M, 4, 2) rectangles `bs` (separating axes)."""
+    sep = np.zeros(len(bs), bool)
+    for axes in (np.broadcast_to(a[1:3] - a[0:2], (len(bs), 2, 2)), bs[:, 1:3] - bs[:, 0:2]):
+        for k in (0, 1):
+            ax = axes[:, k]
+            pa = np.einsum("vd,md->mv", a, ax)
+            pb = np.einsum("mvd,md->mv", bs, ax)
+            sep |= (pa.max(1) <= pb.min(1)) | (pb.max(1) <= pa.min(1))
+    return bool((~sep).any())
+
+
+# --- ego drives -----------------------------------------------------------------------------------------
+
+
+class _Drive:
+    """An ego path built from legs driven in one direction, each from rest (or a given speed) to rest."""
+
+    DS = 0.02  # m, integration step along a leg
+    ACCEL, DECEL = 0.6, 0.8  # m/s², gentle parking-speed manoeuvres
+
+    def __init__(self, start: Pose2D):
+        self.t, self.x, self.y, self.yaw = [0.0], [start.x], [start.y], [start.yaw]
+
+    @property
+    def end(self) -> Pose2D:
+        return Pose2D(self.x[-1], self.y[-1], self.yaw[-1])
+
+    def leg(self, direction: int, curvature: np.ndarray, vmax: float, v0: float = 0.0) -> _Drive:
+        """Drive forwards (+1) or backwards (-1) along `curvature` (1/m per DS step, left positive), starting
+        at speed v0 and stopping at the end of the leg (trapezoidal speed)."""
+        n = len(curvature)
+        if n == 0:
+            return self
+        yaw = self.yaw[-1] + direction * np.concatenate([[0.0], np.cumsum(curvature * self.DS)])
+        mid = (yaw[:-1] + yaw[1:]) / 2
+        step = direction * self.DS
+        x = self.x[-1] + np.concatenate([[0.0], np.cumsum(step * np.cos(mid))])
+        y = self.y[-1] + np.concatenate([[0.0], np.cumsum(step * np.sin(mid))])
+        s_grid = np.arange(n + 1) * self.DS
+        total, s_of_t = _trapezoid(n * self.DS, vmax, v0, self.ACCEL, self.DECEL)
+        ts = np.append(np.arange(PATH_DT / 4, total, PATH_DT / 4), total)
+        s = s_of_t(ts)
+        t0 = self.t[-1]
+        self.t += list(t0 + ts)
+        self.x += list(np.interp(s, s_grid, x))
+        self.y += list(np.interp(s, s_grid, y))
+        self.yaw += list(np.interp(s, s_grid, yaw))
+        return self
+
+    def pause(self, seconds: float) -> _Drive:
+        self.t.append(self.t[-1] + seconds)
+        self.x.append(self.x[-1])
+        self.y.append(self.y[-1])
+        self.yaw.append(self.yaw[-1])
+        return self
+
+    def path(self, duration: float, finish: bool = False) -> EgoPath:
+        """The drive resampled every PATH_DT over `duration`, standing still after the last leg. With `finish`,
+        a manoeuvre longer than the drive is joined late, so that the drive still ends with it completed
+        (and a moment at rest); otherwise the drive is cut at `duration`."""
+        start = max(self.t[-1] + 0.5 - duration, 0.0) if finish else 0.0
+        if self.t[-1] < start + duration:
+            self.pause(start + duration - self.t[-1])
+        ts = np.arange(0.0, duration + PATH_DT / 2, PATH_DT)
+        t = np.asarray(self.t) - start
+        x, y, yaw = (np.interp(ts, t, np.asarray(v)) for v in (self.x, self.y, self.yaw))
+        return EgoPath(tuple(float(v) for v in ts),
+                       tuple(Pose2D(float(a), float(b), float(c)) for a, b, c in zip(x, y, yaw, strict=True)))
+
+
+def _trapezoid(length: float, vmax: float, v0: float, accel: float, decel: float):
+    """(duration, s(t)) of a drive over `length` from speed v0 up to vmax and down to rest."""
+    v0 = min(v0, vmax)
+    if v0 * v0 / (2 * decel) >= length:  # too short to slow down gently: brake harder
+        decel = v0 * v0 / (2 * length)
+    vp = min(vmax, math.sqrt((length + v0 * v0 / (2 * accel)) / (1 / (2 * accel) + 1 / (2 * decel))))
+    t1 = (vp - v0) / accel
+    s1 = (v0 + vp) / 2 * t1
+    t3 = vp / decel
+    s3 = vp * vp / (2 * decel)
+    t2 = max(length - s1 - s3, 0.0) / vp
+    total = t1 + t2 + t3
+
+    def s_of_t(t):
+        t = np.clip(t, 0.0, total)
+        return np.where(t < t1, v0 * t + accel * t * t / 2,
+                        np.where(t < t1 + t2, s1 + vp * (t - t1), length - decel * (total - t) ** 2 / 2))
+
+    return total, s_of_t
+
+
+def _straight(length: float) -> np.ndarray:
+    return np.zeros(max(round(length / _Drive.DS), 0))
+
+
+def _arc(radius: float, angle: float) -> np.ndarray:
+    """Curvature of a turn through |angle| on |radius|; the sign of radius picks the steering (left +)."""
+    return np.full(round(abs(angle * radius) / _Drive.DS), 1.0 / radius)
+
+
+def _wiggle(length: float, rng: np.random.Generator) -> np.ndarray:
+    """Gentle S-bends: lateral offset A (cos(ks) - 1), so the drive keeps its lane without drifting."""
+    s = np.arange(round(length / _Drive.DS)) * _Drive.DS
+    amp = rng.uniform(0.08, 0.25) * rng.choice([-1, 1])
+    k = 2 * math.pi / rng.uniform(14.0, 30.0)
+    return -amp * k * k * np.cos(k * s)
+
+
+def _creep(start: Pose2D, duration: float, rng: np.random.Generator, vmax: float = 2.0) -> EgoPath:
+    v = rng.uniform(0.5, vmax)
+    return _Drive(start).leg(1, _wiggle(v * duration + 3.0, rng), v, v0=v).path(duration)
+
+
+# --- scene assembly -------------------------------------------------------------------------------------
+
+
+def _reframed(scene: Scene, mirror: bool) -> Scene:
+    """The scene mirrored left-right (optionally) and moved so that the drive starts at (0, 0) heading +x."""
+    sign = -1.0 if mirror else 1.0
+    p0 = scene.ego.poses[0]
+    o = Pose2D(p0.x, sign * p0.y, sign * p0.yaw)
+
+    c, s = math.cos(o.yaw), math.sin(o.yaw)
+
+    def pt(x, y):  # plain floats: this runs for every part, numpy per point would dominate generation time
+        dx, dy = x - o.x, sign * y - o.y
+        return c * dx + s * dy, -s * dx + c * dy
+
+    def ang(yaw):
+        return sign * yaw - o.yaw
+
+    def shape(p):  # constructors, not dataclasses.replace: several times faster, and this runs for every part
+        x, y = pt(p.x, p.y)
+        if isinstance(p, Box):
+            return Box(x, y, ang(p.yaw), p.length, p.width, p.z0, p.z1)
+        if isinstance(p, Cylinder):
+            return Cylinder(x, y, p.radius, p.z0, p.z1, p.radius_top)
+        return Sphere(x, y, p.z, p.radius)
+
+    objects = []
+    for ob in scene.objects:
+        motion = ob.motion and Motion(tuple(pt(*w) for w in ob.motion.waypoints), ob.motion.speed)
+        objects.append(SceneObject(ob.id, ob.cls, ob.kind, tuple(Part(shape(p.shape), p.material) for p in ob.parts),
+                                   shape(ob.box), motion))
+    g = scene.ground
+    markings = tuple(replace(m, x0=pt(m.x0, m.y0)[0], y0=pt(m.x0, m.y0)[1], x1=pt(m.x1, m.y1)[0], y1=pt(m.x1, m.y1)[1])
+                     for m in g.markings)
+    patches = tuple(replace(p, polygon=tuple(pt(*v) for v in p.polygon)) for p in g.patches)
+    lights = tuple(replace(lt, x=pt(lt.x, lt.y)[0], y=pt(lt.x, lt.y)[1]) for lt in scene.lights)
+    poses = tuple(Pose2D(*pt(p.x, p.y), ang(p.yaw)) for p in scene.ego.poses)
+    return replace(scene, objects=tuple(objects), ground=replace(g, markings=markings, patches=patches),
+                   lights=lights, ego=EgoPath(scene.ego.times, poses))
+
+
+def _extent(path: EgoPath) -> tuple[float, float, float, float]:
+    xy = np.array([(p.x, p.y) for p in path.poses])
+    return float(xy[:, 0].min()), float(xy[:, 0].max()), float(xy[:, 1].min()), float(xy[:, 1].max())
+
+
+def _band(x0: float, x1: float, y0: float, y1: float) -> tuple[tuple[float, float], ...]:
+    return ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
+
+
+def _people(lay: _Layout, spots: Sequence[tuple[float, float]], lanes: Sequence[float], x_range: tuple[float, float],
+            n_walk: int, n_stand: int, child_p: float = 0.3) -> None:
+    """Walkers along lanes y = const within x_range, and people standing at some of `spots`."""
+    rng = lay.rng
+    for _ in range(n_walk):
+        for _try in range(8):
+            y = _pick(rng, lanes) + rng.uniform(-0.2, 0.2)
+            x = rng.uniform(*x_range)
+            dist = rng.uniform(5.0, 14.0) * rng.choice([-1, 1])
+            if lay.walker(x, y, [(x + dist, y)], child=rng.random() < child_p) is not None:
+                break
+    order = rng.permutation(len(spots)) if len(spots) else []
+    placed = 0
+    for i in order:
+        if placed >= n_stand:
+            break
+        x, y = spots[i]
+        child = rng.random() < child_p
+        heading = rng.uniform(-math.pi, math.pi)
+        if lay.place(lambda oid, x=x, y=y, h=heading, c=child: make_pedestrian(oid, x, y, h, rng, c)):
+            placed += 1
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A row of parking bays along x. Bays open onto the aisle at y = entrance and run `side` (+1: towards +y)
+    for `depth`; `angle` is between the bay axis and the aisle (pi/2: perpendicular)."""
+
+    entrance: float
+    side: int
+    depth: float
+    width: float
+    x0: float  # x of one bay's entrance centre
+    angle: float = math.pi / 2
+
+    @property
+    def pitch(self) -> float:
+        return self.width / math.sin(self.angle)
+
+    @property
+    def axis(self) -> float:
+        """Yaw pointing from the entrance into the bay."""
+        return math.atan2(self.side * math.sin(self.angle), math.cos(self.angle))
+
+    def entrances(self, x_lo: float, x_hi: float) -> np.ndarray:
+        k = np.arange(math.floor((x_lo - self.x0) / self.pitch), math.ceil((x_hi - self.x0) / self.pitch) + 1)
+        return self.x0 + k * self.pitch
+
+    def along(self, xe: float, d: float, lateral: float = 0.0) -> tuple[float, float]:
+        """Point `d` metres into the bay at entrance xe along its axis, `lateral` to its left."""
+        c, s = math.cos(self.axis), math.sin(self.axis)
+        return xe + c * d - s * lateral, self.entrance + s * d + c * lateral
+
+    @property
+    def length(self) -> float:
+        return self.depth / math.sin(self.angle)
+
+    def markings(self, x_lo: float, x_hi: float, rgb=(0.92, 0.92, 0.88)) -> list[Marking]:
+        out = []
+        for xe in self.entrances(x_lo, x_hi):
+            a = xe - self.pitch / 2
+            c, s = math.cos(self.axis), math.sin(self.axis)
+            out.append(Marking(a, self.entrance, a + c * self.length, self.entrance + s * self.length, 0.12, rgb))
+        return out
+
+    def car(self, lay: _Layout, xe: float, rng: np.random.Generator) -> SceneObject | None:
+        """A car parked in the bay at entrance xe: nose in or reversed in, a little off centre."""
+        style = str(rng.choice(list(CAR_STYLES), p=STYLE_WEIGHTS))
+        L, W = CAR_STYLES[style][:2]
+        lean = (W / 2 + 0.05) / math.tan(self.angle)  # an angled bay's back corners cut into its length
+        yaw = self.axis + (math.pi if rng.random() < 0.3 else 0.0)
+        seed = rng.integers(2**31)
+        makers = []
+        for back in (rng.uniform(0.25, 0.6), 0.3):
+            for lat in (rng.uniform(-0.15, 0.15), 0.0):
+                x, y = self.along(xe, self.length - back - lean - L / 2, lat)
+                makers.append(lambda oid, x=x, y=y: make_car(oid, x, y, yaw, np.random.default_rng(seed), style))
+        return lay.place_first(makers)
+
+
+def _bay_pose(row: _Row, xe: float, vehicle: VehicleBody, reversed_in: bool, back_gap: float) -> Pose2D:
+    """Ego pose parked in a bay with its back end `back_gap` from the bay's end."""
+    if reversed_in:
+        d = row.length - back_gap - vehicle.rear_overhang
+        return Pose2D(*row.along(xe, d), row.axis + math.pi)
+    d = row.length - back_gap - vehicle.x_max
+    return Pose2D(*row.along(xe, d), row.axis)
+
+
+def _bays_scene(kind: str, motion: str, duration: float, rng: np.random.Generator, rig: Rig, seed: int) -> Scene:
+    """Parking lot or underground garage: an aisle along x at y = 0 with bays either side."""
+    garage = kind == "garage"
+    veh = rig.vehicle
+    a = rng.uniform(3.25, 3.7)  # aisle half width
+    depth = rng.uniform(5.0, 5.4)
+    width = rng.uniform(2.6, 2.8) if garage else rng.uniform(2.5, 2.75)
+    target = _Row(a, +1, depth, width, 0.0)  # the ego's bay opens at x = 0 on the +y side
+    # --- the drive
+    if motion == "parked":
+        pose = _bay_pose(target, 0.0, veh, rng.random() < 0.5, rng.uniform(0.5, 0.8))
+        ego = _Drive(pose).path(duration)
+    elif motion == "creep_forward":
+        x_start = rng.uniform(-8.0, 0.0)
+        ego = _creep(Pose2D(x_start, rng.uniform(-0.3, 0.3), 0.0), duration, rng, 1.5 if garage else 2.0)
+    else:
+        ego = _reverse_perpendicular(target, veh, duration, rng, aisle_half=a)
+    x_lo, x_hi, _, _ = _extent(ego)
+    x_lo, x_hi = x_lo - COVER, x_hi + COVER
+    lay = _Layout(rng, ego, veh)
+    height = rng.uniform(2.4, 2.7) if garage else None
+    rows = [target, _Row(-a, -1, depth, width, rng.uniform(0, width))]
+    if not garage and rng.random() < 0.3:  # an angled row across the aisle (one-way traffic)
+        ang = math.radians(rng.uniform(55, 70))
+        rows[1] = _Row(-a, -1, depth + 0.4, width, rows[1].x0, ang)
+    if not garage:  # back-to-back rows facing the next aisles
+        rows += [_Row(a + 2 * depth, -1, depth, width, 0.0), _Row(-a - 2 * rows[1].depth, +1, depth, width, 0.0)]
+    lights: list[Light] = []
+    patches: list[GroundPatch] = []
+    # --- structure first: it is where it is, cars are parked around it
+    if garage:
+        wall = _pick(rng, WALL_MATERIALS[1:3])
+        y_back = a + depth + 0.25
+        y_front = -a - depth - 0.25
+        lay.place(lambda oid: make_wall(oid, x_lo, y_back, x_hi, y_back, 0.3, height, wall))
+        lay.place(lambda oid: make_wall(oid, x_lo, y_front, x_hi, y_front, 0.3, height, wall))
+        end = rng.uniform(10.0, 14.0)
+        for xw in (x_lo + COVER - end, x_hi - COVER + end):
+            lay.place(lambda oid, xw=xw: make_wall(oid, xw, y_front + 0.3, xw, y_back - 0.3, 0.3, height, wall))
+        x_lo, x_hi = x_lo + COVER - end, x_hi - COVER + end
+        round_ = rng.random() < 0.4
+        every = int(rng.integers(2, 4))
+        for r in rows:
+            ents = r.entrances(x_lo, x_hi)
+            start = int(rng.integers(every))
+            d = rng.choice([0.6, r.length - 0.6])
+            for xe in ents[start::every]:
+                x, y = r.along(xe - r.pitch / 2, d)
+                lay.place(lambda oid, x=x, y=y: make_pillar(oid, x, y, rng, height, round_))
+        spacing = rng.uniform(5.0, 7.0)
+        for xl in np.arange(x_lo + 1.0, x_hi, spacing):
+            for yl in (0.0, a + depth / 2, -a - depth / 2):
+                lights.append(Light(float(xl), yl, height - 0.05, (0.92, 0.96, 1.0), rng.uniform(0.5, 0.8)))
+    else:
+        every = int(rng.integers(3, 6))
+        for r in (rows[0], rows[1]):
+            y_pole = r.entrance + r.side * r.depth
+            for xe in r.entrances(x_lo, x_hi)[int(rng.integers(every))::every]:
+                x = xe - r.pitch / 2 if r.angle == math.pi / 2 else xe
+                h = rng.uniform(6.0, 8.0)
+                if lay.place(lambda oid, x=x, y=y_pole, h=h: make_pole(oid, x, y, rng, h, 0.1, lamp=True)):
+                    lights.append(Light(float(x), y_pole, h, (1.0, 0.85, 0.6), rng.uniform(0.9, 1.4)))
+    paint = (0.95, 0.85, 0.2) if garage and rng.random() < 0.3 else (0.92, 0.92, 0.88)
+    markings = [m for r in rows for m in r.markings(x_lo, x_hi, paint)]
+    if not garage:  # the back lines of the rows next to the ego's aisle
+        backs = [r.entrance + r.side * r.depth for r in rows[:2]]
+        markings += [Marking(x_lo, yb, x_hi, yb) for yb in backs]
+    # --- parked cars, then what stands in empty bays
+    empty: list[tuple[_Row, float]] = []
+    p_empty = rng.uniform(0.15, 0.35)
+    for r in rows:
+        for xe in r.entrances(x_lo, x_hi):
+            if r is target and abs(xe) < 1e-6 and motion != "creep_forward":
+                continue  # the ego's own bay
+            if rng.random() < p_empty or r.car(lay, xe, rng) is None:
+                empty.append((r, xe))
+    for i in rng.permutation(len(empty))[: max(1, len(empty) // 3)]:
+        r, xe = empty[i]
+        u = rng.random()
+        x, y = r.along(xe, r.length * rng.uniform(0.3, 0.8), rng.uniform(-0.5, 0.5))
+        if u < 0.35:
+            lay.place(lambda oid, x=x, y=y: make_cone(oid, x, y, rng))
+        elif u < 0.6 and not garage:
+            lay.place(lambda oid, x=x, y=y: make_trolley(oid, x, y, rng.uniform(-math.pi, math.pi), rng))
+        elif u < 0.75:
+            lay.place(lambda oid, x=x, y=y: make_box(oid, x, y, rng.uniform(0, math.pi), rng))
+        elif u < 0.85:
+            x, y = r.along(xe, r.length - 0.3, r.pitch / 2 * rng.choice([-1, 1]) * 0.9)
+            lay.place(lambda oid, x=x, y=y: make_bollard(oid, x, y, rng))
+    # --- people: walking along the aisle edges, standing at bay mouths and in empty bays
+    near = (x_lo + COVER - 6.0, x_hi - COVER + 6.0) if not garage else (x_lo + 1.0, x_hi - 1.0)
+    spots = [rows[int(rng.integers(2))].along(x, rng.uniform(-0.2, 0.4)) for x in rng.uniform(*near, size=6)]
+    spots += [r.along(xe, r.length * 0.5) for r, xe in empty if near[0] < xe < near[1]]
+    lanes = [a - 0.55, -a + 0.55] + ([] if garage else [a + 2 * depth + 1.5, -a - 2 * rows[1].depth - 1.5])
+    _people(lay, spots, lanes, near, int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    if garage:
+        ground = Ground((0.55, 0.55, 0.53), "concrete", tuple(markings), tuple(patches))
+    else:
+        ground = Ground((0.30, 0.30, 0.31), "asphalt", tuple(markings), tuple(patches))
+    scene = Scene(kind, tuple(lay.objects), ground, ego, tuple(lights), height, seed)
+    return _reframed(scene, mirror=rng.random() < 0.5)
+
+
+def _reverse_perpendicular(row: _Row, veh: VehicleBody, duration: float, rng: np.random.Generator,
+                           aisle_half: float) -> EgoPath:
+    """Drive past the bay at entrance x = 0, stop, reverse on a full-lock arc until square to the bay, then
+    straight back into it. Row opens towards +y (the arc steers left while reversing)."""
+    R = rng.uniform(4.9, 5.5)
+    y_arc_end = row.entrance + rng.uniform(0.1, 0.4)  # rear axle just inside the bay when square to it
+    y0 = y_arc_end - R
+    y0 = max(y0, -aisle_half + veh.width / 2 + 0.8)
+    pre = rng.uniform(2.0, 5.0)
+    start = Pose2D(R - pre, y0, 0.0)
+    final_y = row.entrance + row.depth - rng.uniform(0.5, 0.8) - veh.rear_overhang
+    drive = _Drive(start).leg(1, _straight(pre), rng.uniform(1.0, 1.5)).pause(rng.uniform(0.6, 1.5))
+    back = np.concatenate([_arc(R, math.pi / 2), _straight(final_y - (y0 + R))])
+    return drive.leg(-1, back, rng.uniform(0.5, 0.9)).path(duration, finish=True)
+
+
+def generate_scene(kind: str, motion: str, duration_s: float, rng: np.random.Generator, rig: Rig, seed: int) -> Scene:
+    """A random scene of `kind` with the ego's drive `motion` lasting `duration_s` seconds."""
+    if kind not in SCENE_KINDS:
+        raise ConfigError(f"unknown scene kind {kind!r}; choose from {', '.join(SCENE_KINDS)}")
+    if motion not in EGO_MOTIONS:
+        raise ConfigError(f"unknown ego motion {motion!r}; choose from {', '.join(EGO_MOTIONS)}")
+    if not (math.isfinite(duration_s) and duration_s > 0):
+        raise ConfigError(f"drive duration must be a positive number of seconds, got {duration_s!r}")
+    if kind in ("parking_lot", "garage"):
+        scene = _bays_scene(kind, motion, duration_s, rng, rig, seed)
+    elif kind == "street":
+        scene = _street_scene(motion, duration_s, rng, rig, seed)
+    else:
+        scene = _driveway_scene(motion, duration_s, rng, rig, seed)
+    log.debug("scene %s/%s seed %d: %d objects", kind, motion, seed, len(scene.objects))
+    return scene
+
+
+def sample_drive(rng: np.random.Generator, rig: Rig, duration_s: float, kinds: Sequence[str] | None = None,
+                 motions: Sequence[str] | None = None) -> Scene:
+    """Pick a scene kind and an ego motion (from `kinds` / `motions` when given) and generate the scene."""
+    for name, given, allowed in (("scene kind", kinds, SCENE_KINDS), ("ego motion", motions, EGO_MOTIONS)):
+        bad = [v for v in given or () if v not in allowed]
+        if bad:
+            raise ConfigError(f"unknown {name} {bad[0]!r}; choose from {', '.join(allowed)}")
+    kind = _weighted(rng, SCENE_KINDS, KIND_WEIGHTS, kinds)
+    motion = _weighted(rng, EGO_MOTIONS, MOTION_WEIGHTS, motions)
+    seed = int(rng.integers(2**31))
+    return generate_scene(kind, motion, duration_s, rng, rig, seed)
+
+
+def _weighted(rng: np.random.Generator, names: Sequence[str], weights: Sequence[float], allowed) -> str:
+    w = np.array([wt if allowed is None or n in allowed else 0.0 for n, wt in zip(names, weights, strict=True)])
+    if w.sum() <= 0:
+        raise ConfigError(f"nothing to choose from: {list(allowed)!r}")
+    return str(names[int(rng.choice(len(names), p=w / w.sum()))])
+
+
+def _fill_parallel(lay: _Layout, y_kerb: float, side: int, yaw: float, x_lo: float, x_hi: float,
+                   rng: np.random.Generator) -> None:
+    """Cars parked nose to tail along a kerb at y_kerb (their kerb side 0.15-0.35 m off it, on the `side` of
+    the kerb towards the road), with the gaps of a real street; each car slides on until it fits."""
+    x = x_lo
+    while x < x_hi:
+        style = str(rng.choice(list(CAR_STYLES), p=STYLE_WEIGHTS))
+        L, W = CAR_STYLES[style][:2]
+        x += rng.uniform(4.0, 8.0) if rng.random() < 0.12 else rng.uniform(0.6, 2.0)
+        y = y_kerb + side * (rng.uniform(0.15, 0.35) + W / 2)
+        seed = rng.integers(2**31)
+        for k in range(12):
+            xc = x + L / 2 + 0.25 * k
+            if lay.place(lambda oid, xc=xc, y=y, sd=seed, st=style:
+                         make_car(oid, xc, y, yaw, np.random.default_rng(sd), st)):
+                x = xc + L / 2
+                break
+        else:
+            x += 3.0
+
+
+def _buildings(lay: _Layout, y_face: float, side: int, x_lo: float, x_hi: float, rng: np.random.Generator) -> None:
+    """Building fronts along x with their faces at y_face, extending away (`side`) from the street."""
+    x = x_lo
+    shop = Material((0.15, 0.2, 0.25), "glass", 0.8, 0.95)
+    while x < x_hi:
+        length = rng.uniform(6.0, 18.0)
+        mat = shop if rng.random() < 0.15 else _pick(rng, WALL_MATERIALS)
+        y = y_face + side * 0.15
+        h = rng.uniform(3.0, 10.0)
+        lay.place(lambda oid, x=x, L=length, y=y, m=mat, h=h: make_wall(oid, x, y, x + L, y, 0.3, h, m))
+        x += length + 0.2
+
+
+def _street_scene(motion: str, duration: float, rng: np.random.Generator, rig: Rig, seed: int) -> Scene:
+    """A two-lane street along x (the ego's lane at y = 0, driving +x), parking along both kerbs, sidewalks,
+    building fronts, lamps, signs and bollards."""
+    veh = rig.vehicle
+    lw, strip = rng.uniform(3.0, 3.4), rng.uniform(2.1, 2.4)
+    kerb_r, kerb_l = -lw / 2 - strip, 1.5 * lw + strip  # kerb faces
+    sw_r, sw_l = rng.uniform(2.2, 3.5), rng.uniform(2.2, 3.5)
+    wall_r, wall_l = kerb_r - 0.15 - sw_r, kerb_l + 0.15 + sw_l
+    y_park = kerb_r + rng.uniform(0.42, 0.55) + veh.width / 2
+    gap_at: float | None = 0.0
+    if motion == "parked":
+        ego = _Drive(Pose2D(0.0, y_park, 0.0)).path(duration)
+    elif motion == "creep_forward":
+        gap_at = None
+        ego = _creep(Pose2D(rng.uniform(-5.0, 0.0), rng.uniform(-0.2, 0.2), 0.0), duration, rng)
+    else:
+        ego = _parallel_park(y_park, veh, duration, rng)
+    x_lo, x_hi, _, _ = _extent(ego)
+    x_lo, x_hi = x_lo - COVER, x_hi + COVER
+    lay = _Layout(rng, ego, veh)
+    lights: list[Light] = []
+    h_kerb = rng.uniform(0.12, 0.15)
+    lay.place(lambda oid: make_curb(oid, x_lo, kerb_r - 0.075, x_hi, kerb_r - 0.075, h_kerb))
+    lay.place(lambda oid: make_curb(oid, x_lo, kerb_l + 0.075, x_hi, kerb_l + 0.075, h_kerb))
+    _buildings(lay, wall_r, -1, x_lo, x_hi, rng)
+    _buildings(lay, wall_l, +1, x_lo, x_hi, rng)
+    for y_pole, side in ((kerb_r - 0.55, -1), (kerb_l + 0.55, 1)):
+        for x in np.arange(x_lo + rng.uniform(0, 20), x_hi, rng.uniform(18.0, 28.0)):
+            h = rng.uniform(5.0, 7.0)
+            if lay.place(lambda oid, x=x, y=y_pole, h=h: make_pole(oid, x, y, rng, h, 0.09, lamp=True)):
+                lights.append(Light(float(x), y_pole, h, (1.0, 0.85, 0.6), rng.uniform(0.8, 1.2)))
+        for x in rng.uniform(x_lo, x_hi, int(rng.integers(1, 4))):
+            lay.place(lambda oid, x=x, y=y_pole: make_pole(oid, x, y, rng, rng.uniform(2.4, 3.0), 0.04, sign=True))
+        for x in rng.uniform(x_lo + COVER - 8, x_hi - COVER + 8, int(rng.integers(0, 3))):
+            for k in range(int(rng.integers(3, 6))):
+                lay.place(lambda oid, x=x + 1.5 * k, y=y_pole + side * 0.1: make_bollard(oid, x, y, rng))
+    # Neighbours of the ego's parking gap first, as close as a driver leaves them, then the rest of the rows.
+    if gap_at is not None:
+        end = ego.poses[-1]
+        for direction, edge in ((1, end.x + veh.x_max), (-1, end.x + veh.x_min)):
+            style = str(rng.choice(list(CAR_STYLES), p=STYLE_WEIGHTS))
+            L, W = CAR_STYLES[style][:2]
+            y = kerb_r + rng.uniform(0.15, 0.35) + W / 2
+            seed_c = rng.integers(2**31)
+            lay.place_first([lambda oid, xc=edge + direction * (L / 2 + 0.45 + 0.15 * k), y=y, sd=seed_c, st=style:
+                             make_car(oid, xc, y, 0.0, np.random.default_rng(sd), st) for k in range(20)])
+    _fill_parallel(lay, kerb_r, +1, 0.0, x_lo, x_hi, rng)
+    _fill_parallel(lay, kerb_l, -1, math.pi, x_lo, x_hi, rng)
+    for kerb, sw, side in ((kerb_r, sw_r, -1), (kerb_l, sw_l, 1)):
+        inner, outer = kerb + side * 0.15, kerb + side * (0.15 + sw)
+        lanes = [inner + side * sw * 0.45, inner + side * sw * 0.75]
+        spots = [(float(x), float(outer - side * 0.5)) for x in rng.uniform(x_lo + 10, x_hi - 10, 4)]
+        _people(lay, spots, lanes, (x_lo + COVER - 6, x_hi - COVER + 6), int(rng.integers(1, 4)),
+                int(rng.integers(0, 3)))
+        for x in rng.uniform(x_lo + 8, x_hi - 8, int(rng.integers(0, 3))):
+            lay.place(lambda oid, x=x, y=outer - side * 0.45: make_bin(oid, x, y, 0.0, rng))
+    patches = (GroundPatch(_band(x_lo, x_hi, kerb_r - 0.15, wall_r), (0.62, 0.60, 0.57), "paving"),
+               GroundPatch(_band(x_lo, x_hi, kerb_l + 0.15, wall_l), (0.62, 0.60, 0.57), "paving"))
+    markings = [Marking(x_lo, -lw / 2, x_hi, -lw / 2, 0.12), Marking(x_lo, 1.5 * lw, x_hi, 1.5 * lw, 0.12)]
+    dash, space = rng.uniform(2.5, 3.5), rng.uniform(3.0, 6.0)
+    for x in np.arange(x_lo, x_hi, dash + space):
+        markings.append(Marking(float(x), lw / 2, float(x + dash), lw / 2, 0.12))
+    ground = Ground((0.28, 0.28, 0.29), "asphalt", tuple(markings), patches)
+    return _reframed(Scene("street", tuple(lay.objects), ground, ego, tuple(lights), None, seed), mirror=False)
+
+
+def _parallel_park(y_park: float, veh: VehicleBody, duration: float, rng: np.random.Generator) -> EgoPath:
+    """Pull up alongside the car ahead of the gap, stop, reverse steering right then left (two equal arcs)
+    into the gap whose rear-axle target is (0, y_park), then roll forward a little to centre."""
+    R = rng.uniform(5.0, 5.6)
+    y0 = rng.uniform(-0.1, 0.2)
+    phi = math.acos(1 - (y0 - y_park) / (2 * R))
+    fwd = rng.uniform(0.2, 0.5)
+    x_start = 2 * R * math.sin(phi) - fwd
+    pre = rng.uniform(2.0, 5.0)
+    drive = _Drive(Pose2D(x_start - pre, y0, 0.0)).leg(1, _straight(pre), rng.uniform(0.8, 1.4))
+    drive.pause(rng.uniform(0.6, 1.5))
+    drive.leg(-1, np.concatenate([_arc(-R, phi), _arc(R, phi)]), rng.uniform(0.5, 0.8))
+    drive.pause(rng.uniform(0.4, 1.0)).leg(1, _straight(fwd), 0.4)
+    return drive.path(duration, finish=True)
+
+
+def _driveway_scene(motion: str, duration: float, rng: np.random.Generator, rig: Rig, seed: int) -> Scene:
+    """A house front with a garage door at the top of a paved driveway (the driveway runs +y from the street's
+    kerb at y = 0, the ego's half of it centred on x = 0), front gardens, bins, toys, people."""
+    veh = rig.vehicle
+    road = rng.uniform(7.6, 8.4)
+    sw = rng.uniform(1.5, 2.5)
+    y_prop = 0.15 + sw
+    y_house = y_prop + rng.uniform(6.0, 9.5)
+    double = rng.random() < 0.4
+    wd = rng.uniform(5.2, 6.0) if double else rng.uniform(3.0, 4.2)
+    other_side = rng.choice([-1, 1])
+    lo, hi = (-wd / 2, wd / 2) if not double else sorted((-other_side * wd / 4, other_side * 3 * wd / 4))
+    stop_gap = rng.uniform(0.8, 1.4)
+    if motion == "parked":
+        if rng.random() < 0.5:
+            pose = Pose2D(0.0, y_house - stop_gap - veh.x_max, math.pi / 2)
+        else:
+            pose = Pose2D(0.0, y_house - stop_gap - veh.rear_overhang, -math.pi / 2)
+        ego = _Drive(pose).path(duration)
+    elif motion == "creep_forward":
+        y_start = rng.uniform(-3.0, -1.5)
+        v = rng.uniform(0.5, 1.2)
+        length = y_house - stop_gap - veh.x_max - y_start
+        ego = _Drive(Pose2D(0.0, y_start, math.pi / 2)).leg(1, _straight(length), v, v0=v).path(duration)
+    else:
+        row = _Row(0.0, +1, y_house - stop_gap + 0.6, wd, 0.0)
+        ego = _reverse_perpendicular(row, veh, duration, rng, aisle_half=road)
+    x_lo, x_hi, _, _ = _extent(ego)
+    x_lo, x_hi = x_lo - COVER, x_hi + COVER
+    lay = _Layout(rng, ego, veh)
+    # The house and its neighbours, garden walls or kerbs along the property line, a gap for the driveway.
+    h0, h1 = lo - rng.uniform(3.0, 7.0), hi + rng.uniform(3.0, 7.0)
+    door_w = wd - 0.6 if double else rng.uniform(2.4, min(2.9, wd - 0.3))
+    door_x = (lo + hi) / 2
+    lay.place(lambda oid: make_house_front(oid, h0, h1, y_house, door_x, door_w, rng.uniform(2.8, 6.0), rng))
+    for a, b in ((x_lo, h0 - 1.0), (h1 + 1.0, x_hi)):
+        y = y_house + rng.uniform(-1.5, 3.0)
+        lay.place(lambda oid, a=a, b=b, y=y: make_house_front(oid, a, b, y, (a + b) / 2, 2.6, 5.0, rng))
+    low = _pick(rng, WALL_MATERIALS)
+    h_wall = rng.uniform(0.4, 0.9)
+    for a, b in ((x_lo, lo - 0.3), (hi + 0.3, x_hi)):
+        if rng.random() < 0.6:
+            lay.place(lambda oid, a=a, b=b: make_wall(oid, a, y_prop + 0.12, b, y_prop + 0.12, 0.24, h_wall, low))
+        else:
+            lay.place(lambda oid, a=a, b=b: make_curb(oid, a, y_prop + 0.08, b, y_prop + 0.08, 0.12))
+    for x in (h0 - 0.5, h1 + 0.5):
+        lay.place(lambda oid, x=x: make_wall(oid, x, y_prop + 0.5, x, y_house - 0.3, 0.24, h_wall, low))
+    # The street: kerbs (dropped at the driveway), parked cars, a lamp.
+    hk = rng.uniform(0.12, 0.15)
+    mouth = 1.2
+    for a, b in ((x_lo, lo - mouth), (hi + mouth, x_hi)):
+        lay.place_first([lambda oid, a=a, b=b, s=s: make_curb(oid, a + max(s, 0), 0.075, b - max(-s, 0), 0.075, hk)
+                         for s in (0.0, 1.0, -1.0, 2.0, -2.0)])
+    lay.place(lambda oid: make_curb(oid, x_lo, -road - 0.075, x_hi, -road - 0.075, hk))
+    if double:
+        x_other = (lo + hi) / 2 + other_side * wd / 4
+        seed_c = rng.integers(2**31)
+        lay.place_first([lambda oid, d=d: make_car(oid, x_other, y_house - d - 2.4, math.pi / 2,
+                                                   np.random.default_rng(seed_c)) for d in (0.8, 1.2, 1.8, 2.6)])
+    _fill_parallel(lay, -road, +1, 0.0, x_lo, x_hi, rng)
+    for x in rng.uniform(x_lo, x_hi, int(rng.integers(1, 4))):
+        if abs(x) > wd + 4:
+            _fill_parallel(lay, 0.0, -1, 0.0, x - 3, x + 3, rng)
+    x_lamp = rng.choice([lo - rng.uniform(3, 8), hi + rng.uniform(3, 8)])
+    lights = [Light(door_x + door_w / 2 + 0.5, y_house - 0.15, 2.4, (1.0, 0.8, 0.55), 0.4)]
+    if lay.place(lambda oid: make_pole(oid, x_lamp, y_prop - 0.4, rng, 5.5, 0.08, lamp=True)):
+        lights.append(Light(float(x_lamp), y_prop - 0.4, 5.5, (1.0, 0.85, 0.6), 1.0))
+    # Bins by the house, toys and people in the garden.
+    for k in range(int(rng.integers(1, 4))):
+        x = (hi + 0.5 + 0.75 * k) if other_side < 0 or not double else (lo - 0.5 - 0.75 * k)
+        lay.place(lambda oid, x=x: make_bin(oid, x, y_house - 0.5, 0.0, rng))
+    garden = [(float(rng.uniform(a, b)), float(rng.uniform(y_prop + 0.7, y_house - 0.8)))
+              for a, b in ((h0 + 0.5, lo - 0.5), (hi + 0.5, h1 - 0.5)) for _ in range(3)]
+    garden = [garden[i] for i in rng.permutation(len(garden))]
+    for x, y in garden[: int(rng.integers(1, 5))]:
+        maker = make_toy if rng.random() < 0.7 else make_box
+        lay.place(lambda oid, x=x, y=y, m=maker: m(oid, x, y, rng.uniform(0, math.pi), rng))
+    spots = garden + [(float(x), y_prop - 0.8) for x in rng.uniform(x_lo + 8, x_hi - 8, 3)]
+    _people(lay, spots, [0.15 + sw * 0.5], (x_lo + COVER - 6, x_hi - COVER + 6), int(rng.integers(0, 2)),
+            int(rng.integers(1, 3)), child_p=0.5)
+    grass = (0.25, 0.45, 0.18)
+    patches = (GroundPatch(_band(x_lo, x_hi, 0.15, y_prop), (0.62, 0.60, 0.57), "paving"),
+               GroundPatch(_band(x_lo, lo, y_prop, y_house + 3), grass, "grass"),
+               GroundPatch(_band(hi, x_hi, y_prop, y_house + 3), grass, "grass"),
+               GroundPatch(_band(lo, hi, 0.0, y_house), (0.55, 0.50, 0.45), "paving"),
+               GroundPatch(_band(x_lo, x_hi, -road - 0.15, -road - 3.0), (0.62, 0.60, 0.57), "paving"))
+    dash, space = 3.0, rng.uniform(3.0, 5.0)
+    markings = tuple(Marking(float(x), -road / 2, float(x + dash), -road / 2)
+                     for x in np.arange(x_lo, x_hi, dash + space))
+    ground = Ground((0.28, 0.28, 0.29), "asphalt", markings, patches)
+    scene = Scene("driveway", tuple(lay.objects), ground, ego, tuple(lights), None, seed)
+    return _reframed(scene, mirror=rng.random() < 0.5)
