@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sensors.errors import ConfigError, SensorError
@@ -39,23 +40,43 @@ class Pacer:
         self._origin = None
 
 
-def decode_frame(frame: Frame) -> Frame:
-    """Decode every camera image of a frame in place; a corrupt image leaves its slot None and flags it."""
-    for cam, image in frame.images.items():
-        if image is None or image.rgb is not None:
-            continue
+_decoder_pool: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    # OpenCV releases the GIL while decoding, so the four images of a frame decode in parallel.
+    global _decoder_pool
+    if _decoder_pool is None:
+        _decoder_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jpeg")
+    return _decoder_pool
+
+
+def decode_frame(frame: Frame, scale: int = 1) -> Frame:
+    """Decode every camera image of a frame in place (at 1/scale of the size); a corrupt image leaves its slot
+    None and flags the frame degraded."""
+    todo = [(cam, im) for cam, im in frame.images.items() if im is not None and im.rgb is None]
+
+    def work(item):
+        cam, im = item
         try:
-            image.rgb = decode_jpeg(image.jpeg or b"", f"/camera/{cam}/image at {image.stamp_ns} ns")
+            return decode_jpeg(im.jpeg or b"", f"/camera/{cam}/image at {im.stamp_ns} ns", scale)
         except SensorError:
+            return None
+
+    results = list(_pool().map(work, todo)) if len(todo) > 1 else [work(t) for t in todo]
+    for (cam, im), rgb in zip(todo, results, strict=True):
+        if rgb is None:
             frame.images[cam] = None
             frame.degraded.append(f"camera {cam} corrupt image")
+        else:
+            im.rgb = rgb
     return frame
 
 
 def replay_frames(path: str | Path, speed: float | None = None, decode: bool = True, start_ns: int | None = None,
-                  strict: bool = False, reader=None) -> Iterator[Frame]:
+                  strict: bool = False, reader=None, decode_scale: int = 1) -> Iterator[Frame]:
     """Frames of a recorded drive, in time order. `reader` may be an open LogReader (its damage report stays
-    available to the caller)."""
+    available to the caller); decode_scale 2 or 4 decodes the images at reduced size."""
     from sensors.log import ConditionRecord, LogReader
 
     own = reader is None
@@ -78,10 +99,10 @@ def replay_frames(path: str | Path, speed: float | None = None, decode: bool = T
                 sync.push_objects(msg.stamp_ns, v)
             for frame in sync.pop_frames():
                 pacer.wait(frame.stamp_ns)
-                yield decode_frame(frame) if decode else frame
+                yield decode_frame(frame, decode_scale) if decode else frame
         for frame in sync.flush():
             pacer.wait(frame.stamp_ns)
-            yield decode_frame(frame) if decode else frame
+            yield decode_frame(frame, decode_scale) if decode else frame
     finally:
         if own:
             reader.close()

@@ -27,6 +27,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     c.add_argument("--frame", type=int, default=0, help="frame index in each log")
     c.set_defaults(func=_contact_sheet)
 
+    d = bench.add_parser("decode", help="replaying a drive into Frames (JPEG decode included): frames per second")
+    d.add_argument("log", nargs="?", help="a log to replay (default: simulate a 40-frame drive first)")
+    d.add_argument("--frames", type=int, default=40)
+    d.set_defaults(func=_bench_decode)
+
     b = bench.add_parser("sim", help="simulation frames per second at the default resolution")
     b.add_argument("--frames", type=int, default=20)
     b.add_argument("--workers", type=int)
@@ -47,6 +52,26 @@ def _contact_sheet(args) -> int:
     from sim_data.contact_sheet import contact_sheet
 
     print(contact_sheet(args.logs, args.out, args.frame))
+    return 0
+
+
+def _bench_decode(args) -> int:
+    import tempfile
+
+    from sensors.live import bench_decode
+    from sensors.rig import load_rig
+    from sensors.timing import format_table, machine_description
+    from sim_data.simulate import DriveSpec, simulate_drive
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = args.log or simulate_drive(DriveSpec("bench-decode", 12345, args.frames), tmp, load_rig())
+        rows = []
+        for reduced in (False, True):
+            r = bench_decode(log, reduced)
+            size = r["resolution"] if not reduced else f"{r['resolution']} decoded at 1/2"
+            rows.append((size, r["frames"], r["fps"], r["camera_rate_multiple"]))
+    print(f"machine: {machine_description()}")
+    print(format_table(rows, ("images", "frames", "frames per second", "x 30 Hz camera rate")))
     return 0
 
 

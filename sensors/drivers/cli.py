@@ -25,6 +25,16 @@ def register(commands, bench) -> None:
     p.add_argument("--channel", default="can0", help="CAN channel name written in the log (default can0)")
     p.add_argument("--dbc", help="another DBC with the same messages (default: the packaged uss.dbc)")
     p.set_defaults(func=_to_can)
+    r = commands.add_parser("record", help="record live cameras and CAN ultrasonics into a log")
+    r.add_argument("--rig", help="rig file (default: the shipped rig)")
+    r.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE",
+                   help="a rig camera and its source: video file, /dev/videoN or index, GStreamer pipeline")
+    r.add_argument("--can", metavar="CHANNEL|FILE", help="CAN channel (e.g. can0) or CAN log file (.log/.asc/.blf)")
+    r.add_argument("--can-interface", default="socketcan", help="python-can interface for a channel")
+    r.add_argument("--duration", type=float, help="stop after this many seconds (default: until the sources end "
+                   "or Ctrl-C)")
+    r.add_argument("--out", required=True, help="the log to write (.mcap)")
+    r.set_defaults(func=_record)
     b = bench.add_parser("can", help="USS CAN codec throughput (encode and decode frames per second)")
     b.add_argument("--cycles", type=int, default=300)
     b.add_argument("--echoes", type=int, default=24, help="echoes per cycle")
@@ -38,6 +48,17 @@ def _to_can(args) -> int:
     cycles, frames = log_to_can(args.log, args.out, db=db, channel=args.channel)
     print(f"{args.out}: {cycles} ultrasonic cycles in {frames} CAN frames")
     return 0
+
+
+def _record(args) -> int:
+    from sensors.live import record
+
+    result = record(args.out, args.camera, args.can, args.rig, args.can_interface, args.duration)
+    counts = ", ".join(f"{t} {n}" for t, n in sorted(result.counts.items())) or "nothing"
+    print(f"{result.path}: {result.seconds:.1f} s recorded: {counts}")
+    for err in result.errors:
+        print(f"source failed: {err}")
+    return 1 if result.errors else 0
 
 
 def _bench_can(args) -> int:

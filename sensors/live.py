@@ -1,0 +1,167 @@
+"""Recording live drivers into a log: cameras (video files, V4L2, GStreamer) and ultrasonics over CAN, each in its
+own thread, all stamped on one monotonic clock and written by the crash-safe Recorder."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sensors.errors import ConfigError, NearfieldError, SensorError
+from sensors.messages import CameraImage
+from sensors.rig import load_rig
+
+log = logging.getLogger(__name__)
+
+CAN_LOG_SUFFIXES = (".log", ".asc", ".blf")
+
+
+@dataclass
+class RecordResult:
+    path: Path
+    seconds: float
+    counts: Counter = field(default_factory=Counter)  # topic -> messages
+    errors: list[str] = field(default_factory=list)  # sources that failed (the others went on)
+
+
+def _is_can_file(spec: str) -> bool:
+    return Path(spec).suffix.lower() in CAN_LOG_SUFFIXES and Path(spec).is_file()
+
+
+def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_path: str | Path | None = None,
+           can_interface: str = "socketcan", duration_s: float | None = None, jpeg_quality: int = 90,
+           clock=time.monotonic_ns, stop: threading.Event | None = None,
+           install_signals: bool = True) -> RecordResult:
+    """Record until every source ends, `duration_s` passes, `stop` is set, or SIGINT/SIGTERM arrives.
+
+    cameras: NAME=SOURCE strings (video file, /dev/videoN or index, GStreamer pipeline). Video files play in real
+    time, as a live camera would deliver them. can: a CAN channel (e.g. can0) on `can_interface`, or a CAN log file
+    (.log/.asc/.blf) replayed in real time. A source that fails is reported and the others keep recording.
+    """
+    from sensors.drivers.camera import VideoCameraSource, parse_camera_arg
+    from sensors.imaging import encode_jpeg
+    from sensors.recorder import Recorder
+
+    rig = load_rig(rig_path)
+    parsed = [parse_camera_arg(a, rig.cameras) for a in cameras]
+    names = [n for n, _ in parsed]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"each camera may be given once; got {', '.join(names)}")
+    if not parsed and can is None:
+        raise ConfigError("nothing to record: give --camera NAME=SOURCE and/or --can CHANNEL|FILE")
+
+    t0 = clock()
+    sources = []  # opened before recording starts, so a bad source fails the command up front
+    try:
+        for name, src in parsed:
+            cam = rig.cameras[name]
+            sources.append(("camera", name, VideoCameraSource(name, src, clock=clock, size=(cam.width, cam.height),
+                                                              realtime=True, start_ns=t0)))
+        if can is not None:
+            if _is_can_file(can):
+                sources.append(("uss", can, _CanFileReplay(can, clock)))
+            else:
+                from sensors.drivers.can_uss import CanUssSource
+
+                sources.append(("uss", can, CanUssSource(can, can_interface, clock=clock)))
+    except NearfieldError:
+        for _, _, s in sources:
+            s.close()
+        raise
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = RecordResult(out, 0.0)
+    stop = stop or threading.Event()
+    lock = threading.Lock()
+    recorder = Recorder(out, rig, metadata={"generator": "nearfield record",
+                                            "sources": "; ".join([*cameras, *([f"can={can}"] if can else [])])})
+
+    def pump(kind: str, name: str, source) -> None:
+        try:
+            for item in source:
+                if stop.is_set():
+                    break
+                if kind == "camera":
+                    recorder.write_camera(CameraImage(name, item.stamp_ns, jpeg=encode_jpeg(item.rgb, jpeg_quality)))
+                    topic = f"/camera/{name}/image"
+                else:
+                    recorder.write_uss(item)
+                    topic = "/uss/echoes"
+                with lock:
+                    result.counts[topic] += 1
+        except NearfieldError as e:
+            if not stop.is_set():
+                log.error("%s: %s", name, e)
+                with lock:
+                    result.errors.append(f"{name}: {e}")
+        finally:
+            source.close()
+
+    threads = [threading.Thread(target=pump, args=s, name=f"record {s[1]}", daemon=True) for s in sources]
+    if install_signals and threading.current_thread() is threading.main_thread():
+        recorder.install_signal_handlers()
+    try:
+        for t in threads:
+            t.start()
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while any(t.is_alive() for t in threads) and not stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5.0)
+        recorder.close()
+        result.seconds = (clock() - t0) / 1e9
+    return result
+
+
+class _CanFileReplay:
+    """A CAN log file played like a live bus: cycles restamped onto the recorder's clock, in real time."""
+
+    def __init__(self, path: str, clock):
+        from sensors.drivers.can_uss import read_can_log
+
+        self.path, self.clock = path, clock
+        self._cycles = read_can_log(path)
+
+    def __iter__(self):
+        origin = None
+        for cycle in self._cycles:
+            if origin is None:
+                origin = (self.clock(), cycle.stamp_ns)
+            due = origin[0] + (cycle.stamp_ns - origin[1])
+            delay = due - self.clock()
+            if delay > 0:
+                time.sleep(delay / 1e9)
+            cycle.stamp_ns = int(due)
+            yield cycle
+
+    def close(self) -> None:
+        close = getattr(self._cycles, "close", None)
+        if close:
+            close()
+
+
+def bench_decode(log_path: str | Path, reduced: bool = False) -> dict[str, object]:
+    """Replay a drive into Frames (JPEG decode included) as fast as possible."""
+    from sensors.log import LogReader
+    from sensors.replay import replay_frames
+
+    with LogReader(log_path) as reader:
+        cam = next(iter(reader.rig.cameras.values()))
+        resolution = f"{cam.width}x{cam.height}"
+    for _ in replay_frames(log_path):  # warm up: imports, decoder threads
+        break
+    t0 = time.perf_counter()
+    n = sum(1 for _ in replay_frames(log_path, decode_scale=2 if reduced else 1))
+    dt = time.perf_counter() - t0
+    if n == 0:
+        raise SensorError(f"{log_path}: no frames to replay")
+    return {"resolution": resolution, "frames": n, "seconds": dt, "fps": n / dt, "camera_rate_multiple": n / dt / 30}

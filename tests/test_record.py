@@ -1,0 +1,100 @@
+"""`nearfield record`: video files and a virtual CAN bus recorded into one log that replays into frames."""
+
+import threading
+import time
+
+import can
+import numpy as np
+import pytest
+
+from sensors.drivers.camera import write_video
+from sensors.drivers.can_uss import UssCanEncoder
+from sensors.errors import ConfigError, SensorError
+from sensors.live import record
+from sensors.log import LogReader
+from sensors.messages import UssCycle, UssStatus
+from sensors.replay import replay_frames
+from sensors.rig import CAMERA_NAMES
+
+
+@pytest.fixture()
+def small_rig(tmp_path, rig):
+    path = tmp_path / "rig.toml"
+    path.write_text(rig.scaled(0.25).to_toml())
+    cam = rig.scaled(0.25).cameras["FV"]
+    return path, (cam.width, cam.height)
+
+
+def _videos(tmp_path, size, frames=8, fps=10.0):
+    w, h = size
+    out = []
+    for i, cam in enumerate(CAMERA_NAMES):
+        path = tmp_path / f"{cam}.avi"
+        imgs = [np.full((h, w, 3), 30 * i + 5 * k, np.uint8) for k in range(frames)]
+        write_video(path, imgs, fps)
+        out.append(f"{cam}={path}")
+    return out
+
+
+def test_record_videos_and_virtual_can(tmp_path, small_rig):
+    rig_path, size = small_rig
+    cams = _videos(tmp_path, size)
+    channel = f"rec-{time.monotonic_ns()}"
+    stop = threading.Event()
+
+    def ecu():
+        enc = UssCanEncoder()
+        with can.Bus(channel=channel, interface="virtual") as bus:
+            k = 0
+            while not stop.is_set():
+                cycle = UssCycle(k * 100_000_000, k, [0, 1], [0, 2], [1.25, 2.5], [0.8, 0.3],
+                                 {i: UssStatus.OK for i in range(12)})
+                for msg in enc.encode(cycle):
+                    bus.send(msg)
+                k += 1
+                time.sleep(0.1)
+
+    t = threading.Thread(target=ecu, daemon=True)
+    t.start()
+    try:
+        out = tmp_path / "rec.mcap"
+        result = record(out, cams, can=channel, rig_path=rig_path, can_interface="virtual", duration_s=1.2,
+                          install_signals=False)
+    finally:
+        stop.set()
+        t.join()
+    assert not result.errors
+    for cam in CAMERA_NAMES:
+        assert result.counts[f"/camera/{cam}/image"] == 8  # the whole 0.8 s video within 1.2 s
+    assert result.counts["/uss/echoes"] >= 5
+    with LogReader(out) as reader:
+        s = reader.summary()
+        assert reader.damage is None
+        assert reader.rig.cameras["FV"].width == size[0]
+    assert s.topics["/uss/echoes"].count == result.counts["/uss/echoes"]
+    frames = list(replay_frames(out))
+    assert len(frames) == 8
+    # Video frames were filled with 30*i + 5*k: the decoded images keep camera order and time order.
+    for k, f in enumerate(frames):
+        for i, cam in enumerate(CAMERA_NAMES):
+            assert abs(int(f.images[cam].rgb.mean()) - (30 * i + 5 * k)) <= 3
+    # One clock: camera stamps and USS stamps interleave within the recording time.
+    with LogReader(out) as reader:
+        stamps = [m.stamp_ns for m in reader.messages(topics=["/uss/echoes", "/camera/FV/image"])]
+    assert stamps == sorted(stamps)
+    assert (stamps[-1] - stamps[0]) / 1e9 < result.seconds + 0.1
+
+
+def test_record_rejects_bad_arguments(tmp_path, small_rig):
+    rig_path, size = small_rig
+    with pytest.raises(ConfigError, match="nothing to record"):
+        record(tmp_path / "x.mcap", [], rig_path=rig_path)
+    with pytest.raises(ConfigError, match="no camera 'XX'"):
+        record(tmp_path / "x.mcap", ["XX=a.avi"], rig_path=rig_path)
+    with pytest.raises(SensorError, match="no such video file"):
+        record(tmp_path / "x.mcap", [f"FV={tmp_path / 'missing.avi'}"], rig_path=rig_path)
+    # A video whose size is not the calibration's is refused up front: the calibration would be wrong.
+    write_video(tmp_path / "big.avi", [np.zeros((size[1] * 2, size[0] * 2, 3), np.uint8)] * 2, 10)
+    with pytest.raises(SensorError, match="expected"):
+        record(tmp_path / "x.mcap", [f"FV={tmp_path / 'big.avi'}"], rig_path=rig_path)
+    assert not (tmp_path / "x.mcap").exists()
