@@ -473,10 +473,6 @@ class UltrasonicSimulator:
         return pair[keep], dist[keep], amp
 
 
-def _wrap(a: np.ndarray) -> np.ndarray:
-    return (a + np.pi) % (2 * np.pi) - np.pi
-
-
 def echo_level_db(amplitude: np.ndarray, model: EchoModel | None = None) -> np.ndarray:
     """The echo level in dB behind a normalised amplitude (inverse of the simulator's mapping)."""
     m = model or EchoModel()
