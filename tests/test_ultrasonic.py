@@ -246,7 +246,7 @@ def parking_lot(n_rows=6):
 
     def add(shape, refl, kind, extra=()):
         nonlocal i
-        parts = (Part(shape, Material((0.5, 0.5, 0.5), uss_reflectivity=refl)),) + extra
+        parts = (Part(shape, Material((0.5, 0.5, 0.5), uss_reflectivity=refl)), *extra)
         objs.append(SceneObject(i, 3, kind, parts, shape if isinstance(shape, Box) else
                                 Box(shape.x, shape.y, 0, 0.4, 0.4, 0, 1.8)))
         i += 1
