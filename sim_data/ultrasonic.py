@@ -32,7 +32,7 @@ from sensors.errors import ConfigError
 from sensors.geometry import Pose2D
 from sensors.messages import UssCycle, UssStatus
 from sensors.rig import Rig
-from sim_data.world import Box, Condition, Cylinder, SceneObject, Sphere
+from sim_data.world import Box, Condition, Cylinder, Part, SceneObject, Sphere
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,30 @@ def _sample_shape(shape: Box | Cylinder | Sphere, model: EchoModel) -> tuple[np.
     return cols, face
 
 
+def _check_part(part: Part, where: str) -> None:
+    problem = _shape_problem(part.shape)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    if not 0.0 <= part.material.uss_reflectivity <= 1.0:
+        raise ConfigError(f"{where}: uss_reflectivity {part.material.uss_reflectivity} is outside 0..1")
+
+
+@lru_cache(maxsize=8192)
+def _shape_problem(sh) -> str | None:
+    if not isinstance(sh, (Box, Cylinder, Sphere)):
+        return f"unsupported shape {type(sh).__name__}; the echo model knows Box, Cylinder and Sphere"
+    values = [getattr(sh, f) for f in sh.__dataclass_fields__ if getattr(sh, f) is not None]
+    if not all(math.isfinite(v) for v in values):
+        return f"{sh} has a non-finite coordinate; fix the scene generator"
+    if isinstance(sh, Box):
+        bad = sh.length < 0 or sh.width < 0 or sh.z1 <= sh.z0
+    elif isinstance(sh, Cylinder):
+        bad = sh.radius < 0 or sh.r_top < 0 or sh.z1 <= sh.z0
+    else:
+        bad = sh.radius < 0
+    return f"degenerate {sh} (negative size or z1 <= z0); fix the scene generator" if bad else None
+
+
 def _reach(shape: Box | Cylinder | Sphere) -> float:
     if isinstance(shape, Box):
         return math.hypot(shape.length, shape.width) / 2
@@ -256,6 +280,7 @@ class UltrasonicSimulator:
             amp = np.concatenate([amp, np.clip(self.model.ring_amplitude + rng.normal(0, 0.02, ring.size), 0, 1)])
             order = np.lexsort((dist, pair))
             pair, dist, amp = pair[order], dist[order], amp[order]
+        log.debug("uss cycle %d: %d surface columns, %d echoes", cycle_index, len(cols), len(pair))
         return UssCycle(stamp_ns=stamp_ns, cycle=cycle_index, sender=self._ids[s_idx[pair]],
                         receiver=self._ids[r_idx[pair]], distance=dist, amplitude=amp, status=status)
 
@@ -282,9 +307,7 @@ class UltrasonicSimulator:
         for k, obj in enumerate(objects):
             for i, part in enumerate(obj.parts):
                 sh = part.shape
-                if not isinstance(sh, (Box, Cylinder, Sphere)):
-                    raise ConfigError(f"object {obj.id} ({obj.kind}) part {i}: unsupported shape "
-                                      f"{type(sh).__name__}; the echo model knows Box, Cylinder and Sphere")
+                _check_part(part, f"object {obj.id} ({obj.kind}) part {i}")
                 if math.hypot(sh.x - centre[0], sh.y - centre[1]) > self._cull_radius + _reach(sh):
                     continue
                 cols, face = _sample_shape(sh, self.model)

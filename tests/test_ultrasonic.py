@@ -238,6 +238,10 @@ def test_bad_input_raises_typed_errors(rig):
         run(rig, [], condition=Condition(failed_uss={"XYZ": "dead"}))
     with pytest.raises(ConfigError, match="melted"):
         run(rig, [], condition=Condition(failed_uss={"FIL": "melted"}))
+    with pytest.raises(ConfigError, match=r"object 4 \(pole\) part 0: degenerate"):
+        run(rig, [thing(Cylinder(5.0, 0.0, 0.05, 1.0, 1.0), oid=4, kind="pole")])
+    with pytest.raises(ConfigError, match="uss_reflectivity"):
+        run(rig, [wall_ahead(1.0, refl=1.5)])
 
 
 def parking_lot(n_rows=6):
