@@ -156,12 +156,19 @@ def _sample_shape(shape: Box | Cylinder | Sphere, model: EchoModel) -> tuple[np.
     else:
         cols = _sphere_columns(shape, model)
         face = np.zeros(len(cols), int)
+    # Nothing echoes from below the ground.
+    above = cols[:, _Z1] > 0
+    cols, face = cols[above], face[above]
+    cols[:, _Z0] = np.maximum(cols[:, _Z0], 0.0)
     cols.setflags(write=False)
     face.setflags(write=False)
     return cols, face
 
 
 def _check_part(part: Part, where: str) -> None:
+    if not isinstance(part.shape, (Box, Cylinder, Sphere)):
+        raise ConfigError(f"{where}: unsupported shape {type(part.shape).__name__}; the echo model knows Box, "
+                          "Cylinder and Sphere")
     problem = _shape_problem(part.shape)
     if problem:
         raise ConfigError(f"{where}: {problem}")
@@ -170,9 +177,7 @@ def _check_part(part: Part, where: str) -> None:
 
 
 @lru_cache(maxsize=8192)
-def _shape_problem(sh) -> str | None:
-    if not isinstance(sh, (Box, Cylinder, Sphere)):
-        return f"unsupported shape {type(sh).__name__}; the echo model knows Box, Cylinder and Sphere"
+def _shape_problem(sh: Box | Cylinder | Sphere) -> str | None:
     values = [getattr(sh, f) for f in sh.__dataclass_fields__ if getattr(sh, f) is not None]
     if not all(math.isfinite(v) for v in values):
         return f"{sh} has a non-finite coordinate; fix the scene generator"
