@@ -145,7 +145,7 @@ def _sphere_columns(s: Sphere, m: EchoModel) -> np.ndarray:
     return np.concatenate(out)
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=1024)  # static parts repeat every cycle; moving ones churn, so keep it bounded (~20 MB)
 def _sample_shape(shape: Box | Cylinder | Sphere, model: EchoModel) -> tuple[np.ndarray, np.ndarray]:
     """(columns (N, 9), cluster index within the part (N,)): a box has four clusters, curved parts one."""
     if isinstance(shape, Box):
