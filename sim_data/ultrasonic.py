@@ -50,9 +50,10 @@ _X, _Y, _NX, _NY, _Z0, _Z1, _TILT, _DL, _AREA = range(9)
 class EchoModel:
     """Constants of the echo model; the defaults describe a ~50 kHz parking sensor."""
 
-    # Sampling: the lobe is a Gaussian, so sums over columns spaced up to ~1.5 lobe widths are accurate to a few %;
-    # the distance comes from the strongest column, within spacing/2 of the specular point (error ~ spacing²/8d).
-    spacing: float = 0.06  # m between outline columns of flat faces
+    # Sampling: the lobe is a Gaussian, so sums over columns spaced up to ~2 of its standard deviations (8 cm from
+    # ~0.3 m on) are accurate to well under a dB; the distance comes from the strongest column, within spacing/2
+    # of the specular point (error ~ spacing²/8d, a few mm).
+    spacing: float = 0.08  # m between outline columns of flat faces
     arc_step_deg: float = 6.0  # angular step around curved mantles
     band_height: float = 0.10  # m, height of the bands a cone or frustum is cut into
     sphere_bands: int = 12  # latitude bands of a sphere
