@@ -3,7 +3,7 @@ amplitude, sensor status) of the rig's USS from the scene objects around the ego
 
 How an echo is computed (2.5-D Kirchhoff-style model, vectorised over surface columns and sensor pairs):
 - Every part's vertical surface (box faces, cylinder and cone mantles, sphere latitude bands) is sampled along
-  its outline into columns a few cm wide, each with a horizontal position, outward normal (and its tilt for
+  its outline into columns (8 cm, or 6° on curves), each with a horizontal position, outward normal (and its tilt for
   cones and spheres), a height interval and a reflectivity. Faces and mantles are the echo clusters.
 - For a sender/receiver pair, a column returns intensity
       refl · B_h · dl/d³ · (specular lobe(θ_h) · ∫ lobe(ε) B_v(ε) dε  +  diffuse cosines · ∫ B_v(ε) dε) · air
