@@ -1,0 +1,893 @@
+"""The simulator's fisheye camera renderer: per-pixel ray casting of the scene (ground, ceiling, sky, boxes,
+cylinders/frusta/cones, spheres, the ego body) with tile culling, then shading and lighting per condition.
+
+Everything per pixel is computed in the vehicle frame: the scene is moved into it once per frame, so pixel rays,
+ground hit points and the ego body stay per-camera constants. Image-space effects live in sim_data.effects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from sensors.calibration import FisheyeCamera
+from sensors.errors import ConfigError
+from sensors.geometry import Pose2D
+from sensors.rig import VehicleBody
+from sim_data import effects
+from sim_data.textures import SURFACE_TEXTURES, GroundImage, bake_ceiling, bake_ground, surface_albedo
+from sim_data.world import Box, Condition, Cylinder, Material, Part, Scene, Sphere
+
+log = logging.getLogger(__name__)
+
+F32 = np.float32
+INF = F32(np.inf)
+TILE = 16  # pixels per tile side for culling
+HIT_EPS = 1e-3  # metres: hits closer than this to the ray origin are ignored
+SHADOW_RES = 0.05  # metres per pixel of the per-frame ground shadow map
+SHADOW_HALF = 24.0  # the shadow map covers +-this many metres around the car
+LIGHTMAP_RES = 0.10  # metres per pixel of the baked ground irradiance from the scene's lamps
+LIGHT_K = 12.5  # Light.intensity 1 at 5 m above the ground gives irradiance 0.5 below it (an overcast day)
+MAX_OBJECT_LAMPS = 6  # lamps nearest the car that light objects per pixel (all of them light the ground)
+SUN_DISC_COS = math.cos(math.radians(0.6))  # the sun is drawn a little larger than its 0.27° radius
+SUN_DISC_RADIANCE = 40.0  # times the direct irradiance: saturates and blooms
+LAMP_RADIANCE = 25.0  # radiance of a lit lamp panel per unit intensity
+
+# Shading parameters per surface texture: (Blinn-Phong exponent, Fresnel reflectance at normal incidence).
+_GLOSS = {"car_paint": (80.0, 0.05), "glass": (300.0, 0.08), "metal": (30.0, 0.35)}
+
+
+@dataclass
+class RenderedImage:
+    """One rendered camera image and its per-pixel ground truth."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8, final image with condition effects, vignetting and noise
+    object_id: np.ndarray  # (H, W) int32: SceneObject.id seen, 0 ground/sky/ceiling, -1 ego body, -2 outside
+    depth: np.ndarray  # (H, W) float32 ray distance in metres (inf for sky and outside the image circle)
+
+
+OBJ_GROUND, OBJ_EGO, OBJ_OUTSIDE = 0, -1, -2
+
+
+# --- lighting per condition ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Lighting:
+    """Light in a frame. Irradiances are in units where the sun of a clear day gives about 2."""
+
+    sun: np.ndarray | None  # world unit vector towards the sun; None when no direct sun reaches the scene
+    sun_rgb: np.ndarray  # direct irradiance on a surface facing the sun
+    sky_rgb: np.ndarray  # ambient irradiance from the sky (or the garage's indirect light) on an upward surface
+    zenith: np.ndarray  # sky radiance straight up
+    horizon: np.ndarray  # sky radiance at the horizon
+    lamps_on: bool  # the scene's lights
+    headlights: bool  # the ego's low beams and tail lights
+    glare: float  # strength of lens glare from the sun (effects.sun_glare)
+    wet: bool
+    fog_distance: float  # metres at which 63 % of the ground's colour has faded into the horizon
+
+
+def lighting_for(condition: Condition, scene: Scene) -> Lighting:
+    """The lighting of `condition` in `scene` (a garage is lit by its lamps whatever the time of day)."""
+    a = np.asarray
+    el, az = condition.sun_elevation, condition.sun_azimuth
+    sun = a([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], F32)
+    wet = bool(condition.rain)
+    if scene.ceiling_height is not None:
+        return Lighting(None, a([0, 0, 0], F32), a([0.05, 0.05, 0.05], F32), a([0, 0, 0], F32),
+                        a([0, 0, 0], F32), True, condition.lighting in ("night", "dusk"), 0.0, False, 1e9)
+    lighting = condition.lighting
+    if lighting == "night":
+        return Lighting(None, a([0, 0, 0], F32), a([0.004, 0.005, 0.008], F32), a([0.0015, 0.002, 0.004], F32),
+                        a([0.010, 0.007, 0.005], F32), True, True, 0.0, wet, 90.0 if wet else 250.0)
+    if lighting == "dusk":
+        sun_rgb, sky = a([0.45, 0.27, 0.15], F32), a([0.07, 0.075, 0.10], F32)
+        zenith, horizon = a([0.05, 0.07, 0.14], F32), a([0.35, 0.20, 0.12], F32)
+        lamps, head, glare = True, True, 0.35
+    elif lighting == "glare":
+        sun_rgb, sky = a([1.9, 1.65, 1.3], F32), a([0.40, 0.42, 0.48], F32)
+        zenith, horizon = a([0.35, 0.5, 0.9], F32), a([1.2, 1.05, 0.9], F32)
+        lamps, head, glare = False, False, 1.0
+    else:
+        sun_rgb, sky = a([2.0, 1.92, 1.8], F32), a([0.45, 0.52, 0.65], F32)
+        zenith, horizon = a([0.35, 0.55, 1.1], F32), a([1.0, 1.1, 1.25], F32)
+        lamps, head, glare = False, False, 0.25
+    if el <= 0:
+        sun_rgb = sun_rgb * 0
+    if wet and lighting != "glare":
+        # Overcast: the sun is behind clouds, the sky is a bright grey dome.
+        grey = float(sky.mean() + 0.15 * sun_rgb.mean())
+        sky = a([grey, grey, grey * 1.04], F32)
+        zenith = horizon = a([1.0, 1.0, 1.04], F32) * F32(float(horizon.mean()) * 0.8)
+        sun_rgb, glare = sun_rgb * F32(0.08), 0.0
+    return Lighting(sun, sun_rgb, sky, zenith, horizon, lamps, head, glare, wet, 60.0 if wet else 180.0)
+
+
+# --- geometry ----------------------------------------------------------------------------------------------------
+
+def ego_parts(vehicle: VehicleBody) -> tuple[Part, ...]:
+    """The ego car as its own cameras see it: lower body, glass cabin and four wheels, in the vehicle frame."""
+    paint = Material((0.10, 0.14, 0.22), "car_paint", 0.6)
+    glass = Material((0.08, 0.09, 0.10), "glass", 0.9)
+    tyre = Material((0.05, 0.05, 0.05), "rubber", 0.05)
+    cx = (vehicle.x_min + vehicle.x_max) / 2
+    w = vehicle.width
+    body = Box(cx, 0.0, 0.0, vehicle.length, w, 0.18, 0.95)
+    hood = min(1.3, 0.4 * vehicle.length)
+    cab_x0, cab_x1 = vehicle.x_min + 0.45, vehicle.x_max - hood
+    cabin = Box((cab_x0 + cab_x1) / 2, 0.0, 0.0, cab_x1 - cab_x0, w - 0.16, 0.95, vehicle.height)
+    parts = [Part(body, paint), Part(cabin, glass)]
+    for x in (0.0, vehicle.wheelbase):
+        for side in (1, -1):
+            parts.append(Part(Box(x, side * (w / 2 - 0.13), 0.0, 0.64, 0.22, 0.0, 0.64), tyre))
+    return tuple(parts)
+
+
+def _to_vehicle(shape, c: float, s: float, ex: float, ey: float, yaw: float):
+    """A world primitive in the frame of the ego pose (cos/sin of its yaw, its position)."""
+    dx, dy = shape.x - ex, shape.y - ey
+    x, y = c * dx + s * dy, -s * dx + c * dy
+    if isinstance(shape, Box):
+        return Box(x, y, shape.yaw - yaw, shape.length, shape.width, shape.z0, shape.z1)
+    if isinstance(shape, Cylinder):
+        return Cylinder(x, y, shape.radius, shape.z0, shape.z1, shape.radius_top)
+    return Sphere(x, y, shape.z, shape.radius)
+
+
+def _bounds(shape) -> tuple[float, float, float, float]:
+    """Bounding sphere (x, y, z, radius)."""
+    if isinstance(shape, Box):
+        return shape.x, shape.y, (shape.z0 + shape.z1) / 2, 0.5 * math.sqrt(
+            shape.length**2 + shape.width**2 + (shape.z1 - shape.z0) ** 2)
+    if isinstance(shape, Cylinder):
+        r = max(shape.radius, shape.r_top)
+        return shape.x, shape.y, (shape.z0 + shape.z1) / 2, math.hypot(r, (shape.z1 - shape.z0) / 2)
+    return shape.x, shape.y, shape.z, shape.radius
+
+
+class _Rays:
+    """A bundle of unit rays from one origin (vehicle frame), float32, with the per-ray constants the
+    intersection tests reuse."""
+
+    def __init__(self, origin: np.ndarray, d: np.ndarray):
+        self.o = [float(v) for v in origin]
+        self.dx, self.dy, self.dz = (np.ascontiguousarray(d[:, i], F32) for i in range(3))
+        with np.errstate(divide="ignore"):
+            self.idz = (1.0 / self.dz).astype(F32)
+        self.h2 = self.dx * self.dx + self.dy * self.dy
+
+    def take(self, idx: np.ndarray) -> _Rays:
+        r = object.__new__(_Rays)
+        r.o = self.o
+        r.dx, r.dy, r.dz, r.idz, r.h2 = (a[idx] for a in (self.dx, self.dy, self.dz, self.idz, self.h2))
+        return r
+
+
+def hit_distance(shape, r: _Rays) -> np.ndarray:
+    """Distance along each ray to where it enters `shape` (inf where it does not). Only entering hits count,
+    so a ray that starts inside a primitive never sees the primitive's inside."""
+    with np.errstate(all="ignore"):
+        if isinstance(shape, Box):
+            return _hit_box(shape, r)
+        if isinstance(shape, Cylinder):
+            return _hit_cylinder(shape, r)
+        return _hit_sphere(shape, r)
+
+
+def _hit_box(b: Box, r: _Rays) -> np.ndarray:
+    # Slabs along the box's length, width and height; in-place to keep the hot loop light on memory.
+    c, s = math.cos(b.yaw), math.sin(b.yaw)
+    ox, oy, oz = r.o[0] - b.x, r.o[1] - b.y, r.o[2]
+    ou, ov = c * ox + s * oy, -s * ox + c * oy
+    hl, hw = b.length / 2, b.width / 2
+    inv = c * r.dx
+    inv += s * r.dy
+    np.reciprocal(inv, out=inv)
+    near = (-hl - ou) * inv
+    far = inv
+    far *= hl - ou
+    t1 = np.minimum(near, far)
+    np.maximum(near, far, out=far)
+    near = t1
+    inv = c * r.dy
+    inv -= s * r.dx
+    np.reciprocal(inv, out=inv)
+    t1 = (-hw - ov) * inv
+    inv *= hw - ov
+    np.maximum(near, np.minimum(t1, inv), out=near)
+    np.minimum(far, np.maximum(t1, inv, out=t1), out=far)
+    t1 = (b.z0 - oz) * r.idz
+    t2 = (b.z1 - oz) * r.idz
+    np.maximum(near, np.minimum(t1, t2), out=near)
+    np.minimum(far, np.maximum(t1, t2, out=t1), out=far)
+    near[(near > far) | (near <= HIT_EPS)] = INF
+    return near
+
+
+def _hit_cylinder(cy: Cylinder, r: _Rays) -> np.ndarray:
+    # Lateral surface: horizontal distance² = R(z)² with R linear in z; f(t) = a t² + 2 b t + c. The entering
+    # root (f decreasing through 0) is t = (-b - sqrt(b² - a c)) / a whatever the sign of a (steep cone rays).
+    ox, oy, oz = r.o[0] - cy.x, r.o[1] - cy.y, r.o[2] - cy.z0
+    H = cy.z1 - cy.z0
+    r0, r1 = cy.radius, cy.r_top
+    k = (r1 - r0) / H
+    A = r0 + k * oz
+    c = ox * ox + oy * oy - A * A
+    a = r.h2 - (k * k) * (r.dz * r.dz) if k else r.h2
+    b = ox * r.dx + oy * r.dy
+    if k:
+        b -= (A * k) * r.dz
+    disc = b * b - a * c
+    t = (-b - np.sqrt(disc)) / a
+    z = oz + t * r.dz
+    t[~((disc >= 0) & (t > HIT_EPS) & (z >= 0) & (z <= H))] = INF
+    for zc, rc, entering in ((cy.z1, r1, r.dz < 0), (cy.z0, r0, r.dz > 0)):
+        if rc <= 0:
+            continue
+        tc = (zc - r.o[2]) * r.idz
+        hx, hy = ox + tc * r.dx, oy + tc * r.dy
+        ok = entering & (tc > HIT_EPS) & (hx * hx + hy * hy <= rc * rc) & (tc < t)
+        t[ok] = tc[ok]
+    return t
+
+
+def _hit_sphere(sp: Sphere, r: _Rays) -> np.ndarray:
+    ox, oy, oz = r.o[0] - sp.x, r.o[1] - sp.y, r.o[2] - sp.z
+    b = ox * r.dx + oy * r.dy + oz * r.dz
+    disc = b * b - (ox * ox + oy * oy + oz * oz - sp.radius**2)
+    t = -b - np.sqrt(disc)
+    t[~((disc >= 0) & (t > HIT_EPS))] = INF
+    return t
+
+
+def surface_at(shape, r: _Rays, t: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Normals (nx, ny, nz) and texture coordinates (s, z) in metres where rays `r` hit `shape` at `t`."""
+    px, py, pz = r.o[0] + t * r.dx, r.o[1] + t * r.dy, r.o[2] + t * r.dz
+    n = t.size
+    if isinstance(shape, Box):
+        c, s = math.cos(shape.yaw), math.sin(shape.yaw)
+        lx, ly = px - shape.x, py - shape.y
+        u, v = c * lx + s * ly, -s * lx + c * ly
+        # The face hit is the one the point lies closest to.
+        gu = np.abs(np.abs(u) - shape.length / 2)
+        gv = np.abs(np.abs(v) - shape.width / 2)
+        gz = np.minimum(np.abs(pz - shape.z0), np.abs(pz - shape.z1))
+        fu = (gu <= gv) & (gu <= gz)
+        fv = ~fu & (gv <= gz)
+        fz = ~(fu | fv)
+        su, sv = np.sign(u).astype(F32), np.sign(v).astype(F32)
+        nx = np.where(fu, su * c, np.where(fv, -sv * s, 0.0)).astype(F32)
+        ny = np.where(fu, su * s, np.where(fv, sv * c, 0.0)).astype(F32)
+        nz = np.where(fz, np.sign(pz - (shape.z0 + shape.z1) / 2), 0.0).astype(F32)
+        ts = np.where(fu, v, u).astype(F32)
+        tz = np.where(fz, v, pz).astype(F32)
+        return nx, ny, nz, ts, tz
+    if isinstance(shape, Cylinder):
+        hx, hy = px - shape.x, py - shape.y
+        H = shape.z1 - shape.z0
+        k = (shape.r_top - shape.radius) / H
+        R = shape.radius + k * (pz - shape.z0)
+        rh = np.sqrt(hx * hx + hy * hy)
+        cap = np.minimum(np.abs(pz - shape.z1), np.abs(pz - shape.z0)) < np.abs(rh - R)
+        inv = 1.0 / (np.maximum(rh, 1e-6) * math.sqrt(1 + k * k))
+        nx = np.where(cap, 0.0, hx * inv).astype(F32)
+        ny = np.where(cap, 0.0, hy * inv).astype(F32)
+        nz = np.where(cap, np.sign(pz - (shape.z0 + shape.z1) / 2), -k * rh * inv).astype(F32)
+        ts = np.where(cap, hx, np.arctan2(hy, hx) * max(shape.radius, shape.r_top)).astype(F32)
+        tz = np.where(cap, hy, pz).astype(F32)
+        return nx, ny, nz, ts, tz
+    inv = 1.0 / shape.radius
+    nx, ny, nz = (px - shape.x) * inv, (py - shape.y) * inv, (pz - shape.z) * inv
+    ts = (np.arctan2(ny, nx) * shape.radius).astype(F32)
+    return nx.astype(F32), ny.astype(F32), nz.astype(F32), ts, pz.astype(F32).reshape(n)
+
+
+# --- light sources ---------------------------------------------------------------------------------------------
+
+def _spot(px, py, pz, nx, ny, nz, pos, axis, cos_in: float, cos_out: float) -> np.ndarray:
+    """Irradiance factor (colour and intensity aside) of a point light with a soft cone at points with normals."""
+    lx, ly, lz = pos[0] - px, pos[1] - py, pos[2] - pz
+    d2 = lx * lx + ly * ly + lz * lz
+    inv = 1.0 / np.sqrt(d2)
+    cn = np.maximum((nx * lx + ny * ly + nz * lz) * inv, 0.0)
+    ca = -(axis[0] * lx + axis[1] * ly + axis[2] * lz) * inv
+    cone = np.clip((ca - cos_out) * (1.0 / (cos_in - cos_out)), 0.0, 1.0)
+    return cn * cone / np.maximum(d2, 0.25)
+
+
+def _low_beam(px, py, pz, nx, ny, nz, pos, forward: float) -> np.ndarray:
+    """Irradiance factor of a dipped headlight (forward=+1) or tail light (-1). A low beam puts most of its
+    light just below a sharp horizontal cut-off, little on the ground right in front, and almost none more
+    than ~30° to the side."""
+    lx, ly, lz = px - pos[0], py - pos[1], pz - pos[2]
+    d2 = lx * lx + ly * ly + lz * lz
+    inv = 1.0 / np.sqrt(d2)
+    fx = forward * lx * inv
+    cn = np.maximum(-(nx * lx + ny * ly + nz * lz) * inv, 0.0)
+    ve = lz * inv
+    if forward > 0:
+        # Below the cut-off the intensity falls as |elevation|^-2.5, which keeps the lit ground nearly even
+        # from 2 to 10 m; the spread is wide in the foreground and narrow in the distance.
+        down = np.maximum(-ve, 1e-3)
+        width = 0.4 + 1.5 * np.maximum(down - 0.05, 0.0)
+        beam = np.exp(-(((ly * inv) / width) ** 4))
+        beam *= np.clip((0.02 - ve) * 40.0, 0.0, 1.0) * np.minimum((0.05 / down) ** 2.5, 1.0)
+    else:
+        beam = np.exp(-(((ly * inv) * (1 / 0.8)) ** 2))
+    return np.where(fx > 0.05, cn * beam / np.maximum(d2, 1.0), 0.0)
+
+
+HEADLIGHT_I = 32.0  # each low beam (its hot spot is far brighter than a street lamp), in Light.intensity units
+TAILLIGHT_I = 0.015
+
+
+def _ego_lamps(vehicle: VehicleBody) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """(position, forward sign, colour x intensity) of the ego's headlights and tail lights."""
+    y = vehicle.width / 2 - 0.2
+    head = np.array([1.0, 0.95, 0.85]) * HEADLIGHT_I * LIGHT_K
+    tail = np.array([1.0, 0.05, 0.03]) * TAILLIGHT_I * LIGHT_K
+    return ([(np.array([vehicle.x_max, s * y, 0.65]), 1.0, head) for s in (1, -1)]
+            + [(np.array([vehicle.x_min, s * y, 0.85]), -1.0, tail) for s in (1, -1)])
+
+
+def bake_lightmap(scene: Scene, ground: GroundImage, res: float = LIGHTMAP_RES) -> tuple[np.ndarray, float, float]:
+    """(h, w, 3) float32 irradiance on the ground from all of the scene's lamps (static, so baked once), with
+    the world position of its pixel (0, 0)."""
+    h0, w0 = ground.levels[0].shape[:2]
+    w, h = math.ceil(w0 * ground.res / res), math.ceil(h0 * ground.res / res)
+    out = np.zeros((h, w, 3), F32)
+    x0, y0 = ground.x0, ground.y0
+    reach = 25.0  # beyond this a lamp adds less than 1/20 of the light of its pool
+    for li in scene.lights:
+        c0, c1 = max(int((li.x - reach - x0) / res), 0), min(int((li.x + reach - x0) / res) + 1, w)
+        r0, r1 = max(int((li.y - reach - y0) / res), 0), min(int((li.y + reach - y0) / res) + 1, h)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        yy, xx = np.mgrid[r0:r1, c0:c1].astype(F32)
+        px, py = x0 + xx * res, y0 + yy * res
+        e = _spot(px, py, 0.0, 0.0, 0.0, 1.0, (li.x, li.y, li.z), (0.0, 0.0, -1.0), math.cos(math.radians(40)),
+                  math.cos(math.radians(75)))
+        out[r0:r1, c0:c1] += e[..., None] * (np.asarray(li.rgb, F32) * F32(li.intensity * LIGHT_K))
+    return out, x0, y0
+
+
+# --- per-camera constants --------------------------------------------------------------------------------------
+
+def _sample(img: np.ndarray, mx: np.ndarray, my: np.ndarray, border=cv2.BORDER_REFLECT_101,
+            value: float = 0.0) -> np.ndarray:
+    """Bilinear samples (n, C) of an image at n continuous pixel positions (cv2.remap needs 2-D maps with
+    sides below 32767, so the points are laid out in rows of 1024)."""
+    n = mx.size
+    rows = max((n + 1023) // 1024, 1)
+    mxp = np.zeros(rows * 1024, F32)
+    myp = np.zeros(rows * 1024, F32)
+    mxp[:n], myp[:n] = mx, my
+    out = cv2.remap(img, mxp.reshape(rows, 1024), myp.reshape(rows, 1024), cv2.INTER_LINEAR, borderMode=border,
+                    borderValue=(value,) * 4)
+    return out.reshape(rows * 1024, -1)[:n]
+
+
+class _CameraCache:
+    """Everything about one camera that does not change between frames of a drive."""
+
+    def __init__(self, cam: FisheyeCamera, renderer: FisheyeRenderer):
+        self.cam = cam
+        W = cam.width
+        self.lens = effects.Lens(cam)
+        v, u = np.nonzero(self.lens.circle)
+        tiles_x = (W + TILE - 1) // TILE
+        tile_of = (v // TILE) * tiles_x + (u // TILE)
+        order = np.argsort(tile_of, kind="stable")
+        self.pix = (v * W + u)[order]  # raster index of each ray, rays grouped by tile
+        tile_of = tile_of[order]
+        rays = cam.pixel_rays().reshape(-1, 3)[self.pix]
+        self.o = cam.origin.astype(float)
+        self.rays = _Rays(self.o, rays)
+        n = self.pix.size
+        # Tile bundles: centre direction and angular radius.
+        starts = np.flatnonzero(np.r_[True, tile_of[1:] != tile_of[:-1]])
+        self.tile_start = starts
+        self.tile_count = np.diff(np.r_[starts, n])
+        centre = np.add.reduceat(rays, starts, axis=0)
+        centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+        cosang = np.einsum("ij,ij->i", rays, np.repeat(centre, self.tile_count, axis=0))
+        rad = np.arccos(np.clip(np.minimum.reduceat(cosang, starts), -1, 1)) + 2e-3
+        self.tile_dir = centre.astype(F32)
+        self.tile_cos, self.tile_sin = np.cos(rad), np.sin(rad)
+        self._init_background(renderer, rays)
+        self.all_tiles = np.arange(starts.size)
+        self.tile_far = np.maximum.reduceat(self.bg_depth, starts)
+
+    def _init_background(self, rdr: FisheyeRenderer, rays: np.ndarray) -> None:
+        r = self.rays
+        n = r.dx.size
+        oz = self.o[2]
+        scene = rdr.scene
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_ground = np.where(r.dz < -1e-6, -oz * r.idz, np.inf).astype(F32)
+            if scene.ceiling_height is not None:
+                if scene.ceiling_height <= oz:
+                    raise ConfigError(f"scene ceiling_height {scene.ceiling_height} m is below camera "
+                                      f"{self.cam.name} at {oz:.2f} m; raise the garage ceiling")
+                t_ceil = np.where(r.dz > 1e-6, (scene.ceiling_height - oz) * r.idz, np.inf).astype(F32)
+            else:
+                t_ceil = np.full(n, np.inf, F32)
+        depth = np.minimum(t_ground, t_ceil)
+        part = np.full(n, -1, np.int32)
+        nrm = np.zeros((5, n), F32)
+        for k, p in enumerate(rdr.ego_parts):
+            t = hit_distance(p.shape, r)
+            win = np.flatnonzero(t < depth)
+            depth[win] = t[win]
+            part[win] = k
+            nrm[:, win] = surface_at(p.shape, r.take(win), t[win])
+        self.bg_depth, self.bg_part = depth, part
+        self.bg_oid = np.where(part >= 0, OBJ_EGO, OBJ_GROUND).astype(np.int32)
+        self.bg_surface = nrm
+        self.ego = np.flatnonzero(part >= 0)
+        self.ego_surfaces = rdr._surfaces(self, self.ego, depth, part, nrm, lit_by_headlights=False)
+        self.ego_surfaces.max_lamps = 2  # the ego's own paint needs only the nearest lamps
+        self.memo: dict[tuple, np.ndarray] = {}  # shading terms that only change with the lighting
+        free = part < 0
+        self.sky = np.flatnonzero(free & ~np.isfinite(depth))
+        self.ceiling = np.flatnonzero(free & (t_ceil <= depth) & np.isfinite(t_ceil))
+        ground = np.flatnonzero(free & (t_ground <= depth) & np.isfinite(t_ground))
+        # Ground pixels by texture detail level, so each mip level is sampled over a contiguous slice.
+        t = t_ground[ground]
+        pix_angle = 1.0 / self.cam.drho(np.array(0.0))
+        footprint = t * pix_angle / np.sqrt(np.maximum(-r.dz[ground], 1e-4))
+        level = np.clip(np.floor(np.log2(np.maximum(footprint / rdr.ground.res, 1e-6)) + 0.5), 0,
+                        len(rdr.ground.levels) - 1).astype(np.int32)
+        order = np.argsort(level, kind="stable")
+        self.ground = ground[order]
+        self.ground_levels = np.searchsorted(level[order], np.arange(len(rdr.ground.levels) + 1))
+        g = self.ground
+        t = t_ground[g]
+        self.gx, self.gy = self.o[0] + t * r.dx[g], self.o[1] + t * r.dy[g]
+        self.g_t = t
+        self.g_dz = r.dz[g]
+        # Schlick Fresnel for a water film (n = 1.33) seen at this pixel's grazing angle.
+        cos_i = -self.g_dz
+        self.g_fresnel = (0.02 + 0.98 * (1 - cos_i) ** 5).astype(F32)
+        # The per-frame shadow map is fixed to the car, so where each ground pixel reads it is constant too.
+        cxb, cyb = rdr.vehicle.centre
+        self.g_shadow_px = ((self.gx - (cxb - SHADOW_HALF)) / SHADOW_RES - 0.5,
+                            (self.gy - (cyb - SHADOW_HALF)) / SHADOW_RES - 0.5)
+        zero = np.zeros_like(self.gx)
+        head = np.zeros((g.size, 3), F32)
+        for pos, fwd, rgb in _ego_lamps(rdr.vehicle):
+            e = _low_beam(self.gx, self.gy, zero, zero, zero, zero + 1.0, pos, fwd)
+            head += e[:, None].astype(F32) * rgb.astype(F32)
+        self.g_head = head
+        self.pix_sky, self.pix_ceiling = self.pix[self.sky], self.pix[self.ceiling]
+        self.pix_ground, self.pix_ego = self.pix[self.ground], self.pix[self.ego]
+        c = self.ceiling
+        tc = t_ceil[c]
+        self.cx_, self.cy_ = self.o[0] + tc * r.dx[c], self.o[1] + tc * r.dy[c]
+
+
+# --- the renderer ---------------------------------------------------------------------------------------------
+
+class FisheyeRenderer:
+    """Renders a scene through fisheye cameras on the ego car; build one per drive (scene), call per frame."""
+
+    def __init__(self, cameras: dict[str, FisheyeCamera], vehicle: VehicleBody, scene: Scene):
+        self.vehicle = vehicle
+        self.scene = scene
+        self.ego_parts = ego_parts(vehicle)
+        self._check_scene(scene)
+        mats: list[Material] = [p.material for p in self.ego_parts]
+        mats += [p.material for o in scene.objects for p in o.parts]
+        self.part_rgb = np.array([m.rgb for m in mats], F32).reshape(-1, 3)
+        self.part_kind = np.array([SURFACE_TEXTURES.index(m.texture) for m in mats], np.int32)
+        self.part_spec = np.array([m.specular for m in mats], F32)
+        self.ground = bake_ground(scene)
+        self.ceiling = bake_ceiling(scene) if scene.ceiling_height is not None else None
+        self._lightmap: tuple[np.ndarray, float, float] | None = None
+        self.cameras = dict(cameras)
+        self._cams = {name: _CameraCache(cam, self) for name, cam in self.cameras.items()}
+        log.debug("renderer ready: %d cameras, %d parts, ground %s", len(self._cams), len(mats),
+                  self.ground.levels[0].shape)
+
+    @staticmethod
+    def _check_scene(scene: Scene) -> None:
+        ids = [o.id for o in scene.objects]
+        if len(set(ids)) != len(ids) or any(i <= 0 for i in ids):
+            raise ConfigError(f"scene (seed {scene.seed}): object ids must be unique and positive (0 and -1 mean "
+                              f"ground and ego in object_id images), got {sorted(ids)}")
+        for o in scene.objects:
+            for i, p in enumerate(o.parts):
+                where = f"scene (seed {scene.seed}) object {o.id} ({o.kind}) part {i}"
+                if p.material.texture not in SURFACE_TEXTURES:
+                    raise ConfigError(f"{where}: unknown texture {p.material.texture!r}; use one of "
+                                      f"{', '.join(SURFACE_TEXTURES)}")
+                sh = p.shape
+                dims = ((sh.length, sh.width, sh.z1 - sh.z0) if isinstance(sh, Box) else
+                        (max(sh.radius, sh.r_top), sh.z1 - sh.z0) if isinstance(sh, Cylinder) else (sh.radius,))
+                if isinstance(sh, Cylinder) and (sh.radius < 0 or sh.r_top < 0):
+                    dims = (-1.0,)
+                if not all(math.isfinite(d) and d > 0 for d in dims):
+                    raise ConfigError(f"{where}: {type(sh).__name__} has a non-positive or non-finite size {sh}")
+
+    # --- per frame ----------------------------------------------------------------------------------------
+    def render(self, t: float, ego: Pose2D, condition: Condition, rng: np.random.Generator,
+               cameras: Iterable[str] | None = None) -> dict[str, RenderedImage]:
+        """Render the cameras (all by default) at time t with the ego at `ego` (world pose)."""
+        names = list(self._cams) if cameras is None else list(cameras)
+        for n in names:
+            if n not in self._cams:
+                raise ConfigError(f"render at t={t:.3f} s: no camera {n!r}; the renderer has {', '.join(self._cams)}")
+        for n, cov in condition.soiling.items():
+            if n not in self._cams or not (0.0 <= cov <= 1.0):
+                raise ConfigError(f"condition soiling at t={t:.3f} s: {n!r}: {cov} must name a camera of the rig "
+                                  f"({', '.join(self._cams)}) with a coverage in 0..1")
+        light = lighting_for(condition, self.scene)
+        frame = self._frame(t, ego, light)
+        return {n: self._render_camera(self._cams[n], frame, light, condition, t, rng) for n in names}
+
+    def _frame(self, t: float, ego: Pose2D, light: Lighting) -> dict:
+        """Scene state in the vehicle frame, shared by all cameras of a frame."""
+        c, s = math.cos(ego.yaw), math.sin(ego.yaw)
+        shapes, owners = [], []
+        for o in self.scene.objects_at(t):
+            for p in o.parts:
+                shapes.append(_to_vehicle(p.shape, c, s, ego.x, ego.y, ego.yaw))
+                owners.append(o.id)
+        bounds = np.array([_bounds(sh) for sh in shapes], float).reshape(-1, 4)
+        sun_v = None
+        if light.sun is not None and light.sun_rgb.max() > 0:
+            sx, sy, sz = (float(v) for v in light.sun)
+            sun_v = np.array([c * sx + s * sy, -s * sx + c * sy, sz])
+        lamps = []
+        if light.lamps_on and self.scene.lights:
+            if self._lightmap is None:
+                self._lightmap = bake_lightmap(self.scene, self.ground)
+            cxb = np.array(self.vehicle.centre)
+            for li in self.scene.lights:
+                dx, dy = li.x - ego.x, li.y - ego.y
+                pos = np.array([c * dx + s * dy, -s * dx + c * dy, li.z])
+                lamps.append((float(np.hypot(*(pos[:2] - cxb))), pos, np.asarray(li.rgb, F32) * li.intensity))
+            lamps = sorted(lamps, key=lambda x: x[0])[:MAX_OBJECT_LAMPS]
+        return {"ego": ego, "cs": (c, s), "shapes": shapes, "owners": np.array(owners, np.int32),
+                "bounds": bounds, "sun": sun_v, "lamps": lamps,
+                "shadow": self._shadow_map(shapes, sun_v, light)}
+
+    def _shadow_map(self, shapes: list, sun_v: np.ndarray | None, light: Lighting) -> np.ndarray:
+        """(n, n, 2) uint8 ground occlusion around the car: channel 0 sun shadow, channel 1 contact shadow."""
+        n = int(2 * SHADOW_HALF / SHADOW_RES)
+        cxb, cyb = self.vehicle.centre
+        origin = np.array([cxb - SHADOW_HALF, cyb - SHADOW_HALF])
+        sun_map = np.zeros((n, n), np.uint8)
+        ao_map = np.zeros((n, n), np.uint8)
+        all_shapes = [p.shape for p in self.ego_parts] + shapes
+        for sh in all_shapes:
+            fp = (sh.footprint() - origin) / SHADOW_RES
+            if np.all(np.abs(fp - n / 2) > n):
+                continue
+            z0 = sh.z0 if not isinstance(sh, Sphere) else sh.z - sh.radius
+            z1 = sh.z1 if not isinstance(sh, Sphere) else sh.z + sh.radius
+            if z0 < 0.3:
+                cv2.fillConvexPoly(ao_map, np.round(fp * 16).astype(np.int32), 255, cv2.LINE_AA, shift=4)
+            if sun_v is not None and sun_v[2] > 0.02:
+                # The shadow of a vertical prism is the hull of its footprint slid along the sun's rays by the
+                # heights of its bottom and top (clipped: a very low sun casts shadows off the map).
+                off = -sun_v[:2] / sun_v[2] / SHADOW_RES
+                lim = 3 * n / np.max(np.abs(off)) if np.max(np.abs(off)) > 0 else 0
+                pts = np.concatenate([fp + off * min(z0, lim), fp + off * min(z1, lim)])
+                hull = cv2.convexHull(np.round(pts * 16).astype(np.int32))
+                cv2.fillConvexPoly(sun_map, hull, 255, cv2.LINE_AA, shift=4)
+        sun_map = cv2.GaussianBlur(sun_map, (0, 0), 1.2)
+        ao_map = cv2.GaussianBlur(ao_map, (0, 0), 0.25 / SHADOW_RES)
+        return np.dstack([sun_map, ao_map])
+
+    # --- one camera -----------------------------------------------------------------------------------------
+    def _cast(self, cc: _CameraCache, frame: dict):
+        """Nearest hit per ray over the background and every primitive: depth, part index, object id and the
+        surface (normal, texture coordinates) of the hit."""
+        depth = cc.bg_depth.copy()
+        part = cc.bg_part.copy()
+        oid = cc.bg_oid.copy()
+        surf = cc.bg_surface.copy()
+        bounds = frame["bounds"]
+        if not len(bounds):
+            return depth, part, oid, surf
+        rel = bounds[:, :3] - cc.o
+        dist = np.linalg.norm(rel, axis=1)
+        rad = bounds[:, 3]
+        inside = dist <= rad * 1.01 + 0.05
+        sin_a = np.clip(rad / np.maximum(dist, 1e-9), 0.0, 1.0)
+        cos_a = np.sqrt(1.0 - sin_a**2)
+        dirs = rel / np.maximum(dist, 1e-9)[:, None]
+        # A part can be seen in a tile when its bounding cone meets the tile's cone: angle between the axes
+        # below the sum of the half-angles, cos(a + b) = cos a cos b - sin a sin b.
+        dots = dirs @ cc.tile_dir.T.astype(float)
+        thresh = cos_a[:, None] * cc.tile_cos[None, :] - sin_a[:, None] * cc.tile_sin[None, :]
+        seen = (dots >= thresh) & ((dist - rad)[:, None] < cc.tile_far[None, :])
+        n_ego = len(self.ego_parts)
+        for k in np.argsort(dist - rad):
+            tiles = cc.all_tiles if inside[k] else np.flatnonzero(seen[k])
+            if not tiles.size:
+                continue
+            counts = cc.tile_count[tiles]
+            total = int(counts.sum())
+            idx = np.repeat(cc.tile_start[tiles] - np.cumsum(counts) + counts, counts) + np.arange(total)
+            shape = frame["shapes"][k]
+            r = cc.rays.take(idx)
+            t = hit_distance(shape, r)
+            win = np.flatnonzero(t < depth[idx])
+            if not win.size:
+                continue
+            at = idx[win]
+            depth[at] = t[win]
+            part[at] = n_ego + k
+            oid[at] = frame["owners"][k]
+            surf[:, at] = surface_at(shape, r.take(win), t[win])
+        return depth, part, oid, surf
+
+    def _render_camera(self, cc: _CameraCache, frame: dict, light: Lighting, condition: Condition, t: float,
+                       rng: np.random.Generator) -> RenderedImage:
+        cam = cc.cam
+        H, W = cam.height, cam.width
+        img = np.zeros((H * W, 3), F32)
+        with np.errstate(all="ignore"):
+            depth, part, oid, surf = self._cast(cc, frame)
+            # Painter's order over fixed pixel sets, then this frame's objects on top of them.
+            if self.ceiling is not None:
+                img[cc.pix_ceiling] = self._shade_ceiling(cc, frame, light)
+            else:
+                img[cc.pix_sky] = self._shade_sky(cc, frame, light)
+            img[cc.pix_ground] = self._shade_ground(cc, frame, light)
+            if cc.ego.size:
+                img[cc.pix_ego] = self._shade_ego(cc, frame, light)
+            hit = np.flatnonzero(part >= len(self.ego_parts))
+            if hit.size:
+                objs = self._surfaces(cc, hit, depth, part, surf, lit_by_headlights=True)
+                out = self._shade_static(objs, light)
+                self._shade_dynamic(objs, frame, light, out)
+                img[cc.pix[hit]] = out
+        img = img.reshape(H, W, 3)
+        object_id = np.full(H * W, OBJ_OUTSIDE, np.int32)
+        object_id[cc.pix] = oid
+        depth_img = np.full(H * W, np.inf, F32)
+        depth_img[cc.pix] = depth
+        depth_img = depth_img.reshape(H, W)
+        self._apply_effects(img, cc, depth_img, frame, light, condition, t, rng)
+        return RenderedImage(effects.to_display(img, cc.lens), object_id.reshape(H, W), depth_img)
+
+    def _apply_effects(self, img, cc, depth_img, frame, light, condition, t, rng) -> None:
+        lens = cc.lens
+        cam = cc.cam
+        sun = frame["sun"]
+        if sun is not None and light.glare > 0:
+            sun_cam = cam.extrinsic.rotation.T @ sun
+            visible = 1.0
+            uv, ok = cam.project_camera(sun_cam[None] * 1e4)
+            if ok[0]:
+                # Objects in front of the sun hide its disc and with it the bloom and ghosts.
+                u, v = round(uv[0, 0]), round(uv[0, 1])
+                win = depth_img[max(v - 2, 0):v + 3, max(u - 2, 0):u + 3]
+                visible = float(np.isinf(win).mean()) if win.size else 1.0
+            effects.sun_glare(img, lens, sun_cam, light.sun_rgb, light.glare, visible)
+        if condition.rain:
+            effects.rain_on_lens(img, lens, effects.stable_seed(self.scene.seed, cam.name, "rain"), t, rng)
+        cov = condition.soiling.get(cam.name, 0.0)
+        if cov > 0:
+            mask = effects.soiling_mask(lens, cov, effects.stable_seed(self.scene.seed, cam.name, "soiling"))
+            effects.apply_soiling(img, lens, mask)
+        gain = effects.auto_exposure(img, lens)
+        effects.apply_lens(img, lens, gain)
+        effects.sensor_noise(img, lens, gain, rng)
+
+    # --- shading: background ------------------------------------------------------------------------------
+    @staticmethod
+    def _sky_colour(dz: np.ndarray, light: Lighting) -> np.ndarray:
+        e = 1.0 - np.clip(dz, 0.0, 1.0)
+        w = 1.0 - e * e * e
+        return light.horizon + w[:, None] * (light.zenith - light.horizon)
+
+    def _shade_sky(self, cc: _CameraCache, frame: dict, light: Lighting) -> np.ndarray:
+        key = ("sky", light.zenith.tobytes(), light.horizon.tobytes())
+        if key not in cc.memo:
+            cc.memo[key] = self._sky_colour(cc.rays.dz[cc.sky], light)
+        out = cc.memo[key].copy()
+        sun = frame["sun"]
+        if sun is not None:
+            idx = cc.sky
+            r = cc.rays
+            cosang = sun[0] * r.dx[idx] + sun[1] * r.dy[idx] + sun[2] * r.dz[idx]
+            cosang -= 1.0
+            glow = 0.25 * np.exp(80.0 * cosang) + 0.06 * np.exp(6.0 * cosang)
+            glow[cosang > SUN_DISC_COS - 1.0] += SUN_DISC_RADIANCE
+            out += glow[:, None] * light.sun_rgb
+        return out
+
+    def _world(self, frame: dict, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c, s = frame["cs"]
+        ego = frame["ego"]
+        return c * x - s * y + ego.x, s * x + c * y + ego.y
+
+    def _shade_ground(self, cc: _CameraCache, frame: dict, light: Lighting) -> np.ndarray:
+        n = cc.ground.size
+        wx, wy = self._world(frame, cc.gx, cc.gy)
+        tex = np.empty((n, 4), np.uint8)
+        for level in range(len(self.ground.levels)):
+            a, b = cc.ground_levels[level], cc.ground_levels[level + 1]
+            if b > a:
+                mx, my = self.ground.pixel_of(wx[a:b], wy[a:b], level)
+                tex[a:b] = _sample(self.ground.levels[level], mx, my)
+        albedo = tex[:, :3].astype(F32)
+        albedo *= F32(1 / 255)
+        occl = _sample(frame["shadow"], *cc.g_shadow_px, border=cv2.BORDER_CONSTANT)
+        ao = 1.0 - F32(0.6 / 255) * occl[:, 1]
+        e = ao[:, None] * light.sky_rgb
+        sun = frame["sun"]
+        if sun is not None:
+            lit = 1.0 - F32(1 / 255) * occl[:, 0]
+            e += (lit * F32(max(sun[2], 0.0)))[:, None] * light.sun_rgb
+        if frame["lamps"] and self._lightmap is not None:
+            lm, x0, y0 = self._lightmap
+            e += _sample(lm, (wx - x0) / LIGHTMAP_RES - 0.5, (wy - y0) / LIGHTMAP_RES - 0.5,
+                         border=cv2.BORDER_CONSTANT)
+        if light.headlights:
+            e += cc.g_head
+        if light.wet:
+            puddle = tex[:, 3].astype(F32) * F32(1 / 255)
+            albedo *= (0.55 - 0.3 * puddle)[:, None]
+        out = albedo * e
+        if light.wet:
+            out += self._wet_reflections(cc, frame, light, puddle)
+        if self.ceiling is None:
+            key = ("fog", light.fog_distance)
+            if key not in cc.memo:
+                cc.memo[key] = (1.0 - np.exp(-cc.g_t / F32(light.fog_distance)))[:, None]
+            fog = cc.memo[key]
+            out += fog * (light.horizon - out)
+        return out
+
+    def _wet_reflections(self, cc: _CameraCache, frame: dict, light: Lighting, puddle: np.ndarray) -> np.ndarray:
+        """A water film mirrors the sky and the lights: Fresnel-weighted, strongest in puddles."""
+        g = cc.ground
+        r = cc.rays
+        dx, dy, dz = r.dx[g], r.dy[g], r.dz[g]
+        weight = np.minimum(cc.g_fresnel * (0.6 + 2.0 * puddle) + 0.25 * puddle, 1.0)
+        out = weight[:, None] * self._sky_colour(-dz, light)
+        sun = frame["sun"]
+        if sun is not None:
+            # Glint: the half vector of the view and sun directions against the up normal.
+            ld = sun[0] * dx + sun[1] * dy + sun[2] * dz
+            hz = (sun[2] - dz) / np.sqrt(np.maximum(2.0 - 2.0 * ld, 1e-6))
+            out += (weight * 4.0 * np.exp(200.0 * (hz - 1.0)))[:, None] * light.sun_rgb
+        for _, pos, rgb in frame["lamps"][:4]:
+            # The mirror image of a lamp below the ground: a soft spot where the ray points at it.
+            m = np.array([pos[0], pos[1], -pos[2]]) - cc.o
+            m /= np.linalg.norm(m)
+            cosang = m[0] * dx + m[1] * dy + m[2] * dz
+            out += (weight * 3.0 * np.exp(400.0 * (cosang - 1.0)))[:, None] * rgb
+        return out
+
+    def _shade_ceiling(self, cc: _CameraCache, frame: dict, light: Lighting) -> np.ndarray:
+        wx, wy = self._world(frame, cc.cx_, cc.cy_)
+        ceil = self.ceiling
+        mx, my = ceil.pixel_of(wx, wy, 0)
+        tex = _sample(ceil.levels[0], mx, my).astype(F32) * F32(1 / 255)
+        lamp_rgb = np.array([1.0, 0.97, 0.9], F32)
+        # Indirect light from the lit floor and walls is all that reaches the ceiling between the lamps.
+        out = tex[:, :3] * (light.sky_rgb * F32(3.0))
+        out += tex[:, 3:4] * (F32(LAMP_RADIANCE) * lamp_rgb)
+        return out
+
+    # --- shading: surfaces --------------------------------------------------------------------------------
+    def _surfaces(self, cc: _CameraCache, idx: np.ndarray, depth: np.ndarray, part: np.ndarray, surf: np.ndarray,
+                  lit_by_headlights: bool) -> _Surfaces:
+        """The hit points of rays `idx` with their textured albedo and material parameters."""
+        r = cc.rays
+        t = depth[idx]
+        dx, dy, dz = r.dx[idx], r.dy[idx], r.dz[idx]
+        p = (cc.o[0] + t * dx, cc.o[1] + t * dy, cc.o[2] + t * dz)
+        nx, ny, nz, ts, tz = surf[:, idx]
+        k = part[idx]
+        rgb = self.part_rgb[k]
+        kind = self.part_kind[k]
+        albedo = np.empty_like(rgb)
+        for kk in np.flatnonzero(np.bincount(kind, minlength=len(SURFACE_TEXTURES))):
+            sel = np.flatnonzero(kind == kk)
+            albedo[sel] = surface_albedo(SURFACE_TEXTURES[kk], rgb[sel], ts[sel], tz[sel])
+        # Contact darkening: surfaces near the ground see less of the sky.
+        ao = 0.55 + 0.45 * np.clip(p[2] * (1.0 / 0.5), 0.0, 1.0)
+        spec = self.part_spec[k]
+        gl = np.flatnonzero(spec > 0)
+        expo = np.full(gl.size, 20.0, F32)
+        f0 = np.full(gl.size, 0.02, F32)
+        for name, (e, f) in _GLOSS.items():
+            m = kind[gl] == SURFACE_TEXTURES.index(name)
+            expo[m], f0[m] = e, f
+        gd = (dx[gl], dy[gl], dz[gl])
+        gn = (nx[gl], ny[gl], nz[gl])
+        return _Surfaces((dx, dy, dz), p, (nx, ny, nz), albedo, ao, gl, spec[gl], expo, f0, gd, gn, lit_by_headlights)
+
+    def _shade_static(self, S: _Surfaces, light: Lighting) -> np.ndarray:
+        """What does not depend on the ego's heading: hemisphere ambient and the Fresnel reflection of the sky."""
+        _nx, _ny, nz = S.n
+        up = 0.5 + 0.5 * nz
+        ground_bounce = light.sky_rgb * F32(0.3) + light.sun_rgb * F32(0.15)
+        e = (up * S.ao)[:, None] * light.sky_rgb
+        e += ((1.0 - up) * S.ao)[:, None] * ground_bounce
+        out = S.albedo * e
+        if S.gloss.size:
+            g = S.gloss
+            dx, dy, dz = S.gloss_d
+            gx, gy, gz = S.gloss_n
+            cos_v = np.clip(-(gx * dx + gy * dy + gz * dz), 0.0, 1.0)
+            c5 = 1.0 - cos_v
+            c5 = c5 * c5 * c5 * c5 * c5
+            fres = S.f0 + (1.0 - S.f0) * c5
+            # The mirror direction's elevation picks the sky or, below the horizon, a dim ground colour.
+            rz = dz + 2.0 * cos_v * gz
+            env = np.where((rz > 0)[:, None], self._sky_colour(rz, light),
+                           light.sky_rgb * F32(0.15) + light.sun_rgb * F32(0.05))
+            out[g] += (fres * S.spec)[:, None] * env
+        return out
+
+    def _shade_dynamic(self, S: _Surfaces, frame: dict, light: Lighting, out: np.ndarray) -> None:
+        """Add what moves with the ego's pose: sun (Lambert and Blinn-Phong highlight), lamps, headlights."""
+        nx, ny, nz = S.n
+        px, py, pz = S.p
+        sun = frame["sun"]
+        e = None
+        if sun is not None:
+            lam = np.maximum(nx * sun[0] + ny * sun[1] + nz * sun[2], 0.0)
+            e = lam[:, None] * light.sun_rgb
+        for _, pos, rgb_l in frame["lamps"][:S.max_lamps]:
+            f = _spot(px, py, pz, nx, ny, nz, pos, (0.0, 0.0, -1.0), math.cos(math.radians(40)),
+                      math.cos(math.radians(75)))
+            term = f[:, None] * (rgb_l * F32(LIGHT_K))
+            e = term if e is None else e + term
+        if light.headlights and S.lit_by_headlights:
+            for pos, fwd, rgb_l in _ego_lamps(self.vehicle):
+                term = _low_beam(px, py, pz, nx, ny, nz, pos, fwd)[:, None].astype(F32) * rgb_l.astype(F32)
+                e = term if e is None else e + term
+        if e is not None:
+            out += S.albedo * e
+        if sun is not None and S.gloss.size:
+            g = S.gloss
+            dx, dy, dz = S.gloss_d
+            gx, gy, gz = S.gloss_n
+            hx, hy, hz = sun[0] - dx, sun[1] - dy, sun[2] - dz
+            nh = (gx * hx + gy * hy + gz * hz) / np.sqrt(hx * hx + hy * hy + hz * hz)
+            lit = (gx * sun[0] + gy * sun[1] + gz * sun[2]) > 0
+            # exp(p (x - 1)) is x^p near the highlight, where it matters, at a fraction of the cost of a power.
+            out[g] += (S.spec * lit * np.exp(S.expo * (nh - 1.0)) * 0.5)[:, None] * light.sun_rgb
+
+    def _shade_ego(self, cc: _CameraCache, frame: dict, light: Lighting) -> np.ndarray:
+        key = ("ego", light.sky_rgb.tobytes(), light.sun_rgb.tobytes(), light.zenith.tobytes(),
+               light.horizon.tobytes())
+        if key not in cc.memo:
+            cc.memo[key] = self._shade_static(cc.ego_surfaces, light)
+        out = cc.memo[key].copy()
+        self._shade_dynamic(cc.ego_surfaces, frame, light, out)
+        return out
+
+
+@dataclass
+class _Surfaces:
+    """Hit points to shade (vehicle frame): view rays, positions, normals, textured albedo, contact darkening,
+    and for the glossy subset `gloss` their specular weight, Blinn-Phong exponent and Fresnel F0."""
+
+    d: tuple[np.ndarray, np.ndarray, np.ndarray]
+    p: tuple[np.ndarray, np.ndarray, np.ndarray]
+    n: tuple[np.ndarray, np.ndarray, np.ndarray]
+    albedo: np.ndarray
+    ao: np.ndarray
+    gloss: np.ndarray
+    spec: np.ndarray
+    expo: np.ndarray
+    f0: np.ndarray
+    gloss_d: tuple[np.ndarray, np.ndarray, np.ndarray]
+    gloss_n: tuple[np.ndarray, np.ndarray, np.ndarray]
+    lit_by_headlights: bool
+    max_lamps: int = MAX_OBJECT_LAMPS
