@@ -870,9 +870,9 @@ class LogReader:
             return None
         try:
             index = MessageIndex.read(_stream(self._record_at(offset, (Opcode.MESSAGE_INDEX,))))
+            times = np.array([t for t, _ in index.records], np.int64)
         except Exception:  # an unreadable index is not damage to the data: the chunk itself is read instead
             return None
-        times = np.array([t for t, _ in index.records], np.int64)
         if index.channel_id != cid or (times.size and (times.min() < chunk.start_ns or times.max() > chunk.end_ns)):
             return None
         return times
@@ -897,6 +897,9 @@ class LogReader:
 
     def _decoder_for(self, channel: Channel):
         schema = self._schemas.get(channel.schema_id)
+        if channel.schema_id != 0 and schema is None:
+            raise _CorruptError(f"the channel names schema {channel.schema_id}, which the log never defines "
+                                "(lost with a damaged chunk?)")
         spec = topic_spec(channel.topic)
         protobuf = channel.message_encoding == MessageEncoding.Protobuf and schema is not None and \
             schema.encoding == SchemaEncoding.Protobuf
