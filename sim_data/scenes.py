@@ -831,7 +831,15 @@ def _street_scene(motion: str, duration: float, rng: np.random.Generator, rig: R
         gap_at = None
         ego = _creep(Pose2D(rng.uniform(-5.0, 0.0), rng.uniform(-0.2, 0.2), 0.0), duration, rng)
     else:
-        ego = _parallel_park(y_park, veh, duration, rng)
+        # While the car swings in, its rear corner dips closer to the kerb than where it ends up; plan the
+        # manoeuvre once, then again with the gap moved out by that overshoot.
+        sub, wanted = rng.integers(2**31), y_park - veh.width / 2 - EGO_CLEARANCE
+        for _ in range(4):
+            ego = _parallel_park(y_park, veh, duration, np.random.default_rng(sub))
+            lowest = ego_swept(ego, veh, EGO_CLEARANCE)[..., 1].min()
+            if lowest >= wanted - 1e-3:
+                break
+            y_park += wanted - lowest + 0.01
     x_lo, x_hi, _, _ = _extent(ego)
     x_lo, x_hi = x_lo - COVER, x_hi + COVER
     lay = _Layout(rng, ego, veh)
