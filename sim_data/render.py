@@ -150,7 +150,7 @@ def _bounds(shape) -> tuple[float, float, float, float]:
     return shape.x, shape.y, shape.z, shape.radius
 
 
-class _Rays:
+class RayBundle:
     """A bundle of unit rays from one origin (vehicle frame), float32, with the per-ray constants the
     intersection tests reuse."""
 
@@ -161,14 +161,14 @@ class _Rays:
             self.idz = (1.0 / self.dz).astype(F32)
         self.h2 = self.dx * self.dx + self.dy * self.dy
 
-    def take(self, idx: np.ndarray) -> _Rays:
-        r = object.__new__(_Rays)
+    def take(self, idx: np.ndarray) -> RayBundle:
+        r = object.__new__(RayBundle)
         r.o = self.o
         r.dx, r.dy, r.dz, r.idz, r.h2 = (a[idx] for a in (self.dx, self.dy, self.dz, self.idz, self.h2))
         return r
 
 
-def hit_distance(shape, r: _Rays) -> np.ndarray:
+def hit_distance(shape, r: RayBundle) -> np.ndarray:
     """Distance along each ray to where it enters `shape` (inf where it does not). Only entering hits count,
     so a ray that starts inside a primitive never sees the primitive's inside."""
     with np.errstate(all="ignore"):
@@ -179,7 +179,7 @@ def hit_distance(shape, r: _Rays) -> np.ndarray:
         return _hit_sphere(shape, r)
 
 
-def _hit_box(b: Box, r: _Rays) -> np.ndarray:
+def _hit_box(b: Box, r: RayBundle) -> np.ndarray:
     # Slabs along the box's length, width and height; in-place to keep the hot loop light on memory.
     c, s = math.cos(b.yaw), math.sin(b.yaw)
     ox, oy, oz = r.o[0] - b.x, r.o[1] - b.y, r.o[2]
@@ -209,7 +209,7 @@ def _hit_box(b: Box, r: _Rays) -> np.ndarray:
     return near
 
 
-def _hit_cylinder(cy: Cylinder, r: _Rays) -> np.ndarray:
+def _hit_cylinder(cy: Cylinder, r: RayBundle) -> np.ndarray:
     # Lateral surface: horizontal distance² = R(z)² with R linear in z; f(t) = a t² + 2 b t + c. The entering
     # root (f decreasing through 0) is t = (-b - sqrt(b² - a c)) / a whatever the sign of a (steep cone rays).
     ox, oy, oz = r.o[0] - cy.x, r.o[1] - cy.y, r.o[2] - cy.z0
@@ -236,7 +236,7 @@ def _hit_cylinder(cy: Cylinder, r: _Rays) -> np.ndarray:
     return t
 
 
-def _hit_sphere(sp: Sphere, r: _Rays) -> np.ndarray:
+def _hit_sphere(sp: Sphere, r: RayBundle) -> np.ndarray:
     ox, oy, oz = r.o[0] - sp.x, r.o[1] - sp.y, r.o[2] - sp.z
     b = ox * r.dx + oy * r.dy + oz * r.dz
     disc = b * b - (ox * ox + oy * oy + oz * oz - sp.radius**2)
@@ -245,7 +245,7 @@ def _hit_sphere(sp: Sphere, r: _Rays) -> np.ndarray:
     return t
 
 
-def surface_at(shape, r: _Rays, t: np.ndarray) -> tuple[np.ndarray, ...]:
+def surface_at(shape, r: RayBundle, t: np.ndarray) -> tuple[np.ndarray, ...]:
     """Normals (nx, ny, nz) and texture coordinates (s, z) in metres where rays `r` hit `shape` at `t`."""
     px, py, pz = r.o[0] + t * r.dx, r.o[1] + t * r.dy, r.o[2] + t * r.dz
     n = t.size
@@ -387,7 +387,7 @@ class _CameraCache:
         tile_of = tile_of[order]
         rays = cam.pixel_rays().reshape(-1, 3)[self.pix]
         self.o = cam.origin.astype(float)
-        self.rays = _Rays(self.o, rays)
+        self.rays = RayBundle(self.o, rays)
         n = self.pix.size
         # Tile bundles: centre direction and angular radius.
         starts = np.flatnonzero(np.r_[True, tile_of[1:] != tile_of[:-1]])
@@ -409,12 +409,14 @@ class _CameraCache:
         oz = self.o[2]
         scene = rdr.scene
         with np.errstate(divide="ignore", invalid="ignore"):
-            t_ground = np.where(r.dz < -1e-6, -oz * r.idz, np.inf).astype(F32)
+            t_ground = np.where(r.dz < 0, -oz * r.idz, np.inf).astype(F32)
             if scene.ceiling_height is not None:
                 if scene.ceiling_height <= oz:
                     raise ConfigError(f"scene ceiling_height {scene.ceiling_height} m is below camera "
                                       f"{self.cam.name} at {oz:.2f} m; raise the garage ceiling")
-                t_ceil = np.where(r.dz > 1e-6, (scene.ceiling_height - oz) * r.idz, np.inf).astype(F32)
+                # Indoors every ray ends somewhere: a level one meets the ceiling very far away.
+                t_ceil = np.where(r.dz >= 0, (scene.ceiling_height - oz) / np.maximum(r.dz, 1e-7),
+                                  np.inf).astype(F32)
             else:
                 t_ceil = np.full(n, np.inf, F32)
         depth = np.minimum(t_ground, t_ceil)
