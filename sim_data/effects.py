@@ -37,6 +37,7 @@ class Lens:
         r = np.hypot(du, dv)
         self.rho_max = float(camera.rho(np.array(camera.theta_max)))
         self.circle = r <= self.rho_max  # the same test as camera.in_fov, on the pixel grid
+        self.circle_u8 = self.circle.astype(np.uint8)
         theta = camera.theta(np.minimum(r, self.rho_max).ravel()).reshape(H, W).astype(F32)
         f = theta / F32(camera.theta_max)
         # Natural fall-off of a fisheye is mild; real modules lose about half the light at the rim.
@@ -52,6 +53,7 @@ class Lens:
         self.centre = (camera.cx, camera.cy)
         self.axis = camera.extrinsic.rotation[:, 2].copy()
         self._soiling: dict[tuple[float, int], np.ndarray] = {}
+        self._drops: dict[tuple, list] = {}
         grain = np.random.default_rng(stable_seed(camera.name, "grain")).random((H // 6 + 1, W // 6 + 1))
         self.grain = cv2.resize(grain.astype(F32), (W, H), interpolation=cv2.INTER_CUBIC)
 
@@ -144,31 +146,17 @@ def rain_on_lens(img: np.ndarray, lens: Lens, seed: int, t: float, rng: np.rando
     and the time window); streaks change every frame (`rng`)."""
     H, W = lens.shape
     s = lens.scale
-    mean = img[lens.circle].mean(0) if lens.circle.any() else np.zeros(3, F32)
+    mean = np.array(cv2.mean(img, mask=lens.circle_u8)[:3], F32)
     # Water film and spray lower the contrast of the whole image.
     img *= F32(0.82)
     img += F32(0.18) * mean.astype(F32)
     blurred = cv2.GaussianBlur(img, (0, 0), max(1.0, 4.0 * s))
-    drops = np.random.default_rng([seed, int(t // 4.0)])
-    n = int(drops.integers(14, 30))
-    for _ in range(n):
-        cx, cy = drops.uniform(0, W), drops.uniform(0, H)
-        rad = drops.uniform(10.0, 45.0) * s
-        x0, x1 = int(max(cx - rad - 1, 0)), int(min(cx + rad + 2, W))
-        y0, y1 = int(max(cy - rad - 1, 0)), int(min(cy + rad + 2, H))
-        if x1 - x0 < 2 or y1 - y0 < 2 or not lens.circle[int(min(cy, H - 1)), int(min(cx, W - 1))]:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(F32)
-        dx, dy = xx - F32(cx), yy - F32(cy)
-        rr = np.sqrt(dx * dx + dy * dy) / F32(rad)
-        # A drop is a tiny fisheye: it shows a minified, upside-down view of what lies beyond it.
-        mag = F32(-2.5)
-        mx, my = F32(cx) + dx * mag, F32(cy) + dy * mag
+    for y0, y1, x0, x1, mx, my, alpha, shade in _drops(lens, seed, int(t // 4.0)):
         view = cv2.remap(blurred, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        alpha = np.clip((1.0 - rr) * 4.0, 0.0, 1.0)[..., None] * F32(0.9)
-        ring = (np.exp(-((rr - 0.9) / 0.1) ** 2) * 0.25)[..., None]
-        win = img[y0:y1, x0:x1]
-        win += alpha * (view * (1.0 - ring) * F32(1.1) - win)
+        view *= shade
+        view -= img[y0:y1, x0:x1]
+        view *= alpha
+        img[y0:y1, x0:x1] += view
     # Streaks: short bright slanted lines, out of focus because they are close to the lens.
     canvas = np.zeros((H, W), np.uint8)
     slant = rng.uniform(-0.35, 0.35)
@@ -179,6 +167,34 @@ def rain_on_lens(img: np.ndarray, lens: Lens, seed: int, t: float, rng: np.rando
         cv2.line(canvas, (int(x), int(y)), (int(x + dx), int(y + dy)), int(rng.integers(60, 200)), 1, cv2.LINE_AA)
     streaks = cv2.GaussianBlur(canvas.astype(F32) * F32(1 / 255), (0, 0), max(0.7, 1.5 * s))
     img += streaks[..., None] * (F32(0.5) * mean.astype(F32) + F32(0.01)) * lens.circle[..., None]
+
+
+def _drops(lens: Lens, seed: int, window: int) -> list[tuple]:
+    """Drops on the lens during one time window: (y0, y1, x0, x1, sample maps x/y, opacity, shading) each.
+    A drop is a tiny fisheye: it shows a minified, upside-down view of what lies beyond it."""
+    key = ("drops", seed, window)
+    if key in lens._drops:
+        return lens._drops[key]
+    H, W = lens.shape
+    s = lens.scale
+    rng = np.random.default_rng([seed, window])
+    out = []
+    for _ in range(int(rng.integers(14, 30))):
+        cx, cy = rng.uniform(0, W), rng.uniform(0, H)
+        rad = rng.uniform(10.0, 45.0) * s
+        x0, x1 = int(max(cx - rad - 1, 0)), int(min(cx + rad + 2, W))
+        y0, y1 = int(max(cy - rad - 1, 0)), int(min(cy + rad + 2, H))
+        if x1 - x0 < 2 or y1 - y0 < 2 or not lens.circle[int(min(cy, H - 1)), int(min(cx, W - 1))]:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(F32)
+        dx, dy = xx - F32(cx), yy - F32(cy)
+        rr = np.sqrt(dx * dx + dy * dy) / F32(rad)
+        mag = F32(-2.5)
+        alpha = (np.clip((1.0 - rr) * 4.0, 0.0, 1.0) * 0.9)[..., None].astype(F32)
+        shade = ((1.0 - np.exp(-((rr - 0.9) / 0.1) ** 2) * 0.25) * 1.1)[..., None].astype(F32)
+        out.append((y0, y1, x0, x1, F32(cx) + dx * mag, F32(cy) + dy * mag, alpha, shade))
+    lens._drops = {key: out}  # only the current window is kept
+    return out
 
 
 def soiling_mask(lens: Lens, coverage: float, seed: int) -> np.ndarray:
@@ -277,6 +293,6 @@ def to_display(img: np.ndarray, lens: Lens) -> np.ndarray:
     x *= F32(1.0 / TONE_MAX)
     idx = np.sqrt(x, out=x)
     idx *= F32(4095)
-    out = TONE_LUT[idx.astype(np.uint16)]
+    out = np.take(TONE_LUT, idx.astype(np.uint16))
     out[~lens.circle] = 0
     return out

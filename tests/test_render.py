@@ -133,11 +133,34 @@ def test_nearer_object_occludes_the_farther(geometry, small_rig):
     assert not (images["FV"].object_id == 12).any()
 
 
-def test_tile_culling_matches_brute_force(geometry, small_rig):
+@pytest.fixture(scope="module")
+def clutter(small_rig):
+    """Forty random primitives around the car, some right next to the cameras and the rim of their view."""
+    rng = np.random.default_rng(42)
+    objects = []
+    for i in range(40):
+        x, y = rng.uniform(-5.0, 8.0), rng.choice([-1, 1]) * rng.uniform(1.1, 6.0)
+        kind = i % 4
+        if kind == 0:
+            shape = Box(*world(x, y), rng.uniform(-3, 3), rng.uniform(0.2, 4.5), rng.uniform(0.2, 1.8), 0.0,
+                        rng.uniform(0.3, 2.5))
+        elif kind == 1:
+            shape = Cylinder(*world(x, y), rng.uniform(0.05, 0.5), 0.0, rng.uniform(0.3, 3.0))
+        elif kind == 2:
+            shape = Cylinder(*world(x, y), rng.uniform(0.1, 0.4), 0.0, rng.uniform(0.3, 1.0), rng.uniform(0.0, 0.1))
+        else:
+            shape = Sphere(*world(x, y), rng.uniform(0.2, 1.8), rng.uniform(0.1, 0.4))
+        objects.append(obj(100 + i, shape))
+    renderer = FisheyeRenderer(small_rig.cameras, small_rig.vehicle, scene(*objects))
+    return renderer, render(renderer)
+
+
+@pytest.mark.parametrize("which", ["geometry", "clutter"])
+def test_tile_culling_matches_brute_force(which, request, small_rig):
     """Every primitive against every ray, without tiles, gives the same nearest hits."""
-    renderer, images = geometry
-    for name in ("FV", "MVR"):
-        cam = small_rig.cameras[name]
+    renderer, images = request.getfixturevalue(which)
+    seen = 0
+    for name, cam in small_rig.cameras.items():
         inside = images[name].object_id != OBJ_OUTSIDE
         rays = RayBundle(cam.origin, cam.pixel_rays()[inside])
         best = np.where(rays.dz < 0, -cam.origin[2] / rays.dz, np.inf).astype(np.float32)
@@ -153,8 +176,10 @@ def test_tile_culling_matches_brute_force(geometry, small_rig):
             t = hit_distance(sh, rays)
             nearer = t < best
             best[nearer], ids[nearer] = t[nearer], oid
+        seen += int((ids > 0).sum())
         np.testing.assert_array_equal(images[name].object_id[inside], ids)
         np.testing.assert_allclose(images[name].depth[inside], best, rtol=1e-5)
+    assert seen > 5000
 
 
 def test_rays_never_see_the_inside_of_a_primitive():
