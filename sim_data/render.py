@@ -771,7 +771,8 @@ class FisheyeRenderer:
             cosang = sun[0] * r.dx[idx] + sun[1] * r.dy[idx] + sun[2] * r.dz[idx]
             cosang -= 1.0
             glow = 0.25 * np.exp(80.0 * cosang) + 0.06 * np.exp(6.0 * cosang)
-            glow[cosang > SUN_DISC_COS - 1.0] += SUN_DISC_RADIANCE
+            if light.glare > 0:  # behind an overcast sky only the brighter glow shows where the sun is
+                glow[cosang > SUN_DISC_COS - 1.0] += SUN_DISC_RADIANCE
             out += glow[:, None] * light.sun_rgb
         return out
 
