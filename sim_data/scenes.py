@@ -301,20 +301,30 @@ def _corridor(points: np.ndarray, half_width: float) -> np.ndarray:
     return np.stack(rects)
 
 
-def ego_swept(path: EgoPath, vehicle: VehicleBody, margin: float, step: float = 0.2) -> np.ndarray:
-    """(K, 4, 2) ego footprints grown by `margin`, one every `step` metres (or 0.1 rad) along the path."""
+def ego_swept(path: EgoPath, vehicle: VehicleBody, margin: float, step: float = 0.1) -> np.ndarray:
+    """(K, 4, 2) ego footprints grown by `margin`: one every `step` metres (or 0.05 rad) along the path, and
+    every pose where the drive turns from forwards to backwards (the extremes of a manoeuvre)."""
     corners = np.array([[vehicle.x_max + margin, vehicle.width / 2 + margin],
                         [vehicle.x_max + margin, -vehicle.width / 2 - margin],
                         [vehicle.x_min - margin, -vehicle.width / 2 - margin],
                         [vehicle.x_min - margin, vehicle.width / 2 + margin]])
+    p = np.array([(q.x, q.y, q.yaw) for q in path.poses])
+    d = np.diff(p[:, :2], axis=0)
+    along = d[:, 0] * np.cos(p[:-1, 2]) + d[:, 1] * np.sin(p[:-1, 2])
+    moving = np.sign(along[np.abs(along) > 1e-6])
+    idx = np.nonzero(np.abs(along) > 1e-6)[0]
+    turns = set((idx[1:][moving[1:] != moving[:-1]]).tolist())
     keep, last = [], None
-    for p in path.poses:
-        if last is None or math.hypot(p.x - last.x, p.y - last.y) >= step or abs(p.yaw - last.yaw) >= 0.1:
-            keep.append(p)
-            last = p
-    if keep[-1] is not path.poses[-1]:
-        keep.append(path.poses[-1])
-    return np.stack([p.to_world(corners) for p in keep])
+    for i, q in enumerate(p):
+        if last is None or i in turns or math.hypot(q[0] - last[0], q[1] - last[1]) >= step or \
+                abs(q[2] - last[2]) >= 0.05:
+            keep.append(i)
+            last = q
+    if keep[-1] != len(p) - 1:
+        keep.append(len(p) - 1)
+    c, s = np.cos(p[keep, 2])[:, None], np.sin(p[keep, 2])[:, None]
+    return np.stack([p[keep, 0:1] + c * corners[:, 0] - s * corners[:, 1],
+                     p[keep, 1:2] + s * corners[:, 0] + c * corners[:, 1]], -1)
 
 
 class _Layout:
@@ -435,7 +445,7 @@ class _Drive:
         start = max(self.t[-1] + 0.5 - duration, 0.0) if finish else 0.0
         if self.t[-1] < start + duration:
             self.pause(start + duration - self.t[-1])
-        ts = np.arange(0.0, duration + PATH_DT / 2, PATH_DT)
+        ts = np.append(np.arange(0.0, duration - PATH_DT / 4, PATH_DT), duration)  # always through `duration`
         t = np.asarray(self.t) - start
         x, y, yaw = (np.interp(ts, t, np.asarray(v)) for v in (self.x, self.y, self.yaw))
         return EgoPath(tuple(float(v) for v in ts),
