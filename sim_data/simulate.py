@@ -30,6 +30,7 @@ USS_OFFSET_NS = 12_000_000  # the ultrasonic cycle completes a little after the 
 CAMERA_JITTER_NS = 2_000_000  # free-running cameras are not exactly simultaneous
 DEFAULT_SCALE = 0.5  # images at half the native 1280 x 966 (640 x 483): see README "Simulated data"
 JPEG_QUALITY = 88
+OUTDOOR_KINDS = ("parking_lot", "street", "driveway")
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,17 @@ def plan_drives(preset: str, frames: int | None = None, seed: int | None = None,
             cond = p.condition_cycle[i % len(p.condition_cycle)]
         else:
             cond = None
-        out.append(DriveSpec(f"{preset}-{i:03d}", base + i, nf, cond))
+        # Glare and rain need the sky: a drive forced to them is not put in the garage.
+        kinds = OUTDOOR_KINDS if cond and set(cond) & {"glare", "rain"} else None
+        out.append(DriveSpec(f"{preset}-{i:03d}", base + i, nf, cond, scene_kinds=kinds))
     return out
 
 
 def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float = DEFAULT_SCALE,
                    progress: Callable[[int], None] | None = None, timer: StageTimer | None = None) -> Path:
     """Write one drive to OUT_DIR/NAME.mcap and return its path. `timer` collects per-stage times."""
-    from sensors.log import LogWriter
-
     from sensors.imaging import encode_jpeg
+    from sensors.log import LogWriter
     from sim_data.conditions import sample_condition
     from sim_data.groundtruth import rasterize_truth
     from sim_data.render import FisheyeRenderer
