@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -185,12 +185,20 @@ class RayBundle:
         self.dx, self.dy, self.dz = (np.ascontiguousarray(d[:, i], F32) for i in range(3))
         with np.errstate(divide="ignore"):
             self.idz = (1.0 / self.dz).astype(F32)
-        self.h2 = self.dx * self.dx + self.dy * self.dy
+        self._h2: np.ndarray | None = None
+
+    @property
+    def h2(self) -> np.ndarray:
+        """Squared horizontal length of each ray (only cylinders need it)."""
+        if self._h2 is None:
+            self._h2 = self.dx * self.dx + self.dy * self.dy
+        return self._h2
 
     def take(self, idx: np.ndarray) -> RayBundle:
         r = object.__new__(RayBundle)
         r.o = self.o
-        r.dx, r.dy, r.dz, r.idz, r.h2 = (a[idx] for a in (self.dx, self.dy, self.dz, self.idz, self.h2))
+        r.dx, r.dy, r.dz, r.idz = self.dx[idx], self.dy[idx], self.dz[idx], self.idz[idx]
+        r._h2 = None
         return r
 
 
@@ -382,6 +390,31 @@ def bake_lightmap(scene: Scene, ground: GroundImage, res: float = LIGHTMAP_RES) 
     return out, x0, y0
 
 
+def _draw_occlusion(shapes: list, sun: np.ndarray | None, origin: tuple[float, float], w: int, h: int) -> np.ndarray:
+    """(h, w, 2) uint8 ground occlusion of primitives (same frame as `sun` and `origin`, SHADOW_RES per pixel):
+    channel 0 the sun shadow, channel 1 the contact shadow (soft darkening around footprints)."""
+    sun_map = np.zeros((h, w), np.uint8)
+    ao_map = np.zeros((h, w), np.uint8)
+    lim_px = 3 * max(w, h)
+    for sh in shapes:
+        fp = (sh.footprint() - origin) / SHADOW_RES
+        z0 = sh.z0 if not isinstance(sh, Sphere) else sh.z - sh.radius
+        z1 = sh.z1 if not isinstance(sh, Sphere) else sh.z + sh.radius
+        if z0 < 0.3:
+            cv2.fillConvexPoly(ao_map, np.round(fp * 16).astype(np.int32), 255, cv2.LINE_AA, shift=4)
+        if sun is not None and sun[2] > 0.02:
+            # The shadow of a vertical prism is the hull of its footprint slid along the sun's rays by the
+            # heights of its bottom and top (clipped: a very low sun casts shadows off the map).
+            off = -np.asarray(sun[:2]) / sun[2] / SHADOW_RES
+            lim = lim_px / max(float(np.max(np.abs(off))), 1e-9)
+            pts = np.concatenate([fp + off * min(z0, lim), fp + off * min(z1, lim)])
+            hull = cv2.convexHull(np.round(pts * 16).astype(np.int32))
+            cv2.fillConvexPoly(sun_map, hull, 255, cv2.LINE_AA, shift=4)
+    sun_map = cv2.GaussianBlur(sun_map, (0, 0), 1.2)
+    ao_map = cv2.GaussianBlur(ao_map, (0, 0), 0.25 / SHADOW_RES)
+    return np.dstack([sun_map, ao_map])
+
+
 # --- per-camera constants --------------------------------------------------------------------------------------
 
 def _sample(img: np.ndarray, mx: np.ndarray, my: np.ndarray, border=cv2.BORDER_REFLECT_101,
@@ -519,6 +552,10 @@ class FisheyeRenderer:
         self.ground = bake_ground(scene)
         self.ceiling = bake_ceiling(scene) if scene.ceiling_height is not None else None
         self._lightmap: tuple[np.ndarray, float, float] | None = None
+        self._static_occlusion: dict = {}
+        self._world_geom: dict[int, tuple] = {}
+        self._bounce: np.ndarray | None = None
+        self._part_moves = [o.motion is not None for o in scene.objects for _ in o.parts]
         self.cameras = dict(cameras)
         self._cams = {name: _CameraCache(cam, self) for name, cam in self.cameras.items()}
         log.debug("renderer ready: %d cameras, %d parts, ground %s", len(self._cams), len(mats),
@@ -557,29 +594,48 @@ class FisheyeRenderer:
                 raise ConfigError(f"condition soiling at t={t:.3f} s: {n!r}: {cov} must name a camera of the rig "
                                   f"({', '.join(self._cams)}) with a coverage in 0..1")
         light = lighting_for(condition, self.scene)
+        if light.lamps_on and self.scene.lights:
+            if self._lightmap is None:
+                self._lightmap = bake_lightmap(self.scene, self.ground)
+            if self.scene.ceiling_height is not None:
+                # Indoors the lamps' light comes back off the floor, walls and ceiling as soft ambient light.
+                if self._bounce is None:
+                    lm = self._lightmap[0]
+                    lit = lm.mean(axis=2) > 0.01
+                    self._bounce = (0.25 * lm[lit].mean(axis=0) if lit.any() else np.zeros(3)).astype(F32)
+                light = replace(light, sky_rgb=(light.sky_rgb + self._bounce).astype(F32))
         frame = self._frame(t, ego, light)
         return {n: self._render_camera(self._cams[n], frame, light, condition, t, rng) for n in names}
 
     def _frame(self, t: float, ego: Pose2D, light: Lighting) -> dict:
         """Scene state in the vehicle frame, shared by all cameras of a frame."""
         c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-        shapes, owners = [], []
+        shapes, owners, bounds, outlines = [], [], [], []
+        k = 0
         for o in self.scene.objects_at(t):
             for p in o.parts:
                 shapes.append(_to_vehicle(p.shape, c, s, ego.x, ego.y, ego.yaw))
                 owners.append(o.id)
-        bounds = np.array([_bounds(sh) for sh in shapes], float).reshape(-1, 4)
-        outlines = [_outline(sh) for sh in shapes]
+                # World-frame bounds and outlines of static parts are computed once per drive.
+                if self._part_moves[k] or k not in self._world_geom:
+                    self._world_geom[k] = (_bounds(p.shape), _outline(p.shape))
+                b, ol = self._world_geom[k]
+                bounds.append(b)
+                outlines.append(ol)
+                k += 1
+        bounds = np.array(bounds, float).reshape(-1, 4)
         starts = np.cumsum([0] + [len(o) for o in outlines])
-        outline = (np.concatenate(outlines) if outlines else np.zeros((0, 3)), starts)
+        pts = np.concatenate(outlines) if outlines else np.zeros((0, 3))
+        rot = np.array([[c, -s], [s, c]])  # world = rot @ vehicle, so vehicle = (world - ego) @ rot
+        for arr in (bounds, pts):
+            arr[:, :2] = (arr[:, :2] - [ego.x, ego.y]) @ rot
+        outline = (pts, starts)
         sun_v = None
         if light.sun is not None and light.sun_rgb.max() > 0:
             sx, sy, sz = (float(v) for v in light.sun)
             sun_v = np.array([c * sx + s * sy, -s * sx + c * sy, sz])
         lamps = []
         if light.lamps_on and self.scene.lights:
-            if self._lightmap is None:
-                self._lightmap = bake_lightmap(self.scene, self.ground)
             cxb = np.array(self.vehicle.centre)
             for li in self.scene.lights:
                 dx, dy = li.x - ego.x, li.y - ego.y
@@ -588,35 +644,29 @@ class FisheyeRenderer:
             lamps = sorted(lamps, key=lambda x: x[0])[:MAX_OBJECT_LAMPS]
         return {"ego": ego, "cs": (c, s), "shapes": shapes, "owners": np.array(owners, np.int32),
                 "bounds": bounds, "outline": outline, "sun": sun_v, "lamps": lamps,
-                "shadow": self._shadow_map(shapes, sun_v, light)}
+                "shadow": self._shadow_map(shapes, sun_v),
+                "static_shadow": self._static_shadows(None if sun_v is None else light.sun)}
 
-    def _shadow_map(self, shapes: list, sun_v: np.ndarray | None, light: Lighting) -> np.ndarray:
-        """(n, n, 2) uint8 ground occlusion around the car: channel 0 sun shadow, channel 1 contact shadow."""
+    def _shadow_map(self, shapes: list, sun_v: np.ndarray | None) -> np.ndarray:
+        """(n, n, 2) uint8 ground occlusion around the car by the ego and the moving objects (static ones are
+        in the world-fixed map): channel 0 sun shadow, channel 1 contact shadow."""
         n = int(2 * SHADOW_HALF / SHADOW_RES)
         cxb, cyb = self.vehicle.centre
-        origin = np.array([cxb - SHADOW_HALF, cyb - SHADOW_HALF])
-        sun_map = np.zeros((n, n), np.uint8)
-        ao_map = np.zeros((n, n), np.uint8)
-        all_shapes = [p.shape for p in self.ego_parts] + shapes
-        for sh in all_shapes:
-            fp = (sh.footprint() - origin) / SHADOW_RES
-            if np.all(np.abs(fp - n / 2) > n):
-                continue
-            z0 = sh.z0 if not isinstance(sh, Sphere) else sh.z - sh.radius
-            z1 = sh.z1 if not isinstance(sh, Sphere) else sh.z + sh.radius
-            if z0 < 0.3:
-                cv2.fillConvexPoly(ao_map, np.round(fp * 16).astype(np.int32), 255, cv2.LINE_AA, shift=4)
-            if sun_v is not None and sun_v[2] > 0.02:
-                # The shadow of a vertical prism is the hull of its footprint slid along the sun's rays by the
-                # heights of its bottom and top (clipped: a very low sun casts shadows off the map).
-                off = -sun_v[:2] / sun_v[2] / SHADOW_RES
-                lim = 3 * n / np.max(np.abs(off)) if np.max(np.abs(off)) > 0 else 0
-                pts = np.concatenate([fp + off * min(z0, lim), fp + off * min(z1, lim)])
-                hull = cv2.convexHull(np.round(pts * 16).astype(np.int32))
-                cv2.fillConvexPoly(sun_map, hull, 255, cv2.LINE_AA, shift=4)
-        sun_map = cv2.GaussianBlur(sun_map, (0, 0), 1.2)
-        ao_map = cv2.GaussianBlur(ao_map, (0, 0), 0.25 / SHADOW_RES)
-        return np.dstack([sun_map, ao_map])
+        moving = [sh for sh, m in zip(shapes, self._part_moves, strict=True) if m]
+        return _draw_occlusion([p.shape for p in self.ego_parts] + moving, sun_v,
+                               (cxb - SHADOW_HALF, cyb - SHADOW_HALF), n, n)
+
+    def _static_shadows(self, sun: np.ndarray | None) -> np.ndarray:
+        """The world-fixed occlusion map of the static objects for a sun direction (drawn once per drive and
+        sun), aligned with the ground image at SHADOW_RES."""
+        key = None if sun is None else tuple(np.round(sun, 6))
+        if key not in self._static_occlusion:
+            g = self.ground
+            h0, w0 = g.levels[0].shape[:2]
+            w, h = math.ceil(w0 * g.res / SHADOW_RES), math.ceil(h0 * g.res / SHADOW_RES)
+            static = [p.shape for o in self.scene.objects if o.motion is None for p in o.parts]
+            self._static_occlusion = {key: _draw_occlusion(static, sun, (g.x0, g.y0), w, h)}
+        return self._static_occlusion[key]
 
     # --- one camera -----------------------------------------------------------------------------------------
     @staticmethod
@@ -681,10 +731,13 @@ class FisheyeRenderer:
             counts = cc.tile_count[tiles]
             total = int(counts.sum())
             idx = np.repeat(cc.tile_start[tiles] - np.cumsum(counts) + counts, counts) + np.arange(total)
+            here = depth[idx]
+            if dist[k] - rad[k] >= here.max():
+                continue  # everything in these tiles is already nearer than the part can be
             shape = frame["shapes"][k]
             r = cc.rays.take(idx)
             t = hit_distance(shape, r)
-            win = np.flatnonzero(t < depth[idx])
+            win = np.flatnonzero(t < here)
             if not win.size:
                 continue
             at = idx[win]
@@ -793,6 +846,9 @@ class FisheyeRenderer:
         albedo = tex[:, :3].astype(F32)
         albedo *= F32(1 / 255)
         occl = _sample(frame["shadow"], *cc.g_shadow_px, border=cv2.BORDER_CONSTANT)
+        static = _sample(frame["static_shadow"], (wx - self.ground.x0) / SHADOW_RES - 0.5,
+                         (wy - self.ground.y0) / SHADOW_RES - 0.5, border=cv2.BORDER_CONSTANT)
+        np.maximum(occl, static, out=occl)
         ao = 1.0 - F32(0.6 / 255) * occl[:, 1]
         e = ao[:, None] * light.sky_rgb
         sun = frame["sun"]
