@@ -138,6 +138,23 @@ def sun_glare(img: np.ndarray, lens: Lens, sun_cam: np.ndarray, sun_rgb: np.ndar
     img += up * lens.circle[..., None]
 
 
+def lamp_glows(img: np.ndarray, lens: Lens, uv: np.ndarray, rgb: np.ndarray) -> None:
+    """Lamps in view: a saturated core and a soft glow around each (uv (n, 2) pixels, rgb (n, 3) radiance
+    of the glow's peak), in place."""
+    H, W = lens.shape
+    sigma = max(1.0, lens.px(6.0))
+    half = int(4 * sigma) + 1
+    for (u, v), c in zip(uv, rgb, strict=True):
+        x0, x1 = max(int(u) - half, 0), min(int(u) + half + 1, W)
+        y0, y1 = max(int(v) - half, 0), min(int(v) + half + 1, H)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(F32)
+        r2 = (xx - F32(u)) ** 2 + (yy - F32(v)) ** 2
+        g = np.exp(r2 * F32(-0.5 / sigma**2)) + F32(4.0) * np.exp(r2 * F32(-2.0 / sigma**2))
+        img[y0:y1, x0:x1] += g[..., None] * np.asarray(c, F32)
+
+
 # --- weather on the lens --------------------------------------------------------------------------------------
 
 def rain_on_lens(img: np.ndarray, lens: Lens, seed: int, t: float, rng: np.random.Generator) -> None:

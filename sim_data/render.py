@@ -635,7 +635,11 @@ class FisheyeRenderer:
             sx, sy, sz = (float(v) for v in light.sun)
             sun_v = np.array([c * sx + s * sy, -s * sx + c * sy, sz])
         lamps = []
+        all_lamps = np.zeros((0, 3))
         if light.lamps_on and self.scene.lights:
+            world_lamps = np.array([[li.x, li.y, li.z] for li in self.scene.lights], float)
+            all_lamps = world_lamps.copy()
+            all_lamps[:, :2] = (world_lamps[:, :2] - [ego.x, ego.y]) @ np.array([[c, -s], [s, c]])
             cxb = np.array(self.vehicle.centre)
             for li in self.scene.lights:
                 dx, dy = li.x - ego.x, li.y - ego.y
@@ -643,7 +647,7 @@ class FisheyeRenderer:
                 lamps.append((float(np.hypot(*(pos[:2] - cxb))), pos, np.asarray(li.rgb, F32) * li.intensity))
             lamps = sorted(lamps, key=lambda x: x[0])[:MAX_OBJECT_LAMPS]
         return {"ego": ego, "cs": (c, s), "shapes": shapes, "owners": np.array(owners, np.int32),
-                "bounds": bounds, "outline": outline, "sun": sun_v, "lamps": lamps,
+                "bounds": bounds, "outline": outline, "sun": sun_v, "lamps": lamps, "all_lamps": all_lamps,
                 "shadow": self._shadow_map(shapes, sun_v),
                 "static_shadow": self._static_shadows(None if sun_v is None else light.sun)}
 
@@ -795,6 +799,8 @@ class FisheyeRenderer:
                 win = depth_img[max(v - 2, 0):v + 3, max(u - 2, 0):u + 3]
                 visible = float(np.isinf(win).mean()) if win.size else 1.0
             effects.sun_glare(img, lens, sun_cam, light.sun_rgb, light.glare, visible)
+        if light.lamps_on and self.scene.lights:
+            self._lamp_glows(img, cc, depth_img, frame)
         if condition.rain:
             effects.rain_on_lens(img, lens, effects.stable_seed(self.scene.seed, cam.name, "rain"), t, rng)
         cov = condition.soiling.get(cam.name, 0.0)
@@ -804,6 +810,19 @@ class FisheyeRenderer:
         gain = effects.auto_exposure(img, lens)
         effects.apply_lens(img, lens, gain)
         effects.sensor_noise(img, lens, gain, rng)
+
+    def _lamp_glows(self, img: np.ndarray, cc: _CameraCache, depth_img: np.ndarray, frame: dict) -> None:
+        """Lamps the camera can see (nothing nearer at their pixel) glow; at night they are the brightest
+        things in the image."""
+        pos = frame["all_lamps"]
+        uv, ok = cc.cam.project(pos)
+        dist = np.linalg.norm(pos - cc.o, axis=1)
+        for i in np.flatnonzero(ok):
+            u, v = int(uv[i, 0] + 0.5), int(uv[i, 1] + 0.5)
+            if depth_img[min(v, depth_img.shape[0] - 1), min(u, depth_img.shape[1] - 1)] < dist[i] - 0.5:
+                continue
+            li = self.scene.lights[i]
+            effects.lamp_glows(img, cc.lens, uv[i:i + 1], (np.asarray(li.rgb, F32) * F32(3.0 * li.intensity))[None])
 
     # --- shading: background ------------------------------------------------------------------------------
     @staticmethod
