@@ -33,7 +33,7 @@ SHADOW_RES = 0.05  # metres per pixel of the per-frame ground shadow map
 SHADOW_HALF = 24.0  # the shadow map covers +-this many metres around the car
 LIGHTMAP_RES = 0.10  # metres per pixel of the baked ground irradiance from the scene's lamps
 LIGHT_K = 12.5  # Light.intensity 1 at 5 m above the ground gives irradiance 0.5 below it (an overcast day)
-MAX_OBJECT_LAMPS = 6  # lamps nearest the car that light objects per pixel (all of them light the ground)
+MAX_OBJECT_LAMPS = 4  # lamps nearest the car that light objects per pixel (all of them light the ground)
 SUN_DISC_COS = math.cos(math.radians(0.6))  # the sun is drawn a little larger than its 0.27° radius
 SUN_DISC_RADIANCE = 40.0  # times the direct irradiance: saturates and blooms
 LAMP_RADIANCE = 25.0  # radiance of a lit lamp panel per unit intensity
@@ -993,9 +993,16 @@ class FisheyeRenderer:
             term = f[:, None] * (rgb_l * F32(LIGHT_K))
             e = term if e is None else e + term
         if light.headlights and S.lit_by_headlights:
+            if e is None:
+                e = np.zeros((px.size, 3), F32)
+            # A low beam (tail light) only lights what is ahead of (behind) it: evaluate just those points.
+            ahead = np.flatnonzero(px > self.vehicle.x_max)
+            behind = np.flatnonzero(px < self.vehicle.x_min)
             for pos, fwd, rgb_l in _ego_lamps(self.vehicle):
-                term = _low_beam(px, py, pz, nx, ny, nz, pos, fwd)[:, None].astype(F32) * rgb_l.astype(F32)
-                e = term if e is None else e + term
+                sel = ahead if fwd > 0 else behind
+                if sel.size:
+                    f = _low_beam(px[sel], py[sel], pz[sel], nx[sel], ny[sel], nz[sel], pos, fwd)
+                    e[sel] += f[:, None].astype(F32) * rgb_l.astype(F32)
         if e is not None:
             out += S.albedo * e
         if sun is not None and S.gloss.size:
