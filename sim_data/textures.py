@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from sensors.errors import ConfigError
 from sim_data.world import Ground, GroundPatch, Marking, Scene
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,11 @@ def _draw_markings(img: np.ndarray, markings: tuple[Marking, ...], x0: float, y0
 
 def bake_ground(scene: Scene, res: float = GROUND_RES, margin: float = GROUND_MARGIN) -> GroundImage:
     """Draw the scene's ground (base surface, patches, painted markings, puddle map) into a mip pyramid."""
+    for where, kind in [("ground", scene.ground.texture)] + [(f"ground patch {i}", p.texture)
+                                                           for i, p in enumerate(scene.ground.patches)]:
+        if kind not in GROUND_TEXTURES:
+            raise ConfigError(f"scene (seed {scene.seed}) {where}: unknown texture {kind!r}; use one of "
+                              f"{', '.join(GROUND_TEXTURES)}")
     x_min, y_min, x_max, y_max = scene_extent(scene, margin)
     area = (x_max - x_min) * (y_max - y_min)
     if area / res**2 > GROUND_MAX_PIXELS:

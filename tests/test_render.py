@@ -348,6 +348,9 @@ def test_bad_input_raises_typed_errors(small_rig, open_lot):
         FisheyeRenderer(small_rig.cameras, small_rig.vehicle, scene(flat))
     with pytest.raises(ConfigError, match="ids must be unique"):
         FisheyeRenderer(small_rig.cameras, small_rig.vehicle, scene(obj(0, Sphere(*world(5.0, 0.0), 1.0, 0.4))))
+    lawn = Scene("driveway", (), Ground(texture="lawn"), EgoPath((0.0,), (EGO,)))
+    with pytest.raises(ConfigError, match="ground: unknown texture 'lawn'"):
+        FisheyeRenderer(small_rig.cameras, small_rig.vehicle, lawn)
     with pytest.raises(ConfigError, match="no camera 'XV'"):
         render(open_lot, cameras=["XV"])
     with pytest.raises(ConfigError, match="soiling"):
