@@ -154,7 +154,8 @@ class LogWriter(LogWrites):
     """
 
     def __init__(self, path: str | Path, rig: Rig, metadata: dict[str, str] | None = None,
-                 chunk_size: int = 1 << 20, compression: str = DEFAULT_COMPRESSION, sync_chunks: bool = False):
+                 chunk_size: int = 1 << 20, compression: str = DEFAULT_COMPRESSION, sync_chunks: bool = False,
+                 stamp_creation: bool = True):
         if compression not in _COMPRESSION:
             raise ConfigError(f"log compression {compression!r} is unknown; use zstd, lz4 or none")
         if compression in _MODULES and not _installed(compression):
@@ -169,10 +170,13 @@ class LogWriter(LogWrites):
             raise LogFormatError(f"{self.path}: cannot create the log ({e.strerror})") from None
         self._mcap = McapWriter(self._file, chunk_size=chunk_size, compression=_COMPRESSION[compression])
         self._mcap.start(library=f"nearfield/{_nearfield_version()} {LIBRARY_IDENTIFIER}")
-        self._mcap.add_attachment(create_time=time.time_ns(), log_time=0, name=RIG_ATTACHMENT,
-                                  media_type="application/toml", data=rig.to_toml().encode())
-        meta = {"nearfield_version": _nearfield_version(), "rig": rig.name,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        # stamp_creation=False keeps wall-clock time out of the file, so that a simulated drive is byte-for-byte
+        # a function of its arguments.
+        self._mcap.add_attachment(create_time=time.time_ns() if stamp_creation else 0, log_time=0,
+                                  name=RIG_ATTACHMENT, media_type="application/toml", data=rig.to_toml().encode())
+        meta = {"nearfield_version": _nearfield_version(), "rig": rig.name}
+        if stamp_creation:
+            meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
         self._mcap.add_metadata(METADATA_NAME, meta)
         self._schemas: dict[str, int] = {}

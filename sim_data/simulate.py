@@ -125,7 +125,7 @@ def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float 
                 "scene": scene.kind, "frames": str(spec.frames), "scale": f"{scale:g}",
                 "conditions": ",".join(labels)}
     frozen: dict[str, bytes] = {}
-    with LogWriter(tmp, render_rig, metadata=metadata) as writer:
+    with LogWriter(tmp, render_rig, metadata=metadata, stamp_creation=False) as writer:
         for k in range(spec.frames):
             t = k * FRAME_PERIOD_NS / 1e9
             stamp = START_NS + k * FRAME_PERIOD_NS
