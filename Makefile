@@ -20,6 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nearfield simulate --preset demo --out out/demo
 	$(BIN)/nearfield info out/demo/demo-000.mcap
+	$(BIN)/nearfield contact-sheet out/demo/demo-000.mcap --frame 30 --out out/demo/contact_sheet.png
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q

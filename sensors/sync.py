@@ -33,6 +33,7 @@ class SyncStats:
     rate_excess: int = 0  # images of a camera faster than the others, dropped
     clock_jumps: int = 0
     uss_reused: int = 0  # an ultrasonic cycle attached to more than one frame (cameras faster than the USS)
+    bad_echoes: int = 0  # NaN / negative / absurd distances, bad amplitudes, unknown sensor ids: dropped
     missing: Counter = field(default_factory=Counter)  # "camera FV", "uss" -> frames without it
 
     def as_dict(self) -> dict[str, object]:
@@ -57,6 +58,7 @@ class Synchroniser:
         self._history: dict[str, deque[int]] = {c: deque(maxlen=16) for c in self.cameras}
         self._uss: deque[UssCycle] = deque(maxlen=32)
         self._uss_used: set[int] = set()
+        self._bad_echoes: dict[int, int] = {}
         self._conditions: deque[tuple[int, list[str]]] = deque(maxlen=16)
         self._truth: dict[int, GroundTruth] = {}
         self._objects: dict[int, list[ObjectBox]] = {}
@@ -107,12 +109,30 @@ class Synchroniser:
     def push_uss(self, cycle: UssCycle) -> None:
         if not self._advance(cycle.stamp_ns):
             return
+        cycle = self._sanitise(cycle)
         if any(c.stamp_ns == cycle.stamp_ns for c in self._uss):
             self.stats.duplicates += 1
             return
         self._uss.append(cycle)
         self._uss = deque(sorted(self._uss, key=lambda c: c.stamp_ns), maxlen=32)
         self._collect()
+
+    def _sanitise(self, cycle: UssCycle) -> UssCycle:
+        """Drop echoes no real sensor can produce; count them and remember the count on the cycle."""
+        ids = np.array([u.id for u in self.rig.uss])
+        max_range = 2 * max(u.range_max for u in self.rig.uss)
+        ok = (np.isin(cycle.sender, ids) & np.isin(cycle.receiver, ids)
+              & np.isfinite(cycle.distance) & (cycle.distance >= 0) & (cycle.distance <= max_range)
+              & np.isfinite(cycle.amplitude) & (cycle.amplitude >= 0) & (cycle.amplitude <= 1))
+        bad = int((~ok).sum())
+        if bad:
+            log.warning("/uss/echoes at %d ns: %d invalid echoes dropped (NaN or out-of-range distance or amplitude, "
+                        "or unknown sensor id)", cycle.stamp_ns, bad)
+            self.stats.bad_echoes += bad
+            cycle = UssCycle(cycle.stamp_ns, cycle.cycle, cycle.sender[ok], cycle.receiver[ok], cycle.distance[ok],
+                             cycle.amplitude[ok], dict(cycle.status))
+            self._bad_echoes[cycle.stamp_ns] = bad
+        return cycle
 
     def push_condition(self, stamp_ns: int, labels: list[str]) -> None:
         self._conditions.append((stamp_ns, list(labels)))
@@ -210,6 +230,8 @@ class Synchroniser:
             degraded.append("uss missing")
             self.stats.missing["uss"] += 1
         else:
+            if uss.stamp_ns in self._bad_echoes:
+                degraded.append(f"uss {self._bad_echoes[uss.stamp_ns]} invalid echoes dropped")
             for sid, status in sorted(uss.status.items()):
                 if status != UssStatus.OK:
                     name = self._uss_name(sid)

@@ -175,3 +175,40 @@ def test_pacer_speed_and_range():
     for bad in (0.1, 5.0):
         with pytest.raises(ConfigError):
             Pacer(bad)
+
+
+def test_invalid_echoes_are_dropped_counted_and_flagged(rig):
+    msgs = _stream(n=3)
+    bad = UssCycle(1_100 * MS + 15 * MS, 1, [0, 1, 2, 3, 99, 4], [0, 1, 2, 3, 4, 42],
+                   [1.0, float("nan"), -0.5, 1e6, 1.0, 2.0], [0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    msgs = [m for m in msgs if not (m[0] == "uss" and m[1].stamp_ns == bad.stamp_ns)] + [("uss", bad)]
+    msgs.sort(key=lambda m: m[1].stamp_ns if hasattr(m[1], "stamp_ns") else m[1][0])
+    sync = Synchroniser(rig)
+    frames = []
+    for kind, v in msgs:
+        if kind == "image":
+            sync.push_image(v)
+        elif kind == "uss":
+            sync.push_uss(v)
+        frames += sync.pop_frames()
+    frames += sync.flush()
+    assert sync.stats.bad_echoes == 5
+    f = frames[1]
+    assert f.uss.num_echoes == 1 and f.uss.distance.tolist() == [1.0]
+    assert "uss 5 invalid echoes dropped" in f.degraded
+    assert not frames[0].degraded and not frames[2].degraded
+
+
+def test_corrupt_jpeg_flags_the_frame(rig):
+    from sensors.imaging import encode_jpeg
+    from sensors.messages import Frame
+    from sensors.replay import decode_frame
+
+    good = encode_jpeg(np.full((8, 8, 3), 100, np.uint8))
+    images = {c: CameraImage(c, 0, good) for c in CAMS}
+    images["RV"] = CameraImage("RV", 0, good[: len(good) // 3])
+    images["MVL"] = CameraImage("MVL", 0, b"\xff\xd8 not a jpeg")
+    f = decode_frame(Frame(0, 0, images, None))
+    assert f.images["RV"] is None and f.images["MVL"] is None
+    assert f.images["FV"].rgb.shape == (8, 8, 3)
+    assert sorted(f.degraded) == ["camera MVL corrupt image", "camera RV corrupt image"]
