@@ -1,0 +1,124 @@
+"""Post-processing of the network's output: the class map, and per sector around the car body the distance to
+the nearest obstacle with a warning level, as a parking-distance display shows them. Torch-free; the same code
+runs on predictions and on ground truth, so eval compares like with like."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from perception.bev_config import ego_mask
+from sensors.bev import BevGrid
+from sensors.classes import IGNORE, SemanticClass
+from sensors.errors import ConfigError
+from sensors.rig import Rig
+
+
+def class_map(logits: np.ndarray, ego: np.ndarray) -> np.ndarray:
+    """(C, rows, cols) or (B, C, rows, cols) logits -> (rows, cols) / (B, rows, cols) uint8 argmax, with the
+    ego footprint (ego: (rows, cols) bool, perception.bev_config.ego_mask) set to IGNORE."""
+    logits = np.asarray(logits)
+    if logits.ndim not in (3, 4) or logits.shape[-3] < 2 or logits.shape[-3] > IGNORE:
+        raise ConfigError(f"class_map: logits must be (C, rows, cols) or (B, C, rows, cols) with 2..{IGNORE} "
+                          f"classes, got shape {logits.shape}; check the model's output binding")
+    if logits.shape[-2:] != np.shape(ego):
+        raise ConfigError(f"class_map: logits of BEV shape {logits.shape[-2:]} do not match the ego mask "
+                          f"{np.shape(ego)}; the model config's [bev] table and the grid disagree")
+    out = np.argmax(logits, axis=-3).astype(np.uint8)
+    out[..., np.asarray(ego, bool)] = IGNORE
+    return out
+
+
+@dataclass
+class Sectors:
+    """Per sector: distance (S,) float32 metres from the body outline to the nearest obstacle (inf: nothing on
+    the grid), level (S,) uint8 0 clear .. len(levels_m) stop, angles (S, 2) float32 (start, end) bearings in
+    radians about the body centre, counter-clockwise: a bearing b is in sector k iff
+    (b - start) mod 2π < (end - start) mod 2π."""
+
+    distance: np.ndarray
+    level: np.ndarray
+    angles: np.ndarray
+    names: tuple[str, ...] = ()
+
+
+class SectorLayout:
+    """Sectors around the car body, as a parking-distance display splits it.
+
+    Each side of the body footprint is cut into equal parts (front and rear bumper count//4 each plus half the
+    remainder, each flank count//4), and every sector is the wedge, seen from the body centre, between the rays
+    through the ends of its part: the bumpers get as many sectors as the long flanks, and a corner is
+    split between the bumper and flank sectors that meet there. Sectors run clockwise seen from above,
+    starting at the front-left corner: front_1 (left) .. front_n (right), right_1 (front) .., rear_1 (right)
+    .., left_1 (rear) ...
+
+    Distance is from the body outline to the nearest point of an obstacle cell (its edge, not its centre:
+    ground truth marks cells whose centre lies in an object, so the centre is on average half a cell behind
+    the object's surface, and a parking display must not report an obstacle farther than it is). A cell
+    counts as an obstacle unless it is FREE or IGNORE, and belongs to the sector its centre's bearing
+    falls in. Cells inside the footprint are the ego car itself and never count.
+    """
+
+    def __init__(self, rig: Rig, grid: BevGrid, count: int = 16, levels_m: tuple[float, ...] = (1.5, 0.8, 0.3)):
+        if count < 4 or count % 2:
+            raise ConfigError(f"SectorLayout: count must be an even number >= 4 (16 for a 4+4+4+4 layout), "
+                              f"got {count}")
+        levels = np.asarray(levels_m, float)
+        if levels.ndim != 1 or not len(levels) or np.any(levels <= 0) or np.any(np.diff(levels) >= 0):
+            raise ConfigError(f"SectorLayout: levels_m must be positive distances in decreasing order "
+                              f"(clear -> stop), got {levels_m}")
+        self.grid = grid
+        self.levels_m = tuple(float(v) for v in levels)
+        body = rig.vehicle
+        side = count // 4
+        bumper = (count - 2 * side) // 2
+        (fl, fr, rr, rl) = body.footprint()  # front-left, front-right, rear-right, rear-left
+        edges = (("front", fl, fr, bumper), ("right", fr, rr, side), ("rear", rr, rl, bumper), ("left", rl, fl, side))
+        cx, cy = body.centre
+        points, names = [], []
+        for name, a, b, n in edges:
+            t = np.arange(n)[:, None] / n
+            points.append(a + t * (b - a))  # the start of each part; the next part's start ends it
+            names += [f"{name}_{k + 1}" for k in range(n)]
+        points = np.concatenate(points)
+        ray = np.arctan2(points[:, 1] - cy, points[:, 0] - cx)
+        # Sector k runs clockwise from ray k to ray k+1: counter-clockwise, that is [ray k+1, ray k).
+        self.angles = np.stack([np.roll(ray, -1), ray], axis=1).astype(np.float32)
+        self.names = tuple(names)
+        self.count = count
+
+        xy = grid.cell_centres().reshape(-1, 2)
+        bearing = np.arctan2(xy[:, 1] - cy, xy[:, 0] - cx)
+        ccw_start = self.angles[:, 0].astype(float)
+        width = (self.angles[:, 1] - ccw_start) % (2 * np.pi)
+        offset = (bearing[:, None] - ccw_start[None, :]) % (2 * np.pi)
+        inside = offset < width[None, :]
+        self._sector = np.argmax(inside, axis=1)  # each bearing falls in exactly one wedge
+        # Rectangle (body) to square (cell) distance: per axis the gap between the intervals, or 0 if they overlap.
+        h = grid.cell / 2
+        dx = np.maximum(np.maximum(body.x_min - (xy[:, 0] + h), (xy[:, 0] - h) - body.x_max), 0.0)
+        dy = np.maximum(np.abs(xy[:, 1]) - h - body.width / 2, 0.0)
+        self._distance = np.hypot(dx, dy)
+        self._not_ego = ~ego_mask(body, grid).reshape(-1)
+
+    def sector_of_cells(self) -> np.ndarray:
+        """(rows, cols) sector index of every cell (the viewer draws the layout with it)."""
+        return self._sector.reshape(self.grid.shape)
+
+    def levels(self, distance: np.ndarray) -> np.ndarray:
+        """Warning level per distance: the number of thresholds in levels_m it is within (0 clear .. stop)."""
+        d = np.asarray(distance, float)
+        return (d[..., None] <= np.asarray(self.levels_m)).sum(-1).astype(np.uint8)
+
+    def __call__(self, class_map: np.ndarray) -> Sectors:
+        cm = np.asarray(class_map)
+        if cm.shape != self.grid.shape:
+            raise ConfigError(f"SectorLayout: class map of shape {cm.shape} does not match the BEV grid "
+                              f"{self.grid.shape}; use the grid of the model config's [bev] table")
+        flat = cm.reshape(-1)
+        obstacle = (flat != SemanticClass.FREE) & (flat != IGNORE) & self._not_ego
+        distance = np.full(self.count, np.inf)
+        np.minimum.at(distance, self._sector[obstacle], self._distance[obstacle])
+        distance = distance.astype(np.float32)
+        return Sectors(distance, self.levels(distance), self.angles.copy(), self.names)
