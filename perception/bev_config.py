@@ -87,9 +87,10 @@ def _is_number(v: Any) -> bool:
 
 
 def ego_mask(body: VehicleBody, grid: BevGrid) -> np.ndarray:
-    """(rows, cols) bool: cells whose centre lies inside the car body footprint (ground truth marks these
-    IGNORE, sim_data.groundtruth)."""
+    """(rows, cols) bool: cells whose centre lies inside or on the edge of the car body footprint, the cells
+    ground truth marks IGNORE (sim_data.groundtruth). The tolerance keeps centres that sit on the edge (0.9 m
+    on a 0.2 m grid) inside despite rounding."""
     xy = grid.cell_centres()
-    h = body.width / 2
-    return ((xy[..., 0] >= body.x_min) & (xy[..., 0] <= body.x_max)
+    h = body.width / 2 + 1e-6
+    return ((xy[..., 0] >= body.x_min - 1e-6) & (xy[..., 0] <= body.x_max + 1e-6)
             & (xy[..., 1] >= -h) & (xy[..., 1] <= h))

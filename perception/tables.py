@@ -71,10 +71,10 @@ def camera_tables(rig: Rig, config: BevConfig, occlude_body: bool = True) -> Sam
 
 def _segment_hits_body(origin: np.ndarray, points: np.ndarray, body: VehicleBody) -> np.ndarray:
     """(N,) whether the segment origin → point crosses the body box (ground to roof); slab test, vectorised.
-    A point inside the box counts as hidden. The camera itself sits on the body surface, so the first
-    millimetre of the segment is not tested."""
-    lo = np.array([body.x_min, -body.width / 2, 0.0])
-    hi = np.array([body.x_max, body.width / 2, body.height])
+    A point inside the box counts as hidden."""
+    # 1 mm larger than the body, so that cells centred on its outline (ground truth's IGNORE) are hidden too.
+    lo = np.array([body.x_min, -body.width / 2, 0.0]) - 1e-3
+    hi = np.array([body.x_max, body.width / 2, body.height]) + 1e-3
     d = points - origin
     with np.errstate(divide="ignore", invalid="ignore"):
         t1 = (lo - origin) / d
@@ -84,8 +84,7 @@ def _segment_hits_body(origin: np.ndarray, points: np.ndarray, body: VehicleBody
     inside = (origin >= lo) & (origin <= hi)
     t_near = np.where(flat, np.where(inside, -np.inf, np.inf), np.minimum(t1, t2)).max(axis=1)
     t_far = np.where(flat, np.where(inside, np.inf, -np.inf), np.maximum(t1, t2)).min(axis=1)
-    eps = 1e-3 / np.maximum(np.linalg.norm(d, axis=1), 1e-9)
-    return (t_near < t_far) & (t_far > eps) & (t_near <= 1.0)
+    return (t_near < t_far) & (t_far > 0.0) & (t_near <= 1.0)
 
 
 def tables_checksum(tables: SamplingTables) -> str:
