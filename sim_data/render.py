@@ -20,6 +20,16 @@ from sensors.errors import ConfigError
 from sensors.geometry import Pose2D
 from sensors.rig import VehicleBody
 from sim_data import effects
+from sim_data.raycast import (
+    RayBundle,
+    TileGrid,
+    cast_nearest,
+    cull_geometry,
+    geometry_to_vehicle,
+    hit_distance,
+    surface_at,
+    to_vehicle,
+)
 from sim_data.textures import SURFACE_TEXTURES, GroundImage, bake_ceiling, bake_ground, surface_albedo
 from sim_data.world import Box, Condition, Cylinder, Material, Part, Scene, Sphere
 
@@ -27,8 +37,6 @@ log = logging.getLogger(__name__)
 
 F32 = np.float32
 INF = F32(np.inf)
-TILE = 16  # pixels per tile side for culling
-HIT_EPS = 1e-3  # metres: hits closer than this to the ray origin are ignored
 SHADOW_RES = 0.05  # metres per pixel of the per-frame ground shadow map
 SHADOW_HALF = 24.0  # the shadow map covers +-this many metres around the car
 LIGHTMAP_RES = 0.10  # metres per pixel of the baked ground irradiance from the scene's lamps
@@ -127,198 +135,6 @@ def ego_parts(vehicle: VehicleBody) -> tuple[Part, ...]:
         for side in (1, -1):
             parts.append(Part(Box(x, side * (w / 2 - 0.13), 0.0, 0.64, 0.22, 0.0, 0.64), tyre))
     return tuple(parts)
-
-
-def _to_vehicle(shape, c: float, s: float, ex: float, ey: float, yaw: float):
-    """A world primitive in the frame of the ego pose (cos/sin of its yaw, its position)."""
-    dx, dy = shape.x - ex, shape.y - ey
-    x, y = c * dx + s * dy, -s * dx + c * dy
-    if isinstance(shape, Box):
-        return Box(x, y, shape.yaw - yaw, shape.length, shape.width, shape.z0, shape.z1)
-    if isinstance(shape, Cylinder):
-        return Cylinder(x, y, shape.radius, shape.z0, shape.z1, shape.radius_top)
-    return Sphere(x, y, shape.z, shape.radius)
-
-
-def _bounds(shape) -> tuple[float, float, float, float]:
-    """Bounding sphere (x, y, z, radius)."""
-    if isinstance(shape, Box):
-        return shape.x, shape.y, (shape.z0 + shape.z1) / 2, 0.5 * math.sqrt(
-            shape.length**2 + shape.width**2 + (shape.z1 - shape.z0) ** 2)
-    if isinstance(shape, Cylinder):
-        r = max(shape.radius, shape.r_top)
-        return shape.x, shape.y, (shape.z0 + shape.z1) / 2, math.hypot(r, (shape.z1 - shape.z0) / 2)
-    return shape.x, shape.y, shape.z, shape.radius
-
-
-_EDGE = np.linspace(0.0, 1.0, 7)[:, None]
-_RING = np.linspace(0.0, 2 * np.pi, 16, endpoint=False)
-
-
-def _outline(shape) -> np.ndarray:
-    """(m, 3) points along the edges of a primitive, for bounding its image; empty for spheres (small, and
-    their bounding cone is already tight)."""
-    if isinstance(shape, Box):
-        fp = shape.footprint()
-        corners = np.array([[*fp[i], z] for z in (shape.z0, shape.z1) for i in range(4)])
-        edges = [(i, (i + 1) % 4) for i in range(4)] + [(i + 4, (i + 1) % 4 + 4) for i in range(4)]
-        edges += [(i, i + 4) for i in range(4)]
-        return np.concatenate([corners[a] + _EDGE * (corners[b] - corners[a]) for a, b in edges])
-    if isinstance(shape, Cylinder):
-        rings = []
-        for z, r in ((shape.z0, shape.radius), ((shape.z0 + shape.z1) / 2, (shape.radius + shape.r_top) / 2),
-                     (shape.z1, shape.r_top)):
-            # The polygon is circumscribed (radius / cos(π/16)) so the circle lies inside it.
-            rr = r / math.cos(math.pi / 16)
-            rings.append(np.stack([shape.x + rr * np.cos(_RING), shape.y + rr * np.sin(_RING),
-                                   np.full(_RING.size, z)], 1))
-        return np.concatenate(rings)
-    return np.zeros((0, 3))
-
-
-class RayBundle:
-    """A bundle of unit rays from one origin (vehicle frame), float32, with the per-ray constants the
-    intersection tests reuse."""
-
-    def __init__(self, origin: np.ndarray, d: np.ndarray):
-        self.o = [float(v) for v in origin]
-        self.dx, self.dy, self.dz = (np.ascontiguousarray(d[:, i], F32) for i in range(3))
-        with np.errstate(divide="ignore"):
-            self.idz = (1.0 / self.dz).astype(F32)
-        self._h2: np.ndarray | None = None
-
-    @property
-    def h2(self) -> np.ndarray:
-        """Squared horizontal length of each ray (only cylinders need it)."""
-        if self._h2 is None:
-            self._h2 = self.dx * self.dx + self.dy * self.dy
-        return self._h2
-
-    def take(self, idx: np.ndarray) -> RayBundle:
-        r = object.__new__(RayBundle)
-        r.o = self.o
-        r.dx, r.dy, r.dz, r.idz = self.dx[idx], self.dy[idx], self.dz[idx], self.idz[idx]
-        r._h2 = None
-        return r
-
-
-def hit_distance(shape, r: RayBundle) -> np.ndarray:
-    """Distance along each ray to where it enters `shape` (inf where it does not). Only entering hits count,
-    so a ray that starts inside a primitive never sees the primitive's inside."""
-    with np.errstate(all="ignore"):
-        if isinstance(shape, Box):
-            return _hit_box(shape, r)
-        if isinstance(shape, Cylinder):
-            return _hit_cylinder(shape, r)
-        return _hit_sphere(shape, r)
-
-
-def _hit_box(b: Box, r: RayBundle) -> np.ndarray:
-    # Slabs along the box's length, width and height; in-place to keep the hot loop light on memory.
-    c, s = math.cos(b.yaw), math.sin(b.yaw)
-    ox, oy, oz = r.o[0] - b.x, r.o[1] - b.y, r.o[2]
-    ou, ov = c * ox + s * oy, -s * ox + c * oy
-    hl, hw = b.length / 2, b.width / 2
-    inv = c * r.dx
-    inv += s * r.dy
-    np.reciprocal(inv, out=inv)
-    near = (-hl - ou) * inv
-    far = inv
-    far *= hl - ou
-    t1 = np.minimum(near, far)
-    np.maximum(near, far, out=far)
-    near = t1
-    inv = c * r.dy
-    inv -= s * r.dx
-    np.reciprocal(inv, out=inv)
-    t1 = (-hw - ov) * inv
-    inv *= hw - ov
-    np.maximum(near, np.minimum(t1, inv), out=near)
-    np.minimum(far, np.maximum(t1, inv, out=t1), out=far)
-    t1 = (b.z0 - oz) * r.idz
-    t2 = (b.z1 - oz) * r.idz
-    np.maximum(near, np.minimum(t1, t2), out=near)
-    np.minimum(far, np.maximum(t1, t2, out=t1), out=far)
-    near[(near > far) | (near <= HIT_EPS)] = INF
-    return near
-
-
-def _hit_cylinder(cy: Cylinder, r: RayBundle) -> np.ndarray:
-    # Lateral surface: horizontal distance² = R(z)² with R linear in z; f(t) = a t² + 2 b t + c. The entering
-    # root (f decreasing through 0) is t = (-b - sqrt(b² - a c)) / a whatever the sign of a (steep cone rays).
-    ox, oy, oz = r.o[0] - cy.x, r.o[1] - cy.y, r.o[2] - cy.z0
-    H = cy.z1 - cy.z0
-    r0, r1 = cy.radius, cy.r_top
-    k = (r1 - r0) / H
-    A = r0 + k * oz
-    c = ox * ox + oy * oy - A * A
-    a = r.h2 - (k * k) * (r.dz * r.dz) if k else r.h2
-    b = ox * r.dx + oy * r.dy
-    if k:
-        b -= (A * k) * r.dz
-    disc = b * b - a * c
-    t = (-b - np.sqrt(disc)) / a
-    z = oz + t * r.dz
-    t[~((disc >= 0) & (t > HIT_EPS) & (z >= 0) & (z <= H))] = INF
-    for zc, rc, entering in ((cy.z1, r1, r.dz < 0), (cy.z0, r0, r.dz > 0)):
-        if rc <= 0:
-            continue
-        tc = (zc - r.o[2]) * r.idz
-        hx, hy = ox + tc * r.dx, oy + tc * r.dy
-        ok = entering & (tc > HIT_EPS) & (hx * hx + hy * hy <= rc * rc) & (tc < t)
-        t[ok] = tc[ok]
-    return t
-
-
-def _hit_sphere(sp: Sphere, r: RayBundle) -> np.ndarray:
-    ox, oy, oz = r.o[0] - sp.x, r.o[1] - sp.y, r.o[2] - sp.z
-    b = ox * r.dx + oy * r.dy + oz * r.dz
-    disc = b * b - (ox * ox + oy * oy + oz * oz - sp.radius**2)
-    t = -b - np.sqrt(disc)
-    t[~((disc >= 0) & (t > HIT_EPS))] = INF
-    return t
-
-
-def surface_at(shape, r: RayBundle, t: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Normals (nx, ny, nz) and texture coordinates (s, z) in metres where rays `r` hit `shape` at `t`."""
-    px, py, pz = r.o[0] + t * r.dx, r.o[1] + t * r.dy, r.o[2] + t * r.dz
-    n = t.size
-    if isinstance(shape, Box):
-        c, s = math.cos(shape.yaw), math.sin(shape.yaw)
-        lx, ly = px - shape.x, py - shape.y
-        u, v = c * lx + s * ly, -s * lx + c * ly
-        # The face hit is the one the point lies closest to.
-        gu = np.abs(np.abs(u) - shape.length / 2)
-        gv = np.abs(np.abs(v) - shape.width / 2)
-        gz = np.minimum(np.abs(pz - shape.z0), np.abs(pz - shape.z1))
-        fu = (gu <= gv) & (gu <= gz)
-        fv = ~fu & (gv <= gz)
-        fz = ~(fu | fv)
-        su, sv = np.sign(u).astype(F32), np.sign(v).astype(F32)
-        nx = np.where(fu, su * c, np.where(fv, -sv * s, 0.0)).astype(F32)
-        ny = np.where(fu, su * s, np.where(fv, sv * c, 0.0)).astype(F32)
-        nz = np.where(fz, np.sign(pz - (shape.z0 + shape.z1) / 2), 0.0).astype(F32)
-        ts = np.where(fu, v, u).astype(F32)
-        tz = np.where(fz, v, pz).astype(F32)
-        return nx, ny, nz, ts, tz
-    if isinstance(shape, Cylinder):
-        hx, hy = px - shape.x, py - shape.y
-        H = shape.z1 - shape.z0
-        k = (shape.r_top - shape.radius) / H
-        R = shape.radius + k * (pz - shape.z0)
-        rh = np.sqrt(hx * hx + hy * hy)
-        cap = np.minimum(np.abs(pz - shape.z1), np.abs(pz - shape.z0)) < np.abs(rh - R)
-        inv = 1.0 / (np.maximum(rh, 1e-6) * math.sqrt(1 + k * k))
-        nx = np.where(cap, 0.0, hx * inv).astype(F32)
-        ny = np.where(cap, 0.0, hy * inv).astype(F32)
-        nz = np.where(cap, np.sign(pz - (shape.z0 + shape.z1) / 2), -k * rh * inv).astype(F32)
-        ts = np.where(cap, hx, np.arctan2(hy, hx) * max(shape.radius, shape.r_top)).astype(F32)
-        tz = np.where(cap, hy, pz).astype(F32)
-        return nx, ny, nz, ts, tz
-    inv = 1.0 / shape.radius
-    nx, ny, nz = (px - shape.x) * inv, (py - shape.y) * inv, (pz - shape.z) * inv
-    ts = (np.arctan2(ny, nx) * shape.radius).astype(F32)
-    return nx.astype(F32), ny.astype(F32), nz.astype(F32), ts, pz.astype(F32).reshape(n)
 
 
 # --- light sources ---------------------------------------------------------------------------------------------
@@ -436,33 +252,14 @@ class _CameraCache:
 
     def __init__(self, cam: FisheyeCamera, renderer: FisheyeRenderer):
         self.cam = cam
-        W = cam.width
         self.lens = effects.Lens(cam)
-        v, u = np.nonzero(self.lens.circle)
-        tiles_x = (W + TILE - 1) // TILE
-        tile_of = (v // TILE) * tiles_x + (u // TILE)
-        order = np.argsort(tile_of, kind="stable")
-        self.pix = (v * W + u)[order]  # raster index of each ray, rays grouped by tile
-        tile_of = tile_of[order]
-        rays = cam.pixel_rays().reshape(-1, 3)[self.pix]
+        self.tiles = TileGrid(self.lens.circle, cam.pixel_rays())
+        self.pix = self.tiles.pix  # raster index of each ray, rays grouped by tile
+        rays = self.tiles.rays
         self.o = cam.origin.astype(float)
         self.rays = RayBundle(self.o, rays)
-        n = self.pix.size
-        # Tile bundles: centre direction and angular radius.
-        starts = np.flatnonzero(np.r_[True, tile_of[1:] != tile_of[:-1]])
-        self.tile_start = starts
-        self.tile_count = np.diff(np.r_[starts, n])
-        centre = np.add.reduceat(rays, starts, axis=0)
-        centre /= np.linalg.norm(centre, axis=1, keepdims=True)
-        cosang = np.einsum("ij,ij->i", rays, np.repeat(centre, self.tile_count, axis=0))
-        rad = np.arccos(np.clip(np.minimum.reduceat(cosang, starts), -1, 1)) + 2e-3
-        self.tile_dir = centre.astype(F32)
-        self.tile_cos, self.tile_sin = np.cos(rad), np.sin(rad)
-        first = tile_of[starts]
-        self.tile_row, self.tile_col = first // tiles_x, first % tiles_x
         self._init_background(renderer, rays)
-        self.all_tiles = np.arange(starts.size)
-        self.tile_far = np.maximum.reduceat(self.bg_depth, starts)
+        self.tile_far = np.maximum.reduceat(self.bg_depth, self.tiles.start)
 
     def _init_background(self, rdr: FisheyeRenderer, rays: np.ndarray) -> None:
         r = self.rays
@@ -553,7 +350,10 @@ class FisheyeRenderer:
         self.ceiling = bake_ceiling(scene) if scene.ceiling_height is not None else None
         self._lightmap: tuple[np.ndarray, float, float] | None = None
         self._static_occlusion: dict = {}
-        self._world_geom: dict[int, tuple] = {}
+        self._geom = np.array([cull_geometry(p.shape) for o in scene.objects for p in o.parts]).reshape(-1, 11)
+        # Object id per part index (ego parts first), and per background part index -1.
+        self._owner = np.array([OBJ_EGO] * len(self.ego_parts) + [o.id for o in scene.objects for _ in o.parts]
+                               + [OBJ_GROUND], np.int32)
         self._bounce: np.ndarray | None = None
         self._part_moves = [o.motion is not None for o in scene.objects for _ in o.parts]
         self.cameras = dict(cameras)
@@ -610,26 +410,17 @@ class FisheyeRenderer:
     def _frame(self, t: float, ego: Pose2D, light: Lighting) -> dict:
         """Scene state in the vehicle frame, shared by all cameras of a frame."""
         c, s = math.cos(ego.yaw), math.sin(ego.yaw)
-        shapes, owners, bounds, outlines = [], [], [], []
+        shapes = []
+        geom = self._geom
         k = 0
         for o in self.scene.objects_at(t):
             for p in o.parts:
-                shapes.append(_to_vehicle(p.shape, c, s, ego.x, ego.y, ego.yaw))
-                owners.append(o.id)
-                # World-frame bounds and outlines of static parts are computed once per drive.
-                if self._part_moves[k] or k not in self._world_geom:
-                    self._world_geom[k] = (_bounds(p.shape), _outline(p.shape))
-                b, ol = self._world_geom[k]
-                bounds.append(b)
-                outlines.append(ol)
+                shapes.append(to_vehicle(p.shape, c, s, ego.x, ego.y, ego.yaw))
+                # Culling geometry of static parts (world frame) is computed once per drive.
+                if self._part_moves[k]:
+                    geom[k] = cull_geometry(p.shape)
                 k += 1
-        bounds = np.array(bounds, float).reshape(-1, 4)
-        starts = np.cumsum([0] + [len(o) for o in outlines])
-        pts = np.concatenate(outlines) if outlines else np.zeros((0, 3))
-        rot = np.array([[c, -s], [s, c]])  # world = rot @ vehicle, so vehicle = (world - ego) @ rot
-        for arr in (bounds, pts):
-            arr[:, :2] = (arr[:, :2] - [ego.x, ego.y]) @ rot
-        outline = (pts, starts)
+        geom = geometry_to_vehicle(geom, ego.x, ego.y, ego.yaw)
         sun_v = None
         if light.sun is not None and light.sun_rgb.max() > 0:
             sx, sy, sz = (float(v) for v in light.sun)
@@ -646,8 +437,8 @@ class FisheyeRenderer:
                 pos = np.array([c * dx + s * dy, -s * dx + c * dy, li.z])
                 lamps.append((float(np.hypot(*(pos[:2] - cxb))), pos, np.asarray(li.rgb, F32) * li.intensity))
             lamps = sorted(lamps, key=lambda x: x[0])[:MAX_OBJECT_LAMPS]
-        return {"ego": ego, "cs": (c, s), "shapes": shapes, "owners": np.array(owners, np.int32),
-                "bounds": bounds, "outline": outline, "sun": sun_v, "lamps": lamps, "all_lamps": all_lamps,
+        return {"ego": ego, "cs": (c, s), "shapes": shapes, "geom": geom, "sun": sun_v, "lamps": lamps,
+                "all_lamps": all_lamps,
                 "shadow": self._shadow_map(shapes, sun_v),
                 "static_shadow": self._static_shadows(None if sun_v is None else light.sun)}
 
@@ -673,84 +464,6 @@ class FisheyeRenderer:
         return self._static_occlusion[key]
 
     # --- one camera -----------------------------------------------------------------------------------------
-    @staticmethod
-    def _outline_tiles(cc: _CameraCache, frame: dict) -> np.ndarray:
-        """(parts, tiles) mask of the tiles inside the padded image bounding box of each part's projected
-        outline; all tiles for parts too close to the rim of the field of view for the box to be trusted."""
-        pts, starts = frame["outline"]
-        cam = cc.cam
-        n_parts = len(frame["shapes"])
-        if not pts.size:
-            return np.ones((n_parts, cc.tile_start.size), bool)
-        pc = (pts - cc.o) @ cam.extrinsic.rotation
-        chi = np.hypot(pc[:, 0], pc[:, 1])
-        theta = np.arctan2(chi, pc[:, 2])
-        k = cam.rho(theta) / np.maximum(chi, 1e-9)
-        u = k * pc[:, 0] + cam.cx
-        v = k * pc[:, 1] * cam.aspect + cam.cy
-        # Between outline samples a projected edge bends by at most a few pixels, except near the edge of
-        # the field of view, where the fisheye compresses the most.
-        at = np.minimum(starts[:-1], pts.shape[0] - 1)  # parts without outline points are handled below
-        trusted = np.minimum.reduceat(theta < cam.theta_max - 0.05, at)
-        pad = max(6.0, 0.015 * cam.width)
-        c0 = (np.minimum.reduceat(u, at) - pad) // TILE
-        c1 = (np.maximum.reduceat(u, at) + pad) // TILE
-        r0 = (np.minimum.reduceat(v, at) - pad) // TILE
-        r1 = (np.maximum.reduceat(v, at) + pad) // TILE
-        col, row = cc.tile_col[None, :], cc.tile_row[None, :]
-        box = (col >= c0[:, None]) & (col <= c1[:, None]) & (row >= r0[:, None]) & (row <= r1[:, None])
-        box[~trusted] = True
-        has = np.diff(starts) > 0
-        box[~has] = True
-        return box
-
-    def _cast(self, cc: _CameraCache, frame: dict):
-        """Nearest hit per ray over the background and every primitive: depth, part index, object id and the
-        surface (normal, texture coordinates) of the hit."""
-        depth = cc.bg_depth.copy()
-        part = cc.bg_part.copy()
-        oid = cc.bg_oid.copy()
-        surf = cc.bg_surface.copy()
-        bounds = frame["bounds"]
-        if not len(bounds):
-            return depth, part, oid, surf
-        rel = bounds[:, :3] - cc.o
-        dist = np.linalg.norm(rel, axis=1)
-        rad = bounds[:, 3]
-        inside = dist <= rad * 1.01 + 0.05
-        sin_a = np.clip(rad / np.maximum(dist, 1e-9), 0.0, 1.0)
-        cos_a = np.sqrt(1.0 - sin_a**2)
-        dirs = rel / np.maximum(dist, 1e-9)[:, None]
-        # A part can be seen in a tile when its bounding cone meets the tile's cone: angle between the axes
-        # below the sum of the half-angles, cos(a + b) = cos a cos b - sin a sin b.
-        dots = dirs @ cc.tile_dir.T.astype(float)
-        thresh = cos_a[:, None] * cc.tile_cos[None, :] - sin_a[:, None] * cc.tile_sin[None, :]
-        seen = (dots >= thresh) & ((dist - rad)[:, None] < cc.tile_far[None, :])
-        seen &= self._outline_tiles(cc, frame)
-        n_ego = len(self.ego_parts)
-        for k in np.argsort(dist - rad):
-            tiles = cc.all_tiles if inside[k] else np.flatnonzero(seen[k])
-            if not tiles.size:
-                continue
-            counts = cc.tile_count[tiles]
-            total = int(counts.sum())
-            idx = np.repeat(cc.tile_start[tiles] - np.cumsum(counts) + counts, counts) + np.arange(total)
-            here = depth[idx]
-            if dist[k] - rad[k] >= here.max():
-                continue  # everything in these tiles is already nearer than the part can be
-            shape = frame["shapes"][k]
-            r = cc.rays.take(idx)
-            t = hit_distance(shape, r)
-            win = np.flatnonzero(t < here)
-            if not win.size:
-                continue
-            at = idx[win]
-            depth[at] = t[win]
-            part[at] = n_ego + k
-            oid[at] = frame["owners"][k]
-            surf[:, at] = surface_at(shape, r.take(win), t[win])
-        return depth, part, oid, surf
-
     def _render_camera(self, cc: _CameraCache, frame: dict, light: Lighting, condition: Condition, t: float,
                        rng: np.random.Generator) -> RenderedImage:
         cam = cc.cam
@@ -762,7 +475,10 @@ class FisheyeRenderer:
             np.put(flat, pix, np.ascontiguousarray(rgb, F32).reshape(-1).view(RGB_ITEM))
 
         with np.errstate(all="ignore"):
-            depth, part, oid, surf = self._cast(cc, frame)
+            depth = cc.bg_depth.copy()
+            part = cc.bg_part.copy()
+            n_ego = len(self.ego_parts)
+            cast_nearest(cc.tiles, cc.rays, frame["shapes"], frame["geom"], depth, part, n_ego, cc.tile_far.copy())
             # Painter's order over fixed pixel sets, then this frame's objects on top of them.
             if self.ceiling is not None:
                 paint(cc.pix_ceiling, self._shade_ceiling(cc, frame, light))
@@ -771,12 +487,14 @@ class FisheyeRenderer:
             paint(cc.pix_ground, self._shade_ground(cc, frame, light))
             if cc.ego.size:
                 paint(cc.pix_ego, self._shade_ego(cc, frame, light))
-            hit = np.flatnonzero(part >= len(self.ego_parts))
+            hit = np.flatnonzero(part >= n_ego)
             if hit.size:
-                objs = self._surfaces(cc, hit, depth, part, surf, lit_by_headlights=True)
+                objs = self._surfaces(cc, hit, depth, part, self._object_surfaces(cc, hit, depth, part, frame),
+                                      lit_by_headlights=True)
                 out = self._shade_static(objs, light)
                 self._shade_dynamic(objs, frame, light, out)
                 paint(cc.pix[hit], out)
+        oid = self._owner[part]
         object_id = np.full(H * W, OBJ_OUTSIDE, np.int32)
         np.put(object_id, cc.pix, oid)
         depth_img = np.full(H * W, np.inf, F32)
@@ -784,6 +502,22 @@ class FisheyeRenderer:
         depth_img = depth_img.reshape(H, W)
         self._apply_effects(img, cc, depth_img, frame, light, condition, t, rng)
         return RenderedImage(effects.to_display(img, cc.lens), object_id.reshape(H, W), depth_img)
+
+    def _object_surfaces(self, cc: _CameraCache, hit: np.ndarray, depth: np.ndarray, part: np.ndarray,
+                         frame: dict) -> np.ndarray:
+        """(5, n) normals and texture coordinates at the object hits `hit` (ray indices), computed once per
+        part for the rays it finally won."""
+        k = part[hit]
+        order = np.argsort(k, kind="stable")
+        ks = k[order]
+        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+        ends = np.r_[starts[1:], ks.size]
+        out = np.empty((5, cc.rays.dx.size), F32)
+        n_ego = len(self.ego_parts)
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            idx = hit[order[a:b]]
+            out[:, idx] = surface_at(frame["shapes"][int(ks[a]) - n_ego], cc.rays.take(idx), depth[idx])
+        return out
 
     def _apply_effects(self, img, cc, depth_img, frame, light, condition, t, rng) -> None:
         lens = cc.lens
