@@ -1,15 +1,16 @@
 """Ultrasonic echoes of one measurement cycle into BEV channels (the network's USS input). Torch-free, numpy.
 
 Channels, each (rows, cols) float32 in [0, 1]:
-- direct_arc: circle arcs of radius d around the sender within its horizontal opening, one per direct echo;
-  a Gaussian profile across the arc, exp(-(r - d)² / 2σ²) with σ = cell/2 + range_sigma, so the arc is ~1 on
-  the cells it crosses whatever the cell size.
+- direct_arc: circle arcs of radius d around the sender within its horizontal opening, one per direct echo.
+  Profile across the arc: 1 within half a cell of it, then Gaussian tails, exp(-(|r - d| - cell/2)² / 2σ²)
+  with σ = cell/4 + range_sigma; so the arc is ~1 (>= 0.9) on every cell it crosses, whatever the cell
+  size, and about two cells wide at half height.
 - cross_arc: ellipse arcs {p : |p - s| + |p - r| = 2a} of cross echoes, inside both beams, same profile on
   the half path.
 - amplitude: the largest amplitude × arc profile of any echo (direct or cross) through the cell.
-- free: 1 inside a working sensor's beam closer than its first direct echo (less 2σ so the arc's own cells
-  stay out), or closer than free_range when it heard nothing: a quiet sensor says "nothing large enough
-  within range", and free_range is where that still holds for low objects.
+- free: 1 inside a working sensor's beam closer than its first direct echo (less the arc's half width, so
+  the arc's own cells stay out), or closer than free_range when it heard nothing: a quiet sensor says
+  "nothing large enough within range", and free_range is where that still holds for low objects.
 - coverage: 1 where any working sensor's beam reaches (range_min .. range_max, inside the opening).
 
 A sensor whose status is NO_RESPONSE or BLOCKED is not working: its echoes (sent or received) are dropped
@@ -56,7 +57,9 @@ class UssRasterizer:
                               f"({free_range}) > 0 metres")
         self.rig = rig
         self.grid = config.grid(rig)
-        self.sigma = self.grid.cell / 2 + range_sigma
+        self.core = self.grid.cell / 2  # half width of the arc's flat top
+        self.sigma = self.grid.cell / 4 + range_sigma
+        self.band = self.core + _BAND * self.sigma  # cells farther off an arc than this stay 0
         self.free_range = float(free_range)
         self.shape = (len(USS_CHANNELS), self.grid.rows, self.grid.cols)
         self.ids = np.array([s.id for s in rig.uss])
@@ -94,7 +97,7 @@ class UssRasterizer:
     def _add_pair(self, sender: int, receiver: int) -> None:
         i, j = self._index[sender], self._index[receiver]
         h = (self._dist[i] + self._dist[j]) / 2  # half path via the cell centre; = distance for i == j
-        reach = max(self._rmax[i], self._rmax[j]) + _BAND * self.sigma
+        reach = max(self._rmax[i], self._rmax[j]) + self.band
         cells = np.flatnonzero(self._in_beam[i] & self._in_beam[j] & (h <= reach))
         order = np.argsort(h[cells], kind="stable")
         p = len(self._pairs)
@@ -153,10 +156,10 @@ class UssRasterizer:
 
         if len(dist):
             pair = self._pair_index(sender, receiver)
-            band = _BAND * self.sigma
-            q, e = self._bands(pair, dist - band, dist + band)
+            q, e = self._bands(pair, dist - self.band, dist + self.band)
             cell = self._cell[e]
-            w = np.exp(-((self._half_path[e] - dist[q]) ** 2) / (2 * self.sigma**2)).astype(np.float32)
+            off = np.maximum(np.abs(self._half_path[e] - dist[q]) - self.core, 0.0)
+            w = np.exp(-(off**2) / (2 * self.sigma**2)).astype(np.float32)
             is_direct = direct[q]
             np.maximum.at(out[DIRECT_ARC], cell[is_direct], w[is_direct])
             np.maximum.at(out[CROSS_ARC], cell[~is_direct], w[~is_direct])
@@ -166,7 +169,7 @@ class UssRasterizer:
         working = np.flatnonzero(ok)
         first = np.full(len(self.ids), np.inf)
         np.minimum.at(first, self._index[sender[direct]], dist[direct])
-        reach = np.where(np.isfinite(first), first - 2 * self.sigma, self.free_range)
+        reach = np.where(np.isfinite(first), first - self.core - 2 * self.sigma, self.free_range)
         reach = np.minimum(reach, self._rmax)[working]
         sensor_pair = self._lut[self.ids[working], self.ids[working]]
         _, e = self._bands(sensor_pair, self._rmin[working], reach)
