@@ -58,7 +58,12 @@ def camera_tables(rig: Rig, config: BevConfig, occlude_body: bool = True) -> Sam
     for i, name in enumerate(CAMERA_NAMES):
         cam = rig.camera(name)
         uv, ok = cam.project(pts)
-        if occlude_body:
+        if occlude_body and _inside_body(cam.origin, rig.vehicle):
+            # Every line of sight would start inside the box: the box cannot stand for the body here.
+            log.warning("%s: camera %s at %s sits inside the vehicle box of [vehicle]; its table is not masked by "
+                        "the body (check the extrinsic translation or the vehicle dimensions)",
+                        rig.source, name, np.round(cam.origin, 3).tolist())
+        elif occlude_body:
             ok &= ~_segment_hits_body(cam.origin, pts, rig.vehicle)
         # align_corners=False: pixel centre u (integers) sits at (2u + 1) / W - 1, the image edge at ±1.
         norm = np.column_stack([(2 * uv[:, 0] + 1) / cam.width - 1, (2 * uv[:, 1] + 1) / cam.height - 1])
@@ -69,12 +74,22 @@ def camera_tables(rig: Rig, config: BevConfig, occlude_body: bool = True) -> Sam
     return SamplingTables(tables, valid, CAMERA_NAMES, config.heights)
 
 
-def _segment_hits_body(origin: np.ndarray, points: np.ndarray, body: VehicleBody) -> np.ndarray:
-    """(N,) whether the segment origin → point crosses the body box (ground to roof); slab test, vectorised.
-    A point inside the box counts as hidden."""
+def _body_box(body: VehicleBody) -> tuple[np.ndarray, np.ndarray]:
     # 1 mm larger than the body, so that cells centred on its outline (ground truth's IGNORE) are hidden too.
     lo = np.array([body.x_min, -body.width / 2, 0.0]) - 1e-3
     hi = np.array([body.x_max, body.width / 2, body.height]) + 1e-3
+    return lo, hi
+
+
+def _inside_body(point: np.ndarray, body: VehicleBody) -> bool:
+    lo, hi = _body_box(body)
+    return bool(np.all((point > lo) & (point < hi)))
+
+
+def _segment_hits_body(origin: np.ndarray, points: np.ndarray, body: VehicleBody) -> np.ndarray:
+    """(N,) whether the segment origin → point crosses the body box (ground to roof); slab test, vectorised.
+    A point inside the box counts as hidden."""
+    lo, hi = _body_box(body)
     d = points - origin
     with np.errstate(divide="ignore", invalid="ignore"):
         t1 = (lo - origin) / d

@@ -189,3 +189,14 @@ def test_preprocessing_modules_do_not_import_torch():
             "sys.exit(f'imported {bad}' if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_a_camera_inside_the_body_box_warns_instead_of_going_blind(rig, caplog):
+    mvl = rig.camera("MVL")
+    inside = Extrinsic(mvl.extrinsic.rotation, np.array([1.95, 0.8, 1.0]))
+    moved = type(mvl)(mvl.name, mvl.k, mvl.width, mvl.height, mvl.cx_offset, mvl.cy_offset, mvl.aspect, inside,
+                      mvl.fov_deg)
+    with caplog.at_level("WARNING", logger="perception.tables"):
+        t = camera_tables(rig.with_cameras({**rig.cameras, "MVL": moved}), CONFIG)
+    assert "camera MVL" in caplog.text and "inside the vehicle box" in caplog.text
+    assert t.valid[2].mean() > 0.3
