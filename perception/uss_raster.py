@@ -67,6 +67,9 @@ class UssRasterizer:
         self._index[self.ids] = np.arange(len(self.ids))
         self._rmin = np.array([s.range_min for s in rig.uss])
         self._rmax = np.array([s.range_max for s in rig.uss])
+        if self._rmax.max() + self.band >= _KEY_STRIDE / 2:
+            raise ConfigError(f"{rig.source}: ultrasonic range_max {self._rmax.max()} m is beyond what the "
+                              f"rasteriser handles ({_KEY_STRIDE / 2 - self.band:.0f} m); check the rig's [[uss]]")
 
         xy = self.grid.cell_centres().reshape(-1, 2)
         pos = np.array([s.position[:2] for s in rig.uss])
@@ -126,6 +129,8 @@ class UssRasterizer:
 
     def _bands(self, pair: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each query q, the table entries of pair[q] with half path in [lo[q], hi[q]): (query, entry)."""
+        # Clipped so that a query never reaches into the neighbouring pair's key range.
+        lo, hi = (np.clip(v, -1.0, _KEY_STRIDE / 2) for v in (lo, hi))
         start = np.searchsorted(self._key, pair * _KEY_STRIDE + lo)
         stop = np.searchsorted(self._key, pair * _KEY_STRIDE + hi)
         count = np.maximum(stop - start, 0)

@@ -147,6 +147,11 @@ def test_a_pair_outside_the_rig_neighbours_is_still_drawn(rig, raster, grid):
     assert out[CROSS_ARC].max() > 0.9
 
 
+def test_echoes_beyond_the_range_draw_nothing_and_do_not_leak_into_other_pairs(rig, raster):
+    out = raster(cycle(rig, [(FIL, FIL, 900.0, 0.5), (FIL, FIR, 1e6, 0.5), (FSL, FSL, 499.9, 0.5)]))
+    assert not out[DIRECT_ARC].any() and not out[CROSS_ARC].any()
+
+
 def test_bad_echoes_are_typed_errors_naming_the_cycle(rig, raster):
     with pytest.raises(SensorError, match=r"1000 ns.*\[42\]"):
         raster(cycle(rig, [(42, 42, 1.0, 0.5)]))
