@@ -139,22 +139,38 @@ def ego_parts(vehicle: VehicleBody) -> tuple[Part, ...]:
 
 # --- light sources ---------------------------------------------------------------------------------------------
 
-def _spot(px, py, pz, nx, ny, nz, pos, axis, cos_in: float, cos_out: float) -> np.ndarray:
-    """Irradiance factor (colour and intensity aside) of a point light with a soft cone at points with normals."""
-    lx, ly, lz = pos[0] - px, pos[1] - py, pos[2] - pz
-    d2 = lx * lx + ly * ly + lz * lz
-    inv = 1.0 / np.sqrt(d2)
-    cn = np.maximum((nx * lx + ny * ly + nz * lz) * inv, 0.0)
-    ca = -(axis[0] * lx + axis[1] * ly + axis[2] * lz) * inv
-    cone = np.clip((ca - cos_out) * (1.0 / (cos_in - cos_out)), 0.0, 1.0)
-    return cn * cone / np.maximum(d2, 0.25)
+SPOT_COS_IN, SPOT_COS_OUT = math.cos(math.radians(40)), math.cos(math.radians(75))  # street lamps' soft cone
+
+
+def _spot(px, py, pz, nx, ny, nz, pos) -> np.ndarray:
+    """Irradiance factor (colour and intensity aside) of a lamp at `pos` shining down in a soft cone, at points
+    with normals (float32 in, float32 out)."""
+    lx, ly, lz = float(pos[0]) - px, float(pos[1]) - py, float(pos[2]) - pz
+    d2 = lx * lx
+    d2 += ly * ly
+    d2 += lz * lz
+    inv = np.sqrt(d2)
+    np.reciprocal(inv, out=inv)
+    cn = nx * lx
+    cn += ny * ly
+    cn += nz * lz
+    cn *= inv
+    np.maximum(cn, 0.0, out=cn)
+    cone = lz
+    cone *= inv  # cosine of the angle off the downward axis
+    cone -= SPOT_COS_OUT
+    cone *= 1.0 / (SPOT_COS_IN - SPOT_COS_OUT)
+    np.clip(cone, 0.0, 1.0, out=cone)
+    cn *= cone
+    cn /= np.maximum(d2, 0.25, out=d2)
+    return cn
 
 
 def _low_beam(px, py, pz, nx, ny, nz, pos, forward: float) -> np.ndarray:
     """Irradiance factor of a dipped headlight (forward=+1) or tail light (-1). A low beam puts most of its
     light just below a sharp horizontal cut-off, little on the ground right in front, and almost none more
     than ~30° to the side."""
-    lx, ly, lz = px - pos[0], py - pos[1], pz - pos[2]
+    lx, ly, lz = px - float(pos[0]), py - float(pos[1]), pz - float(pos[2])
     d2 = lx * lx + ly * ly + lz * lz
     inv = 1.0 / np.sqrt(d2)
     fx = forward * lx * inv
@@ -200,8 +216,7 @@ def bake_lightmap(scene: Scene, ground: GroundImage, res: float = LIGHTMAP_RES) 
             continue
         yy, xx = np.mgrid[r0:r1, c0:c1].astype(F32)
         px, py = x0 + xx * res, y0 + yy * res
-        e = _spot(px, py, 0.0, 0.0, 0.0, 1.0, (li.x, li.y, li.z), (0.0, 0.0, -1.0), math.cos(math.radians(40)),
-                  math.cos(math.radians(75)))
+        e = _spot(px, py, np.zeros_like(px), 0.0, 0.0, 1.0, (li.x, li.y, li.z))
         out[r0:r1, c0:c1] += e[..., None] * (np.asarray(li.rgb, F32) * F32(li.intensity * LIGHT_K))
     return out, x0, y0
 
@@ -491,8 +506,7 @@ class FisheyeRenderer:
             if hit.size:
                 objs = self._surfaces(cc, hit, depth, part, self._object_surfaces(cc, hit, depth, part, frame),
                                       lit_by_headlights=True)
-                out = self._shade_static(objs, light)
-                self._shade_dynamic(objs, frame, light, out)
+                out = self._shade_surfaces(objs, frame, light)
                 paint(cc.pix[hit], out)
         oid = self._owner[part]
         object_id = np.full(H * W, OBJ_OUTSIDE, np.int32)
@@ -560,10 +574,17 @@ class FisheyeRenderer:
 
     # --- shading: background ------------------------------------------------------------------------------
     @staticmethod
-    def _sky_colour(dz: np.ndarray, light: Lighting) -> np.ndarray:
+    def _sky_weight(dz: np.ndarray) -> np.ndarray:
+        """How much of the zenith colour (against the horizon's) the sky has at ray elevation sine dz."""
         e = 1.0 - np.clip(dz, 0.0, 1.0)
-        w = 1.0 - e * e * e
-        return light.horizon + w[:, None] * (light.zenith - light.horizon)
+        w = e * e
+        w *= e
+        np.subtract(1.0, w, out=w)
+        return w
+
+    @classmethod
+    def _sky_colour(cls, dz: np.ndarray, light: Lighting) -> np.ndarray:
+        return light.horizon + cls._sky_weight(dz)[:, None] * (light.zenith - light.horizon)
 
     def _shade_sky(self, cc: _CameraCache, frame: dict, light: Lighting) -> np.ndarray:
         key = ("sky", light.zenith.tobytes(), light.horizon.tobytes())
@@ -667,7 +688,7 @@ class FisheyeRenderer:
         r = cc.rays
         t = depth[idx]
         dx, dy, dz = r.dx[idx], r.dy[idx], r.dz[idx]
-        p = (cc.o[0] + t * dx, cc.o[1] + t * dy, cc.o[2] + t * dz)
+        p = (r.o[0] + t * dx, r.o[1] + t * dy, r.o[2] + t * dz)
         nx, ny, nz, ts, tz = surf[:, idx]
         k = part[idx]
         rgb = self.part_rgb[k]
@@ -677,7 +698,9 @@ class FisheyeRenderer:
             sel = np.flatnonzero(kind == kk)
             albedo[sel] = surface_albedo(SURFACE_TEXTURES[kk], rgb[sel], ts[sel], tz[sel])
         # Contact darkening: surfaces near the ground see less of the sky.
-        ao = 0.55 + 0.45 * np.clip(p[2] * (1.0 / 0.5), 0.0, 1.0)
+        ao = np.clip(p[2], F32(0.0), F32(0.5))
+        ao *= F32(0.45 / 0.5)
+        ao += F32(0.55)
         spec = self.part_spec[k]
         gl = np.flatnonzero(spec > 0)
         expo = np.full(gl.size, 20.0, F32)
@@ -689,74 +712,101 @@ class FisheyeRenderer:
         gn = (nx[gl], ny[gl], nz[gl])
         return _Surfaces((dx, dy, dz), p, (nx, ny, nz), albedo, ao, gl, spec[gl], expo, f0, gd, gn, lit_by_headlights)
 
-    def _shade_static(self, S: _Surfaces, light: Lighting) -> np.ndarray:
-        """What does not depend on the ego's heading: hemisphere ambient and the Fresnel reflection of the sky."""
-        _nx, _ny, nz = S.n
-        up = 0.5 + 0.5 * nz
-        ground_bounce = light.sky_rgb * F32(0.3) + light.sun_rgb * F32(0.15)
-        e = (up * S.ao)[:, None] * light.sky_rgb
-        e += ((1.0 - up) * S.ao)[:, None] * ground_bounce
-        out = S.albedo * e
-        if S.gloss.size:
-            g = S.gloss
-            dx, dy, dz = S.gloss_d
-            gx, gy, gz = S.gloss_n
-            cos_v = np.clip(-(gx * dx + gy * dy + gz * dz), 0.0, 1.0)
-            c5 = 1.0 - cos_v
-            c5 = c5 * c5 * c5 * c5 * c5
-            fres = S.f0 + (1.0 - S.f0) * c5
-            # The mirror direction's elevation picks the sky or, below the horizon, a dim ground colour.
-            rz = dz + 2.0 * cos_v * gz
-            env = np.where((rz > 0)[:, None], self._sky_colour(rz, light),
-                           light.sky_rgb * F32(0.15) + light.sun_rgb * F32(0.05))
-            out[g] += (fres * S.spec)[:, None] * env
-        return out
-
-    def _shade_dynamic(self, S: _Surfaces, frame: dict, light: Lighting, out: np.ndarray) -> None:
-        """Add what moves with the ego's pose: sun (Lambert and Blinn-Phong highlight), lamps, headlights."""
+    def _shade_surfaces(self, S: _Surfaces, frame: dict, light: Lighting, static: bool = True,
+                        dynamic: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+        """Radiance (n, 3) of hit points, added to `out` when given. `static`: the terms that change only with
+        the lighting (hemisphere ambient, the Fresnel reflection of the sky); `dynamic`: those that move with
+        the ego (sun, lamps, headlights). Every term is a weight per point times a colour, so the colours
+        are applied once, by a (n, K) @ (K, 3) product."""
+        weights: list[np.ndarray] = []
+        colours: list[np.ndarray] = []
         nx, ny, nz = S.n
-        px, py, pz = S.p
+        n = nx.size
+        if static:
+            sky = S.ao * (F32(0.5) + F32(0.5) * nz)
+            weights += [sky, S.ao - sky]
+            colours += [light.sky_rgb, light.sky_rgb * F32(0.3) + light.sun_rgb * F32(0.15)]
         sun = frame["sun"]
-        e = None
-        if sun is not None:
-            lam = np.maximum(nx * sun[0] + ny * sun[1] + nz * sun[2], 0.0)
-            e = lam[:, None] * light.sun_rgb
-        for _, pos, rgb_l in frame["lamps"][:S.max_lamps]:
-            f = _spot(px, py, pz, nx, ny, nz, pos, (0.0, 0.0, -1.0), math.cos(math.radians(40)),
-                      math.cos(math.radians(75)))
-            term = f[:, None] * (rgb_l * F32(LIGHT_K))
-            e = term if e is None else e + term
-        if light.headlights and S.lit_by_headlights:
-            if e is None:
-                e = np.zeros((px.size, 3), F32)
-            # A low beam (tail light) only lights what is ahead of (behind) it: evaluate just those points.
-            ahead = np.flatnonzero(px > self.vehicle.x_max)
-            behind = np.flatnonzero(px < self.vehicle.x_min)
-            for pos, fwd, rgb_l in _ego_lamps(self.vehicle):
-                sel = ahead if fwd > 0 else behind
-                if sel.size:
-                    f = _low_beam(px[sel], py[sel], pz[sel], nx[sel], ny[sel], nz[sel], pos, fwd)
-                    e[sel] += f[:, None].astype(F32) * rgb_l.astype(F32)
-        if e is not None:
-            out += S.albedo * e
-        if sun is not None and S.gloss.size:
-            g = S.gloss
-            dx, dy, dz = S.gloss_d
-            gx, gy, gz = S.gloss_n
-            hx, hy, hz = sun[0] - dx, sun[1] - dy, sun[2] - dz
+        if dynamic:
+            if sun is not None:
+                sx, sy, sz = (F32(v) for v in sun)
+                lam = nx * sx
+                lam += ny * sy
+                lam += nz * sz
+                weights.append(np.maximum(lam, F32(0.0), out=lam))
+                colours.append(light.sun_rgb)
+            px, py, pz = S.p
+            for _, pos, rgb_l in frame["lamps"][:S.max_lamps]:
+                weights.append(_spot(px, py, pz, nx, ny, nz, pos))
+                colours.append(rgb_l * F32(LIGHT_K))
+            if light.headlights and S.lit_by_headlights:
+                # A low beam (tail light) only lights what is ahead of (behind) it: evaluate just those points.
+                for fwd, sel in ((1.0, np.flatnonzero(px > self.vehicle.x_max)),
+                                 (-1.0, np.flatnonzero(px < self.vehicle.x_min))):
+                    if not sel.size:
+                        continue
+                    pts = (px[sel], py[sel], pz[sel], nx[sel], ny[sel], nz[sel])
+                    lamps = [(pos, rgb_l) for pos, f, rgb_l in _ego_lamps(self.vehicle) if f == fwd]
+                    w = np.zeros(n, F32)
+                    w[sel] = sum(_low_beam(*pts, pos, fwd) for pos, _ in lamps)
+                    weights.append(w)
+                    colours.append(lamps[0][1].astype(F32))  # the pair shares a colour
+        if weights:
+            e = np.stack(weights, axis=1) @ np.stack(colours).astype(F32)
+            e *= S.albedo
+            if out is None:
+                out = e
+            else:
+                out += e
+        elif out is None:
+            out = np.zeros((n, 3), F32)
+        if not S.gloss.size:
+            return out
+        dx, dy, dz = S.gloss_d
+        gx, gy, gz = S.gloss_n
+        weights, colours = [], []
+        if static:
+            cos_v = gx * dx
+            cos_v += gy * dy
+            cos_v += gz * dz
+            np.negative(cos_v, out=cos_v)
+            np.clip(cos_v, F32(0.0), F32(1.0), out=cos_v)
+            c5 = F32(1.0) - cos_v
+            c2 = c5 * c5
+            c5 *= c2 * c2
+            fs = S.f0 + (F32(1.0) - S.f0) * c5
+            fs *= S.spec
+            # The mirror direction's elevation picks the sky (between horizon and zenith colours) or, below the
+            # horizon, a dim ground colour.
+            rz = dz + F32(2.0) * cos_v * gz
+            zen = self._sky_weight(rz)
+            zen *= fs
+            horizon = np.where(rz > 0, fs - zen, F32(0.0))
+            weights += [zen, horizon, np.where(rz > 0, F32(0.0), fs)]
+            colours += [light.zenith, light.horizon, light.sky_rgb * F32(0.15) + light.sun_rgb * F32(0.05)]
+        if dynamic and sun is not None:
+            sx, sy, sz = (F32(v) for v in sun)
+            hx, hy, hz = sx - dx, sy - dy, sz - dz
             nh = (gx * hx + gy * hy + gz * hz) / np.sqrt(hx * hx + hy * hy + hz * hz)
-            lit = (gx * sun[0] + gy * sun[1] + gz * sun[2]) > 0
+            lit = (gx * sx + gy * sy + gz * sz) > 0
             # exp(p (x - 1)) is x^p near the highlight, where it matters, at a fraction of the cost of a power.
-            out[g] += (S.spec * lit * np.exp(S.expo * (nh - 1.0)) * 0.5)[:, None] * light.sun_rgb
+            nh -= F32(1.0)
+            nh *= S.expo
+            hl = np.exp(nh, out=nh)
+            hl *= S.spec * F32(0.5)
+            hl *= lit
+            weights.append(hl)
+            colours.append(light.sun_rgb)
+        if weights:
+            out[S.gloss] += np.stack(weights, axis=1) @ np.stack(colours).astype(F32)
+        return out
 
     def _shade_ego(self, cc: _CameraCache, frame: dict, light: Lighting) -> np.ndarray:
         key = ("ego", light.sky_rgb.tobytes(), light.sun_rgb.tobytes(), light.zenith.tobytes(),
                light.horizon.tobytes())
         if key not in cc.memo:
-            cc.memo[key] = self._shade_static(cc.ego_surfaces, light)
-        out = cc.memo[key].copy()
-        self._shade_dynamic(cc.ego_surfaces, frame, light, out)
-        return out
+            cc.memo[key] = self._shade_surfaces(cc.ego_surfaces, frame, light, dynamic=False)
+        return self._shade_surfaces(cc.ego_surfaces, frame, light, static=False, out=cc.memo[key].copy())
 
 
 @dataclass
