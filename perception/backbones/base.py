@@ -13,13 +13,21 @@ from sensors.errors import ConfigError
 
 class Backbone(nn.Module):
     """A feature extractor: `forward(x)` returns one map per entry of `strides`, highest resolution first,
-    with `out_channels[i]` channels at 1/`strides[i]` of the input size."""
+    with `out_channels[i]` channels at 1/`strides[i]` of the input size. Subclasses build `stem` and one module
+    per returned scale in `stages` (or override `forward`)."""
 
     out_channels: tuple[int, ...]
     strides: tuple[int, ...]
+    stem: nn.Module
+    stages: nn.ModuleList
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        raise NotImplementedError
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
 
     def classifier(self, num_classes: int = 1000) -> nn.Module:
         """The family's ImageNet head over the last feature map (a new, untrained module each call)."""

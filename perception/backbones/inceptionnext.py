@@ -90,14 +90,6 @@ class InceptionNeXt(Backbone):
     def classifier(self, num_classes: int = 1000) -> nn.Module:
         return MlpHead(self.out_channels[-1], num_classes)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
-
 
 @named("inceptionnext_atto")
 def inceptionnext_atto(width_mult: float = 1.0, in_chans: int = 3) -> InceptionNeXt:

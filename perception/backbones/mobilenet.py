@@ -8,7 +8,7 @@ MACs of each 3x3 layer grow by the factor G; the pointwise layers still dominate
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from .base import Backbone, channel_divisor, check_width, make_divisible, model_table
 
@@ -67,14 +67,6 @@ class MobileNetV1(Backbone):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 @named("mobilenet_v1")

@@ -42,7 +42,7 @@ class IBN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a, b = torch.split(x, (self.half, x.shape[1] - self.half), dim=1)
-        return torch.cat((self.IN(a.contiguous()), self.BN(b.contiguous())), dim=1)
+        return torch.cat((self.IN(a), self.BN(b)), dim=1)
 
 
 class BasicBlock(nn.Module):
@@ -139,14 +139,6 @@ class ResNet(Backbone):
                     nn.init.zeros_(m.bn3.weight)
                 elif isinstance(m, BasicBlock):
                     nn.init.zeros_(m.bn2.weight)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
 
 
 @named("resnet18")
