@@ -44,11 +44,21 @@ class Lens:
         self.vignette = ((1.0 - 0.5 * f**3) * self.circle)[..., None].astype(F32)
         edge = np.clip((f - 0.78) / 0.22, 0.0, 1.0)
         self.rim = (edge * edge)[..., None].astype(F32)
-        # Sensor noise is drawn from a fixed pool at a random offset per frame: far cheaper than fresh normals
-        # for every pixel, and no model can learn anything from the pool's shifted repeats.
+        # Vignetting and rim softness in one blend: keep * image + soft * blurred image.
+        self.keep = (self.vignette * (1.0 - self.rim)).astype(F32)
+        self.soft = (self.vignette * self.rim).astype(F32)
+        self.circle3 = np.repeat(self.circle_u8[..., None], 3, axis=2)
+        self.meter_frac = max(float(self.circle[2::4, 2::4].mean()), 1e-6)
+        # Sensor noise is read from a fixed pool at a random offset per frame: far cheaper than fresh normals
+        # for every pixel, and no model can learn anything from the pool's shifted repeats. Each pixel's
+        # noise is luma noise plus coarser chroma noise (as after demosaicing) at 0.6 of its strength.
         pool = np.random.default_rng(stable_seed(camera.name, "noise"))
-        self.noise_pool = pool.standard_normal(2 * H * W, dtype=F32)
-        self.chroma_pool = pool.standard_normal(2 * ((H + 1) // 2) * ((W + 1) // 2) * 3, dtype=F32)
+        luma = pool.standard_normal((2 * H, W, 1), dtype=F32)
+        chroma = pool.standard_normal((H + 1, (W + 1) // 2, 3), dtype=F32)
+        noise = cv2.resize(chroma, (W, 2 * H), interpolation=cv2.INTER_LINEAR)
+        noise *= F32(0.6)
+        noise += luma
+        self.noise_pool = noise.reshape(-1)
         self.scale = W / 1280.0  # effect sizes are designed at native resolution
         self.centre = (camera.cx, camera.cy)
         self.axis = camera.extrinsic.rotation[:, 2].copy()
@@ -64,15 +74,12 @@ class Lens:
 
 # --- optics -------------------------------------------------------------------------------------------------
 
-def apply_lens(img: np.ndarray, lens: Lens, gain: float = 1.0) -> None:
-    """Exposure gain and vignetting (one multiply) and softness towards the rim, in place."""
-    img *= lens.vignette * F32(gain)
-    H, W = lens.shape
-    # Downsampling and back is a cheap ~1 px blur; blended in only towards the rim.
-    blur = cv2.resize(cv2.resize(img, (W // 2, H // 2), interpolation=cv2.INTER_AREA), (W, H),
-                      interpolation=cv2.INTER_LINEAR)
-    blur -= img
-    blur *= lens.rim
+def apply_lens(img: np.ndarray, lens: Lens) -> None:
+    """Vignetting and softness towards the rim (a ~1 px blur blended in with the distance from the centre),
+    in place."""
+    blur = cv2.GaussianBlur(img, (3, 3), 0)
+    img *= lens.keep
+    blur *= lens.soft
     img += blur
 
 
@@ -258,42 +265,38 @@ def apply_soiling(img: np.ndarray, lens: Lens, mask: np.ndarray) -> None:
 # --- the sensor -----------------------------------------------------------------------------------------------
 
 def auto_exposure(img: np.ndarray, lens: Lens) -> float:
-    """The gain that brings the mean metered signal to EXPOSURE_TARGET, within the sensor's range."""
-    small = cv2.resize(np.minimum(img, F32(METER_CLIP)), (lens.shape[1] // 4, lens.shape[0] // 4),
-                       interpolation=cv2.INTER_AREA)
-    frac = max(float(lens.circle.mean()), 1e-6)
-    lum = float(small.mean(axis=(0, 1)) @ np.array([0.3, 0.59, 0.11])) / frac
+    """The gain that brings the mean metered signal to EXPOSURE_TARGET, within the sensor's range. The meter
+    reads every 4th pixel of every 4th row: the same mean as the whole frame's, within noise."""
+    small = np.minimum(img[2::4, 2::4], F32(METER_CLIP))
+    lum = float(small.reshape(-1, 3).mean(axis=0) @ np.array([0.3, 0.59, 0.11])) / lens.meter_frac
     return float(np.clip(EXPOSURE_TARGET / max(lum, 1e-9), 0.05, BASE_GAIN * MAX_ANALOG_GAIN))
 
 
 def sensor_noise(img: np.ndarray, lens: Lens, gain: float, rng: np.random.Generator) -> None:
     """Shot noise (grows with the signal) and read noise (constant), both amplified by the analog gain
-    above BASE_GAIN; luma noise per pixel, chroma noise coarser as after demosaicing. In place."""
+    above BASE_GAIN, in place. `img` is the signal before the exposure `gain`, so the noise is scaled down
+    by it: after the gain it has the sensor's strength."""
     H, W = lens.shape
     analog = max(gain / BASE_GAIN, 1.0)
     var = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     np.maximum(var, 0.0, out=var)
-    var *= F32(0.0010 * analog)
-    var += F32((0.0012 * analog) ** 2)
+    var *= F32(0.0010 * analog / gain)
+    var += F32((0.0012 * analog / gain) ** 2)
     sigma = cv2.sqrt(var)
-    n = H * W
-    off = int(rng.integers(0, lens.noise_pool.size - n))
-    noise = lens.noise_pool[off:off + n].reshape(H, W) * sigma
-    h2, w2 = (H + 1) // 2, (W + 1) // 2
-    m = h2 * w2 * 3
-    off = int(rng.integers(0, lens.chroma_pool.size - m))
-    chroma = cv2.resize(lens.chroma_pool[off:off + m].reshape(h2, w2, 3), (W, H), interpolation=cv2.INTER_LINEAR)
-    chroma *= F32(0.6)
-    chroma += noise[..., None]
-    chroma *= sigma[..., None]
-    img += chroma
+    n = H * W * 3
+    off = 3 * int(rng.integers(0, (lens.noise_pool.size - n) // 3))
+    noise = lens.noise_pool[off:off + n].reshape(H, W, 3) * sigma[..., None]
+    img += noise
     if analog > 3.0:
         # Row noise of the readout becomes visible in the dark.
-        img += (rng.standard_normal((H, 1, 1), dtype=F32) * F32(0.0002 * analog))
+        img += (rng.standard_normal((H, 1, 1), dtype=F32) * F32(0.0002 * analog / gain))
+
+
+LUT_SIZE = 65536
 
 
 def _tone_lut() -> np.ndarray:
-    x = (np.linspace(0.0, 1.0, 4096) ** 2) * TONE_MAX
+    x = np.linspace(0.0, TONE_MAX, LUT_SIZE)
     # Soft shoulder above 0.75 instead of a hard clip, then the sRGB curve.
     knee = 0.75
     y = np.where(x < knee, x, knee + (1 - knee) * (1 - np.exp(-(x - knee) / (1 - knee))))
@@ -304,12 +307,11 @@ def _tone_lut() -> np.ndarray:
 TONE_LUT = _tone_lut()
 
 
-def to_display(img: np.ndarray, lens: Lens) -> np.ndarray:
-    """Linear signal -> (H, W, 3) uint8 RGB; black outside the image circle."""
-    x = np.clip(img, 0.0, TONE_MAX, out=img)
-    x *= F32(1.0 / TONE_MAX)
-    idx = np.sqrt(x, out=x)
-    idx *= F32(4095)
-    out = np.take(TONE_LUT, idx.astype(np.uint16))
-    out[~lens.circle] = 0
+def to_display(img: np.ndarray, lens: Lens, gain: float = 1.0) -> np.ndarray:
+    """Linear signal times the exposure `gain` -> (H, W, 3) uint8 RGB; black outside the image circle.
+    Overwrites `img`."""
+    img *= F32(gain * (LUT_SIZE - 1) / TONE_MAX)
+    np.clip(img, 0.0, LUT_SIZE - 1, out=img)
+    out = np.take(TONE_LUT, img.astype(np.uint16))
+    out *= lens.circle3
     return out

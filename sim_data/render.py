@@ -514,8 +514,8 @@ class FisheyeRenderer:
         depth_img = np.full(H * W, np.inf, F32)
         np.put(depth_img, cc.pix, depth)
         depth_img = depth_img.reshape(H, W)
-        self._apply_effects(img, cc, depth_img, frame, light, condition, t, rng)
-        return RenderedImage(effects.to_display(img, cc.lens), object_id.reshape(H, W), depth_img)
+        gain = self._apply_effects(img, cc, depth_img, frame, light, condition, t, rng)
+        return RenderedImage(effects.to_display(img, cc.lens, gain), object_id.reshape(H, W), depth_img)
 
     def _object_surfaces(self, cc: _CameraCache, hit: np.ndarray, depth: np.ndarray, part: np.ndarray,
                          frame: dict) -> np.ndarray:
@@ -533,7 +533,8 @@ class FisheyeRenderer:
             out[:, idx] = surface_at(frame["shapes"][int(ks[a]) - n_ego], cc.rays.take(idx), depth[idx])
         return out
 
-    def _apply_effects(self, img, cc, depth_img, frame, light, condition, t, rng) -> None:
+    def _apply_effects(self, img, cc, depth_img, frame, light, condition, t, rng) -> float:
+        """Lens, weather and sensor effects on the linear image, in place; returns the exposure gain."""
         lens = cc.lens
         cam = cc.cam
         sun = frame["sun"]
@@ -556,8 +557,9 @@ class FisheyeRenderer:
             mask = effects.soiling_mask(lens, cov, effects.stable_seed(self.scene.seed, cam.name, "soiling"))
             effects.apply_soiling(img, lens, mask)
         gain = effects.auto_exposure(img, lens)
-        effects.apply_lens(img, lens, gain)
+        effects.apply_lens(img, lens)
         effects.sensor_noise(img, lens, gain, rng)
+        return gain
 
     def _lamp_glows(self, img: np.ndarray, cc: _CameraCache, depth_img: np.ndarray, frame: dict) -> None:
         """Lamps the camera can see (nothing nearer at their pixel) glow; at night they are the brightest
