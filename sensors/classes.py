@@ -19,6 +19,11 @@ IGNORE = 255  # the ego car's footprint
 NUM_CLASSES = len(SemanticClass)
 CLASS_NAMES: tuple[str, ...] = tuple(c.name.lower() for c in SemanticClass)
 
+# Where obstacles overlap in a cell, the first of these wins (ground truth paints them in reverse order; label
+# resampling keeps the first present in a block), so a person beside a car is never hidden by it.
+PRIORITY: tuple[SemanticClass, ...] = (SemanticClass.PEDESTRIAN, SemanticClass.VEHICLE, SemanticClass.LOW_OBSTACLE,
+                                       SemanticClass.STRUCTURE)
+
 # RGB colours for pictures (viewer, contact sheets, Foxglove); IGNORE is drawn dark grey.
 CLASS_COLORS: dict[int, tuple[int, int, int]] = {
     SemanticClass.FREE: (40, 40, 40),

@@ -1,0 +1,341 @@
+"""Training and evaluation data: drive logs turned into the network's inputs and targets, one FrameSample per frame;
+DriveDataset holds many drives as compact arrays (preprocessed once, optionally cached as .npz)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from perception.bev_config import BevConfig
+from perception.labels import resample_labels
+from perception.tables import camera_tables
+from perception.uss_raster import USS_CHANNELS, UssRasterizer
+from sensors.classes import IGNORE, NUM_CLASSES
+from sensors.errors import ConfigError, LogFormatError
+from sensors.messages import Frame, GroundTruth
+from sensors.rig import CAMERA_NAMES, Rig
+from sensors.schemas import GT_OCCUPANCY_TOPIC
+
+log = logging.getLogger(__name__)
+
+# Bump when preprocessing changes what it produces: old cache files then no longer match.
+CACHE_VERSION = 1
+_REDUCTIONS = (8, 4, 2, 1)  # the JPEG decoder's DCT scalings, largest first
+_SEP = ","  # condition labels never hold a comma (the simulator joins them with one in the log metadata)
+
+
+@dataclass
+class FrameSample:
+    """The network's inputs and target for one frame (N cameras, Z heights, R x W BEV cells)."""
+
+    images: np.ndarray  # (N, 3, H, W) uint8 RGB at config.image_size; zeros for a missing camera
+    valid: np.ndarray  # (N, Z, R, W) float32: the drive's table validity, a missing camera's slice zeroed
+    grid: np.ndarray  # (N, Z*R, W, 2) float32 grid_sample table of the drive's calibration
+    uss: np.ndarray  # (len(USS_CHANNELS), R, W) float32 ultrasonic raster
+    target: np.ndarray  # (R, W) uint8 classes at config.cell, IGNORE on the ego footprint
+    present: np.ndarray  # (N,) bool: which cameras delivered an image
+    conditions: list[str]
+    drive: str
+    index: int  # the frame's index in its drive
+    stamp_ns: int
+
+
+@dataclass(frozen=True)
+class FrameMeta:
+    """What DriveDataset.meta[i] says about sample i."""
+
+    drive: str
+    index: int
+    stamp_ns: int
+    conditions: tuple[str, ...]
+
+
+def decode_reduction(rig: Rig, config: BevConfig) -> int:
+    """The largest JPEG decode reduction (8, 4, 2 or 1) that still leaves every camera's image at least
+    config.image_size, so that resizing only ever shrinks."""
+    w, h = config.image_size
+    cams = rig.cameras.values()
+    for s in _REDUCTIONS:
+        if all(c.width // s >= w and c.height // s >= h for c in cams):
+            return s
+    return 1
+
+
+class FramePreprocessor:
+    """Turns the Frames of one drive (one rig calibration) into FrameSamples; tables and rasteriser built once.
+    `source` (the log) names the culprit in error messages."""
+
+    def __init__(self, rig: Rig, config: BevConfig, source: str = "<frames>"):
+        self.rig, self.config, self.source = rig, config, source
+        self.tables = camera_tables(rig, config)
+        self.rasterizer = UssRasterizer(rig, config)
+        self.reduction = decode_reduction(rig, config)
+        self.cameras = self.tables.cameras
+
+    def images(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3, H, W) uint8 images at config.image_size and (N,) bool: which cameras delivered one."""
+        w, h = self.config.image_size
+        out = np.zeros((len(self.cameras), 3, h, w), np.uint8)
+        present = np.zeros(len(self.cameras), bool)
+        for i, cam in enumerate(self.cameras):
+            im = frame.images.get(cam)
+            if im is None or im.rgb is None:
+                continue
+            rgb = im.rgb
+            if rgb.shape[:2] != (h, w):
+                # INTER_AREA averages the pixels a target pixel covers: no aliasing of fine texture.
+                rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+            out[i] = rgb.transpose(2, 0, 1)
+            present[i] = True
+        return out, present
+
+    def target(self, truth: GroundTruth, where: str = "") -> np.ndarray:
+        """Ground truth resampled to config.cell (perception.labels.resample_labels)."""
+        where = where or self.source
+        occ = np.asarray(truth.occupancy)
+        extent = (occ.shape[0] * truth.cell, occ.shape[1] * truth.cell) if occ.ndim == 2 else (0.0, 0.0)
+        if not all(math.isclose(e, self.config.extent, abs_tol=1e-6) for e in extent):
+            raise ConfigError(f"{where}: ground truth covers {extent[0]:g} x {extent[1]:g} m at {truth.cell:g} m, "
+                              f"the model's [bev] table {self.config.extent:g} m; set bev.extent to the "
+                              "ground truth's extent")
+        ratio = self.config.cell / truth.cell
+        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
+            raise ConfigError(f"{where}: bev.cell = {self.config.cell:g} m is not a whole multiple of the ground "
+                              f"truth's {truth.cell:g} m cell; use e.g. 0.1 or 0.2")
+        return resample_labels(occ, round(ratio), where)
+
+    def __call__(self, frame: Frame, drive: str = "") -> FrameSample:
+        where = f"{self.source} frame {frame.index} at {frame.stamp_ns} ns"
+        if frame.truth is None:
+            raise LogFormatError(f"{where}: the frame has no ground truth ({GT_OCCUPANCY_TOPIC}); training and "
+                                 "evaluation need simulated or labelled drives")
+        images, present = self.images(frame)
+        valid = self.tables.valid * present[:, None, None, None].astype(np.float32)
+        return FrameSample(images, valid, self.tables.grid, self.rasterizer(frame.uss), self.target(frame.truth, where),
+                           present, list(frame.conditions), drive, frame.index, frame.stamp_ns)
+
+
+@dataclass
+class DriveArrays:
+    """One drive's F frames as compact arrays: geometry once per drive, uint8 images, float16 raster."""
+
+    name: str
+    grid: np.ndarray  # (N, Z*R, W, 2) float32
+    valid: np.ndarray  # (N, Z, R, W) float32, the tables' validity
+    present: np.ndarray  # (F, N) bool, which cameras delivered an image
+    images: np.ndarray  # (F, N, 3, H, W) uint8
+    uss: np.ndarray  # (F, C, R, W) float16 (the raster is in [0, 1]; half precision is ample)
+    target: np.ndarray  # (F, R, W) uint8
+    index: np.ndarray  # (F,) int64 frame index in the drive
+    stamp: np.ndarray  # (F,) int64 ns
+    conditions: list[tuple[str, ...]]
+    damage: str = ""  # the reader's damage report, "" for an intact log
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def to_npz(self) -> dict[str, np.ndarray]:
+        return {"version": np.array(CACHE_VERSION), "name": np.array(self.name), "grid": self.grid,
+                "valid": self.valid, "present": self.present, "images": self.images, "uss": self.uss,
+                "target": self.target, "index": self.index, "stamp": self.stamp, "damage": np.array(self.damage),
+                "conditions": np.array([_SEP.join(c) for c in self.conditions], dtype=str)}
+
+    @classmethod
+    def from_npz(cls, z) -> DriveArrays:
+        conditions = [tuple(s.split(_SEP)) if s else () for s in z["conditions"].tolist()]
+        return cls(str(z["name"]), z["grid"], z["valid"], z["present"], z["images"], z["uss"], z["target"],
+                   z["index"], z["stamp"], conditions, str(z["damage"]))
+
+
+def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> DriveArrays:
+    """Preprocess every frame of one log. A damaged log gives what is readable, with one warning quoting the
+    reader's damage report; a log without ground truth raises LogFormatError."""
+    from sensors.log import LogReader
+    from sensors.replay import replay_frames
+
+    path = Path(path)
+    with LogReader(path) as reader:
+        rig = reader.rig
+        prep = FramePreprocessor(rig, config, str(path))
+        total = reader.summary().topics.get(GT_OCCUPANCY_TOPIC)
+        images, present, uss, target, index, stamp, conditions = [], [], [], [], [], [], []
+        unlabelled = 0
+        frames = replay_frames(path, decode=True, decode_scale=prep.reduction, reader=reader)
+        for frame in tqdm(frames, desc=path.stem, unit="frame", total=total.count if total else None,
+                          disable=not progress, leave=False):
+            if frame.truth is None:
+                unlabelled += 1
+                continue
+            s = prep(frame, path.stem)
+            images.append(s.images)
+            present.append(s.present)
+            uss.append(s.uss.astype(np.float16))
+            target.append(s.target)
+            index.append(s.index)
+            stamp.append(s.stamp_ns)
+            conditions.append(tuple(s.conditions))
+        damage = "; ".join(str(d) for d in reader.damages)
+    if not index:
+        what = "no frame with ground truth" if unlabelled else "no readable frame"
+        raise LogFormatError(f"{path}: {what} ({GT_OCCUPANCY_TOPIC}, {unlabelled} frame(s) without); training and "
+                             "evaluation need simulated or labelled drives" + (f"; damage: {damage}" if damage else ""))
+    if damage:
+        log.warning("%s: damaged log, using its %d readable frame(s): %s", path, len(index), damage)
+    if unlabelled:
+        log.warning("%s: %d of %d frame(s) have no ground truth (%s) and are left out", path, unlabelled,
+                    unlabelled + len(index), GT_OCCUPANCY_TOPIC)
+    return DriveArrays(path.stem, prep.tables.grid, prep.tables.valid, np.stack(present), np.stack(images),
+                       np.stack(uss), np.stack(target), np.array(index, np.int64), np.array(stamp, np.int64),
+                       conditions, damage)
+
+
+def find_logs(paths: Iterable[str | Path]) -> list[Path]:
+    """Log files from a list of logs and directories (a directory gives its *.mcap files, sorted)."""
+    logs: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.mcap"))
+            if not found:
+                raise ConfigError(f"{p}: directory holds no *.mcap drive log; simulate some with `nearfield simulate`")
+            logs += found
+        elif p.is_file():
+            logs.append(p)
+        else:
+            raise ConfigError(f"{p}: no such log file or directory")
+    if not logs:
+        raise ConfigError("no drive logs given")
+    return logs
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(log_sha256: str, config: BevConfig) -> str:
+    """The cache file's key: the log's content, the BEV configuration and the preprocessing version."""
+    text = json.dumps({"log": log_sha256, "bev": config.to_dict(), "version": CACHE_VERSION,
+                       "uss": USS_CHANNELS}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class DriveDataset(Dataset):
+    """Frames of many drives for training or evaluation.
+
+    Each log is preprocessed once into DriveArrays (uint8 images, float16 raster, uint8 targets; grid and
+    valid once per drive), read from / written to cache_dir as STEM-KEY.npz when given (no pickle). Item i is a
+    dict of tensors: images (N, 3, H, W) uint8, grid (N, Z*R, W, 2) float32, valid (N, Z, R, W) float32, uss
+    (C, R, W) float32, target (R, W) int64 (IGNORE = 255 for the loss's ignore_index); meta[i] says which
+    frame it is.
+
+    mask_labelled_failures zeroes the valid slice of a camera that the frame's condition labels name as failed
+    ("camera_failure:RV"): an oracle for a camera-health monitor. Off by default, since a black or frozen image
+    still arrives on the car and the network must cope with it. `augment(item) -> item` runs on every item
+    (training only); it must not move geometry (PhotometricJitter, CameraDropout).
+    """
+
+    def __init__(self, paths: Iterable[str | Path], config: BevConfig, cache_dir: str | Path | None = None,
+                 augment: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+                 mask_labelled_failures: bool = False, progress: bool = True):
+        self.config = config
+        self.augment = augment
+        self.mask_labelled_failures = mask_labelled_failures
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.logs = find_logs(paths)
+        self.drives = [self._load(p, progress) for p in tqdm(self.logs, desc="drives", unit="log",
+                                                              disable=not progress or len(self.logs) < 2)]
+        self._drive = np.concatenate([np.full(len(d), k) for k, d in enumerate(self.drives)])
+        self._frame = np.concatenate([np.arange(len(d)) for d in self.drives])
+        self.meta = [FrameMeta(d.name, int(d.index[f]), int(d.stamp[f]), d.conditions[f])
+                     for d in self.drives for f in range(len(d))]
+        self.cameras = CAMERA_NAMES
+
+    def _load(self, path: Path, progress: bool) -> DriveArrays:
+        if self.cache_dir is None:
+            return read_drive(path, self.config, progress)
+        cache = self.cache_dir / f"{path.stem}-{cache_key(file_sha256(path), self.config)[:20]}.npz"
+        if cache.exists():
+            try:
+                with np.load(cache, allow_pickle=False) as z:
+                    if int(z["version"]) == CACHE_VERSION:
+                        arrays = DriveArrays.from_npz(z)
+                        if arrays.damage:
+                            log.warning("%s: damaged log, using its %d readable frame(s): %s", path, len(arrays),
+                                        arrays.damage)
+                        log.debug("%s: preprocessed frames from cache %s", path, cache)
+                        return arrays
+            except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+                log.warning("%s: cache file %s does not load (%s); preprocessing the log again", path, cache, e)
+        arrays = read_drive(path, self.config, progress)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".part")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays.to_npz())
+        os.replace(tmp, cache)  # a killed run leaves no half-written cache file under the real name
+        return arrays
+
+    def __len__(self) -> int:
+        return len(self._drive)
+
+    def _locate(self, i: int) -> tuple[DriveArrays, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {len(self)} frames")
+        i %= len(self)
+        return self.drives[self._drive[i]], int(self._frame[i])
+
+    def _valid(self, d: DriveArrays, f: int) -> np.ndarray:
+        present = d.present[f].copy()
+        if self.mask_labelled_failures:
+            failed = {lbl.split(":", 1)[1] for lbl in d.conditions[f] if lbl.startswith("camera_failure:")}
+            present &= np.array([c not in failed for c in self.cameras])
+        return d.valid * present[:, None, None, None].astype(np.float32)
+
+    def sample(self, i: int) -> FrameSample:
+        """Sample i as numpy arrays (no augmentation)."""
+        d, f = self._locate(i)
+        m = self.meta[i % len(self)]
+        return FrameSample(d.images[f].copy(), self._valid(d, f), d.grid, d.uss[f].astype(np.float32),
+                           d.target[f].copy(), d.present[f].copy(), list(m.conditions), m.drive, m.index, m.stamp_ns)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        d, f = self._locate(int(i))
+        item = {"images": torch.from_numpy(d.images[f].copy()),
+                "grid": torch.from_numpy(d.grid),
+                "valid": torch.from_numpy(self._valid(d, f)),
+                "uss": torch.from_numpy(d.uss[f].astype(np.float32)),
+                "target": torch.from_numpy(d.target[f].astype(np.int64))}
+        return self.augment(item) if self.augment is not None else item
+
+    def label_counts(self) -> np.ndarray:
+        """(NUM_CLASSES,) int64 target cells per class over the whole set (IGNORE not counted): the input of
+        class-balanced loss weights."""
+        counts = np.zeros(NUM_CLASSES, np.int64)
+        for d in self.drives:
+            c = np.bincount(d.target.reshape(-1), minlength=256)
+            counts += c[:NUM_CLASSES]
+        return counts
+
+    def ignored_cells(self) -> int:
+        """Target cells marked IGNORE over the whole set (label_counts().sum() + this = frames x cells)."""
+        return int(sum((d.target == IGNORE).sum() for d in self.drives))
+
+    def nbytes(self) -> int:
+        """Memory held by the preprocessed arrays."""
+        return int(sum(d.images.nbytes + d.uss.nbytes + d.target.nbytes + d.grid.nbytes + d.valid.nbytes
+                       for d in self.drives))
