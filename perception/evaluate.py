@@ -1,0 +1,146 @@
+"""Evaluation of BEV class maps against ground truth, overall and per condition: IoU from accumulated confusion
+matrices, recall of obstacles near the car body, and the per-sector distance error a parking display would show.
+Torch-free (numpy), so the same code scores the torch model and the deployed engines."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from perception.bev_config import ego_mask
+from perception.postprocess import SectorLayout
+from sensors.bev import BevGrid
+from sensors.classes import CLASS_NAMES, IGNORE, NUM_CLASSES, SemanticClass
+from sensors.errors import ConfigError
+from sensors.messages import CONDITIONS, condition_of
+from sensors.rig import Rig
+
+OVERALL = ""  # key of the whole set in the accumulators
+
+
+class Evaluator:
+    """Accumulates frames, then `result()`.
+
+    - IoU per class = TP / (TP + FP + FN) over all frames of a group (not a mean of per-frame IoUs). Target cells
+      marked IGNORE do not count; a prediction of IGNORE on a labelled cell counts as a miss of its true class and
+      a false positive of none. A class absent from both prediction and truth in a group has no IoU (None, JSON
+      null) and is left out of that group's means. miou: mean over the obstacle classes 1..K-1; miou_all: over
+      all K classes.
+    - Conditions: each frame's labels mapped with sensors.messages.condition_of ("camera_failure:RV" ->
+      "camera_failure"); a frame counts in every condition it has.
+    - recall_1m: of the ground-truth obstacle cells whose centre lies within near_m of the body outline, the
+      share predicted as any obstacle class (the class may be wrong: what matters near the car is "something").
+    - sector_error_m: per sector of SectorLayout where the truth has an obstacle on the grid, |predicted - true|
+      nearest-obstacle distance. A sector the prediction leaves clear counts as if it reported the grid's edge:
+      the distance from the body to the nearest border cell of that sector, the farthest a clear display can
+      mean. Sectors clear in the truth are not scored (a false alarm there has no true distance).
+    """
+
+    def __init__(self, rig: Rig, grid: BevGrid, num_classes: int = NUM_CLASSES, near_m: float = 1.0,
+                 sectors: int = 16):
+        if not 2 <= num_classes < IGNORE:
+            raise ConfigError(f"Evaluator: num_classes must be in 2..{IGNORE - 1}, got {num_classes}")
+        self.grid = grid
+        self.num_classes = num_classes
+        self.names = CLASS_NAMES if num_classes == NUM_CLASSES else ("free", *(f"class_{k}" for k in
+                                                                             range(1, num_classes)))
+        self.near_m = float(near_m)
+        self.layout = SectorLayout(rig, grid, count=sectors)
+        self._ego = ego_mask(rig.vehicle, grid)
+        self._near = (rig.vehicle.distance_to_body(grid.cell_centres()) <= self.near_m) & ~self._ego
+        border = np.zeros(grid.shape, np.uint8)
+        border[[0, -1], :] = border[:, [0, -1]] = 1
+        self.edge_m = self.layout(border).distance.astype(np.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        k = self.num_classes
+        # Rows: true class; columns: predicted class, the last column a prediction of IGNORE ("void").
+        self._confusion: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((k, k + 1), np.int64))
+        self._near_hits: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(2, np.int64))  # hit, total
+        self._sector_errors: dict[str, list[np.ndarray]] = defaultdict(list)
+        self._frames: dict[str, int] = defaultdict(int)
+
+    def update(self, pred_class_map: np.ndarray, target: np.ndarray, conditions: list[str] | tuple[str, ...] = (),
+               where: str = "frame") -> None:
+        """Add one frame: pred_class_map and target (rows, cols) integer class maps on the grid (IGNORE allowed
+        in both), conditions the frame's labels. `where` names the frame in error messages."""
+        pred, target = self._checked(pred_class_map, "prediction", where), self._checked(target, "target", where)
+        k = self.num_classes
+        labelled = target != IGNORE
+        t = target[labelled].astype(np.int64)
+        p = pred[labelled].astype(np.int64)
+        p[p == IGNORE] = k
+        confusion = np.bincount(t * (k + 1) + p, minlength=k * (k + 1)).reshape(k, k + 1)
+
+        near = self._near & labelled & (target != SemanticClass.FREE)
+        hit = near & (pred != SemanticClass.FREE) & (pred != IGNORE)
+        near_counts = np.array([hit.sum(), near.sum()], np.int64)
+
+        true_d = self.layout(target).distance.astype(np.float64)
+        pred_d = self.layout(pred).distance.astype(np.float64)
+        scored = np.isfinite(true_d)
+        errors = np.abs(np.where(np.isfinite(pred_d), pred_d, self.edge_m) - true_d)[scored]
+
+        for group in (OVERALL, *self._groups(conditions)):
+            self._confusion[group] += confusion
+            self._near_hits[group] += near_counts
+            self._sector_errors[group].append(errors)
+            self._frames[group] += 1
+
+    def _checked(self, a: np.ndarray, what: str, where: str) -> np.ndarray:
+        a = np.asarray(a)
+        if a.shape != self.grid.shape or not np.issubdtype(a.dtype, np.integer):
+            raise ConfigError(f"Evaluator: {where}: {what} must be an integer class map of the grid's shape "
+                              f"{self.grid.shape}, got {a.dtype} {a.shape}; evaluate on the model config's [bev] grid")
+        bad = ((a >= self.num_classes) & (a != IGNORE)) | (a < 0)
+        if bad.any():
+            raise ConfigError(f"Evaluator: {where}: {what} holds value(s) {sorted(set(a[bad].tolist()))[:8]} that "
+                              f"are no class (0..{self.num_classes - 1} or {IGNORE})")
+        return a.astype(np.uint8)
+
+    @staticmethod
+    def _groups(conditions) -> list[str]:
+        return sorted({condition_of(str(label)) for label in conditions if label})
+
+    def result(self) -> dict[str, Any]:
+        """The scores (see the class doc); None where a value is undefined (JSON null)."""
+        groups = [c for c in CONDITIONS if c in self._frames] + sorted(set(self._frames) - set(CONDITIONS) - {OVERALL})
+        out = {**self._scores(OVERALL), "frames": self._frames.get(OVERALL, 0)}
+        out["by_condition"] = {g: {**self._scores(g), "frames": self._frames[g]} for g in groups}
+        out["recall_1m"] = self._recall(OVERALL)
+        out["recall_1m_by_condition"] = {g: self._recall(g) for g in groups}
+        out["sector_error_m"] = self._sector_stats(OVERALL)
+        out["sector_error_m_by_condition"] = {g: self._sector_stats(g) for g in groups}
+        return out
+
+    def _scores(self, group: str) -> dict[str, Any]:
+        cm = self._confusion.get(group, np.zeros((self.num_classes, self.num_classes + 1), np.int64))
+        tp = np.diag(cm[:, : self.num_classes]).astype(np.float64)
+        union = cm.sum(axis=1) + cm[:, : self.num_classes].sum(axis=0) - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / union, np.nan)
+        return {"miou": _mean(iou[1:]), "miou_all": _mean(iou),
+                "iou": {name: _value(v) for name, v in zip(self.names, iou, strict=True)}}
+
+    def _recall(self, group: str) -> float | None:
+        hit, total = self._near_hits.get(group, (0, 0))
+        return float(hit / total) if total else None
+
+    def _sector_stats(self, group: str) -> dict[str, Any]:
+        errors = np.concatenate(self._sector_errors[group]) if self._sector_errors.get(group) else np.zeros(0)
+        if not len(errors):
+            return {"median": None, "p95": None, "sectors": 0}
+        return {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95)), "sectors": len(errors)}
+
+
+def _mean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else None
+
+
+def _value(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)

@@ -1,0 +1,129 @@
+"""Evaluation results (perception.evaluate.Evaluator.result) as Markdown tables and a PNG bar chart of mIoU by
+condition per model. Torch-free; the chart is drawn with OpenCV (no plotting dependency)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from sensors.errors import ConfigError
+from sensors.messages import CONDITIONS
+
+METRICS = ("miou", "miou_all", "recall_1m")
+# Bar colours (RGB), distinguishable in print and for the common colour-vision deficiencies (Okabe-Ito).
+PALETTE = ((0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0),
+           (240, 228, 66), (0, 0, 0))
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _conditions(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Conditions present in any result: CONDITIONS order first, then unknown labels sorted."""
+    seen = {c for r in results.values() for c in r.get("by_condition", {})}
+    return [c for c in CONDITIONS if c in seen] + sorted(seen - set(CONDITIONS))
+
+
+def _metric(result: Mapping[str, Any], metric: str, condition: str | None) -> float | None:
+    if metric == "recall_1m":
+        return result["recall_1m"] if condition is None else result["recall_1m_by_condition"].get(condition)
+    group = result if condition is None else result["by_condition"].get(condition)
+    return None if group is None else group[metric]
+
+
+def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
+    """One model's result: the overall row, then one row per condition; IoUs and recall in percent."""
+    names = list(result["iou"])
+    head = ["condition", "mIoU", *names, "recall ≤1 m", "frames"]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+
+    def row(label: str, group: Mapping[str, Any], recall: float | None) -> str:
+        cells = [label, _pct(group["miou"]), *(_pct(group["iou"].get(n)) for n in names), _pct(recall),
+                 str(group["frames"])]
+        return "| " + " | ".join(cells) + " |"
+
+    lines.append(row("**all**", result, result["recall_1m"]))
+    for c in _conditions({"": result}):
+        lines.append(row(c, result["by_condition"][c], result["recall_1m_by_condition"].get(c)))
+    sector = result.get("sector_error_m", {})
+    if sector.get("sectors"):
+        lines += ["", f"Sector distance error: median {sector['median']:.2f} m, p95 {sector['p95']:.2f} m over "
+                      f"{sector['sectors']} sectors; mIoU over the obstacle classes, IoU and recall in %."]
+    return "\n".join(lines) + "\n"
+
+
+def modality_table(results: Mapping[str, Mapping[str, Any]], metric: str = "miou", title: str = "") -> str:
+    """Models (e.g. camera only, USS only, fusion) x conditions: `metric` (miou, miou_all or recall_1m) in %."""
+    if metric not in METRICS:
+        raise ConfigError(f"modality_table: metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if not results:
+        raise ConfigError("modality_table: no results to tabulate")
+    conditions = _conditions(results)
+    head = ["model", "all", *conditions]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for name, r in results.items():
+        cells = [name, _pct(_metric(r, metric, None)), *(_pct(_metric(r, metric, c)) for c in conditions)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_by_condition(results: Mapping[str, Mapping[str, Any]], out_png: str | Path, metric: str = "miou",
+                      title: str = "") -> np.ndarray:
+    """Grouped bars of `metric` per condition ("all" first), one bar per model; writes out_png and returns the
+    (H, W, 3) RGB picture. A value that is undefined (None) gets no bar and a small "n/a"."""
+    if metric not in METRICS:
+        raise ConfigError(f"plot_by_condition: metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if not results:
+        raise ConfigError("plot_by_condition: no results to plot")
+    models = list(results)
+    groups = ["all", *_conditions(results)]
+    bar, gap = max(8, min(28, 120 // len(models))), 22
+    left, right, top, bottom, plot_h = 60, 20, 56, 70, 300
+    group_w = bar * len(models) + gap
+    width = max(left + right + group_w * len(groups), 420)
+    legend_rows = (len(models) + 2) // 3
+    height = top + plot_h + bottom + 22 * legend_rows
+    img = np.full((height, width, 3), 255, np.uint8)
+    font, aa, ink, grey = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (30, 30, 30), (215, 215, 215)
+    y0 = top + plot_h  # the 0 % line
+
+    label = {"miou": "mIoU (obstacle classes)", "miou_all": "mIoU (all classes)", "recall_1m": "recall within 1 m"}
+    cv2.putText(img, title or f"{label[metric]} by condition", (left, 30), font, 0.6, ink, 1, aa)
+    for pct in range(0, 101, 20):
+        y = y0 - round(plot_h * pct / 100)
+        cv2.line(img, (left, y), (width - right, y), grey if pct else ink, 1)
+        cv2.putText(img, f"{pct}%", (8, y + 4), font, 0.4, ink, 1, aa)
+    for g, group in enumerate(groups):
+        x = left + gap // 2 + g * group_w
+        for m, model in enumerate(models):
+            v = _metric(results[model], metric, None if group == "all" else group)
+            bx = x + m * bar
+            if v is None:
+                cv2.putText(img, "n/a", (bx, y0 - 4), font, 0.3, ink, 1, aa)
+                continue
+            h = round(plot_h * min(max(v, 0.0), 1.0))
+            cv2.rectangle(img, (bx + 1, y0 - h), (bx + bar - 1, y0), PALETTE[m % len(PALETTE)], -1)
+            if bar >= 20:  # the value above its bar, where it fits
+                text = f"{100 * v:.0f}"
+                (tw, _), _ = cv2.getTextSize(text, font, 0.33, 1)
+                cv2.putText(img, text, (bx + (bar - tw) // 2, y0 - h - 4), font, 0.33, ink, 1, aa)
+        (tw, _), _ = cv2.getTextSize(group, font, 0.42, 1)
+        cv2.putText(img, group, (x + (bar * len(models) - tw) // 2, y0 + 20), font, 0.42, ink, 1, aa)
+    for m, model in enumerate(models):
+        lx = left + (m % 3) * ((width - left) // 3)
+        ly = y0 + 48 + 22 * (m // 3)
+        cv2.rectangle(img, (lx, ly - 11), (lx + 14, ly + 1), PALETTE[m % len(PALETTE)], -1)
+        cv2.putText(img, model, (lx + 20, ly), font, 0.45, ink, 1, aa)
+
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+        raise ConfigError(f"{out}: cannot write the chart (check the directory and that the name ends in .png)")
+    return img
