@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,7 @@ from perception.backbones.resnet import IBN
 from sensors.errors import ConfigError
 
 ALL = list_backbones()
+params = functools.cache(count_params)  # pure; several tests ask for the same counts
 
 # Parameter counts with the 1000-class ImageNet head, as published (torchvision / timm model cards).
 PUBLISHED_PARAMS = {
@@ -31,6 +34,16 @@ RESNEXT_STAGES = ((128, 3), (256, 4), (512, 6), (1024, 3))
 MOBILENET_3X3 = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Small inputs gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP workers
+    # make a 20 ms forward take seconds.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class WithHead(nn.Module):
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
@@ -49,20 +62,20 @@ def test_registry_lists_the_issue_menu():
 
 @pytest.mark.parametrize(("name", "published"), PUBLISHED_PARAMS.items())
 def test_parameter_counts_match_published(name, published):
-    assert count_params(name) == published
+    assert params(name) == published
 
 
 def test_inceptionnext_parameter_counts_match_paper():
     # Paper table: InceptionNeXt-T 28.06 M, InceptionNeXt-A 4.2 M (at the precision they are published).
-    assert round(count_params("inceptionnext_tiny") / 1e6, 2) == 28.06
-    assert round(count_params("inceptionnext_atto") / 1e6, 1) == 4.2
+    assert round(params("inceptionnext_tiny") / 1e6, 2) == 28.06
+    assert round(params("inceptionnext_atto") / 1e6, 1) == 4.2
 
 
 def test_head_is_what_separates_with_and_without():
     # ResNet-50's head is a 2048 -> 1000 linear layer; InceptionNeXt-T's an MLP 768 -> 2304 -> LN -> 1000.
-    assert count_params("resnet50") - count_params("resnet50", with_head=False) == 2048 * 1000 + 1000
+    assert params("resnet50") - params("resnet50", with_head=False) == 2048 * 1000 + 1000
     mlp = 768 * 2304 + 2304 + 2 * 2304 + 2304 * 1000 + 1000
-    assert count_params("inceptionnext_tiny") - count_params("inceptionnext_tiny", with_head=False) == mlp
+    assert params("inceptionnext_tiny") - params("inceptionnext_tiny", with_head=False) == mlp
 
 
 @pytest.mark.parametrize(("name", "gmacs"), PUBLISHED_GMACS.items())
@@ -118,9 +131,9 @@ def test_resnet_family_default_channels():
 
 @pytest.mark.parametrize("name", ALL)
 def test_width_multiplier_shrinks_parameters_quadratically(name):
-    full = count_params(name, with_head=False)
-    half = count_params(name, 0.5, with_head=False)
-    quarter = count_params(name, 0.25, with_head=False)
+    full = params(name, with_head=False)
+    half = params(name, 0.5, with_head=False)
+    quarter = params(name, 0.25, with_head=False)
     # Dense layers scale with w^2; grouped (E2GC) and stem layers only with w, hence the slack above 1/4.
     assert 0.24 <= half / full <= 0.31
     assert 0.055 <= quarter / full <= 0.1
@@ -167,10 +180,10 @@ def test_e2gc_parameter_difference_by_hand(g):
     # A grouped 3x3 conv of width C with groups k has C * (C / k) * 9 weights: C * 4 * 2**i * 9 for 32x4d
     # (stage i has C / 32 = 4 * 2**i channels per group), C * G * 9 for E2GC. Everything else is unchanged.
     diff = sum(blocks * c * 9 * (g - c // 32) for c, blocks in RESNEXT_STAGES)
-    assert count_params(f"resnext50_e2gc_g{g}") - count_params("resnext50_32x4d") == diff
+    assert params(f"resnext50_e2gc_g{g}") - params("resnext50_32x4d") == diff
     # MobileNet: a depthwise 3x3 has C * 9 weights, the E2GC one C * G * 9.
     diff = sum(c * 9 * (g - 1) for c in MOBILENET_3X3)
-    assert count_params(f"mobilenet_v1_e2gc_g{g}") - count_params("mobilenet_v1") == diff
+    assert params(f"mobilenet_v1_e2gc_g{g}") - params("mobilenet_v1") == diff
 
 
 def test_e2gc_one_layer_by_hand():
@@ -229,7 +242,7 @@ def test_unknown_name_lists_known_backbones():
     assert "did you mean" in str(e.value)
     assert all(n in str(e.value) for n in ALL)
     with pytest.raises(ConfigError, match="unknown backbone"):
-        count_params("vgg16")
+        params("vgg16")
 
 
 def test_bad_options_raise_config_error():
@@ -253,7 +266,7 @@ def test_bench_reports_measured_figures():
                            width_mult=0.25, threads=1)
     assert [r["name"] for r in rows] == ["resnet18", "mobilenet_v1"]
     for r in rows:
-        assert r["params"] == count_params(r["name"], 0.25, with_head=False)
+        assert r["params"] == params(r["name"], 0.25, with_head=False)
         assert r["flops"] == 2 * r["macs"] > 0
         assert 0 < r["ms_min"] <= r["ms_median"] <= r["ms_max"]
         assert r["ms_per_image"] == pytest.approx(r["ms_median"] / 2)
@@ -266,3 +279,30 @@ def test_bench_reports_measured_figures():
     assert "resnet18" in table and "mobilenet_v1" in table and "1 threads" in table
     with pytest.raises(ConfigError, match="multiples of 32"):
         bench_backbones(["resnet18"], image_size=(100, 64))
+
+
+# Without onnxscript only the TorchScript exporter exists (deprecated, still the one this venv can run); its
+# "instance_norm train=True" note is right: InstanceNorm always normalises with the input's own statistics.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:ONNX export mode:UserWarning",
+                            "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("name", ["resnet50_ibn_a", "mobilenet_v1_e2gc_g8", "inceptionnext_atto"])
+def test_exports_to_onnx_opset17_with_the_same_outputs(name, tmp_path):
+    # The deploy contract: plain ops only, one file, opset 17 (InstanceNorm, grouped conv, split/concat included).
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = create_backbone(name, 0.25).eval()
+    for m in model.modules():  # non-trivial statistics, so that a wrong norm export would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 64, 96)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(model, (x,), str(path), opset_version=17, dynamo=False, input_names=["image"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"image": x.numpy()})
+    with torch.inference_mode():
+        expected = model(x)
+    assert len(outputs) == len(expected)
+    for got, want in zip(outputs, expected, strict=True):
+        assert got.shape == tuple(want.shape)
+        assert abs(got - want.numpy()).max() <= 1e-4 * max(1.0, float(want.abs().max()))

@@ -41,6 +41,12 @@ class PoolLinearHead(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(in_channels, num_classes))
 
 
+def on_meta(module: nn.Module) -> bool:
+    """True for a shapes-only build on the meta device (counting parameters and MACs): nothing to initialise,
+    and skipping the init functions makes such a build several times faster."""
+    return any(p.is_meta for p in module.parameters())
+
+
 def make_divisible(value: float, divisor: int) -> int:
     """Round `value` to the nearest multiple of `divisor` (at least one multiple), never losing more than 10 %:
     the usual width-multiplier rounding, so that channel counts stay friendly to vector units and to groups."""

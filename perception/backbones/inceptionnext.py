@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Backbone, check_width, make_divisible, model_table
+from .base import Backbone, check_width, make_divisible, model_table, on_meta
 
 MODELS, named = model_table()
 
@@ -81,7 +81,7 @@ class InceptionNeXt(Backbone):
         self.stages = nn.ModuleList(stages)
         self.out_channels = dims
         self.strides = (4, 8, 16, 32)
-        for m in self.modules():
+        for m in self.modules() if not on_meta(self) else ():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:

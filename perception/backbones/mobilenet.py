@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Backbone, channel_divisor, check_width, make_divisible, model_table
+from .base import Backbone, channel_divisor, check_width, make_divisible, model_table, on_meta
 
 MODELS, named = model_table()
 
@@ -64,7 +64,7 @@ class MobileNetV1(Backbone):
         self.stages = nn.ModuleList(nn.Sequential(*level) for level in levels[1:])
         self.out_channels = tuple(ch(level[-1][0]) for level in LAYOUT[1:])
         self.strides = (4, 8, 16, 32)
-        for m in self.modules():
+        for m in self.modules() if not on_meta(self) else ():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Backbone, channel_divisor, check_width, make_divisible, model_table
+from .base import Backbone, channel_divisor, check_width, make_divisible, model_table, on_meta
 
 MODELS, named = model_table()
 
@@ -123,7 +123,8 @@ class ResNet(Backbone):
         self.stages = nn.ModuleList(stages)
         self.out_channels = tuple(channels)
         self.strides = (4, 8, 16, 32)
-        self._init_weights(zero_init_last)
+        if not on_meta(self):
+            self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
