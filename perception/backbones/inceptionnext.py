@@ -81,11 +81,12 @@ class InceptionNeXt(Backbone):
         self.stages = nn.ModuleList(stages)
         self.out_channels = dims
         self.strides = (4, 8, 16, 32)
-        for m in self.modules() if not on_meta(self) else ():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        if not on_meta(self):
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def classifier(self, num_classes: int = 1000) -> nn.Module:
         return MlpHead(self.out_channels[-1], num_classes)

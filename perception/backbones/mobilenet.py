@@ -64,9 +64,10 @@ class MobileNetV1(Backbone):
         self.stages = nn.ModuleList(nn.Sequential(*level) for level in levels[1:])
         self.out_channels = tuple(ch(level[-1][0]) for level in LAYOUT[1:])
         self.strides = (4, 8, 16, 32)
-        for m in self.modules() if not on_meta(self) else ():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if not on_meta(self):
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 @named("mobilenet_v1")
