@@ -192,9 +192,10 @@ def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> Dr
         what = "no frame with ground truth" if unlabelled else "no readable frame"
         raise LogFormatError(f"{path}: {what} ({GT_OCCUPANCY_TOPIC}, {unlabelled} frame(s) without); training and "
                              "evaluation need simulated or labelled drives" + (f"; damage: {damage}" if damage else ""))
-    if damage:
-        log.warning("%s: damaged log, using its %d readable frame(s): %s", path, len(index), damage)
-    if unlabelled:
+    if damage:  # one warning: frames cut off mid-way (without their ground truth) are part of the damage
+        cut = f" ({unlabelled} more without ground truth left out)" if unlabelled else ""
+        log.warning("%s: damaged log, using its %d readable frame(s)%s: %s", path, len(index), cut, damage)
+    elif unlabelled:
         log.warning("%s: %d of %d frame(s) have no ground truth (%s) and are left out", path, unlabelled,
                     unlabelled + len(index), GT_OCCUPANCY_TOPIC)
     return DriveArrays(path.stem, prep.tables.grid, prep.tables.valid, np.stack(present), np.stack(images),
@@ -339,3 +340,43 @@ class DriveDataset(Dataset):
         """Memory held by the preprocessed arrays."""
         return int(sum(d.images.nbytes + d.uss.nbytes + d.target.nbytes + d.grid.nbytes + d.valid.nbytes
                        for d in self.drives))
+
+
+class PhotometricJitter:
+    """Training augmentation: per camera a random brightness and contrast change of the uint8 images (light and
+    exposure differ between cameras and drives); geometry, validity and target are untouched. Draws from torch's
+    generator, so DataLoader workers get independent streams."""
+
+    def __init__(self, brightness: float = 0.25, contrast: float = 0.25):
+        if not (0 <= brightness < 1 and 0 <= contrast < 1):
+            raise ConfigError(f"PhotometricJitter: brightness ({brightness}) and contrast ({contrast}) must be in "
+                              "[0, 1)")
+        self.brightness, self.contrast = brightness, contrast
+
+    def __call__(self, item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images = item["images"].float()  # (N, 3, H, W)
+        n = images.shape[0]
+        b = 1 + self.brightness * (2 * torch.rand(n, 1, 1, 1) - 1)
+        c = 1 + self.contrast * (2 * torch.rand(n, 1, 1, 1) - 1)
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        out = ((images - mean) * c + mean) * b
+        return {**item, "images": out.round().clamp(0, 255).to(torch.uint8)}
+
+
+class CameraDropout:
+    """Training augmentation: with probability p one random camera is lost (its image and valid slice zeroed), so
+    the network learns to lean on the other cameras and the ultrasonic branch."""
+
+    def __init__(self, p: float = 0.1):
+        if not 0 <= p <= 1:
+            raise ConfigError(f"CameraDropout: p must be a probability in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if torch.rand(()) >= self.p:
+            return item
+        k = int(torch.randint(item["images"].shape[0], ()))
+        images, valid = item["images"].clone(), item["valid"].clone()
+        images[k] = 0
+        valid[k] = 0
+        return {**item, "images": images, "valid": valid}
