@@ -83,7 +83,8 @@ class Evaluator:
         true_d = self.layout(target).distance.astype(np.float64)
         pred_d = self.layout(pred).distance.astype(np.float64)
         scored = np.isfinite(true_d)
-        errors = np.abs(np.where(np.isfinite(pred_d), pred_d, self.edge_m) - true_d)[scored]
+        reported = np.where(np.isfinite(pred_d), pred_d, self.edge_m)
+        errors = np.abs(reported[scored] - true_d[scored])
 
         for group in (OVERALL, *self._groups(conditions)):
             self._confusion[group] += confusion

@@ -109,7 +109,8 @@ def plot_by_condition(results: Mapping[str, Mapping[str, Any]], out_png: str | P
                 cv2.putText(img, "n/a", (bx, y0 - 4), font, 0.3, ink, 1, aa)
                 continue
             h = round(plot_h * min(max(v, 0.0), 1.0))
-            cv2.rectangle(img, (bx + 1, y0 - h), (bx + bar - 1, y0), PALETTE[m % len(PALETTE)], -1)
+            if h:  # h pixels tall, standing on the 0 % line
+                cv2.rectangle(img, (bx + 1, y0 - h), (bx + bar - 1, y0 - 1), PALETTE[m % len(PALETTE)], -1)
             if bar >= 20:  # the value above its bar, where it fits
                 text = f"{100 * v:.0f}"
                 (tw, _), _ = cv2.getTextSize(text, font, 0.33, 1)

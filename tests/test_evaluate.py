@@ -1,0 +1,246 @@
+"""Evaluation on hand-made class maps (IoUs, conditions, ignore, recall near the car, sector distance error) and
+the report's tables and chart."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from perception.bev_config import BevConfig, ego_mask
+from perception.evaluate import Evaluator
+from perception.report import PALETTE, markdown_table, modality_table, plot_by_condition
+from sensors.bev import BevGrid
+from sensors.classes import IGNORE
+from sensors.errors import ConfigError
+
+X = IGNORE
+# Hand-made 4 x 4 maps, counted by hand below (the ignore cell at (3, 0) does not count).
+TARGET = np.array([[0, 0, 1, 1],
+                   [0, 0, 1, 1],
+                   [2, 0, 0, 3],
+                   [X, 0, 4, 4]], np.uint8)
+PRED = np.array([[0, 1, 1, 1],
+                 [0, 0, 1, 0],
+                 [2, 2, 0, 3],
+                 [1, 0, 4, 0]], np.uint8)
+# class: (intersection, union)
+HAND = {"free": (5, 9), "vehicle": (3, 5), "pedestrian": (1, 2), "structure": (1, 1), "low_obstacle": (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def tiny(rig):
+    """4 x 4 cells of 10 m around the car: no cell centre on the body, none within 1 m of it."""
+    return BevGrid(4, 4, 10.0, *rig.vehicle.centre)
+
+
+@pytest.fixture(scope="module")
+def grid(rig):
+    return BevConfig().grid(rig)  # 80 x 80 at 0.2 m
+
+
+def _empty(grid, rig):
+    m = np.zeros(grid.shape, np.uint8)
+    m[ego_mask(rig.vehicle, grid)] = IGNORE
+    return m
+
+
+def test_ious_on_hand_made_maps(rig, tiny):
+    ev = Evaluator(rig, tiny)
+    ev.update(PRED, TARGET, ["day"])
+    r = ev.result()
+    for name, (i, u) in HAND.items():
+        assert r["iou"][name] == pytest.approx(i / u), name
+    obstacles = [i / u for name, (i, u) in HAND.items() if name != "free"]
+    assert r["miou"] == pytest.approx(sum(obstacles) / 4) == pytest.approx(0.65)
+    assert r["miou_all"] == pytest.approx((5 / 9 + sum(obstacles)) / 5)
+    assert r["frames"] == 1 and r["by_condition"]["day"]["miou"] == pytest.approx(0.65)
+    json.dumps(r, allow_nan=False)  # the result is plain JSON
+
+
+def test_ious_accumulate_counts_not_per_frame_means(rig, tiny):
+    ev = Evaluator(rig, tiny)
+    t = np.zeros((4, 4), np.uint8)
+    t[0, 0] = 1
+    ev.update(t, t, [])  # vehicle IoU 1 in this frame
+    t2 = np.zeros((4, 4), np.uint8)
+    t2[1, :3] = 1
+    ev.update(np.zeros((4, 4), np.uint8), t2, [])  # vehicle IoU 0 in this one
+    # Over both frames: 1 true positive, 4 vehicle cells in truth, none predicted falsely: 1/4 (not 1/2).
+    assert ev.result()["iou"]["vehicle"] == pytest.approx(0.25)
+
+
+def test_conditions_split_and_a_frame_counts_in_each_of_its_conditions(rig, tiny):
+    ev = Evaluator(rig, tiny)
+    ev.update(PRED, TARGET, ["night", "uss_failure:FSL"])
+    only_free = np.zeros((4, 4), np.uint8)
+    ev.update(only_free, only_free, ["day"])
+    r = ev.result()
+    assert r["frames"] == 2
+    assert list(r["by_condition"]) == ["day", "night", "uss_failure"]  # sensors.messages.CONDITIONS order
+    assert r["by_condition"]["night"]["frames"] == r["by_condition"]["uss_failure"]["frames"] == 1
+    assert r["by_condition"]["night"]["iou"] == r["by_condition"]["uss_failure"]["iou"]
+    assert r["by_condition"]["night"]["iou"]["vehicle"] == pytest.approx(3 / 5)
+    day = r["by_condition"]["day"]
+    # No obstacle in truth or prediction: those IoUs are undefined (null), and so is the obstacle mean.
+    assert day["iou"]["free"] == 1.0 and day["iou"]["vehicle"] is None
+    assert day["miou"] is None and day["miou_all"] == 1.0
+    # Overall, free gains 16 agreeing cells: (5 + 16) / (9 + 16).
+    assert r["iou"]["free"] == pytest.approx(21 / 25)
+    assert r["miou"] == pytest.approx(0.65)
+    assert "day" not in r["recall_1m_by_condition"] or r["recall_1m_by_condition"]["day"] is None
+
+
+def test_a_class_only_predicted_has_iou_zero_not_undefined(rig, tiny):
+    ev = Evaluator(rig, tiny)
+    t = np.zeros((4, 4), np.uint8)
+    p = t.copy()
+    p[2, 2] = 2
+    ev.update(p, t, [])
+    r = ev.result()
+    assert r["iou"]["pedestrian"] == 0.0 and r["iou"]["vehicle"] is None and r["miou"] == 0.0
+
+
+def test_ignore_cells_are_excluded_and_an_ignore_prediction_is_a_miss(rig, tiny):
+    a, b = Evaluator(rig, tiny), Evaluator(rig, tiny)
+    other = PRED.copy()
+    other[3, 0] = 3  # under the target's ignore cell: must change nothing
+    a.update(PRED, TARGET)
+    b.update(other, TARGET)
+    assert a.result()["iou"] == b.result()["iou"]
+    c = Evaluator(rig, tiny)
+    pred = TARGET.copy()
+    pred[0, 2] = IGNORE  # a labelled vehicle cell predicted as ignore: a miss, not a false positive elsewhere
+    c.update(pred, TARGET)
+    iou = c.result()["iou"]
+    assert iou["vehicle"] == pytest.approx(3 / 4)
+    assert iou["free"] == iou["pedestrian"] == iou["structure"] == iou["low_obstacle"] == 1.0
+
+
+def test_recall_within_1m_counted_by_hand(rig, grid):
+    body = rig.vehicle
+    # (row, col) -> what is there; distances from the body outline to the cell centres.
+    ahead_01 = (28, 39)  # x 3.7, y 0.1: 0.1 m ahead of the front bumper (x_max 3.6)
+    ahead_09 = (24, 39)  # x 4.5: 0.9 m ahead
+    ahead_11 = (23, 39)  # x 4.7: 1.1 m ahead, beyond 1 m
+    right_04 = (39, 46)  # x 1.5, y -1.3: 0.4 m off the right flank (y -0.9)
+    centres = grid.cell_centres()
+    d = {rc: float(body.distance_to_body(centres[rc])) for rc in (ahead_01, ahead_09, ahead_11, right_04)}
+    assert d == pytest.approx({ahead_01: 0.1, ahead_09: 0.9, ahead_11: 1.1, right_04: 0.4})
+
+    target = _empty(grid, rig)
+    target[ahead_01], target[ahead_09], target[ahead_11], target[right_04] = 1, 4, 3, 1
+    pred = _empty(grid, rig)
+    pred[ahead_01] = 4  # wrong class, but an obstacle: a hit
+    pred[right_04] = 1  # a hit; ahead_09 is missed; ahead_11 does not count
+    pred[10, 10] = 2  # a false alarm far away does not change recall
+    ev = Evaluator(rig, grid)
+    ev.update(pred, target, ["night", "camera_failure:FV"])
+    ev.update(target, target, ["day"])
+    r = ev.result()
+    assert r["recall_1m_by_condition"]["night"] == pytest.approx(2 / 3)
+    assert r["recall_1m_by_condition"]["camera_failure"] == pytest.approx(2 / 3)
+    assert r["recall_1m_by_condition"]["day"] == 1.0
+    assert r["recall_1m"] == pytest.approx(5 / 6)
+
+
+def test_sector_error_is_zero_for_identical_maps_and_the_shift_otherwise(rig, grid):
+    target = _empty(grid, rig)
+    target[26, 39] = 1  # x 4.0..4.2: its near edge 0.4 m ahead of the bumper (x 3.6)
+    ev = Evaluator(rig, grid)
+    ev.update(target, target, ["day"])
+    assert ev.result()["sector_error_m"] == {"median": 0.0, "p95": 0.0, "sectors": 1}
+
+    pred = _empty(grid, rig)
+    pred[21, 39] = 1  # x 5.0..5.2: 1.4 m ahead, same sector
+    ev = Evaluator(rig, grid)
+    ev.update(pred, target)
+    assert ev.result()["sector_error_m"]["median"] == pytest.approx(1.0, abs=1e-5)
+
+    # Missed: the prediction says clear, which counts as the grid's edge in that sector: row 0's near edge,
+    # x 9.2, is 5.6 m ahead of the bumper.
+    ev = Evaluator(rig, grid)
+    ev.update(_empty(grid, rig), target)
+    assert ev.result()["sector_error_m"]["median"] == pytest.approx(5.6 - 0.4, abs=1e-5)
+
+    # A false alarm in a sector that is clear in truth is not scored.
+    ev = Evaluator(rig, grid)
+    ev.update(pred, _empty(grid, rig))
+    assert ev.result()["sector_error_m"] == {"median": None, "p95": None, "sectors": 0}
+
+
+def test_empty_evaluator_and_bad_input(rig, tiny):
+    ev = Evaluator(rig, tiny)
+    r = ev.result()
+    assert r["frames"] == 0 and r["miou"] is None and r["recall_1m"] is None and r["by_condition"] == {}
+    with pytest.raises(ConfigError, match="grid's shape"):
+        ev.update(np.zeros((3, 3), np.uint8), np.zeros((3, 3), np.uint8))
+    with pytest.raises(ConfigError, match=r"frame 7: prediction holds value\(s\) \[5\]"):
+        ev.update(np.full((4, 4), 5, np.uint8), TARGET, where="frame 7")
+    with pytest.raises(ConfigError, match="integer"):
+        ev.update(np.zeros((4, 4), np.float32), TARGET)
+    ev.update(PRED.astype(np.int64), TARGET.astype(np.int64))  # the dataset's int64 targets are fine
+    assert ev.result()["frames"] == 1
+    ev.reset()
+    assert ev.result()["frames"] == 0
+
+
+# --- report -------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def results(rig, tiny):
+    out = {}
+    for name, pred in (("camera", PRED), ("fusion", TARGET)):
+        ev = Evaluator(rig, tiny)
+        ev.update(pred, TARGET, ["night", "uss_failure:FSL"])
+        ev.update(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8), ["day"])  # free only: mIoU undefined
+        out[name] = ev.result()
+    return out
+
+
+def test_markdown_table_rows_and_values(results):
+    text = markdown_table(results["camera"], "Camera only")
+    lines = text.splitlines()
+    assert lines[0] == "### Camera only"
+    assert lines[2] == ("| condition | mIoU | free | vehicle | pedestrian | structure | low_obstacle | recall ≤1 m "
+                        "| frames |")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[4:7]}
+    assert list(rows) == ["**all**", "day", "night"]
+    assert rows["night"][0] == "65.0" and rows["night"][2] == "60.0" and rows["night"][-1] == "1"
+    assert rows["day"][0] == "–"  # undefined, not 0
+    assert rows["**all**"][-1] == "2"
+    assert "| uss_failure | 65.0 |" in text
+
+
+def test_modality_table(results):
+    text = modality_table(results)
+    lines = text.splitlines()
+    assert lines[0] == "| model | all | day | night | uss_failure |"
+    assert lines[2] == "| camera | 65.0 | – | 65.0 | 65.0 |"
+    assert lines[3] == "| fusion | 100.0 | – | 100.0 | 100.0 |"
+    with pytest.raises(ConfigError, match="metric"):
+        modality_table(results, metric="accuracy")
+
+
+def test_chart_bars_have_the_heights_of_their_values(results, tmp_path):
+    out = tmp_path / "sub" / "chart.png"
+    img = plot_by_condition(results, out)
+    back = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(back, img)
+
+    def bar_heights(colour):
+        """The longest vertical run of the colour in each column that has one (bars, and the legend swatch)."""
+        mask = np.all(img == np.array(colour, np.uint8), axis=-1)
+        runs = set()
+        for col in mask.T[mask.any(axis=0)]:
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], col.astype(int), [0]])))
+            runs.add(int((edges[1::2] - edges[::2]).max()))
+        return runs
+
+    camera, fusion = bar_heights(PALETTE[0]), bar_heights(PALETTE[1])
+    # 300 px is 100 %: fusion is perfect wherever it is defined (no bar for day); camera's mIoU is 65 %
+    # (all, night, uss_failure); 13 px: the legend swatch.
+    assert fusion == {300, 13}
+    assert camera == {round(0.65 * 300), 13}
+    with pytest.raises(ConfigError, match="no results"):
+        plot_by_condition({}, tmp_path / "x.png")
