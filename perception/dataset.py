@@ -189,9 +189,9 @@ def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> Dr
             conditions.append(tuple(s.conditions))
         damage = "; ".join(str(d) for d in reader.damages)
     if not index:
-        what = "no frame with ground truth" if unlabelled else "no readable frame"
-        raise LogFormatError(f"{path}: {what} ({GT_OCCUPANCY_TOPIC}, {unlabelled} frame(s) without); training and "
-                             "evaluation need simulated or labelled drives" + (f"; damage: {damage}" if damage else ""))
+        raise LogFormatError(f"{path}: no frame with ground truth ({GT_OCCUPANCY_TOPIC}) among its {unlabelled} "
+                             "readable frame(s); training and evaluation need simulated or labelled drives"
+                             + (f"; damage: {damage}" if damage else ""))
     if damage:  # one warning: frames cut off mid-way (without their ground truth) are part of the damage
         cut = f" ({unlabelled} more without ground truth left out)" if unlabelled else ""
         log.warning("%s: damaged log, using its %d readable frame(s)%s: %s", path, len(index), cut, damage)
