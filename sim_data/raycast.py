@@ -12,6 +12,7 @@ from sim_data.world import Box, Cylinder, Sphere
 F32 = np.float32
 INF = F32(np.inf)
 TILE = 16  # pixels per tile side for culling
+SLOTS = TILE * TILE  # ray slots per tile (the tiles at the image circle's rim leave some empty)
 GROUP = 4  # tiles per side of the coarse tile groups tested first
 HIT_EPS = 1e-3  # metres: hits closer than this to the ray origin are ignored
 CULL_PAD = 0.02  # metres added to the culling boxes: float32 ray arithmetic must never fall outside them
@@ -39,6 +40,15 @@ class RayBundle:
         r = object.__new__(RayBundle)
         r.o = self.o
         r.dx, r.dy, r.dz, r.idz = self.dx[idx], self.dy[idx], self.dz[idx], self.idz[idx]
+        r._h2 = None
+        return r
+
+    def take_tiles(self, tiles: np.ndarray) -> RayBundle:
+        """The rays of whole tiles of a bundle laid out as TileGrid slots (block copies, not gathers)."""
+        r = object.__new__(RayBundle)
+        r.o = self.o
+        r.dx, r.dy, r.dz, r.idz = (a.reshape(-1, SLOTS)[tiles].reshape(-1) for a in (self.dx, self.dy, self.dz,
+                                                                                      self.idz))
         r._h2 = None
         return r
 
@@ -210,24 +220,31 @@ def geometry_to_vehicle(geom: np.ndarray, ex: float, ey: float, yaw: float) -> n
 
 class TileGrid:
     """A camera's pixel rays grouped by image tile, with each tile's bundle as a cone (centre direction and
-    angular radius): the unit of culling."""
+    angular radius): the unit of culling. Rays live in slots, SLOTS per tile, so the rays of a set of tiles
+    are a block copy away; empty slots (outside the image circle) hold NaN rays, which never hit anything."""
 
     def __init__(self, mask: np.ndarray, pixel_rays: np.ndarray):
         """mask (H, W): the pixels to cast; pixel_rays (H, W, 3) their unit directions."""
-        W = mask.shape[1]
+        H, W = mask.shape
         v, u = np.nonzero(mask)
         tiles_x = (W + TILE - 1) // TILE
         tile_of = (v // TILE) * tiles_x + (u // TILE)
         order = np.argsort(tile_of, kind="stable")
-        self.pix = (v * W + u)[order]  # raster index of each ray
+        pix = (v * W + u)[order]
         tile_of = tile_of[order]
-        rays = self.rays = pixel_rays.reshape(-1, 3)[self.pix]
+        rays = pixel_rays.reshape(-1, 3)[pix]
         n = rays.shape[0]
         starts = np.flatnonzero(np.r_[True, tile_of[1:] != tile_of[:-1]])
-        self.start = starts
-        self.count = np.diff(np.r_[starts, n])
+        count = np.diff(np.r_[starts, n])
         self.size = starts.size
         self.dir, self.cos, self.sin = _cones(rays, starts)
+        slot = np.repeat(np.arange(self.size) * SLOTS - starts, count) + np.arange(n)
+        self.valid = np.zeros(self.size * SLOTS, bool)
+        self.valid[slot] = True
+        self.pix = np.full(self.size * SLOTS, H * W)  # raster index of each slot; H * W for empty slots
+        self.pix[slot] = pix
+        self.rays = np.full((self.size * SLOTS, 3), np.nan, F32)
+        self.rays[slot] = rays
         number = tile_of[starts]
         # Groups of GROUP x GROUP tiles, culled first: (groups, GROUP²) member tiles, -1 where there is none.
         group_of = (number // tiles_x // GROUP) * tiles_x + (number % tiles_x) // GROUP
@@ -236,15 +253,9 @@ class TileGrid:
         sizes = np.diff(np.r_[first, order.size])
         self.members = np.full((first.size, GROUP * GROUP), -1, np.int64)
         self.members[np.repeat(np.arange(first.size), sizes), np.arange(order.size) - np.repeat(first, sizes)] = order
-        ray_order = np.concatenate([np.arange(starts[i], starts[i] + self.count[i]) for i in order])
+        ray_order = np.concatenate([np.arange(starts[i], starts[i] + count[i]) for i in order])
         self.group_dir, self.group_cos, self.group_sin = _cones(rays[ray_order],
-                                                                np.r_[0, np.cumsum(self.count[order])[first[1:] - 1]])
-
-    def rays_of(self, tiles: np.ndarray) -> np.ndarray:
-        """Indices of the rays of `tiles`, tile after tile."""
-        counts = self.count[tiles]
-        ends = np.cumsum(counts)
-        return np.repeat(self.start[tiles] - ends + counts, counts) + np.arange(int(ends[-1]) if ends.size else 0)
+                                                                np.r_[0, np.cumsum(count[order])[first[1:] - 1]])
 
 
 def _cones(rays: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -330,22 +341,22 @@ def cast_nearest(grid: TileGrid, rays: RayBundle, shapes: list, geom: np.ndarray
         return
     starts = np.flatnonzero(np.r_[True, pp[1:] != pp[:-1]])
     ends = np.r_[starts[1:], pp.size]
+    depth2, part2 = depth.reshape(-1, SLOTS), part.reshape(-1, SLOTS)
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
         j = int(pp[a])
         tiles = tt[a:b]
         tiles = tiles[tile_max[tiles] > near_sorted[j]]
         if not tiles.size:
             continue
-        idx = grid.rays_of(tiles)
-        here = depth[idx]
+        here = depth2[tiles]
         k = int(order[j])
-        t = hit_distance(shapes[k], rays.take(idx))
-        win = np.flatnonzero(t < here)
-        if not win.size:
+        t = hit_distance(shapes[k], rays.take_tiles(tiles)).reshape(here.shape)
+        win = t < here
+        if not win.any():
             continue
-        at = idx[win]
-        depth[at] = t[win]
-        part[at] = first_part + k
-        here[win] = t[win]
-        counts = grid.count[tiles]
-        tile_max[tiles] = np.maximum.reduceat(here, np.cumsum(counts) - counts)
+        np.fmin(here, t, out=here)  # fmin: the NaN of empty slots never replaces their depth
+        depth2[tiles] = here
+        won = part2[tiles]
+        won[win] = first_part + k
+        part2[tiles] = won
+        tile_max[tiles] = here.max(axis=1)

@@ -274,7 +274,7 @@ class _CameraCache:
         self.o = cam.origin.astype(float)
         self.rays = RayBundle(self.o, rays)
         self._init_background(renderer, rays)
-        self.tile_far = np.maximum.reduceat(self.bg_depth, self.tiles.start)
+        self.tile_far = self.bg_depth.reshape(self.tiles.size, -1).max(axis=1)
 
     def _init_background(self, rdr: FisheyeRenderer, rays: np.ndarray) -> None:
         r = self.rays
@@ -293,6 +293,7 @@ class _CameraCache:
             else:
                 t_ceil = np.full(n, np.inf, F32)
         depth = np.minimum(t_ground, t_ceil)
+        depth[~self.tiles.valid] = 0.0  # empty slots: never farther than a hit, never sky
         part = np.full(n, -1, np.int32)
         nrm = np.zeros((5, n), F32)
         for k, p in enumerate(rdr.ego_parts):
@@ -509,11 +510,13 @@ class FisheyeRenderer:
                 out = self._shade_surfaces(objs, frame, light)
                 paint(cc.pix[hit], out)
         oid = self._owner[part]
-        object_id = np.full(H * W, OBJ_OUTSIDE, np.int32)
+        # Empty slots write to one element past the image.
+        object_id = np.full(H * W + 1, OBJ_OUTSIDE, np.int32)
         np.put(object_id, cc.pix, oid)
-        depth_img = np.full(H * W, np.inf, F32)
+        object_id = object_id[:-1]
+        depth_img = np.full(H * W + 1, np.inf, F32)
         np.put(depth_img, cc.pix, depth)
-        depth_img = depth_img.reshape(H, W)
+        depth_img = depth_img[:-1].reshape(H, W)
         gain = self._apply_effects(img, cc, depth_img, frame, light, condition, t, rng)
         return RenderedImage(effects.to_display(img, cc.lens, gain), object_id.reshape(H, W), depth_img)
 
