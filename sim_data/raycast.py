@@ -360,3 +360,65 @@ def cast_nearest(grid: TileGrid, rays: RayBundle, shapes: list, geom: np.ndarray
         won[win] = first_part + k
         part2[tiles] = won
         tile_max[tiles] = here.max(axis=1)
+
+
+BOX, CYLINDER, SPHERE = 0, 1, 2  # primitive kinds in part tables
+
+
+def primitive_kind(shape) -> int:
+    return BOX if isinstance(shape, Box) else CYLINDER if isinstance(shape, Cylinder) else SPHERE
+
+
+def surfaces_at(kind: np.ndarray, geom: np.ndarray, radii: np.ndarray, k: np.ndarray, r: RayBundle,
+                t: np.ndarray) -> np.ndarray:
+    """(5, n) normals (nx, ny, nz) and texture coordinates (s, z) in metres where rays `r` hit parts `k` at
+    distances `t`; the same as surface_at, for many parts at once. Parts are rows of the tables kind
+    (primitive_kind), geom (vehicle-frame culling geometry) and radii (a cylinder's bottom and top radius)."""
+    n = t.size
+    out = np.empty((5, n), F32)
+    px, py, pz = r.o[0] + t * r.dx, r.o[1] + t * r.dy, r.o[2] + t * r.dz
+    g32 = geom.astype(F32)
+    typ = kind[k]
+    for prim in np.unique(typ).tolist():
+        sel = np.flatnonzero(typ == prim)
+        ks = k[sel]
+        g = g32[ks]
+        x, y, z0, z1 = g[:, BX], g[:, BY], g[:, BZ0], g[:, BZ1]
+        lx, ly, lz = px[sel] - x, py[sel] - y, pz[sel]
+        if prim == BOX:
+            yaw = g[:, BYAW]
+            c, s = np.cos(yaw), np.sin(yaw)
+            u, v = c * lx + s * ly, c * ly - s * lx
+            # The face hit is the one the point lies closest to.
+            gu = np.abs(np.abs(u) - g[:, BHL])
+            gv = np.abs(np.abs(v) - g[:, BHW])
+            gz = np.minimum(np.abs(lz - z0), np.abs(lz - z1))
+            fu = (gu <= gv) & (gu <= gz)
+            fv = ~fu & (gv <= gz)
+            fz = ~(fu | fv)
+            su, sv = np.sign(u), np.sign(v)
+            out[0, sel] = np.where(fu, su * c, np.where(fv, -sv * s, F32(0.0)))
+            out[1, sel] = np.where(fu, su * s, np.where(fv, sv * c, F32(0.0)))
+            out[2, sel] = np.where(fz, np.sign(lz - (z0 + z1) * F32(0.5)), F32(0.0))
+            out[3, sel] = np.where(fu, v, u)
+            out[4, sel] = np.where(fz, v, lz)
+        elif prim == CYLINDER:
+            r0, rt = radii[ks, 0], radii[ks, 1]
+            kk = (rt - r0) / (z1 - z0)
+            R = r0 + kk * (lz - z0)
+            rh = np.sqrt(lx * lx + ly * ly)
+            cap = np.minimum(np.abs(lz - z1), np.abs(lz - z0)) < np.abs(rh - R)
+            inv = F32(1.0) / (np.maximum(rh, F32(1e-6)) * np.sqrt(F32(1.0) + kk * kk))
+            out[0, sel] = np.where(cap, F32(0.0), lx * inv)
+            out[1, sel] = np.where(cap, F32(0.0), ly * inv)
+            out[2, sel] = np.where(cap, np.sign(lz - (z0 + z1) * F32(0.5)), -kk * rh * inv)
+            out[3, sel] = np.where(cap, lx, np.arctan2(ly, lx) * np.maximum(r0, rt))
+            out[4, sel] = np.where(cap, ly, lz)
+        else:
+            rad = g[:, SR]
+            inv = F32(1.0) / rad
+            nx, ny = lx * inv, ly * inv
+            out[0, sel], out[1, sel], out[2, sel] = nx, ny, (lz - g[:, SZ]) * inv
+            out[3, sel] = np.arctan2(ny, nx) * rad
+            out[4, sel] = lz
+    return out

@@ -27,7 +27,9 @@ from sim_data.raycast import (
     cull_geometry,
     geometry_to_vehicle,
     hit_distance,
+    primitive_kind,
     surface_at,
+    surfaces_at,
     to_vehicle,
 )
 from sim_data.textures import SURFACE_TEXTURES, GroundImage, bake_ceiling, bake_ground, surface_albedo
@@ -306,7 +308,7 @@ class _CameraCache:
         self.bg_oid = np.where(part >= 0, OBJ_EGO, OBJ_GROUND).astype(np.int32)
         self.bg_surface = nrm
         self.ego = np.flatnonzero(part >= 0)
-        self.ego_surfaces = rdr._surfaces(self, self.ego, depth, part, nrm, lit_by_headlights=False)
+        self.ego_surfaces = rdr._surfaces(self, self.ego, depth, part, nrm[:, self.ego], lit_by_headlights=False)
         self.ego_surfaces.max_lamps = 2  # the ego's own paint needs only the nearest lamps
         self.memo: dict[tuple, np.ndarray] = {}  # shading terms that only change with the lighting
         free = part < 0
@@ -367,6 +369,10 @@ class FisheyeRenderer:
         self._lightmap: tuple[np.ndarray, float, float] | None = None
         self._static_occlusion: dict = {}
         self._geom = np.array([cull_geometry(p.shape) for o in scene.objects for p in o.parts]).reshape(-1, 11)
+        shapes = [p.shape for o in scene.objects for p in o.parts]
+        self._prim_kind = np.array([primitive_kind(sh) for sh in shapes], np.int32)
+        self._radii = np.array([(sh.radius, sh.r_top) if isinstance(sh, Cylinder) else (0.0, 0.0) for sh in shapes],
+                               F32).reshape(-1, 2)
         # Object id per part index (ego parts first), and per background part index -1.
         self._owner = np.array([OBJ_EGO] * len(self.ego_parts) + [o.id for o in scene.objects for _ in o.parts]
                                + [OBJ_GROUND], np.int32)
@@ -505,8 +511,9 @@ class FisheyeRenderer:
                 paint(cc.pix_ego, self._shade_ego(cc, frame, light))
             hit = np.flatnonzero(part >= n_ego)
             if hit.size:
-                objs = self._surfaces(cc, hit, depth, part, self._object_surfaces(cc, hit, depth, part, frame),
-                                      lit_by_headlights=True)
+                nrm = surfaces_at(self._prim_kind, frame["geom"], self._radii, part[hit] - n_ego, cc.rays.take(hit),
+                                  depth[hit])
+                objs = self._surfaces(cc, hit, depth, part, nrm, lit_by_headlights=True)
                 out = self._shade_surfaces(objs, frame, light)
                 paint(cc.pix[hit], out)
         oid = self._owner[part]
@@ -519,22 +526,6 @@ class FisheyeRenderer:
         depth_img = depth_img[:-1].reshape(H, W)
         gain = self._apply_effects(img, cc, depth_img, frame, light, condition, t, rng)
         return RenderedImage(effects.to_display(img, cc.lens, gain), object_id.reshape(H, W), depth_img)
-
-    def _object_surfaces(self, cc: _CameraCache, hit: np.ndarray, depth: np.ndarray, part: np.ndarray,
-                         frame: dict) -> np.ndarray:
-        """(5, n) normals and texture coordinates at the object hits `hit` (ray indices), computed once per
-        part for the rays it finally won."""
-        k = part[hit]
-        order = np.argsort(k, kind="stable")
-        ks = k[order]
-        starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
-        ends = np.r_[starts[1:], ks.size]
-        out = np.empty((5, cc.rays.dx.size), F32)
-        n_ego = len(self.ego_parts)
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-            idx = hit[order[a:b]]
-            out[:, idx] = surface_at(frame["shapes"][int(ks[a]) - n_ego], cc.rays.take(idx), depth[idx])
-        return out
 
     def _apply_effects(self, img, cc, depth_img, frame, light, condition, t, rng) -> float:
         """Lens, weather and sensor effects on the linear image, in place; returns the exposure gain."""
@@ -689,12 +680,13 @@ class FisheyeRenderer:
     # --- shading: surfaces --------------------------------------------------------------------------------
     def _surfaces(self, cc: _CameraCache, idx: np.ndarray, depth: np.ndarray, part: np.ndarray, surf: np.ndarray,
                   lit_by_headlights: bool) -> _Surfaces:
-        """The hit points of rays `idx` with their textured albedo and material parameters."""
+        """The hit points of rays `idx` with their textured albedo and material parameters; surf (5, len(idx)):
+        their normals and texture coordinates."""
         r = cc.rays
         t = depth[idx]
         dx, dy, dz = r.dx[idx], r.dy[idx], r.dz[idx]
         p = (r.o[0] + t * dx, r.o[1] + t * dy, r.o[2] + t * dz)
-        nx, ny, nz, ts, tz = surf[:, idx]
+        nx, ny, nz, ts, tz = surf
         k = part[idx]
         rgb = self.part_rgb[k]
         kind = self.part_kind[k]
