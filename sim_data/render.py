@@ -326,7 +326,7 @@ class _CameraCache:
         self.ground_levels = np.searchsorted(level[order], np.arange(len(rdr.ground.levels) + 1))
         g = self.ground
         t = t_ground[g]
-        self.gx, self.gy = self.o[0] + t * r.dx[g], self.o[1] + t * r.dy[g]
+        self.gx, self.gy = r.o[0] + t * r.dx[g], r.o[1] + t * r.dy[g]  # float32
         self.g_t = t
         self.g_dz = r.dz[g]
         # Schlick Fresnel for a water film (n = 1.33) seen at this pixel's grazing angle.
@@ -613,36 +613,52 @@ class FisheyeRenderer:
             if b > a:
                 mx, my = self.ground.pixel_of(wx[a:b], wy[a:b], level)
                 tex[a:b] = _sample(self.ground.levels[level], mx, my)
-        albedo = tex[:, :3].astype(F32)
-        albedo *= F32(1 / 255)
         occl = _sample(frame["shadow"], *cc.g_shadow_px, border=cv2.BORDER_CONSTANT)
         static = _sample(frame["static_shadow"], (wx - self.ground.x0) / SHADOW_RES - 0.5,
                          (wy - self.ground.y0) / SHADOW_RES - 0.5, border=cv2.BORDER_CONSTANT)
         np.maximum(occl, static, out=occl)
-        ao = 1.0 - F32(0.6 / 255) * occl[:, 1]
-        e = ao[:, None] * light.sky_rgb
+        ao = F32(1.0) - F32(0.6 / 255) * occl[:, 1]
         sun = frame["sun"]
+        sun_w = None
         if sun is not None:
-            lit = 1.0 - F32(1 / 255) * occl[:, 0]
-            e += (lit * F32(max(sun[2], 0.0)))[:, None] * light.sun_rgb
+            sun_w = F32(1.0) - F32(1 / 255) * occl[:, 0]
+            sun_w *= F32(max(sun[2], 0.0))
+        lamps = None
         if frame["lamps"] and self._lightmap is not None:
             lm, x0, y0 = self._lightmap
-            e += _sample(lm, (wx - x0) / LIGHTMAP_RES - 0.5, (wy - y0) / LIGHTMAP_RES - 0.5,
-                         border=cv2.BORDER_CONSTANT)
-        if light.headlights:
-            e += cc.g_head
+            lamps = _sample(lm, (wx - x0) / LIGHTMAP_RES - 0.5, (wy - y0) / LIGHTMAP_RES - 0.5,
+                            border=cv2.BORDER_CONSTANT)
+        # Albedo is 8-bit; wet ground is darker, most of all in puddles; haze fades the far ground.
+        scale = np.full(n, F32(1 / 255))
+        wet = None
         if light.wet:
             puddle = tex[:, 3].astype(F32) * F32(1 / 255)
-            albedo *= (0.55 - 0.3 * puddle)[:, None]
-        out = albedo * e
-        if light.wet:
-            out += self._wet_reflections(cc, frame, light, puddle)
+            scale *= F32(0.55) - F32(0.3) * puddle
+            wet = self._wet_reflections(cc, frame, light, puddle)
+        fog = None
         if self.ceiling is None:
             key = ("fog", light.fog_distance)
             if key not in cc.memo:
-                cc.memo[key] = (1.0 - np.exp(-cc.g_t / F32(light.fog_distance)))[:, None]
+                cc.memo[key] = np.exp(-cc.g_t / F32(light.fog_distance)).astype(F32)  # what is left after the haze
             fog = cc.memo[key]
-            out += fog * (light.horizon - out)
+            scale *= fog
+        # Per colour channel: every term is a weight per pixel times a colour.
+        out = np.empty((n, 3), F32)
+        for c in range(3):
+            acc = ao * light.sky_rgb[c]
+            if sun_w is not None:
+                acc += sun_w * light.sun_rgb[c]
+            if lamps is not None:
+                acc += lamps[:, c]
+            if light.headlights:
+                acc += cc.g_head[:, c]
+            acc *= tex[:, c]
+            acc *= scale
+            if wet is not None:
+                acc += wet[:, c] * fog if fog is not None else wet[:, c]
+            if fog is not None:
+                acc += (F32(1.0) - fog) * light.horizon[c]
+            out[:, c] = acc
         return out
 
     def _wet_reflections(self, cc: _CameraCache, frame: dict, light: Lighting, puddle: np.ndarray) -> np.ndarray:
