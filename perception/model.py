@@ -12,7 +12,6 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -22,7 +21,6 @@ from perception.backbones import create_backbone, list_backbones
 from perception.bev_config import BevConfig
 from perception.layers import BevEncoder, CameraNeck, ConvBnAct, TwoStageDecoder, lift_to_bev
 from perception.uss_raster import USS_CHANNELS
-from sensors.classes import NUM_CLASSES
 from sensors.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -61,6 +59,19 @@ _TRAIN_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+class TrainTable(dict):
+    """The validated [train] table: a dict that refuses changes (the config is frozen) and still pickles (data
+    loader workers, checkpoints), which MappingProxyType does not."""
+
+    def _frozen(self, *args, **kwargs):
+        raise TypeError("ModelConfig.train is read-only; use config.replace(train={...}) for a changed copy")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _frozen
+
+    def __reduce__(self):
+        return TrainTable, (dict(self),)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A network variant. Validated on construction (also by dataclasses.replace), so an instance is always
@@ -78,7 +89,7 @@ class ModelConfig:
     decoder_channels: int = 32
     dilations: tuple[int, ...] = (1, 2, 3)
     bev: BevConfig = field(default_factory=BevConfig)
-    train: MappingProxyType = field(default_factory=lambda: MappingProxyType(dict(TRAIN_DEFAULTS)), hash=False)
+    train: TrainTable = field(default_factory=lambda: TrainTable(TRAIN_DEFAULTS), hash=False)
     source: str = field(default="<model config>", compare=False, repr=False)
 
     def __post_init__(self):
@@ -113,7 +124,7 @@ class ModelConfig:
         object.__setattr__(self, "dilations", tuple(d))
         if not isinstance(self.bev, BevConfig):
             raise ConfigError(f"{where} 'bev' must be a BevConfig, got {type(self.bev).__name__}")
-        object.__setattr__(self, "train", MappingProxyType(_validate_train(dict(self.train), self.source)))
+        object.__setattr__(self, "train", TrainTable(_validate_train(dict(self.train), self.source)))
 
     @property
     def uses_camera(self) -> bool:
@@ -273,6 +284,10 @@ class FusionNet(nn.Module):
     (B, len(USS_CHANNELS), R, W) float32 from perception.uss_raster. Every variant takes all four; those of a
     modality it does not use are not read. In train mode the camera backbone's BatchNorm sees every image of the
     batch, a missing camera's too; the lift ignores it in both modes.
+
+    ONNX (torch.onnx.export, opset 17, dynamo=False, names INPUT_NAMES / OUTPUT_NAMES): the exporter drops inputs
+    the graph never reads, so a camera-only file has no 'uss' input and a USS-only file only 'uss'; a runtime
+    feeds the inputs the session lists. The batch axis may be exported dynamic.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -353,5 +368,5 @@ def dummy_inputs(config: ModelConfig, batch: int = 1, cameras: int = 4, seed: in
     return images, grid, valid, uss
 
 
-__all__ = ["FUSIONS", "INPUT_NAMES", "MODALITIES", "NUM_CLASSES", "OUTPUT_NAMES", "TRAIN_DEFAULTS", "FusionNet",
+__all__ = ["FUSIONS", "INPUT_NAMES", "MODALITIES", "OUTPUT_NAMES", "TRAIN_DEFAULTS", "FusionNet",
            "ModelConfig", "count_parameters", "dummy_inputs", "list_model_configs", "load_model_config"]

@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 
@@ -80,6 +82,9 @@ def test_config_round_trips_through_toml(tmp_path):
     path.write_text(cfg.to_toml())
     assert load_model_config(path) == cfg
     hash(cfg)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg  # data loader workers, checkpoints
+    with pytest.raises(TypeError, match="read-only"):
+        cfg.train["lr"] = 1.0
 
 
 def test_extends_overrides_tables_key_by_key(tmp_path):
