@@ -32,7 +32,7 @@ from sim_data.raycast import (
     surfaces_at,
     to_vehicle,
 )
-from sim_data.textures import SURFACE_TEXTURES, GroundImage, bake_ceiling, bake_ground, surface_albedo
+from sim_data.textures import SURFACE_TEXTURES, GroundImage, bake_ceiling, bake_ground, surface_albedos
 from sim_data.world import Box, Condition, Cylinder, Material, Part, Scene, Sphere
 
 log = logging.getLogger(__name__)
@@ -706,10 +706,7 @@ class FisheyeRenderer:
         k = part[idx]
         rgb = self.part_rgb[k]
         kind = self.part_kind[k]
-        albedo = np.empty_like(rgb)
-        for kk in np.flatnonzero(np.bincount(kind, minlength=len(SURFACE_TEXTURES))):
-            sel = np.flatnonzero(kind == kk)
-            albedo[sel] = surface_albedo(SURFACE_TEXTURES[kk], rgb[sel], ts[sel], tz[sel])
+        albedo = surface_albedos(kind, rgb, ts, tz)
         # Contact darkening: surfaces near the ground see less of the sky.
         ao = np.clip(p[2], F32(0.0), F32(0.5))
         ao *= F32(0.45 / 0.5)
@@ -729,8 +726,7 @@ class FisheyeRenderer:
                         dynamic: bool = True, out: np.ndarray | None = None) -> np.ndarray:
         """Radiance (n, 3) of hit points, added to `out` when given. `static`: the terms that change only with
         the lighting (hemisphere ambient, the Fresnel reflection of the sky); `dynamic`: those that move with
-        the ego (sun, lamps, headlights). Every term is a weight per point times a colour, so the colours
-        are applied once, by a (n, K) @ (K, 3) product."""
+        the ego (sun, lamps, headlights). Every term is a weight per point times a colour."""
         weights: list[np.ndarray] = []
         colours: list[np.ndarray] = []
         nx, ny, nz = S.n
@@ -765,8 +761,7 @@ class FisheyeRenderer:
                     weights.append(w)
                     colours.append(lamps[0][1].astype(F32))  # the pair shares a colour
         if weights:
-            e = np.stack(weights, axis=1) @ np.stack(colours).astype(F32)
-            e *= S.albedo
+            e = _combine(weights, colours, S.albedo)
             if out is None:
                 out = e
             else:
@@ -811,7 +806,7 @@ class FisheyeRenderer:
             weights.append(hl)
             colours.append(light.sun_rgb)
         if weights:
-            out[S.gloss] += np.stack(weights, axis=1) @ np.stack(colours).astype(F32)
+            out[S.gloss] += _combine(weights, colours)
         return out
 
     def _shade_ego(self, cc: _CameraCache, frame: dict, light: Lighting) -> np.ndarray:
@@ -820,6 +815,20 @@ class FisheyeRenderer:
         if key not in cc.memo:
             cc.memo[key] = self._shade_surfaces(cc.ego_surfaces, frame, light, dynamic=False)
         return self._shade_surfaces(cc.ego_surfaces, frame, light, static=False, out=cc.memo[key].copy())
+
+
+def _combine(weights: list[np.ndarray], colours: list[np.ndarray], albedo: np.ndarray | None = None) -> np.ndarray:
+    """(n, 3) sum of weights (n,) times colours (3,), times albedo (n, 3) when given; a channel at a time,
+    which is several times faster than stacking the weights for a matrix product."""
+    out = np.empty((weights[0].size, 3), F32)
+    for c in range(3):
+        acc = weights[0] * F32(colours[0][c])
+        for w, col in zip(weights[1:], colours[1:], strict=True):
+            acc += w * F32(col[c])
+        if albedo is not None:
+            acc *= albedo[:, c]
+        out[:, c] = acc
+    return out
 
 
 @dataclass
