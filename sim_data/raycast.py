@@ -378,16 +378,16 @@ def surfaces_at(kind: np.ndarray, geom: np.ndarray, radii: np.ndarray, k: np.nda
     out = np.empty((5, n), F32)
     px, py, pz = r.o[0] + t * r.dx, r.o[1] + t * r.dy, r.o[2] + t * r.dz
     g32 = geom.astype(F32)
+    cos_yaw, sin_yaw = np.cos(g32[:, BYAW]), np.sin(g32[:, BYAW])
     typ = kind[k]
-    for prim in np.unique(typ).tolist():
+    for prim in np.flatnonzero(np.bincount(typ, minlength=3)).tolist():
         sel = np.flatnonzero(typ == prim)
         ks = k[sel]
         g = g32[ks]
         x, y, z0, z1 = g[:, BX], g[:, BY], g[:, BZ0], g[:, BZ1]
         lx, ly, lz = px[sel] - x, py[sel] - y, pz[sel]
         if prim == BOX:
-            yaw = g[:, BYAW]
-            c, s = np.cos(yaw), np.sin(yaw)
+            c, s = cos_yaw[ks], sin_yaw[ks]
             u, v = c * lx + s * ly, c * ly - s * lx
             # The face hit is the one the point lies closest to.
             gu = np.abs(np.abs(u) - g[:, BHL])

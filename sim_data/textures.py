@@ -141,13 +141,14 @@ _NOISE_TEXTURES = {
 }
 _TABLE = np.array([_NOISE_TEXTURES.get(name, (np.nan,) * 8) for name in SURFACE_TEXTURES], F32)
 _TABLE[:, [2, 3, 5, 6]] = 1.0 / _TABLE[:, [2, 3, 5, 6]]  # texels per metre
+_COLUMNS = np.ascontiguousarray(_TABLE.T)  # a column per parameter: looked up per point with np.take
 
 
 def surface_albedos(kind: np.ndarray, rgb: np.ndarray, s: np.ndarray, z: np.ndarray) -> np.ndarray:
     """(N, 3) albedo of points with texture kind (indices into SURFACE_TEXTURES), base colours rgb (N, 3) and
     surface coordinates s, z: surface_albedo for many textures at once (the noise textures in one pass)."""
-    p = _TABLE[kind]
-    simple = ~np.isnan(p[:, 0])
+    base = _COLUMNS[0].take(kind)
+    simple = ~np.isnan(base)
     if not simple.all():
         out = np.empty_like(rgb)
         for kk in np.unique(kind[~simple]).tolist():
@@ -156,14 +157,16 @@ def surface_albedos(kind: np.ndarray, rgb: np.ndarray, s: np.ndarray, z: np.ndar
         sel = np.flatnonzero(simple)
         out[sel] = surface_albedos(kind[sel], rgb[sel], s[sel], z[sel])
         return out
-    i = (s * p[:, 2]).astype(np.int32) & (_TILE - 1)
-    j = (z * p[:, 3]).astype(np.int32) & (_TILE - 1)
-    f = NOISE_TILE[j, i]
-    f *= p[:, 1]
-    f += p[:, 0]
-    two = np.flatnonzero(p[:, 4])
+    i = (s * _COLUMNS[2].take(kind)).astype(np.int32) & (_TILE - 1)
+    j = (z * _COLUMNS[3].take(kind)).astype(np.int32) & (_TILE - 1)
+    j *= _TILE
+    j += i
+    f = NOISE_TILE.reshape(-1).take(j)
+    f *= _COLUMNS[1].take(kind)
+    f += base
+    two = np.flatnonzero(_COLUMNS[4].take(kind))
     if two.size:
-        q = p[two]
+        q = _TABLE[kind[two]]
         i = ((s[two] + q[:, 7]) * q[:, 5]).astype(np.int32) & (_TILE - 1)
         j = (z[two] * q[:, 6]).astype(np.int32) & (_TILE - 1)
         f[two] += q[:, 4] * NOISE_TILE[j, i]
