@@ -1,0 +1,586 @@
+"""Training of the fusion network: seeded data order and augmentation, AdamW with a warmed-up schedule,
+class-balanced losses for both decoder stages, validation mIoU every epoch with the best checkpoint kept, an
+exact resume, mixed precision on CUDA and data-parallel training under torchrun; plus the evaluation loop and
+the training / inference benchmarks.
+
+Reproducibility: the data order of epoch e is a permutation seeded by (seed, e) and each sample's augmentation
+draws from a generator seeded by (seed, e, sample index), so neither depends on workers, ranks or where a run
+was interrupted; the learning rate is a pure function of the step. A resume therefore continues exactly.
+
+Data parallel (torchrun): config.train.batch_size is the global batch (frames per optimizer step), split evenly
+across the processes, so a run's hyper-parameters do not depend on the number of GPUs. BatchNorm becomes
+SyncBatchNorm on CUDA; on CPU (gloo), SyncBatchNorm has no kernel, so each process normalises with the statistics
+of its own share of the batch and DDP broadcasts rank 0's running statistics. The class-weighted loss is a
+weighted mean per process and DDP averages gradients, which equals the single-process loss of the global batch
+when the processes' weight sums agree (always with class_weight_power 0; approximately otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from perception.checkpoint import (
+    BEST,
+    CONFIG_FILE,
+    LAST,
+    METRICS_FILE,
+    load_training_state,
+    read_record,
+    save_checkpoint,
+)
+from perception.losses import OccupancyLoss, class_weights, occupancy_pos_weight
+from perception.model import FusionNet, ModelConfig, dummy_inputs, load_model_config
+from sensors.classes import NUM_CLASSES
+from sensors.errors import ConfigError, NearfieldError
+from sensors.rig import Rig
+
+log = logging.getLogger(__name__)
+
+# Measured on the 2-core development machine (nf-small, batch 4, `nearfield bench train`): 2 threads give ~1.2x
+# the samples per second of 1 for the full-size network; tiny test networks prefer 1 (see tests).
+DEFAULT_CPU_THREADS = min(2, os.cpu_count() or 1)
+SCHEDULES = ("cosine", "onecycle")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+_WARMUP = {"cosine": 0.05, "onecycle": 0.3}  # default share of the steps spent warming up
+_FINAL = {"cosine": 0.01, "onecycle": 1 / 25 / 1e4}  # final learning rate / peak
+_START = {"cosine": 0.0, "onecycle": 1 / 25}  # warm-up start / peak (cosine: linear from 0, first step > 0)
+
+
+@dataclass
+class TrainOptions:
+    """How to run a training (the model config's [train] table says what to train)."""
+
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    epochs: int | None = None  # overrides config.train.epochs (fixes the schedule's length)
+    max_steps: int | None = None  # stop after this many optimizer steps in total; the schedule still spans epochs
+    resume: bool = False  # continue the run in out_dir from its last checkpoint
+    threads: int | None = None  # torch CPU threads per process (default DEFAULT_CPU_THREADS / processes)
+    amp: str = "auto"  # CUDA only: auto (bf16 where supported, else fp16 with loss scaling), bf16, fp16, off
+    num_workers: int | None = None  # overrides config.train.num_workers
+    schedule: str = "cosine"  # cosine: linear warm-up then cosine decay; onecycle: Smith's one-cycle
+    warmup: float | None = None  # share of the steps for warm-up (default 0.05 cosine, 0.3 one-cycle)
+    augment: bool = True  # photometric jitter, camera and ultrasonic dropout (the config's probabilities)
+    freeze_bn: bool = False  # BatchNorm layers keep their running statistics (fine-tuning with tiny batches)
+    val_batch_size: int | None = None  # default: config.train.batch_size
+    progress: bool = True
+
+    def plan(self, config: ModelConfig) -> dict[str, Any]:
+        """What fixes the run's trajectory: stored with each checkpoint and checked on resume."""
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        warmup = _WARMUP[self.schedule] if self.warmup is None else self.warmup
+        if not 0 <= warmup < 1:
+            raise ConfigError(f"--warmup must be a share of the steps in [0, 1), got {warmup}")
+        epochs = self.epochs if self.epochs is not None else config.train["epochs"]
+        if epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+        return {"epochs": int(epochs), "batch_size": config.train["batch_size"], "schedule": self.schedule,
+                "warmup": float(warmup), "augment": self.augment, "freeze_bn": self.freeze_bn}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_miou: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl records of this call
+
+
+def lr_at(step: int, total: int, peak: float, schedule: str = "cosine", warmup: float | None = None) -> float:
+    """Learning rate of optimizer step `step` (0-based) of `total`: warm-up over the first share of the steps
+    (cosine: linear from 0; one-cycle: cosine from peak/25), then cosine decay to the schedule's final rate."""
+    warmup = _WARMUP[schedule] if warmup is None else warmup
+    warm = round(warmup * total)
+    start, final = _START[schedule] * peak, _FINAL[schedule] * peak
+    if step < warm:
+        if schedule == "cosine":
+            return peak * (step + 1) / warm
+        return start + (peak - start) * (1 - math.cos(math.pi * step / warm)) / 2
+    t = (step - warm) / max(total - warm - 1, 1)
+    return final + (peak - final) * (1 + math.cos(math.pi * min(t, 1.0))) / 2
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+
+class UssDropout:
+    """Training augmentation: with probability p the ultrasonic raster is zeroed (a failed USS bus), so the
+    fusion network learns to keep working on the cameras alone."""
+
+    def __init__(self, p: float = 0.1):
+        if not 0 <= p <= 1:
+            raise ConfigError(f"UssDropout: p must be a probability in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, item: dict[str, Tensor]) -> dict[str, Tensor]:
+        if torch.rand(()) >= self.p:
+            return item
+        return {**item, "uss": torch.zeros_like(item["uss"])}
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class SeededAugment(Dataset):
+    """Items keyed (index, epoch); the augmentations draw from torch's generator seeded by (seed, epoch, index)
+    in a forked RNG scope, so a sample is augmented the same in any worker, process or resumed run."""
+
+    def __init__(self, dataset: Dataset, seed: int, augments: Sequence = ()):
+        self.dataset, self.seed, self.augments = dataset, seed, tuple(augments)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
+        index, epoch = key
+        item = self.dataset[index]
+        if not self.augments:
+            return item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            for augment in self.augments:
+                item = augment(item)
+        return item
+
+
+def training_augments(config: ModelConfig) -> list:
+    from perception.dataset import CameraDropout, PhotometricJitter
+
+    out: list = [PhotometricJitter()]
+    if config.train["camera_dropout"] > 0 and config.uses_camera:
+        out.append(CameraDropout(config.train["camera_dropout"]))
+    if config.train["uss_dropout"] > 0 and config.uses_uss:
+        out.append(UssDropout(config.train["uss_dropout"]))
+    return out
+
+
+class GlobalBatches(Sampler[list[tuple[int, int]]]):
+    """The batches of one epoch for one process, from optimizer step `start` of the epoch on.
+
+    Global batch k is positions k*B..(k+1)*B of DistributedSampler's permutation seeded by (seed, epoch) (B =
+    batch_size); each of `world` processes takes B/world of it (DistributedSampler interleaves ranks, so rank r
+    gets every world-th position of those). A partial last batch is dropped. Yields lists of (index, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1, start: int = 0):
+        if batch_size % world:
+            raise ConfigError(f"train.batch_size {batch_size} must be a multiple of the {world} processes (it is "
+                              "the global batch, split evenly)")
+        self.n, self.batch, self.seed, self.epoch, self.rank, self.world = n, batch_size, seed, epoch, rank, world
+        self.steps = n // batch_size
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+    def __iter__(self):
+        sampler = DistributedSampler(range(self.n), num_replicas=self.world, rank=self.rank, shuffle=True,
+                                     seed=self.seed, drop_last=True)
+        sampler.set_epoch(self.epoch)
+        indices = list(sampler)
+        b = self.batch // self.world
+        for k in range(self.start, self.steps):
+            yield [(int(i), self.epoch) for i in indices[k * b:(k + 1) * b]]
+
+
+def dataset_rig(dataset: Dataset) -> Rig:
+    """The rig a dataset's drives were recorded with (the first log's; DriveDataset), else the shipped rig."""
+    logs = getattr(dataset, "logs", None)
+    if logs:
+        from sensors.log import LogReader
+
+        with LogReader(logs[0]) as reader:
+            return reader.rig
+    from sensors.rig import load_rig
+
+    return load_rig()
+
+
+# --- devices and processes ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_processes(device: str = "auto") -> Processes:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: nccl on CUDA, gloo on CPU. Idempotent."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Processes()
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        log.info("rank %d of %d joined the process group (%s)", rank, world, dist.get_backend())
+    return Processes(rank, world, local)
+
+
+def resolve_device(name: str, procs: Processes = Processes()) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: this torch build or machine has no CUDA; use --device cpu")
+        return torch.device("cuda", procs.local_rank) if procs.world > 1 or name == "cuda" else torch.device(name)
+    if name != "cpu":
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return torch.device("cpu")
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: float32). AMP runs on CUDA only: CPU autocast is slower than float32 there."""
+    if mode not in AMP_MODES:
+        raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
+    if device.type != "cuda" or mode == "off":
+        if mode in ("bf16", "fp16"):
+            log.warning("--amp %s: mixed precision runs on CUDA only; training in float32 on %s", mode, device)
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norms and biases (vectors): decaying them only fights the normalisation."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str | torch.device = "cpu",
+                     batch_size: int = 4, amp: torch.dtype | None = None, progress: bool = False,
+                     desc: str = "eval") -> dict[str, Any]:
+    """Evaluator.result() of the model's class maps (argmax, ego footprint IGNORE) over a dataset of items
+    {images, grid, valid, uss, target}; conditions from dataset.meta[i].conditions where it has them."""
+    from perception.bev_config import ego_mask
+    from perception.evaluate import Evaluator
+    from perception.postprocess import class_map
+
+    device = torch.device(device)
+    grid = model.config.bev.grid(rig)
+    ego = ego_mask(rig.vehicle, grid)
+    evaluator = Evaluator(rig, grid)
+    meta = getattr(dataset, "meta", None)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    i = 0
+    try:
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            b = _to(batch, device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits, _ = model(b["images"], b["grid"], b["valid"], b["uss"])
+            maps = class_map(logits.float().cpu().numpy(), ego)
+            for k in range(len(maps)):
+                m = meta[i] if meta is not None else None
+                where = f"{m.drive} frame {m.index}" if m is not None else f"sample {i}"
+                evaluator.update(maps[k], batch["target"][k].numpy(), m.conditions if m is not None else (), where)
+                i += 1
+    finally:
+        model.train(was_training)
+    return evaluator.result()
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+def _read_run_config(run_dir: Path) -> ModelConfig:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {CONFIG_FILE} to resume from; start a new run without --resume")
+    return load_model_config(path)
+
+
+def _same(a: ModelConfig, b: ModelConfig) -> bool:
+    return a.to_dict() == b.to_dict()
+
+
+def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | None, out_dir: str | Path,
+          options: TrainOptions | None = None, rig: Rig | None = None) -> TrainResult:
+    """Train `config` on train_set (items {images, grid, valid, uss, target}; label_counts() for the class
+    weights), validate on val_set each epoch, write checkpoints and metrics.jsonl to out_dir (rank 0 only).
+    With options.resume, config may be None (the run's config.toml is used)."""
+    options = options or TrainOptions()
+    procs = init_processes(options.device)
+    device = resolve_device(options.device, procs)
+    out = Path(out_dir)
+    if device.type == "cpu":
+        torch.set_num_threads(options.threads or max(1, DEFAULT_CPU_THREADS // procs.world))
+    previous = read_record(out, LAST)
+    if options.resume:
+        if previous is None:
+            raise ConfigError(f"{out}: nothing to resume (no {LAST}.json); start the run without --resume")
+        saved = _read_run_config(out)
+        if config is not None and not _same(config, saved):
+            raise ConfigError(f"{out}: --config differs from the run's {CONFIG_FILE}; resume without --config or "
+                              "start a new run")
+        config = saved
+    elif previous is not None:
+        raise ConfigError(f"{out} already holds a training run; continue it with --resume or choose another --out")
+    if config is None:
+        raise ConfigError("train: a model config is needed for a new run")
+
+    plan = options.plan(config)
+    if options.resume and previous["plan"] != plan:
+        changed = sorted(k for k in plan if previous["plan"].get(k) != plan[k])
+        was = ", ".join(f"{k}={previous['plan'].get(k)!r}" for k in changed)
+        raise ConfigError(f"{out}: the run was planned with {was}; resume with the same settings or start a new run")
+    t = config.train
+    seed, batch_size = t["seed"], plan["batch_size"]
+    steps_per_epoch = len(train_set) // batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"training set has {len(train_set)} frame(s), fewer than train.batch_size {batch_size}; "
+                          "simulate more drives or lower the batch size")
+    total = plan["epochs"] * steps_per_epoch
+    stop = min(total, options.max_steps) if options.max_steps is not None else total
+    if stop < 1:
+        raise ConfigError(f"--max-steps must be at least 1, got {options.max_steps}")
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    model = FusionNet(config).to(device)
+    if procs.world > 1 and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = torch.optim.AdamW(_param_groups(model, t["weight_decay"]), lr=t["lr"])
+    dtype = amp_dtype(options.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    counts = train_set.label_counts()
+    power = t["class_weight_power"]
+    loss_fn = OccupancyLoss(class_weights(counts, power), occupancy_pos_weight(counts, power), t["stage1_weight"],
+                            t["dice_weight"]).to(device)
+
+    step, best = 0, None
+    if options.resume:
+        info = load_training_state(out, LAST, model, optimizer, scaler)
+        step, best = int(info["step"]), info.get("best_miou")
+        log.info("%s: resuming at step %d of %d", out, step, total)
+    elif procs.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(config.to_toml())
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    net = model
+    if procs.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    rig = rig if rig is not None else (dataset_rig(val_set) if val_set is not None else None)
+    view = SeededAugment(train_set, seed, training_augments(config) if plan["augment"] else ())
+    workers = t["num_workers"] if options.num_workers is None else options.num_workers
+    history: list[dict[str, Any]] = []
+    bar = tqdm(total=stop, initial=step, desc=f"train {config.name}", unit="step",
+               disable=not (options.progress and procs.main), dynamic_ncols=True)
+    last_miou, lr = None, t["lr"]
+    try:
+        while step < stop:
+            epoch, start = divmod(step, steps_per_epoch)
+            loader = DataLoader(view, batch_sampler=GlobalBatches(len(train_set), batch_size, seed, epoch,
+                                                                  procs.rank, procs.world, start),
+                                num_workers=workers, pin_memory=device.type == "cuda")
+            sums, n, t0, first = torch.zeros(3, dtype=torch.float64), 0, time.perf_counter(), step
+            _set_train_mode(net, plan["freeze_bn"])
+            for batch in loader:
+                lr = lr_at(step, total, t["lr"], plan["schedule"], plan["warmup"])
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                losses = _train_step(net, _to(batch, device), loss_fn, optimizer, scaler, dtype, t["grad_clip"])
+                values = [float(losses[k]) for k in ("total", "classes", "occupancy")]
+                if not math.isfinite(values[0]) and dtype != torch.float16:
+                    raise NearfieldError(f"{out}: loss is {values[0]} at step {step}; lower train.lr or set "
+                                         "train.grad_clip, then resume from the last good checkpoint")
+                sums += torch.tensor(values, dtype=torch.float64)
+                n += 1
+                step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{values[0]:.3f}",
+                                val_miou="–" if last_miou is None else f"{100 * last_miou:.1f}")
+                if step >= stop:
+                    break
+            seconds = time.perf_counter() - t0
+            if procs.world > 1:
+                dist.all_reduce(sums)
+                sums /= procs.world
+            record = {"epoch": epoch + 1, "step": step, "partial": step % steps_per_epoch != 0, "lr": lr,
+                      "loss": sums[0].item() / max(n, 1), "loss_classes": sums[1].item() / max(n, 1),
+                      "loss_occupancy": sums[2].item() / max(n, 1),
+                      "samples_per_s": (step - first) * batch_size / seconds if seconds > 0 else None,
+                      "seconds": seconds}
+            if procs.main:
+                if val_set is not None:
+                    result = evaluate_dataset(model, val_set, rig, device, options.val_batch_size or batch_size,
+                                              dtype, options.progress, desc="validate")
+                    last_miou = result["miou"]
+                    record.update(val_miou=result["miou"], val_miou_all=result["miou_all"],
+                                  val_recall_1m=result["recall_1m"], val_frames=result["frames"])
+                improved = last_miou is not None and (best is None or last_miou > best)
+                best = last_miou if improved else best
+                info = {"step": step, "epoch": epoch + 1, "plan": plan, "best_miou": best, "val_miou": last_miou,
+                        "config": config.name, "world_size": procs.world}
+                save_checkpoint(out, LAST, model, info, optimizer, scaler)
+                if improved:
+                    save_checkpoint(out, BEST, model, info)
+                with open(out / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                history.append(record)
+                log.info("epoch %d step %d: loss %.4f, val mIoU %s", epoch + 1, step, record["loss"],
+                         "–" if last_miou is None else f"{last_miou:.3f}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{record['loss']:.3f}",
+                                val_miou="–" if last_miou is None else f"{100 * last_miou:.1f}")
+            procs.barrier()
+    finally:
+        bar.close()
+    return TrainResult(out, step, best, history)
+
+
+def _train_step(net: nn.Module, b: dict[str, Tensor], loss_fn: OccupancyLoss, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, dtype: torch.dtype | None, grad_clip: float) -> dict[str, Tensor]:
+    device_type = b["target"].device.type
+    with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+        logits, occupancy = net(b["images"], b["grid"], b["valid"], b["uss"])
+    losses = loss_fn(logits.float(), occupancy.float(), b["target"])  # the loss in float32 under AMP too
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def train_from_dir(config: ModelConfig | None, data_dir: str | Path, out_dir: str | Path,
+                   options: TrainOptions | None = None) -> TrainResult:
+    """`nearfield train`: DATA_DIR/train and DATA_DIR/val hold MCAP drives; preprocessed arrays are cached in
+    DATA_DIR/.cache (rank 0 fills the cache first, the other processes then read it)."""
+    from perception.dataset import DriveDataset
+
+    options = options or TrainOptions()
+    data = Path(data_dir)
+    for split in ("train", "val"):
+        if not (data / split).is_dir():
+            raise ConfigError(f"{data}: no {split}/ folder of drive logs; write one with `nearfield simulate "
+                              f"--preset {split} --out {data / split}`")
+    if config is None:
+        config = _read_run_config(Path(out_dir))
+    procs = init_processes(options.device)
+    sets = {}
+    for turn in (True, False):  # rank 0 first, then the others from its cache
+        if procs.main == turn:
+            for split in ("train", "val"):
+                sets[split] = DriveDataset([data / split], config.bev, cache_dir=data / ".cache",
+                                           progress=options.progress and procs.main)
+        procs.barrier()
+    if procs.main:
+        log.info("training on %d frames, validating on %d", len(sets["train"]), len(sets["val"]))
+    return train(config if not options.resume else None, sets["train"], sets["val"], out_dir, options)
+
+
+# --- benchmarks ---------------------------------------------------------------------------------------------------
+
+def _median_ms(fn, repeats: int, warmup: int, device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench_train(config: ModelConfig, batch_size: int | None = None, threads: Sequence[int] = (1, 2),
+                steps: int = 5, warmup: int = 2, device: str = "cpu") -> list[dict[str, Any]]:
+    """Training throughput on synthetic batches (dummy_inputs, random targets): forward, loss, backward, AdamW
+    step; data loading not included. One row per thread count (CPU) or one row (CUDA)."""
+    dev = resolve_device(device)
+    batch = batch_size or config.train["batch_size"]
+    rows = []
+    before = torch.get_num_threads()
+    try:
+        for n in (threads if dev.type == "cpu" else (before,)):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)
+            model = FusionNet(config).to(dev).train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            loss_fn = OccupancyLoss().to(dev)
+            images, grid, valid, uss = (x.to(dev) for x in dummy_inputs(config, batch))
+            S = config.bev.size
+            target = torch.randint(0, NUM_CLASSES, (batch, S, S), generator=torch.Generator().manual_seed(0)).to(dev)
+            scaler = torch.amp.GradScaler(dev.type, enabled=False)
+            b = {"images": images, "grid": grid, "valid": valid, "uss": uss, "target": target}
+            step = partial(_train_step, model, b, loss_fn, optimizer, scaler, amp_dtype("auto", dev), 5.0)
+            ms = _median_ms(step, steps, warmup, dev)
+            rows.append({"config": config.name, "device": str(dev), "threads": n, "batch": batch,
+                         "ms_per_step": ms, "samples_per_s": batch / ms * 1e3})
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def bench_network(config: ModelConfig, batches: Sequence[int] = (1, 4), repeats: int = 5, warmup: int = 2,
+                  device: str = "cpu") -> list[dict[str, Any]]:
+    """Inference latency of the whole network (inputs ready; tables and rasters not included) per batch size."""
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = FusionNet(config).to(dev).eval()
+    rows = []
+    for b in batches:
+        inputs = [x.to(dev) for x in dummy_inputs(config, b)]
+        with torch.inference_mode():
+            ms = _median_ms(partial(model, *inputs), repeats, warmup, dev)
+        rows.append({"name": config.name, "batch": b, "ms_per_batch": ms, "ms_per_frame": ms / b,
+                     "threads": torch.get_num_threads(), "device": str(dev)})
+    return rows
+
+
+__all__ = ["DEFAULT_CPU_THREADS", "GlobalBatches", "SeededAugment", "TrainOptions", "TrainResult", "UssDropout",
+           "bench_network", "bench_train", "evaluate_dataset", "init_processes", "lr_at", "train", "train_from_dir"]
