@@ -50,14 +50,13 @@ class Lens:
         self.circle3 = np.repeat(self.circle_u8[..., None], 3, axis=2)
         self.meter_frac = max(float(self.circle[2::4, 2::4].mean()), 1e-6)
         # Sensor noise is read from a fixed pool at a random offset per frame: far cheaper than fresh normals
-        # for every pixel, and no model can learn anything from the pool's shifted repeats. Each pixel's
-        # noise is luma noise plus coarser chroma noise (as after demosaicing) at 0.6 of its strength.
+        # for every pixel, and no model can learn anything from the pool's shifted repeats. The noise is
+        # coarser than a pixel, as after demosaicing, at 0.6 of the noise sigma per channel: the strength the
+        # drives so far were rendered with.
         pool = np.random.default_rng(stable_seed(camera.name, "noise"))
-        luma = pool.standard_normal((2 * H, W, 1), dtype=F32)
         chroma = pool.standard_normal((H + 1, (W + 1) // 2, 3), dtype=F32)
         noise = cv2.resize(chroma, (W, 2 * H), interpolation=cv2.INTER_LINEAR)
         noise *= F32(0.6)
-        noise += luma
         self.noise_pool = noise.reshape(-1)
         self.scale = W / 1280.0  # effect sizes are designed at native resolution
         self.centre = (camera.cx, camera.cy)
