@@ -10,15 +10,22 @@ import pytest
 from sensors.errors import ConfigError
 from sensors.geometry import Pose2D
 from sim_data import effects
+from sim_data.raycast import (
+    RayBundle,
+    cull_geometry,
+    hit_distance,
+    primitive_kind,
+    surface_at,
+    surfaces_at,
+)
 from sim_data.render import (
     OBJ_EGO,
     OBJ_GROUND,
     OBJ_OUTSIDE,
     FisheyeRenderer,
-    RayBundle,
     ego_parts,
-    hit_distance,
 )
+from sim_data.textures import SURFACE_TEXTURES, surface_albedo, surface_albedos
 from sim_data.world import (
     Box,
     Condition,
@@ -198,6 +205,42 @@ def test_rays_never_see_the_inside_of_a_primitive():
     assert hit_distance(Sphere(0.0, 0.0, 0.5, 1.0), ray)[0] == pytest.approx(4.0)
     down = RayBundle(np.array([0.0, 0.0, 3.0]), np.array([[0.0, 0.0, -1.0]]))
     assert hit_distance(Cylinder(0.0, 0.0, 1.0, 0.0, 1.0), down)[0] == pytest.approx(2.0)  # the top cap
+
+
+def test_batched_surfaces_match_the_per_primitive_ones():
+    """Normals and texture coordinates of many parts at once equal those of each part on its own."""
+    rng = np.random.default_rng(1)
+    shapes = [Box(1.0, 2.0, 0.7, 2.0, 1.0, 0.2, 1.4), Cylinder(-2.0, 1.0, 0.5, 0.0, 1.8),
+              Cylinder(0.5, -2.5, 0.4, 0.1, 0.9, radius_top=0.0), Sphere(-1.5, -2.0, 1.0, 0.6)]
+    origin = np.array([0.0, 0.0, 1.0])
+    d = rng.standard_normal((20000, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    rays = RayBundle(origin, d)
+    ts = np.stack([hit_distance(sh, rays) for sh in shapes])
+    k = np.argmin(ts, axis=0)
+    hit = np.flatnonzero(np.isfinite(ts.min(axis=0)))
+    assert all((k[hit] == i).sum() > 30 for i in range(len(shapes)))  # every primitive is hit many times
+    kind = np.array([primitive_kind(sh) for sh in shapes], np.int32)
+    radii = np.array([(sh.radius, sh.r_top) if isinstance(sh, Cylinder) else (0, 0) for sh in shapes], np.float32)
+    geom = np.array([cull_geometry(sh) for sh in shapes])
+    batched = surfaces_at(kind, geom, radii, k[hit], rays.take(hit), ts.min(axis=0)[hit])
+    for i, sh in enumerate(shapes):
+        sel = np.flatnonzero(k[hit] == i)
+        idx = hit[sel]
+        single = np.stack(surface_at(sh, rays.take(idx), ts[i, idx]))
+        np.testing.assert_allclose(batched[:, sel], single, atol=2e-4)
+
+
+def test_batched_textures_match_each_texture():
+    rng = np.random.default_rng(2)
+    n = 3000
+    kind = rng.integers(0, len(SURFACE_TEXTURES), n).astype(np.int32)
+    rgb = rng.random((n, 3)).astype(np.float32)
+    s, z = (rng.random(n) * 10).astype(np.float32), (rng.random(n) * 3).astype(np.float32)
+    batched = surface_albedos(kind, rgb, s, z)
+    for i, name in enumerate(SURFACE_TEXTURES):
+        m = kind == i
+        np.testing.assert_allclose(batched[m], surface_albedo(name, rgb[m], s[m], z[m]), atol=1e-6)
 
 
 def test_ego_body_seen_by_mirror_cameras_not_at_the_front_centre(geometry, small_rig):
