@@ -327,6 +327,36 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
     return evaluator.result()
 
 
+def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = True,
+                  device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True) -> dict[str, Any]:
+    """`nearfield eval`: the model's scores on drive logs (files or directories of *.mcap). Preprocessed arrays
+    are cached in .cache beside the logs unless cache=False."""
+    from perception.dataset import DriveDataset, find_logs
+
+    logs = find_logs(paths)
+    cache_dir = None
+    if cache:
+        first = Path(paths[0])
+        cache_dir = (first if first.is_dir() else first.parent) / ".cache"
+    dataset = DriveDataset(logs, model.config.bev, cache_dir=cache_dir, progress=progress)
+    device = resolve_device(str(device))
+    return evaluate_dataset(model.to(device), dataset, dataset_rig(dataset), device, batch_size,
+                            amp_dtype("auto", device), progress)
+
+
+def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:
+    """OUT.json (the result), OUT.md (Markdown table) and OUT.png (mIoU by condition) beside each other."""
+    from perception.report import markdown_table, plot_by_condition
+
+    path = Path(json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    md, png = path.with_suffix(".md"), path.with_suffix(".png")
+    path.write_text(json.dumps({"model": title, **result}, indent=1) + "\n")
+    md.write_text(markdown_table(result, title))
+    plot_by_condition({title: result}, png)
+    return [path, md, png]
+
+
 # --- training -----------------------------------------------------------------------------------------------------
 
 def _read_run_config(run_dir: Path) -> ModelConfig:
@@ -506,19 +536,18 @@ def train_from_dir(config: ModelConfig | None, data_dir: str | Path, out_dir: st
         if not (data / split).is_dir():
             raise ConfigError(f"{data}: no {split}/ folder of drive logs; write one with `nearfield simulate "
                               f"--preset {split} --out {data / split}`")
-    if config is None:
-        config = _read_run_config(Path(out_dir))
+    bev = (config or _read_run_config(Path(out_dir))).bev
     procs = init_processes(options.device)
     sets = {}
     for turn in (True, False):  # rank 0 first, then the others from its cache
         if procs.main == turn:
             for split in ("train", "val"):
-                sets[split] = DriveDataset([data / split], config.bev, cache_dir=data / ".cache",
+                sets[split] = DriveDataset([data / split], bev, cache_dir=data / ".cache",
                                            progress=options.progress and procs.main)
         procs.barrier()
     if procs.main:
         log.info("training on %d frames, validating on %d", len(sets["train"]), len(sets["val"]))
-    return train(config if not options.resume else None, sets["train"], sets["val"], out_dir, options)
+    return train(config, sets["train"], sets["val"], out_dir, options)
 
 
 # --- benchmarks ---------------------------------------------------------------------------------------------------
@@ -583,4 +612,5 @@ def bench_network(config: ModelConfig, batches: Sequence[int] = (1, 4), repeats:
 
 
 __all__ = ["DEFAULT_CPU_THREADS", "GlobalBatches", "SeededAugment", "TrainOptions", "TrainResult", "UssDropout",
-           "bench_network", "bench_train", "evaluate_dataset", "init_processes", "lr_at", "train", "train_from_dir"]
+           "bench_network", "bench_train", "evaluate_dataset", "evaluate_logs", "init_processes", "lr_at", "train",
+           "train_from_dir", "write_eval_report"]

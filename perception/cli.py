@@ -1,0 +1,147 @@
+"""`nearfield train`, `nearfield eval`, `nearfield register-model`, `nearfield bench train` and `nearfield bench
+model`: thin wrappers over perception.train and perception.registry (torch is imported only when one runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    t = commands.add_parser("train", help="train a model on simulated or labelled drives (torchrun for multi-GPU)")
+    t.add_argument("--config", help="model config name (nf-small, ...) or TOML path; a --resume reads the run's own")
+    t.add_argument("--data", required=True, help="directory with train/ and val/ folders of MCAP drive logs")
+    t.add_argument("--out", required=True, help="run directory: checkpoints, config.toml, metrics.jsonl")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    t.add_argument("--epochs", type=int, help="override the config's train.epochs")
+    t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (resumable)")
+    t.add_argument("--threads", type=int, help="torch CPU threads per process (default: 2, split over processes)")
+    t.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (CUDA)")
+    t.add_argument("--workers", type=int, help="data loader processes (default: the config's train.num_workers)")
+    t.add_argument("--schedule", default="cosine", choices=("cosine", "onecycle"), help="learning-rate schedule")
+    t.add_argument("--warmup", type=float, help="share of the steps spent warming up (0.05 cosine, 0.3 one-cycle)")
+    t.add_argument("--no-augment", action="store_true", help="no photometric jitter or camera/USS dropout")
+    t.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm running statistics fixed")
+    t.set_defaults(func=_train)
+
+    e = commands.add_parser("eval", help="score a trained model on drive logs: IoU, mIoU by condition, recall, "
+                                         "sector distance error")
+    e.add_argument("--model", required=True, help="registered model name (nf-small, ...) or a training run directory")
+    e.add_argument("--data", required=True, nargs="+", help="MCAP drive logs or directories of them")
+    e.add_argument("--json", help="write the scores to this JSON file, with .md and .png beside it")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--no-cache", action="store_true", help="do not cache preprocessed frames in .cache/")
+    e.set_defaults(func=_eval)
+
+    r = commands.add_parser("register-model", help="add a training run's weights to perception/weights/MODELS.toml")
+    r.add_argument("run_dir", help="training run directory (its best checkpoint, else its last)")
+    r.add_argument("--name", required=True, help="the name --model will take (e.g. nf-small)")
+    r.add_argument("--data", required=True, help="what it was trained on, e.g. 'simulate --preset train, 20x100'")
+    r.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                   help="storage precision of the weights file (loading casts to float32)")
+    r.set_defaults(func=_register_model)
+
+    bt = bench.add_parser("train", help="training samples per second (synthetic batches, no data loading)")
+    bt.add_argument("--config", default="nf-small")
+    bt.add_argument("--batch", type=int, help="frames per step (default: the config's train.batch_size)")
+    bt.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts to compare")
+    bt.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    bt.add_argument("--device", default="cpu")
+    bt.set_defaults(func=_bench_train)
+
+    bm = bench.add_parser("model", help="inference latency of every backbone and of the whole network")
+    bm.add_argument("--config", default="nf-small", help="its image size and camera width are used")
+    bm.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    bm.add_argument("--width", type=float, help="backbone width multiplier (default: the config's camera_width)")
+    bm.add_argument("--repeats", type=int, default=5)
+    bm.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    bm.add_argument("--device", default="cpu", help="the whole network's device (backbones run on the CPU)")
+    bm.set_defaults(func=_bench_model)
+
+
+def _train(args) -> int:
+    from perception.model import load_model_config
+    from perception.train import TrainOptions, init_processes, train_from_dir
+    from sensors.errors import ConfigError
+
+    if args.config is None and not args.resume:
+        raise ConfigError("train: --config is needed for a new run (nf-small, nf-small-camera, ... or a TOML path)")
+    config = load_model_config(args.config) if args.config else None
+    options = TrainOptions(device=args.device, epochs=args.epochs, max_steps=args.max_steps, resume=args.resume,
+                           threads=args.threads, amp=args.amp, num_workers=args.workers, schedule=args.schedule,
+                           warmup=args.warmup, augment=not args.no_augment, freeze_bn=args.freeze_bn)
+    result = train_from_dir(config, args.data, args.out, options)
+    if init_processes(args.device).main:
+        best = "–" if result.best_miou is None else f"{100 * result.best_miou:.1f}%"
+        print(f"{result.run_dir}: {result.steps} steps, best validation mIoU {best}")
+    return 0
+
+
+def _eval(args) -> int:
+    from perception.registry import load_trained
+    from perception.report import markdown_table
+    from perception.train import evaluate_logs, write_eval_report
+
+    model, config = load_trained(args.model)
+    result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size)
+    title = f"{args.model} ({config.name})" if args.model != config.name else config.name
+    print(markdown_table(result, title))
+    if args.json:
+        for path in write_eval_report(result, args.json, title):
+            print(path)
+    return 0
+
+
+def _register_model(args) -> int:
+    from perception.registry import MANIFEST, register_trained
+
+    entry = register_trained(args.run_dir, args.name, args.data, dtype=args.dtype)
+    miou = "–" if entry.val_miou is None else f"{100 * entry.val_miou:.1f}%"
+    print(f"{MANIFEST}: {entry.name} -> {entry.weights.name} ({entry.dtype}, sha256 {entry.sha256[:16]}..., "
+          f"val mIoU {miou})")
+    return 0
+
+
+def _bench_train(args) -> int:
+    from perception.model import load_model_config
+    from perception.train import bench_train
+    from sensors.timing import format_table, machine_description
+
+    config = load_model_config(args.config)
+    rows = bench_train(config, args.batch, args.threads, args.steps, device=args.device)
+    print(f"machine: {machine_description()}")
+    print(format_table([(r["config"], r["device"], r["threads"], r["batch"], r["ms_per_step"], r["samples_per_s"])
+                        for r in rows], ("config", "device", "threads", "batch", "ms per step", "samples per s")))
+    print("forward + loss + backward + AdamW step on synthetic batches; data loading not included")
+    return 0
+
+
+def _bench_model(args) -> int:
+    import torch
+
+    from perception.backbones import list_backbones
+    from perception.backbones.bench import bench_backbones
+    from perception.model import load_model_config
+    from perception.train import bench_network
+    from sensors.timing import format_table, machine_description
+
+    config = load_model_config(args.config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    width = args.width if args.width is not None else config.camera_width
+    rows = []
+    for batch in args.batches:
+        for r in bench_backbones(list_backbones(), config.bev.image_size, batch, repeats=args.repeats,
+                                 width_mult=width):
+            rows.append((r["name"], f"{width:g}", batch, r["params"] / 1e6, r["macs"] / 1e9, r["ms_median"],
+                         r["ms_per_image"]))
+    for r in bench_network(config, args.batches, args.repeats, device=args.device):
+        rows.append((f"{config.name} (whole network, 4 cameras)", f"{config.camera_width:g}", r["batch"], "", "",
+                     r["ms_per_batch"], r["ms_per_frame"]))
+    w, h = config.bev.image_size
+    print(f"machine: {machine_description()}; {torch.get_num_threads()} torch threads")
+    print(format_table(rows, ("model", "width", "batch", "params M", "GMAC/img", "ms/batch", "ms/img or frame")))
+    print(f"images {w}x{h} ({config.name}'s deploy resolution); backbones per image, the network per frame of 4 "
+          f"cameras on a {config.bev.size}x{config.bev.size} grid; median of {args.repeats} after warm-up")
+    return 0
