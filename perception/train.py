@@ -309,7 +309,8 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
     meta = getattr(dataset, "meta", None)
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                        generator=torch.Generator())  # leaves the global RNG alone (a resume restores it)
     i = 0
     try:
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
@@ -452,7 +453,9 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
             epoch, start = divmod(step, steps_per_epoch)
             loader = DataLoader(view, batch_sampler=GlobalBatches(len(train_set), batch_size, seed, epoch,
                                                                   procs.rank, procs.world, start),
-                                num_workers=workers, pin_memory=device.type == "cuda")
+                                num_workers=workers, pin_memory=device.type == "cuda",
+                                # its own generator: a loader draws worker seeds, which would move the global RNG
+                                generator=torch.Generator().manual_seed(sample_seed(seed, epoch, 2**32 - 1 - start)))
             sums, n, t0, first = torch.zeros(3, dtype=torch.float64), 0, time.perf_counter(), step
             _set_train_mode(net, plan["freeze_bn"])
             for batch in loader:

@@ -1,0 +1,193 @@
+"""Trainer on tiny simulated drives: the loss falls, a resumed run equals an uninterrupted one bit for bit,
+checkpoints are safetensors + TOML and load by run directory or registered name, a tampered file fails its
+checksum; the schedule, the global batches and the seeded augmentation by hand."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file  # noqa: E402
+
+from perception.bev_config import BevConfig  # noqa: E402
+from perception.checkpoint import ChecksumError  # noqa: E402
+from perception.dataset import DriveDataset  # noqa: E402
+from perception.model import ModelConfig, load_model_config  # noqa: E402
+from perception.registry import load_trained, read_manifest, register_trained  # noqa: E402
+from perception.train import (  # noqa: E402
+    GlobalBatches,
+    SeededAugment,
+    TrainOptions,
+    UssDropout,
+    lr_at,
+    train,
+)
+from sensors.errors import ConfigError  # noqa: E402
+from sim_data.simulate import DriveSpec, simulate_drive  # noqa: E402
+
+# The simulator's 16 m ground truth at 0.4 m (40 x 40 cells), two heights, 64 x 48 images, 1/8-width backbones.
+TINY_BEV = BevConfig(extent=16.0, cell=0.4, heights=(0.25, 0.75), image_size=(64, 48))
+TINY = ModelConfig(name="tiny", camera_width=0.125, uss_width=0.125, neck_channels=8, bev_channels=8,
+                   decoder_channels=8, bev=TINY_BEV).replace(
+    train={"batch_size": 2, "epochs": 10, "lr": 3e-3, "num_workers": 0, "camera_dropout": 0.3, "uss_dropout": 0.3})
+QUIET = {"threads": 1, "progress": False}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, rig):
+    """Two 3-frame training drives and one 2-frame validation drive at a quarter of the native resolution."""
+    root = tmp_path_factory.mktemp("drives")
+    for i in range(2):
+        simulate_drive(DriveSpec(f"train-{i}", 10 + i, 3), root / "train", rig, scale=0.25)
+    simulate_drive(DriveSpec("val-0", 50, 2), root / "val", rig, scale=0.25)
+    train_set = DriveDataset([root / "train"], TINY_BEV, cache_dir=root / ".cache", progress=False)
+    val_set = DriveDataset([root / "val"], TINY_BEV, cache_dir=root / ".cache", progress=False)
+    return train_set, val_set
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    """A 12-step run with validation (4 epochs of 3 steps)."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    result = train(TINY, *data, out, TrainOptions(epochs=4, **QUIET))
+    return out, result
+
+
+def test_loss_falls_over_a_few_dozen_steps(tmp_path, data):
+    cfg = TINY.replace(train={**TINY.train, "lr": 5e-3})
+    result = train(cfg, data[0], None, tmp_path / "run", TrainOptions(epochs=12, augment=False, **QUIET))
+    losses = [r["loss"] for r in result.history]
+    assert result.steps == 36 and len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.75 * losses[0], losses
+
+
+def test_resume_continues_exactly(tmp_path, data):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(TINY, *data, whole, TrainOptions(max_steps=5, **QUIET))
+    train(TINY, *data, parts, TrainOptions(max_steps=2, **QUIET))  # stops inside the first epoch
+    resumed = train(None, *data, parts, TrainOptions(max_steps=5, resume=True, **QUIET))
+    assert resumed.steps == 5
+    for name in ("last.safetensors", "last.state.safetensors"):
+        a, b = load_file(str(whole / name)), load_file(str(parts / name))
+        assert set(a) == set(b)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    records = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["partial"]) for r in records] == [(2, True), (3, False), (5, True)]
+
+
+def test_resume_refuses_what_would_not_continue_exactly(tmp_path, data):
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(None, *data, tmp_path / "none", TrainOptions(resume=True, **QUIET))
+    train(TINY, *data, tmp_path / "r", TrainOptions(max_steps=1, **QUIET))
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(TINY, *data, tmp_path / "r", TrainOptions(max_steps=1, **QUIET))
+    with pytest.raises(ConfigError, match="epochs=10"):
+        train(None, *data, tmp_path / "r", TrainOptions(resume=True, epochs=3, **QUIET))
+    with pytest.raises(ConfigError, match="differs"):
+        train(TINY.replace(bev_channels=4), *data, tmp_path / "r", TrainOptions(resume=True, **QUIET))
+
+
+def test_checkpoints_are_safetensors_and_toml_and_load_by_run_dir(run, data):
+    out, result = run
+    assert sorted(p.name for p in out.iterdir()) == ["best.json", "best.safetensors", "config.toml", "last.json",
+                                                     "last.safetensors", "last.state.safetensors", "metrics.jsonl"]
+    assert load_model_config(out / "config.toml").to_dict() == TINY.to_dict()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 6, 9, 12] and all(r["val_frames"] == 2 for r in records)
+    best = json.loads((out / "best.json").read_text())
+    assert best["val_miou"] == max(r["val_miou"] for r in records) == result.best_miou
+    model, config = load_trained(out)
+    assert not model.training and config.to_dict() == TINY.to_dict()
+    saved = load_file(str(out / "best.safetensors"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[k])
+
+
+def test_a_tampered_weights_file_fails_its_checksum(tmp_path, run):
+    out = tmp_path / "copy"
+    shutil.copytree(run[0], out)
+    raw = bytearray((out / "best.safetensors").read_bytes())
+    raw[-5] ^= 0xFF  # one byte of the last tensor's data
+    (out / "best.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ChecksumError, match="sha256"):
+        load_trained(out)
+
+
+def test_registered_models_load_by_name_in_half_precision(tmp_path, run, data):
+    manifest = tmp_path / "weights" / "MODELS.toml"
+    entry = register_trained(run[0], "nf-tiny", "2 x 3 simulated frames", manifest)
+    assert entry.dtype == "float16" and read_manifest(manifest)["nf-tiny"].sha256 == entry.sha256
+    assert entry.val_miou == pytest.approx(run[1].best_miou, abs=1e-4)
+    registered, _ = load_trained("nf-tiny", manifest=manifest)
+    original, _ = load_trained(run[0])
+    assert all(p.dtype == torch.float32 for p in registered.parameters())
+    item = data[1][0]
+    inputs = [item[k][None] for k in ("images", "grid", "valid", "uss")]
+    with torch.no_grad():
+        a, b = registered(*inputs)[0], original(*inputs)[0]
+    assert torch.allclose(a, b, atol=0.05 * b.abs().max().item())  # float16 storage, not bit-exact
+    with pytest.raises(ConfigError, match="known: nf-tiny"):
+        load_trained("nf-huge", manifest=manifest)
+    raw = bytearray(entry.weights.read_bytes())
+    raw[-3] ^= 0x01
+    entry.weights.write_bytes(bytes(raw))
+    with pytest.raises(ChecksumError):
+        load_trained("nf-tiny", manifest=manifest)
+
+
+def test_schedules_by_hand():
+    # cosine, 100 steps, 5 of warm-up: linear up to the peak at step 4, then down to 1 % at the last step.
+    assert lr_at(0, 100, 1.0) == pytest.approx(0.2)
+    assert lr_at(4, 100, 1.0) == pytest.approx(1.0)
+    assert lr_at(5, 100, 1.0) == pytest.approx(1.0)
+    assert lr_at(99, 100, 1.0) == pytest.approx(0.01)
+    assert lr_at(52, 100, 1.0) == pytest.approx(0.505, abs=1e-3)  # halfway through the decay
+    # one-cycle: from peak/25 at step 0, the peak after 30 %, then to peak/25e4.
+    assert lr_at(0, 100, 1.0, "onecycle") == pytest.approx(1 / 25)
+    assert lr_at(30, 100, 1.0, "onecycle") == pytest.approx(1.0)
+    assert lr_at(99, 100, 1.0, "onecycle") == pytest.approx(1 / 25e4)
+
+
+def test_global_batches_split_across_processes_and_resume_mid_epoch():
+    one = list(GlobalBatches(10, 4, seed=3, epoch=2))
+    halves = [list(GlobalBatches(10, 4, seed=3, epoch=2, rank=r, world=2)) for r in (0, 1)]
+    assert len(one) == 2 and all(len(b) == 4 for b in one)
+    for k in range(2):
+        assert sorted(one[k]) == sorted(halves[0][k] + halves[1][k])
+        assert all(epoch == 2 for _, epoch in one[k])
+    assert list(GlobalBatches(10, 4, seed=3, epoch=2, start=1)) == one[1:]
+    assert list(GlobalBatches(10, 4, seed=3, epoch=3)) != one  # a new order every epoch
+    with pytest.raises(ConfigError, match="multiple"):
+        GlobalBatches(10, 3, seed=0, epoch=0, world=2)
+
+
+class _Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return {"images": torch.full((4, 3, 8, 8), 100, dtype=torch.uint8), "valid": torch.ones(4, 2, 4, 4),
+                "uss": torch.ones(6, 4, 4)}
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index():
+    from perception.dataset import PhotometricJitter
+
+    view = SeededAugment(_Items(), seed=5, augments=[PhotometricJitter(), UssDropout(0.5)])
+    state = torch.get_rng_state()
+    a, b, c = view[(1, 0)], view[(1, 0)], view[(1, 1)]
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is left alone
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["uss"], b["uss"])
+    assert not torch.equal(a["images"], c["images"])
+    assert torch.equal(UssDropout(1.0)(a)["uss"], torch.zeros(6, 4, 4))
+    assert UssDropout(0.0)(a) is a
