@@ -311,6 +311,7 @@ class _CameraCache:
         self.ego_surfaces = rdr._surfaces(self, self.ego, depth, part, nrm[:, self.ego], lit_by_headlights=False)
         self.ego_surfaces.max_lamps = 2  # the ego's own paint needs only the nearest lamps
         self.memo: dict[tuple, np.ndarray] = {}  # shading terms that only change with the lighting
+        self.sky_dirs: np.ndarray | None = None  # (n, 3) rays of the sky pixels, once a sun needs them
         free = part < 0
         self.sky = np.flatnonzero(free & ~np.isfinite(depth))
         self.ceiling = np.flatnonzero(free & (t_ceil <= depth) & np.isfinite(t_ceil))
@@ -589,10 +590,10 @@ class FisheyeRenderer:
         out = cc.memo[key].copy()
         sun = frame["sun"]
         if sun is not None:
-            idx = cc.sky
-            r = cc.rays
-            cosang = sun[0] * r.dx[idx] + sun[1] * r.dy[idx] + sun[2] * r.dz[idx]
-            cosang -= 1.0
+            if cc.sky_dirs is None:
+                cc.sky_dirs = np.ascontiguousarray(cc.tiles.rays[cc.sky])
+            cosang = cc.sky_dirs @ sun.astype(F32)
+            cosang -= F32(1.0)
             glow = 0.25 * np.exp(80.0 * cosang) + 0.06 * np.exp(6.0 * cosang)
             if light.glare > 0:  # behind an overcast sky only the brighter glow shows where the sun is
                 glow[cosang > SUN_DISC_COS - 1.0] += SUN_DISC_RADIANCE
