@@ -1,0 +1,123 @@
+"""`nearfield train`, `eval`, `register-model`, `bench train` and `bench model` end to end on a tiny config and
+tiny simulated drives: the files each writes, what they hold, and one-line errors for bad input."""
+
+import json
+
+import cv2
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from app.cli import main  # noqa: E402
+from perception.backbones import list_backbones  # noqa: E402
+from sensors.classes import CLASS_NAMES  # noqa: E402
+from sim_data.simulate import DriveSpec, simulate_drive  # noqa: E402
+
+TINY_TOML = """\
+name = "tiny-cli"
+camera_width = 0.125
+uss_width = 0.125
+neck_channels = 8
+bev_channels = 8
+decoder_channels = 8
+
+[bev]
+extent = 16.0
+cell = 0.4
+heights = [0.25, 0.75]
+image_size = [64, 64]
+
+[train]
+epochs = 2
+batch_size = 2
+num_workers = 0
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, rig):
+    root = tmp_path_factory.mktemp("cli")
+    simulate_drive(DriveSpec("train-0", 21, 4), root / "data" / "train", rig, scale=0.25)
+    simulate_drive(DriveSpec("val-0", 22, 2, ("night",)), root / "data" / "val", rig, scale=0.25)
+    config = root / "tiny.toml"
+    config.write_text(TINY_TOML)
+    return root, config
+
+
+@pytest.fixture(scope="module")
+def run_dir(setup):
+    root, config = setup
+    out = root / "run"
+    assert main(["train", "--config", str(config), "--data", str(root / "data"), "--out", str(out), "--threads", "1",
+                 "--max-steps", "3"]) == 0
+    return out
+
+
+def test_train_writes_a_run_and_resumes_it(setup, run_dir, capsys):
+    root, _ = setup
+    assert (root / "data" / ".cache").is_dir()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 3] and records[-1]["partial"]
+    assert main(["train", "--data", str(root / "data"), "--out", str(run_dir), "--resume", "--threads", "1"]) == 0
+    assert "4 steps" in capsys.readouterr().out  # 2 epochs of 2 steps: the resume finished the plan
+    assert json.loads((run_dir / "last.json").read_text())["step"] == 4
+
+
+def test_eval_writes_json_markdown_and_chart(setup, run_dir, tmp_path, capsys):
+    root, _ = setup
+    out = tmp_path / "eval" / "scores.json"
+    assert main(["eval", "--model", str(run_dir), "--data", str(root / "data" / "val"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("miou", "iou", "by_condition", "recall_1m", "sector_error_m", "frames"):
+        assert key in result
+    assert result["frames"] == 2 and set(result["iou"]) == set(CLASS_NAMES)
+    assert result["by_condition"]["night"]["frames"] == 2
+    assert set(result["by_condition"]["night"]) >= {"miou", "frames"}
+    assert set(result["sector_error_m"]) >= {"median", "p95"}
+    md = out.with_suffix(".md").read_text()
+    assert "| **all** |" in md and "| night |" in md
+    png = cv2.imread(str(out.with_suffix(".png")))
+    assert png is not None and png.shape[0] > 100 and png.shape[1] > 100
+    assert "| **all** |" in capsys.readouterr().out
+
+
+def test_register_model_writes_the_manifest_entry(setup, run_dir, tmp_path, capsys):
+    manifest = tmp_path / "weights" / "MODELS.toml"
+    assert main(["register-model", str(run_dir), "--name", "nf-tiny", "--data", "one 4-frame drive",
+                 "--manifest", str(manifest)]) == 0
+    text = manifest.read_text()
+    assert "[nf-tiny]" in text and 'dtype = "float16"' in text and 'weights = "nf-tiny.safetensors"' in text
+    assert (manifest.parent / "nf-tiny.toml").is_file()
+    capsys.readouterr()
+
+
+def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
+    root, config = setup
+    assert main(["eval", "--model", "no-such-model", "--data", str(root / "data" / "val")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown trained model 'no-such-model'" in err and err.count("\n") == 1
+    assert main(["train", "--data", str(root / "data"), "--out", str(tmp_path / "r")]) == 2
+    assert "--config is needed" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "no train/ folder" in capsys.readouterr().err
+
+
+def test_bench_train_and_model_print_tables(setup, capsys):
+    _, config = setup
+    assert main(["bench", "train", "--config", str(config), "--threads", "1", "--steps", "1", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("machine: ") and "samples per s" in out and "| tiny-cli " in out
+    assert main(["bench", "model", "--config", str(config), "--repeats", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ")][1:]  # without the header
+    for name in list_backbones():
+        assert sum(r.startswith(f"| {name} ") for r in rows) == 2  # batch 1 and 4
+    assert sum("tiny-cli (whole network" in r for r in rows) == 2
+    assert "64x64" in out
