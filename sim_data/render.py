@@ -1,8 +1,9 @@
 """The simulator's fisheye camera renderer: per-pixel ray casting of the scene (ground, ceiling, sky, boxes,
-cylinders/frusta/cones, spheres, the ego body) with tile culling, then shading and lighting per condition.
+cylinders/frusta/cones, spheres, the ego body), then shading and lighting per condition.
 
 Everything per pixel is computed in the vehicle frame: the scene is moved into it once per frame, so pixel rays,
-ground hit points and the ego body stay per-camera constants. Image-space effects live in sim_data.effects.
+ground hit points and the ego body stay per-camera constants. The tile-culled ray/primitive intersections live in
+sim_data.raycast, image-space effects in sim_data.effects.
 """
 
 from __future__ import annotations
