@@ -15,7 +15,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     t.add_argument("--epochs", type=int, help="override the config's train.epochs")
     t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (resumable)")
-    t.add_argument("--threads", type=int, help="torch CPU threads per process (default: 2, split over processes)")
+    t.add_argument("--threads", type=int, help="torch CPU threads per process (default: all cores, shared)")
     t.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (CUDA)")
     t.add_argument("--workers", type=int, help="data loader processes (default: the config's train.num_workers)")
     t.add_argument("--schedule", default="cosine", choices=("cosine", "onecycle"), help="learning-rate schedule")
@@ -40,6 +40,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     r.add_argument("--data", required=True, help="what it was trained on, e.g. 'simulate --preset train, 20x100'")
     r.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
                    help="storage precision of the weights file (loading casts to float32)")
+    r.add_argument("--manifest", help="manifest to add it to (default: perception/weights/MODELS.toml)")
     r.set_defaults(func=_register_model)
 
     bt = bench.add_parser("train", help="training samples per second (synthetic batches, no data loading)")
@@ -96,9 +97,10 @@ def _eval(args) -> int:
 def _register_model(args) -> int:
     from perception.registry import MANIFEST, register_trained
 
-    entry = register_trained(args.run_dir, args.name, args.data, dtype=args.dtype)
+    manifest = args.manifest or MANIFEST
+    entry = register_trained(args.run_dir, args.name, args.data, manifest, args.dtype)
     miou = "–" if entry.val_miou is None else f"{100 * entry.val_miou:.1f}%"
-    print(f"{MANIFEST}: {entry.name} -> {entry.weights.name} ({entry.dtype}, sha256 {entry.sha256[:16]}..., "
+    print(f"{manifest}: {entry.name} -> {entry.weights.name} ({entry.dtype}, sha256 {entry.sha256[:16]}..., "
           f"val mIoU {miou})")
     return 0
 
