@@ -8,7 +8,8 @@ from sensors.classes import IGNORE, SemanticClass
 from sensors.errors import ConfigError
 from sensors.geometry import Pose2D
 from sim_data.groundtruth import rasterize_truth
-from sim_data.scenes import make_car, make_pedestrian, make_pole, sample_drive
+from sim_data.objects import make_car, make_pedestrian, make_pole
+from sim_data.scenes import sample_drive
 from sim_data.world import Box, Cylinder, Material, Part, SceneObject, Sphere
 
 M = Material((0.5, 0.5, 0.5))

@@ -160,7 +160,7 @@ def test_bad_echoes_are_typed_errors_naming_the_cycle(rig, raster):
 
 def test_a_dense_simulated_cycle_rasterises(rig, raster):
     from sensors.geometry import Pose2D
-    from sim_data.scenes import make_bollard, make_car, make_pole
+    from sim_data.objects import make_bollard, make_car, make_pole
     from sim_data.ultrasonic import UltrasonicSimulator
     from sim_data.world import Condition
 
