@@ -34,14 +34,7 @@ RESNEXT_STAGES = ((128, 3), (256, 4), (512, 6), (1024, 3))
 MOBILENET_3X3 = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small inputs gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP workers
-    # make a 20 ms forward take seconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 class WithHead(nn.Module):

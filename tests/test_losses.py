@@ -13,14 +13,7 @@ from sensors.errors import ConfigError  # noqa: E402
 COUNTS = [900, 50, 10, 30, 10]  # free dominates, as in a car park
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: thread synchronisation costs more than it saves (10x slower with 2 threads on a busy
-    2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def labels(seed=0, shape=(2, 16, 16)):

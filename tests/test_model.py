@@ -33,14 +33,7 @@ TINY = ModelConfig(name="tiny", camera_width=0.125, uss_width=0.125, neck_channe
 VARIANTS = [("fusion", f) for f in FUSIONS] + [("camera", "middle"), ("uss", "middle")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions: thread synchronisation costs more than it saves (10x slower with 2 threads on a busy
-    2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny(modality="fusion", fusion="middle", seed=0):

@@ -28,6 +28,19 @@ def _stream(n=10, period=100 * MS, jitter=(0, 2, -3, 4), uss_offset=15 * MS, ski
     return msgs
 
 
+def _run(rig, msgs):
+    """Push camera images and USS cycles through a fresh synchroniser; return it and every frame it made."""
+    sync = Synchroniser(rig)
+    frames = []
+    for kind, v in msgs:
+        if kind == "image":
+            sync.push_image(v)
+        elif kind == "uss":
+            sync.push_uss(v)
+        frames += sync.pop_frames()
+    return sync, frames + sync.flush()
+
+
 def test_complete_frames(rig):
     frames = list(synchronise(rig, _stream()))
     assert len(frames) == 10
@@ -142,15 +155,7 @@ def test_clock_jump_back_is_counted_and_stream_continues(rig):
         if hasattr(v, "stamp_ns"):
             v.stamp_ns -= 10_000 * MS - 2_000 * MS
             shifted.append((kind, v))
-    sync = Synchroniser(rig)
-    frames = []
-    for kind, v in first + shifted:
-        if kind == "image":
-            sync.push_image(v)
-        elif kind == "uss":
-            sync.push_uss(v)
-        frames += sync.pop_frames()
-    frames += sync.flush()
+    sync, frames = _run(rig, first + shifted)
     assert sync.stats.clock_jumps == 1
     assert len(frames) == 6
     assert [f.index for f in frames] == list(range(6))
@@ -183,15 +188,7 @@ def test_invalid_echoes_are_dropped_counted_and_flagged(rig):
                    [1.0, float("nan"), -0.5, 1e6, 1.0, 2.0], [0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
     msgs = [m for m in msgs if not (m[0] == "uss" and m[1].stamp_ns == bad.stamp_ns)] + [("uss", bad)]
     msgs.sort(key=lambda m: m[1].stamp_ns if hasattr(m[1], "stamp_ns") else m[1][0])
-    sync = Synchroniser(rig)
-    frames = []
-    for kind, v in msgs:
-        if kind == "image":
-            sync.push_image(v)
-        elif kind == "uss":
-            sync.push_uss(v)
-        frames += sync.pop_frames()
-    frames += sync.flush()
+    sync, frames = _run(rig, msgs)
     assert sync.stats.bad_echoes == 5
     f = frames[1]
     assert f.uss.num_echoes == 1 and f.uss.distance.tolist() == [1.0]
