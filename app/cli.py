@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except NearfieldError as e:
         print(f"nearfield {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # A path the user gave that cannot be read or written: one line naming it, as for any bad input.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"nearfield {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"nearfield {args.command}: interrupted", file=sys.stderr)
         return 130

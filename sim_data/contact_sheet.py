@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -9,9 +10,11 @@ import numpy as np
 
 from sensors.bev import BevGrid
 from sensors.classes import CLASS_NAMES, colorize
-from sensors.errors import LogFormatError
+from sensors.errors import ConfigError, LogFormatError
 from sensors.messages import Frame
 from sensors.rig import CAMERA_NAMES, Rig
+
+log = logging.getLogger(__name__)
 
 TILE_H = 240
 
@@ -82,12 +85,17 @@ def contact_sheet(logs: list[str | Path], out: str | Path, frame_index: int = 0)
                     break
             if frame is None:
                 raise LogFormatError(f"{path}: no complete frame to show")
+            if frame.index < frame_index:
+                log.warning("%s has %d frames; showing its last, %d", path, frame.index + 1, frame.index)
             title = f"{Path(path).stem}  frame {frame.index}  [{', '.join(frame.conditions) or 'no labels'}]"
             rows.append(frame_row(frame, reader.rig, title))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     sheet = np.concatenate([*rows, legend(width)], axis=0)
     out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"{out}: the contact sheet is written as PNG; give a .png path")
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    if not cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+        raise ConfigError(f"{out}: could not write the PNG")
     return out

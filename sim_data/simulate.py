@@ -176,6 +176,7 @@ def simulate(out_dir: str | Path, preset: str = "demo", frames: int | None = Non
     if not (0.1 <= scale <= 1.0):
         raise ConfigError(f"--scale must be in 0.1..1.0, got {scale}")
     rig = load_rig(rig_path)  # validate before starting workers
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before any work
     specs = plan_drives(preset, frames, seed, drives, conditions)
     total = sum(s.frames for s in specs)
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))

@@ -102,3 +102,13 @@ def test_parallel_workers_give_the_same_drives(tmp_path):
     a = simulate(tmp_path / "a", "demo", frames=2, drives=2, scale=0.25, workers=2, show_progress=False)
     b = simulate(tmp_path / "b", "demo", frames=2, drives=2, scale=0.25, workers=1, show_progress=False)
     assert [_sha(p) for p in a] == [_sha(p) for p in b]
+
+
+def test_unwritable_output_is_one_line_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["simulate", "--out", str(blocker / "sub"), "--frames", "1", "--scale", "0.25",
+                 "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(blocker) in err[0] and "Traceback" not in err[0]
+    assert main(["contact-sheet", str(blocker), "--out", str(tmp_path / "sheet.jpg")]) == 2

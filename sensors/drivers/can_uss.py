@@ -467,6 +467,9 @@ def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str
     log_path, out_path = Path(log_path), Path(out_path)
     if not log_path.is_file():
         raise LogFormatError(f"{log_path}: no such log file")
+    if out_path.suffix.lower() not in CAN_LOG_SUFFIXES:  # checked here so the message names the user's path
+        raise LogFormatError(f"{out_path}: cannot write a CAN log with suffix {out_path.suffix!r}; use one of "
+                             f"{', '.join(CAN_LOG_SUFFIXES)}")
     # The MCAP layer is only needed for this conversion.
     from sensors.log import LogReader
     from sensors.schemas import USS_TOPIC
