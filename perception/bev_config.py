@@ -14,6 +14,16 @@ from sensors.errors import ConfigError
 from sensors.rig import Rig, VehicleBody
 
 
+def reject_unknown_fields(cls: type, d: dict[str, Any], source: str, prefix: str = "") -> None:
+    """ConfigError for keys of `d` that are not fields of dataclass `cls`: a typo must not silently fall back
+    to a default."""
+    known = {f.name for f in fields(cls)} - {"source"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown field(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"expected some of {', '.join(sorted(known))}")
+
+
 @dataclass(frozen=True)
 class BevConfig:
     """Validated on construction; `source` (the config file) only names the culprit in error messages."""
@@ -70,11 +80,7 @@ class BevConfig:
         error (a typo must not silently fall back to a default)."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: [bev] must be a table, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)} - {"source"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {', '.join('bev.' + k for k in unknown)}; "
-                              f"expected some of {', '.join(sorted(known))}")
+        reject_unknown_fields(cls, d, source, "bev.")
         kw = dict(d)
         for key in ("heights", "image_size"):
             if key in kw and isinstance(kw[key], list):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from perception.backbones import create_backbone, list_backbones
-from perception.bev_config import BevConfig
+from perception.bev_config import BevConfig, reject_unknown_fields
 from perception.layers import BevEncoder, CameraNeck, ConvBnAct, TwoStageDecoder, lift_to_bev
 from perception.uss_raster import USS_CHANNELS
 from sensors.errors import ConfigError
@@ -157,11 +157,7 @@ class ModelConfig:
         silently fall back to a default)."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: a model config must be a table, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)} - {"source"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; expected some of "
-                              f"{', '.join(sorted(known))}")
+        reject_unknown_fields(cls, d, source)
         if "name" not in d:
             raise ConfigError(f"{source}: field 'name' is missing; every model config names itself")
         kw = dict(d)
