@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sensors.errors import NearfieldError, SensorError
-from sensors.log import DEFAULT_COMPRESSION, LogWriter, LogWrites, check_outgoing
+from sensors.log_writer import DEFAULT_COMPRESSION, LogWriter, LogWrites, check_outgoing
 from sensors.rig import Rig
 
 logger = logging.getLogger(__name__)

@@ -99,7 +99,7 @@ def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float 
                    progress: Callable[[int], None] | None = None, timer: StageTimer | None = None) -> Path:
     """Write one drive to OUT_DIR/NAME.mcap and return its path. `timer` collects per-stage times."""
     from sensors.imaging import encode_jpeg
-    from sensors.log import LogWriter
+    from sensors.log_writer import LogWriter
     from sim_data.conditions import sample_condition
     from sim_data.groundtruth import rasterize_truth
     from sim_data.render import FisheyeRenderer

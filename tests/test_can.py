@@ -472,7 +472,7 @@ def test_distance_limits_are_exact():
 
 def test_convert_to_can_end_to_end_from_mcap(tmp_path, rig):
     from app.cli import main
-    from sensors.log import LogWriter
+    from sensors.log_writer import LogWriter
 
     cycles = [make_cycle(i, T0 + 123_456_789 + i * 66_666_667, n=2 + i % 4) for i in range(8)]
     drive = tmp_path / "drive.mcap"

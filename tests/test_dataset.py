@@ -24,7 +24,8 @@ from perception.uss_raster import USS_CHANNELS
 from sensors.bev import BevGrid
 from sensors.classes import IGNORE, NUM_CLASSES, PRIORITY, SemanticClass
 from sensors.errors import ConfigError, LogFormatError
-from sensors.log import ConditionRecord, LogReader, LogWriter
+from sensors.log import ConditionRecord, LogReader
+from sensors.log_writer import LogWriter
 from sensors.messages import CameraImage, GroundTruth, UssCycle
 from sensors.replay import replay_frames
 from sim_data.groundtruth import PAINT_ORDER

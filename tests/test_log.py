@@ -19,7 +19,8 @@ from sensors.calibration import FisheyeCamera
 from sensors.errors import ConfigError, LogFormatError
 from sensors.geometry import quat_to_matrix
 from sensors.imaging import encode_jpeg
-from sensors.log import ConditionRecord, LogReader, LogWriter
+from sensors.log import ConditionRecord, LogReader
+from sensors.log_writer import LogWriter
 from sensors.messages import CameraImage, GroundTruth, ObjectBox, UssCycle, UssStatus
 from sensors.schemas import UltrasonicCycle, grid_to_proto, truth_to_proto
 
