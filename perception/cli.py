@@ -106,8 +106,8 @@ def _register_model(args) -> int:
 
 
 def _bench_train(args) -> int:
+    from perception.bench import bench_train
     from perception.model import load_model_config
-    from perception.train import bench_train
     from sensors.timing import format_table, machine_description
 
     config = load_model_config(args.config)
@@ -124,8 +124,8 @@ def _bench_model(args) -> int:
 
     from perception.backbones import list_backbones
     from perception.backbones.bench import bench_backbones
+    from perception.bench import bench_network
     from perception.model import load_model_config
-    from perception.train import bench_network
     from sensors.timing import format_table, machine_description
 
     config = load_model_config(args.config)

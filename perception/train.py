@@ -22,11 +22,9 @@ import logging
 import math
 import os
 import random
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +46,7 @@ from perception.checkpoint import (
     save_checkpoint,
 )
 from perception.losses import OccupancyLoss, class_weights, occupancy_pos_weight
-from perception.model import FusionNet, ModelConfig, dummy_inputs, load_model_config
-from sensors.classes import NUM_CLASSES
+from perception.model import FusionNet, ModelConfig, load_model_config
 from sensors.errors import ConfigError, NearfieldError
 from sensors.rig import Rig
 
@@ -463,7 +460,7 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
                 lr = lr_at(step, total, t["lr"], plan["schedule"], plan["warmup"])
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                losses = _train_step(net, _to(batch, device), loss_fn, optimizer, scaler, dtype, t["grad_clip"])
+                losses = train_step(net, _to(batch, device), loss_fn, optimizer, scaler, dtype, t["grad_clip"])
                 values = [float(losses[k]) for k in ("total", "classes", "occupancy")]
                 if not math.isfinite(values[0]) and dtype != torch.float16:
                     raise NearfieldError(f"{out}: loss is {values[0]} at step {step}; lower train.lr or set "
@@ -512,7 +509,7 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
     return TrainResult(out, step, best, history)
 
 
-def _train_step(net: nn.Module, b: dict[str, Tensor], loss_fn: OccupancyLoss, optimizer: torch.optim.Optimizer,
+def train_step(net: nn.Module, b: dict[str, Tensor], loss_fn: OccupancyLoss, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, dtype: torch.dtype | None, grad_clip: float) -> dict[str, Tensor]:
     device_type = b["target"].device.type
     with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
@@ -554,67 +551,6 @@ def train_from_dir(config: ModelConfig | None, data_dir: str | Path, out_dir: st
     return train(config, sets["train"], sets["val"], out_dir, options)
 
 
-# --- benchmarks ---------------------------------------------------------------------------------------------------
-
-def _median_ms(fn, repeats: int, warmup: int, device: torch.device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def bench_train(config: ModelConfig, batch_size: int | None = None, threads: Sequence[int] = (1, 2),
-                steps: int = 5, warmup: int = 2, device: str = "cpu") -> list[dict[str, Any]]:
-    """Training throughput on synthetic batches (dummy_inputs, random targets): forward, loss, backward, AdamW
-    step; data loading not included. One row per thread count (CPU) or one row (CUDA)."""
-    dev = resolve_device(device)
-    batch = batch_size or config.train["batch_size"]
-    rows = []
-    before = torch.get_num_threads()
-    try:
-        for n in (threads if dev.type == "cpu" else (before,)):
-            torch.set_num_threads(n)
-            torch.manual_seed(0)
-            model = FusionNet(config).to(dev).train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            loss_fn = OccupancyLoss().to(dev)
-            images, grid, valid, uss = (x.to(dev) for x in dummy_inputs(config, batch))
-            S = config.bev.size
-            target = torch.randint(0, NUM_CLASSES, (batch, S, S), generator=torch.Generator().manual_seed(0)).to(dev)
-            scaler = torch.amp.GradScaler(dev.type, enabled=False)
-            b = {"images": images, "grid": grid, "valid": valid, "uss": uss, "target": target}
-            step = partial(_train_step, model, b, loss_fn, optimizer, scaler, amp_dtype("auto", dev), 5.0)
-            ms = _median_ms(step, steps, warmup, dev)
-            rows.append({"config": config.name, "device": str(dev), "threads": n, "batch": batch,
-                         "ms_per_step": ms, "samples_per_s": batch / ms * 1e3})
-    finally:
-        torch.set_num_threads(before)
-    return rows
-
-
-def bench_network(config: ModelConfig, batches: Sequence[int] = (1, 4), repeats: int = 5, warmup: int = 2,
-                  device: str = "cpu") -> list[dict[str, Any]]:
-    """Inference latency of the whole network (inputs ready; tables and rasters not included) per batch size."""
-    dev = resolve_device(device)
-    torch.manual_seed(0)
-    model = FusionNet(config).to(dev).eval()
-    rows = []
-    for b in batches:
-        inputs = [x.to(dev) for x in dummy_inputs(config, b)]
-        with torch.inference_mode():
-            ms = _median_ms(partial(model, *inputs), repeats, warmup, dev)
-        rows.append({"name": config.name, "batch": b, "ms_per_batch": ms, "ms_per_frame": ms / b,
-                     "threads": torch.get_num_threads(), "device": str(dev)})
-    return rows
-
-
 __all__ = ["DEFAULT_CPU_THREADS", "GlobalBatches", "SeededAugment", "TrainOptions", "TrainResult", "UssDropout",
-           "bench_network", "bench_train", "evaluate_dataset", "evaluate_logs", "init_processes", "lr_at", "train",
+           "evaluate_dataset", "evaluate_logs", "init_processes", "lr_at", "train",
            "train_from_dir", "write_eval_report"]
