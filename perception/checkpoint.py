@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sensors.errors import ConfigError, NearfieldError
+from sensors.errors import ChecksumError, ConfigError
 
 # A run directory (nearfield train --out RUN_DIR):
 CONFIG_FILE = "config.toml"  # the model config the run trained (ModelConfig.to_toml)
@@ -26,10 +26,6 @@ METRICS_FILE = "metrics.jsonl"  # one JSON object per epoch
 LAST, BEST = "last", "best"  # STEM.safetensors weights + STEM.json; LAST also STEM.state.safetensors
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class ChecksumError(NearfieldError):
-    """A weights file does not match the sha256 recorded for it (damaged, truncated or replaced)."""
 
 
 def file_sha256(path: str | Path) -> str:

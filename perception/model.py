@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from perception.backbones import create_backbone, list_backbones
 from perception.bev_config import BevConfig, reject_unknown_fields
 from perception.layers import BevEncoder, CameraNeck, ConvBnAct, TwoStageDecoder, lift_to_bev
+from perception.preprocess import INPUT_NAMES, OUTPUT_NAMES
 from perception.uss_raster import USS_CHANNELS
 from sensors.errors import ConfigError
 
@@ -32,9 +33,6 @@ MODALITIES: tuple[str, ...] = ("fusion", "camera", "uss")
 FUSIONS: tuple[str, ...] = ("middle", "early", "late")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-# The deploy contract's tensor names (ONNX inputs and outputs, in forward's order).
-INPUT_NAMES: tuple[str, ...] = ("images", "grid", "valid", "uss")
-OUTPUT_NAMES: tuple[str, ...] = ("class_logits", "occupancy_logits")
 
 # The [train] table: what the trainer reads, with defaults and types. Floats accept integers.
 TRAIN_DEFAULTS: dict[str, Any] = {

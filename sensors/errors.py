@@ -25,3 +25,11 @@ class SensorError(NearfieldError):
 
 class ConfigError(NearfieldError):
     """A configuration or command-line value is invalid."""
+
+
+class ChecksumError(NearfieldError):
+    """A weights or model file does not match the sha256 recorded for it (damaged, truncated or replaced)."""
+
+
+class DeployError(NearfieldError):
+    """An exported or compressed model fails a deploy check (operators, parity, backend), or a backend cannot run."""

@@ -1,0 +1,100 @@
+"""One frame through the deploy path: preprocessing (perception.preprocess) -> backend -> post-processing (class map,
+stage-1 occupancy, sector distances). Torch-free and Qt-free: the embedded runtime, the viewer and the replay tests
+all call Pipeline.process, so they see the same outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deploy.backends import Backend, create_backend
+from deploy.zoo import ZooModel, get_model
+from perception.bev_config import ego_mask
+from perception.postprocess import SectorLayout, Sectors, class_map
+from perception.preprocess import FramePreprocessor
+from sensors.bev import BevGrid
+from sensors.errors import DeployError
+from sensors.messages import Frame
+from sensors.rig import Rig
+
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+@dataclass
+class FrameResult:
+    """The runtime's output for one frame. Arrays are the result's own (not reused by the next frame)."""
+
+    index: int
+    stamp_ns: int
+    class_map: np.ndarray  # (R, W) uint8 classes, IGNORE on the ego footprint
+    occupancy: np.ndarray  # (R, W) float32 stage-1 probability that a cell is occupied
+    sectors: Sectors
+    latency_ms: dict[str, float]  # per stage (STAGES), milliseconds
+    present: np.ndarray  # (N,) bool: which cameras delivered an image
+    degraded: list[str] = field(default_factory=list)  # the synchroniser's reasons ("camera FV missing", ...)
+    conditions: list[str] = field(default_factory=list)  # labels of simulated drives, passed through
+    class_logits: np.ndarray | None = None  # (C, R, W) float32, kept when the pipeline is asked to (parity)
+
+
+class Pipeline:
+    """A deploy model bound to one rig calibration. Sampling tables and the ultrasonic rasteriser are built from
+    the rig once (set_rig rebuilds them when the calibration changes); the backend is built once."""
+
+    def __init__(self, model: ZooModel | str, rig: Rig, backend: str | Backend = "ort", threads: int | None = None,
+                 device: str = "cpu", keep_logits: bool = False, source: str = "<frames>"):
+        self.model = get_model(model) if isinstance(model, str) else model
+        self.bev = self.model.bev
+        self.keep_logits = keep_logits
+        if isinstance(backend, str):
+            self.backend = create_backend(backend, self.model.verified_onnx(), threads=threads, device=device)
+        else:
+            self.backend = backend
+        self.set_rig(rig, source)
+
+    @classmethod
+    def from_onnx(cls, onnx: str | Path, like: ZooModel | str, rig: Rig, **kw) -> Pipeline:
+        """A pipeline over an ONNX file that is not (yet) in the zoo, with the BEV configuration of LIKE."""
+        ref = get_model(like) if isinstance(like, str) else like
+        from dataclasses import replace
+
+        from deploy.zoo import file_sha256
+
+        model = replace(ref, name=f"{ref.name}@{Path(onnx).name}", onnx=Path(onnx), sha256=file_sha256(onnx))
+        return cls(model, rig, **kw)
+
+    def set_rig(self, rig: Rig, source: str = "<frames>") -> None:
+        self.rig = rig
+        self.prep = FramePreprocessor(rig, self.bev, source)
+        self.grid: BevGrid = self.bev.grid(rig)
+        self.ego = ego_mask(rig.vehicle, self.grid)
+        self.sectors = SectorLayout(rig, self.grid)
+        self.decode_scale = self.prep.reduction
+
+    def process(self, frame: Frame) -> FrameResult:
+        t0 = time.perf_counter()
+        inputs, present = self.prep.network_inputs(frame)
+        t1 = time.perf_counter()
+        outputs = self.backend.run(inputs)
+        t2 = time.perf_counter()
+        try:
+            logits, occ = outputs["class_logits"], outputs["occupancy_logits"]
+        except KeyError:
+            raise DeployError(f"model {self.model.name}: outputs {', '.join(outputs)}; expected class_logits and "
+                              "occupancy_logits (the deploy contract)") from None
+        classes = class_map(logits[0], self.ego)
+        occupancy = (1.0 / (1.0 + np.exp(-occ[0, 0].astype(np.float32)))).astype(np.float32)
+        sectors = self.sectors(classes)
+        t3 = time.perf_counter()
+        latency = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        return FrameResult(frame.index, frame.stamp_ns, classes, occupancy, sectors, latency, present,
+                           list(frame.degraded), list(frame.conditions),
+                           np.array(logits[0], np.float32) if self.keep_logits else None)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+__all__ = ["STAGES", "FrameResult", "Pipeline"]

@@ -1,0 +1,184 @@
+"""The model zoo: deploy models (ONNX files) by name, with where each came from, its input sizes and its measured
+accuracy, speed and size. deploy/zoo/ZOO.toml is the manifest; every file is checked against its sha256 before
+it is loaded. Torch-free: the embedded runtime and the viewer read it."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from perception.bev_config import BevConfig
+from sensors.errors import ChecksumError, ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+ZOO_DIR = Path(__file__).parent / "zoo"
+MANIFEST = ZOO_DIR / "ZOO.toml"
+TARGETS = ("any", "cpu", "tensorrt")  # which backends a model is built for (int8 artifacts differ per target)
+
+_HEADER = """\
+# The deploy model zoo (deploy.zoo): one table per ONNX model that `--model NAME` runs.
+#   onnx     - the ONNX file, beside this manifest;  sha256 - of that file, checked before every load
+#   parent   - the trained model (perception/weights/MODELS.toml) or zoo model it was made from
+#   method   - fp32, int8-ptq, qat-int8, prune-structured, ... ;  options - the method's settings
+#   target   - any | cpu | tensorrt: the backends the file is meant for
+#   inputs   - input name -> shape (batch 1);  [NAME.bev] - the BEV grid and image size the inputs are built for
+#   [NAME.metrics] - measured figures (test mIoU overall and at night, latency, size), with the command behind them
+# Written by `nearfield export` / `nearfield compress` / `nearfield zoo measure`; do not edit sha256 by hand.
+"""
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One manifest entry; `onnx` resolved against the manifest's directory."""
+
+    name: str
+    onnx: Path
+    sha256: str
+    parent: str
+    method: str = "fp32"
+    target: str = "any"
+    bev: BevConfig = field(default_factory=BevConfig)
+    inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def size_bytes(self) -> int:
+        return self.onnx.stat().st_size if self.onnx.is_file() else 0
+
+    def verified_onnx(self) -> Path:
+        """The ONNX path after checking the file against the manifest's sha256: ChecksumError if it is missing,
+        damaged or replaced."""
+        if not self.onnx.is_file():
+            raise ChecksumError(f"zoo model {self.name}: file {self.onnx} is missing; rebuild it with "
+                                f"`nearfield export --model {self.parent}` or restore it from git")
+        actual = file_sha256(self.onnx)
+        if actual != self.sha256:
+            raise ChecksumError(f"zoo model {self.name}: {self.onnx} has sha256 {actual[:16]}..., the manifest "
+                                f"records {self.sha256[:16]}...; the file is damaged or was replaced; restore it "
+                                "or re-register it")
+        return self.onnx
+
+    def to_table(self) -> dict[str, Any]:
+        t: dict[str, Any] = {"onnx": self.onnx.name, "sha256": self.sha256, "parent": self.parent,
+                             "method": self.method, "target": self.target, "bev": self.bev.to_dict(),
+                             "inputs": {k: list(v) for k, v in self.inputs.items()}}
+        if self.options:
+            t["options"] = dict(self.options)
+        if self.metrics:
+            t["metrics"] = dict(self.metrics)
+        if self.notes:
+            t["notes"] = self.notes
+        return t
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_zoo(manifest: str | Path = MANIFEST) -> dict[str, ZooModel]:
+    """The manifest's models by name, in file order (an absent manifest: none). A malformed entry is a
+    ConfigError naming the manifest and the entry."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        return {}
+    try:
+        data = tomllib.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{manifest}: unreadable zoo manifest ({e}); restore it from git") from None
+    out = {}
+    for name, t in data.items():
+        where = f"{manifest} [{name}]"
+        if not isinstance(t, dict) or not all(isinstance(t.get(k), str) for k in ("onnx", "sha256", "parent")):
+            raise ConfigError(f"{where}: needs string fields onnx, sha256 and parent")
+        target = t.get("target", "any")
+        if target not in TARGETS:
+            raise ConfigError(f"{where}: target {target!r} is not one of {', '.join(TARGETS)}")
+        inputs = t.get("inputs", {})
+        if not isinstance(inputs, dict) or not all(
+                isinstance(v, list) and all(isinstance(x, int) for x in v) for v in inputs.values()):
+            raise ConfigError(f"{where}: inputs must map input names to lists of whole numbers (shapes)")
+        bev = BevConfig.from_dict(t.get("bev", {}), source=where)
+        out[name] = ZooModel(name, manifest.parent / t["onnx"], t["sha256"], t["parent"], str(t.get("method", "fp32")),
+                             target, bev, {k: tuple(v) for k, v in inputs.items()}, dict(t.get("options", {})),
+                             dict(t.get("metrics", {})), str(t.get("notes", "")))
+    return out
+
+
+def list_models(manifest: str | Path = MANIFEST) -> list[str]:
+    return list(read_zoo(manifest))
+
+
+def get_model(name: str, manifest: str | Path = MANIFEST) -> ZooModel:
+    """The zoo model NAME; ConfigError listing the known names if there is none."""
+    models = read_zoo(manifest)
+    if name not in models:
+        known = ", ".join(models) or "none yet"
+        raise ConfigError(f"unknown deploy model {name!r}; the zoo ({manifest}) has: {known}. `nearfield zoo list` "
+                          "shows them")
+    return models[name]
+
+
+def register(model: ZooModel, manifest: str | Path = MANIFEST) -> ZooModel:
+    """Add or replace MODEL in the manifest (its file must already sit beside the manifest). The sha256 is
+    computed here from the file, never taken on trust."""
+    manifest = Path(manifest)
+    if not model.name or any(c in model.name for c in "/\\ \"'[].="):
+        raise ConfigError(f"zoo model name {model.name!r} must be non-empty, without spaces, quotes, dots, "
+                          "brackets or slashes")
+    if model.onnx.parent.resolve() != manifest.parent.resolve():
+        raise ConfigError(f"zoo model {model.name}: {model.onnx} must sit beside the manifest {manifest}")
+    if model.target not in TARGETS:
+        raise ConfigError(f"zoo model {model.name}: target {model.target!r} is not one of {', '.join(TARGETS)}")
+    model = replace(model, sha256=file_sha256(model.onnx))
+    models = {**read_zoo(manifest), model.name: model}
+    write_zoo(models, manifest)
+    return model
+
+
+def update_metrics(name: str, metrics: dict[str, Any], manifest: str | Path = MANIFEST) -> ZooModel:
+    """Merge measured figures into NAME's [metrics] table."""
+    models = read_zoo(manifest)
+    model = get_model(name, manifest)
+    models[name] = replace(model, metrics={**model.metrics, **metrics})
+    write_zoo(models, manifest)
+    return models[name]
+
+
+def remove(name: str, manifest: str | Path = MANIFEST) -> None:
+    models = read_zoo(manifest)
+    get_model(name, manifest)
+    del models[name]
+    write_zoo(models, manifest)
+
+
+def write_zoo(models: dict[str, ZooModel], manifest: str | Path = MANIFEST) -> None:
+    import tomli_w
+
+    manifest = Path(manifest)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    body = tomli_w.dumps({name: m.to_table() for name, m in models.items()})
+    tmp = manifest.with_suffix(".toml.tmp")
+    tmp.write_text(_HEADER + ("\n" + body if models else ""))
+    tmp.replace(manifest)  # a crash mid-write never leaves half a manifest
+
+
+def verify_zoo(manifest: str | Path = MANIFEST) -> dict[str, bool]:
+    """Per model: does its file exist and match its sha256."""
+    return {name: m.onnx.is_file() and file_sha256(m.onnx) == m.sha256 for name, m in read_zoo(manifest).items()}
+
+
+__all__ = ["MANIFEST", "TARGETS", "ZOO_DIR", "ZooModel", "file_sha256", "get_model", "list_models", "read_zoo",
+           "register", "remove", "update_metrics", "verify_zoo", "write_zoo"]
