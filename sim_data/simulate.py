@@ -50,9 +50,12 @@ class Preset:
     drives: int
     frames: int
     seed: int
-    # Per-drive condition cycle (None: sampled mix). The test split forces each condition in turn so that every
-    # condition is measured.
+    # Per-drive condition cycle (None: sampled mix).
     condition_cycle: tuple[tuple[str, ...], ...] | None = None
+    # Paired: each of `drives` scenes is driven once under every condition of the cycle (same seed, same scene and
+    # ego path; only the condition differs), so that conditions are compared on the same scenes and not confounded
+    # with them. Drives are then named PRESET-SS-CONDITION.
+    paired: bool = False
 
 
 # Seeds of the splits are disjoint ranges: the test split never shares a seed with training.
@@ -60,8 +63,8 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(drives=1, frames=60, seed=7),
     "train": Preset(drives=20, frames=100, seed=100_000),
     "val": Preset(drives=4, frames=100, seed=200_000),
-    "test": Preset(drives=8, frames=100, seed=300_000,
-                   condition_cycle=tuple((c,) for c in CONDITIONS)),
+    # 4 outdoor scenes x 8 conditions x 40 frames = 1280 frames (outdoor: glare and rain need the sky).
+    "test": Preset(drives=4, frames=40, seed=300_000, condition_cycle=tuple((c,) for c in CONDITIONS), paired=True),
 }
 
 
@@ -82,6 +85,14 @@ def plan_drives(preset: str, frames: int | None = None, seed: int | None = None,
         raise ConfigError("--frames must be at least 1")
     base = seed if seed is not None else p.seed
     out = []
+    if p.paired and not conditions:
+        # The scene is drawn from the seed before the condition (simulate_drive), so one seed = one scene.
+        for i in range(n):
+            for cond in p.condition_cycle or ((),):
+                label = "-".join(cond) or "mix"
+                out.append(DriveSpec(f"{preset}-{i:02d}-{label}", base + i, nf, cond or None,
+                                     scene_kinds=OUTDOOR_KINDS))
+        return out
     for i in range(n):
         if conditions:
             cond = tuple(conditions)

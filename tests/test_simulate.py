@@ -23,10 +23,14 @@ def test_presets_use_disjoint_seeds_and_the_test_split_covers_every_condition():
     assert not seeds["train"] & seeds["test"]
     assert not seeds["train"] & seeds["val"]
     assert not seeds["val"] & seeds["test"]
-    forced = [d.conditions for d in plan_drives("test")]
-    assert sorted(c[0] for c in forced) == sorted(CONDITIONS)
-    glare = next(d for d in plan_drives("test") if d.conditions == ("glare",))
-    assert "garage" not in glare.scene_kinds
+    test = plan_drives("test")
+    # Every scene under every condition: same seed (same scene) per scene, one drive per condition.
+    by_seed: dict[int, list] = {}
+    for d in test:
+        by_seed.setdefault(d.seed, []).append(d.conditions[0])
+    assert len(by_seed) == 4 and all(sorted(c) == sorted(CONDITIONS) for c in by_seed.values())
+    assert len({d.name for d in test}) == len(test) == 32
+    assert all("garage" not in d.scene_kinds for d in test)
     assert sum(d.frames for d in plan_drives("train")) == 2000
 
 
@@ -112,3 +116,18 @@ def test_unwritable_output_is_one_line_not_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(blocker) in err[0] and "Traceback" not in err[0]
     assert main(["contact-sheet", str(blocker), "--out", str(tmp_path / "sheet.jpg")]) == 2
+
+
+def test_paired_test_drives_share_the_scene_and_differ_in_condition(tmp_path, rig):
+    from sensors.log import LogReader
+    from sensors.schemas import GT_OCCUPANCY_TOPIC
+
+    specs = [d for d in plan_drives("test", frames=2, drives=1) if d.conditions[0] in ("day", "night")]
+    truths, labels = [], []
+    for spec in specs:
+        path = simulate_drive(spec, tmp_path, rig, scale=0.25)
+        with LogReader(path) as r:
+            truths.append([m.value.occupancy for m in r.messages(topics=[GT_OCCUPANCY_TOPIC])])
+            labels.append(r.metadata.get("conditions", ""))
+    assert all((a == b).all() for a, b in zip(*truths, strict=True))  # the same scene, cell for cell
+    assert labels == ["day", "night"]
