@@ -1,0 +1,178 @@
+"""Compression methods by name: METHODS maps a method ('int8-ptq', 'qat', 'prune-structured', ...) to the function
+that turns a source model into a zoo model; compress() dispatches, registers and measures. Method modules add
+themselves to METHODS on import (METHOD_MODULES lists them), so a new method touches only its own file."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.zoo import MANIFEST, ZooModel, get_model, read_zoo, register, update_metrics
+from perception.bev_config import BevConfig
+from sensors.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# A method: (source, out, data, options, manifest) -> the registered ZooModel named OUT. `source` is a zoo model or a
+# trained model (registered name or training run directory); `data` a drive log or folder of logs (calibration,
+# fine-tuning), None if not given; `options` the method's settings (COMMON_OPTIONS included), recorded in the entry.
+Method = Callable[[str, str, "str | None", dict[str, Any], Path], ZooModel]
+METHODS: dict[str, Method] = {}
+
+# Imported by load_methods(); a module that is not written yet is skipped.
+METHOD_MODULES = ("deploy.quantize", "deploy.qat", "deploy.prune", "deploy.distill", "deploy.lowrank")
+
+# Options every method understands, with their defaults (the CLI's common flags).
+COMMON_OPTIONS: dict[str, Any] = {
+    "steps": 20,  # fine-tuning steps (qat, distillation, pruning with fine-tuning)
+    "calib_frames": 16,  # calibration frames (int8-ptq, activation ranges of qat)
+    "calibration": "minmax",  # int8-ptq calibration: minmax | entropy | percentile
+    "threads": None,  # CPU threads for calibration, fine-tuning and measuring (None: library default)
+}
+
+
+def method(name: str) -> Callable[[Method], Method]:
+    """Decorator: register FN as compression method NAME."""
+    def add(fn: Method) -> Method:
+        METHODS[name] = fn
+        return fn
+    return add
+
+
+def load_methods() -> dict[str, Method]:
+    """METHODS after importing every method module that exists."""
+    for name in METHOD_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real missing dependency inside the module
+                raise
+    return METHODS
+
+
+def compress(method: str, source: str, out: str, data: str | None, options: dict[str, Any],
+             manifest: str | Path = MANIFEST) -> ZooModel:
+    """Build deploy model OUT from SOURCE with METHOD, register it in MANIFEST and, when DATA is given and
+    deploy.measure exists, measure it there (its figures merged into the entry's metrics)."""
+    methods = load_methods()
+    if method not in methods:
+        raise ConfigError(f"unknown compression method {method!r}; known: {', '.join(sorted(methods)) or 'none'}")
+    check_name(out)
+    manifest = Path(manifest)
+    if data is not None and not Path(data).exists():
+        raise ConfigError(f"compress --data {data}: no such log file or directory")
+    options = {**COMMON_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
+    entry = methods[method](source, out, data, options, manifest)
+    if data is not None:
+        entry = measure(entry.name, data, options.get("threads"), manifest)
+    return entry
+
+
+def measure(name: str, data: str, threads: int | None, manifest: Path) -> ZooModel:
+    """Measured figures of zoo model NAME on DATA via deploy.measure (written separately); a warning if that module
+    is not there yet."""
+    try:
+        from deploy.measure import measure_model
+    except ModuleNotFoundError as e:
+        if e.name != "deploy.measure":
+            raise
+        log.warning("zoo model %s: not measured (deploy.measure is not installed); run `nearfield zoo measure` "
+                    "later", name)
+        return get_model(name, manifest)
+    figures = measure_model(name, data, threads, manifest)
+    return update_metrics(name, figures, manifest) if figures else get_model(name, manifest)
+
+
+def check_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\ \"'[].="):
+        raise ConfigError(f"--out {name!r}: a zoo model name must be non-empty, without spaces, quotes, dots, "
+                          "brackets or slashes")
+
+
+# --- helpers the methods share ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    """What a method starts from: a float torch model (trained, or the trained parent of an fp32 zoo model) and/or
+    a float ONNX file (a zoo model that is not quantised)."""
+
+    name: str  # as the user gave it; the new entry's parent
+    bev: BevConfig
+    zoo: ZooModel | None = None  # when SOURCE is a zoo model
+    trained: str | None = None  # the trained model (name or run directory) behind it, when there is one
+
+
+def resolve_source(source: str, manifest: str | Path = MANIFEST) -> Source:
+    """SOURCE as a zoo model of MANIFEST first, else a trained model (registered name or run directory)."""
+    zoo = read_zoo(manifest)
+    if source in zoo:
+        entry = zoo[source]
+        trained = entry.parent if entry.method == "fp32" else None
+        return Source(source, entry.bev, entry, trained)
+    from perception.registry import read_manifest
+
+    if source in read_manifest() or Path(source).is_dir():
+        from perception.registry import load_trained
+
+        _, config = load_trained(source)
+        return Source(source, config.bev, None, source)
+    raise ConfigError(f"compress --from {source!r}: neither a zoo model ({', '.join(zoo) or 'the zoo is empty'}) nor "
+                      "a trained model (`nearfield models` lists them) nor a training run directory")
+
+
+def load_torch_model(src: Source):
+    """(FusionNet float32 in eval mode, ModelConfig) of SOURCE; ConfigError when only ONNX is behind it (a zoo model
+    that is already compressed: torch-side methods start from the fp32 model or the trained one)."""
+    if src.trained is None:
+        raise ConfigError(f"compress --from {src.name}: zoo model of method {src.zoo.method!r} has no torch weights; "
+                          f"start from its fp32 parent or the trained model ({src.zoo.parent})")
+    from perception.registry import load_trained
+
+    return load_trained(src.trained)
+
+
+def float_onnx(src: Source, workdir: Path) -> Path:
+    """A float ONNX file of SOURCE: the zoo model's own file (checked) if it is not quantised, else the trained model
+    exported into WORKDIR."""
+    if src.zoo is not None and not is_quantised(src.zoo.verified_onnx()):
+        return src.zoo.verified_onnx()
+    if src.zoo is not None and src.trained is None:
+        raise ConfigError(f"compress --from {src.name}: the model is already quantised ({src.zoo.method}); start "
+                          f"from a float model such as {src.zoo.parent}")
+    from deploy.export import export_onnx
+
+    model, config = load_torch_model(src)
+    return export_onnx(model, config, workdir / "float.onnx")
+
+
+def is_quantised(onnx_path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in graph.node)
+
+
+def register_output(out: str, onnx_path: Path, src: Source, method_name: str, target: str, options: dict[str, Any],
+                    notes: str, manifest: Path) -> ZooModel:
+    """Register ONNX_PATH (already beside the manifest) as zoo model OUT made from SOURCE."""
+    from deploy.export import input_shapes
+
+    options = {k: v for k, v in options.items() if v is not None}  # TOML has no null
+    entry = ZooModel(out, onnx_path, "", src.name, method_name, target, src.bev, input_shapes(onnx_path), options,
+                     notes=notes)
+    return register(entry, manifest)
+
+
+def output_path(out: str, manifest: Path) -> Path:
+    check_name(out)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    return manifest.parent / f"{out}.onnx"
+
+
+__all__ = ["COMMON_OPTIONS", "METHODS", "METHOD_MODULES", "Method", "Source", "check_name", "compress", "float_onnx",
+           "is_quantised", "load_methods", "load_torch_model", "measure", "method", "output_path", "register_output",
+           "resolve_source"]
