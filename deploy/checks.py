@@ -305,6 +305,48 @@ def simulate_parity_log(out_dir: str | Path, frames: int = 3, seed: int = 4242, 
     return simulate_drive(DriveSpec("parity", seed, frames), out_dir, load_rig(), scale=scale)
 
 
+def export_checked(trained: str | Path, out: str | Path | None = None, register_as: str | None = None,
+                   manifest: str | Path | None = None, parity_logs: Sequence[str | Path] | None = None,
+                   frames: int = 4) -> tuple[Path, ParityReport]:
+    """`nearfield export`: export a trained model (registered name or run directory) to OUT and/or into the zoo as
+    REGISTER_AS, then check it (check_onnx) and its parity with torch on PARITY_LOGS (default: a small drive
+    simulated for the purpose). A file that fails is not left behind and not registered: DeployError."""
+    import shutil
+    import tempfile
+
+    from deploy.export import export_onnx, export_trained
+    from deploy.zoo import MANIFEST
+    from perception.registry import load_trained
+
+    if out is None and register_as is None:
+        raise ConfigError("export: give --out FILE.onnx, --register ZOONAME, or both")
+    with tempfile.TemporaryDirectory(prefix="nearfield-parity-") as tmp:
+        logs = list(parity_logs) if parity_logs else [simulate_parity_log(tmp, frames=min(frames, 4))]
+        reports: list[ParityReport] = []
+
+        def check(model, config, path: Path) -> dict[str, Any]:
+            check_onnx(path)
+            reports.append(check_parity(model, path, logs, frames))
+            return {"parity_max_abs": reports[-1].max_abs, "parity_agreement": reports[-1].agreement}
+
+        if register_as:
+            entry = export_trained(trained, register_as, manifest or MANIFEST, check=check)
+            path = entry.onnx
+            if out is not None:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, out)
+                path = Path(out)
+        else:
+            model, config = load_trained(trained)
+            path = export_onnx(model, config, out)
+            try:
+                check(model, config, path)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+    return path, reports[-1]
+
+
 __all__ = ["CONTRACT_OPSET", "PARITY_AGREEMENT", "PARITY_ATOL", "TRT_OPS", "ParityReport", "TrtOpTable",
-           "check_onnx", "check_operators", "check_parity", "contract_problems", "load_trt_table",
+           "check_onnx", "check_operators", "check_parity", "contract_problems", "export_checked", "load_trt_table",
            "simulate_parity_log"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from deploy.zoo import MANIFEST, ZooModel, register
 from perception.preprocess import INPUT_NAMES, OUTPUT_NAMES
@@ -59,9 +61,12 @@ def input_shapes(onnx_path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def export_trained(trained: str | Path, name: str | None = None, manifest: str | Path = MANIFEST,
-                   metrics: dict | None = None) -> ZooModel:
+                   metrics: dict | None = None, check: Callable[[Any, Any, Path], dict | None] | None = None
+                   ) -> ZooModel:
     """Export a trained model (a registered name or a run directory) into the zoo as NAME (default: the trained
-    model's name) and register it as method fp32."""
+    model's name) and register it as method fp32. CHECK(model, config, onnx_path), when given, runs on the new file
+    before it replaces the zoo's; it raises to refuse the file (the zoo then stays as it was) and may return
+    figures to record in the entry's metrics."""
     from perception.registry import load_trained
 
     model, config = load_trained(trained)
@@ -69,7 +74,15 @@ def export_trained(trained: str | Path, name: str | None = None, manifest: str |
     if not name:
         raise ConfigError("export: give --name for the zoo entry")
     path = Path(manifest).parent / f"{name}.onnx"
-    export_onnx(model, config, path)
+    fresh = path.with_name(f"{name}.new.onnx")
+    export_onnx(model, config, fresh)
+    try:
+        extra = check(model, config, fresh) if check is not None else None
+    except BaseException:
+        fresh.unlink(missing_ok=True)
+        raise
+    fresh.replace(path)
+    metrics = {**(metrics or {}), **(extra or {})}
     entry = ZooModel(name, path, "", str(trained), "fp32", "any", config.bev, input_shapes(path),
                      metrics=dict(metrics or {}))
     return register(entry, manifest)

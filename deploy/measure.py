@@ -1,0 +1,128 @@
+"""`nearfield zoo measure`: a zoo model's test accuracy (perception.evaluate), onnxruntime CPU latency (and its
+ratio to the parent's, timed in the same run) and file size, stored into the zoo manifest. Torch-free."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.pipeline import Pipeline
+from deploy.zoo import MANIFEST, ZooModel, get_model, read_zoo, update_metrics
+from perception.evaluate import Evaluator
+from sensors.errors import ConfigError, LogFormatError
+from sensors.schemas import GT_OCCUPANCY_TOPIC
+
+log = logging.getLogger(__name__)
+
+
+def find_test_logs(data: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Drive logs from DATA: log files, directories of *.mcap, or a data directory whose test/ split holds them."""
+    paths = [data] if isinstance(data, str | Path) else list(data)
+    logs: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            split = p / "test"
+            found = sorted((split if split.is_dir() else p).glob("*.mcap"))
+            if not found:
+                raise ConfigError(f"{p}: holds no *.mcap drive log (nor a test/ folder of them); simulate some with "
+                                  "`nearfield simulate --preset test`")
+            logs += found
+        elif p.is_file():
+            logs.append(p)
+        else:
+            raise ConfigError(f"{p}: no such log file or directory")
+    if not logs:
+        raise ConfigError("zoo measure: no drive logs given (--data)")
+    return logs
+
+
+def count_parameters(onnx_path: str | Path) -> int:
+    """Weights in an ONNX file: elements of its initialisers of rank >= 1, less quantisation scales and zero points
+    (they describe weights rather than add any)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    qparams = {n.input[i] for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+               for i in (1, 2) if len(n.input) > i}
+    return int(sum(np.prod(t.dims) for t in proto.graph.initializer if len(t.dims) >= 1 and t.name not in qparams))
+
+
+def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: int | None = None,
+                  manifest: str | Path = MANIFEST, store: bool = True) -> dict[str, Any]:
+    """Run zoo model NAME over the test drives in DATA through deploy.pipeline.Pipeline (onnxruntime CPU, THREADS
+    intra-op threads): test mIoU overall and at night, median ms per frame of backend.run (and the parent's, on the
+    same frames, when the parent is in the zoo too), size and parameters. Stored into NAME's [metrics] unless
+    store=False; returned either way (keys absent where not measured, e.g. no night frames)."""
+    from sensors.log import LogReader
+    from sensors.replay import replay_frames
+    from sensors.timing import machine_description
+
+    model = get_model(name, manifest)
+    zoo = read_zoo(manifest)
+    parent: ZooModel | None = zoo.get(model.parent) if model.parent != name else None
+    logs = find_test_logs(data)
+    pipes: list[Pipeline] = []
+    evaluator: Evaluator | None = None
+    ms: list[float] = []
+    parent_ms: list[float] = []
+    try:
+        for path in logs:
+            with LogReader(path) as reader:
+                rig = reader.rig
+            if not pipes:
+                pipes.append(Pipeline(model, rig, threads=threads, source=str(path)))
+                if parent is not None:
+                    pipes.append(Pipeline(parent, rig, threads=threads, source=str(path)))
+                evaluator = Evaluator(rig, pipes[0].grid)
+            else:
+                for p in pipes:
+                    p.set_rig(rig, str(path))
+            main = pipes[0]
+            for frame in replay_frames(path, decode=True, decode_scale=main.decode_scale):
+                where = f"{path} frame {frame.index} at {frame.stamp_ns} ns"
+                if frame.truth is None:
+                    raise LogFormatError(f"{where}: no ground truth ({GT_OCCUPANCY_TOPIC}); measure needs simulated "
+                                         "or labelled test drives")
+                if not ms:  # the first run of a session allocates and plans: warm both up outside the timing
+                    for p in pipes:
+                        p.process(frame)
+                result = main.process(frame)
+                ms.append(result.latency_ms["inference"])
+                if parent is not None:
+                    parent_ms.append(pipes[1].process(frame).latency_ms["inference"])
+                evaluator.update(result.class_map, main.prep.target(frame.truth, where), frame.conditions, where)
+    finally:
+        for p in pipes:
+            p.close()
+    if not ms:
+        raise LogFormatError(f"zoo measure: no frames in {', '.join(map(str, logs))}")
+    scores = evaluator.result()
+    metrics: dict[str, Any] = {"test_frames": int(scores["frames"]), "ort_cpu_ms": round(float(np.median(ms)), 3),
+                               "size_mb": round(model.size_bytes / 1e6, 3), "params": count_parameters(model.onnx)}
+    if scores["miou"] is not None:
+        metrics["test_miou"] = float(scores["miou"])
+    night = scores["by_condition"].get("night", {}).get("miou")
+    if night is not None:
+        metrics["test_miou_night"] = float(night)
+    if parent_ms:
+        metrics["ort_cpu_ratio"] = round(float(np.median(ms) / np.median(parent_ms)), 4)
+        metrics["ort_cpu_parent_ms"] = round(float(np.median(parent_ms)), 3)
+    thread_note = f"{threads} onnxruntime threads" if threads else "onnxruntime default threads"
+    metrics["measured_on"] = f"{machine_description()}; {thread_note}"
+    data_args = " ".join(shlex.quote(str(d)) for d in ([data] if isinstance(data, str | Path) else data))
+    metrics["command"] = (f"nearfield zoo measure {name} --data {data_args}" +
+                          (f" --threads {threads}" if threads else ""))
+    metrics["measured_at"] = time.strftime("%Y-%m-%d")
+    log.info("%s: %s", name, metrics)
+    if store:
+        update_metrics(name, metrics, manifest)
+    return metrics
+
+
+__all__ = ["count_parameters", "find_test_logs", "measure_model"]
