@@ -1,0 +1,144 @@
+"""`nearfield export` and `nearfield zoo list | verify | measure`: thin wrappers over deploy.checks, deploy.zoo
+and deploy.measure."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+# `zoo list` columns: (header, key of zoo_rows' dicts)
+COLUMNS = (("name", "name"), ("method", "method"), ("target", "target"), ("parent", "parent"),
+           ("params M", "params_m"), ("size MB", "size_mb"), ("test mIoU", "test_miou"),
+           ("night mIoU", "test_miou_night"), ("ORT CPU ms", "ort_cpu_ms"), ("x parent", "ort_cpu_ratio"))
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    e = commands.add_parser("export", help="export a trained model to ONNX (opset 17) and check it: ONNX checker, "
+                                           "TensorRT operators, parity with torch on simulated frames")
+    e.add_argument("--model", required=True, help="trained model name (perception/weights/MODELS.toml) or a "
+                                                  "training run directory")
+    e.add_argument("--out", help="the ONNX file to write")
+    e.add_argument("--register", metavar="ZOONAME", help="also put it into the model zoo under this name")
+    e.add_argument("--manifest", help="zoo manifest for --register (default: deploy/zoo/ZOO.toml)")
+    e.add_argument("--parity-data", nargs="+", help="drive logs for the parity check (default: a small drive "
+                                                    "simulated for it)")
+    e.add_argument("--parity-frames", type=int, default=4, help="frames compared with torch (default 4)")
+    e.set_defaults(func=_export)
+
+    z = commands.add_parser("zoo", help="the deploy model zoo: list, verify checksums, measure accuracy and speed")
+    z.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
+    sub = z.add_subparsers(dest="zoo", metavar="ACTION", required=True)
+    ls = sub.add_parser("list", help="the zoo's models with their measured figures (blank: not measured)")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.set_defaults(func=_list)
+    v = sub.add_parser("verify", help="check every model file against its sha256; exit 2 on a mismatch")
+    v.set_defaults(func=_verify)
+    m = sub.add_parser("measure", help="test mIoU (overall, night), onnxruntime CPU latency and its ratio to the "
+                                       "parent, size; stored in the manifest")
+    m.add_argument("name", help="zoo model name")
+    m.add_argument("--data", required=True, nargs="+", help="test drive logs, directories of them, or a data "
+                                                            "directory with a test/ split")
+    m.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's, all cores)")
+    m.set_defaults(func=_measure)
+
+
+def _manifest(args) -> Path:
+    from deploy.zoo import MANIFEST
+
+    return Path(args.manifest) if args.manifest else MANIFEST
+
+
+def _export(args) -> int:
+    from deploy.checks import export_checked
+
+    if args.parity_frames < 1:
+        from sensors.errors import ConfigError
+
+        raise ConfigError(f"export: --parity-frames must be at least 1, got {args.parity_frames}")
+    path, report = export_checked(args.model, args.out, args.register, args.manifest, args.parity_data,
+                                  args.parity_frames)
+    size = path.stat().st_size / 1e6
+    print(f"{path}: {size:.1f} MB, opset 17, ONNX checker and TensorRT operators passed")
+    print(report)
+    if args.register:
+        print(f"registered as {args.register} in {_manifest(args)}")
+    return 0
+
+
+def zoo_rows(manifest: str | Path) -> list[dict[str, Any]]:
+    """One dict per zoo model for `zoo list`: COLUMNS' keys, None where nothing was measured."""
+    from deploy.zoo import read_zoo
+
+    rows = []
+    for name, m in read_zoo(manifest).items():
+        params = m.metrics.get("params")
+        rows.append({"name": name, "method": m.method, "target": m.target, "parent": m.parent,
+                     "params_m": params / 1e6 if isinstance(params, int | float) else None,
+                     "size_mb": m.size_bytes / 1e6 if m.onnx.is_file() else None,
+                     **{k: m.metrics.get(k) for k in ("test_miou", "test_miou_night", "ort_cpu_ms", "ort_cpu_ratio")}})
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    from sensors.timing import format_table
+
+    def cell(key: str, v: Any) -> Any:
+        if v is None:
+            return ""
+        if key in ("test_miou", "test_miou_night"):
+            return f"{100 * v:.1f}%"
+        if key == "ort_cpu_ratio":
+            return f"{v:.2f}"
+        if key in ("params_m", "size_mb", "ort_cpu_ms"):
+            return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+        return v
+
+    return format_table([[cell(k, r[k]) for _, k in COLUMNS] for r in rows], [h for h, _ in COLUMNS])
+
+
+def _list(args) -> int:
+    import json
+
+    rows = zoo_rows(_manifest(args))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(f"{_manifest(args)}: no models yet (`nearfield export --register NAME`)")
+    else:
+        print(format_rows(rows))
+    return 0
+
+
+def verify(manifest: str | Path) -> dict[str, bool]:
+    """verify_zoo, then ChecksumError naming every model whose file is missing or does not match its sha256."""
+    from deploy.zoo import verify_zoo
+    from sensors.errors import ChecksumError
+
+    result = verify_zoo(manifest)
+    bad = [name for name, ok in result.items() if not ok]
+    if bad:
+        raise ChecksumError(f"{manifest}: {len(bad)} of {len(result)} model file(s) missing or not matching their "
+                            f"sha256: {', '.join(bad)}; restore them from git or re-export them")
+    return result
+
+
+def _verify(args) -> int:
+    result = verify(_manifest(args))
+    for name in result:
+        print(f"{name}: ok")
+    print(f"{len(result)} model file(s) match their sha256")
+    return 0
+
+
+def _measure(args) -> int:
+    from deploy.measure import measure_model
+
+    metrics = measure_model(args.name, args.data, args.threads, _manifest(args))
+    rows = [r for r in zoo_rows(_manifest(args)) if r["name"] == args.name]
+    print(format_rows(rows))
+    print(f"{metrics['test_frames']} test frames; {metrics['measured_on']}")
+    return 0
+
+
+__all__ = ["COLUMNS", "format_rows", "register", "verify", "zoo_rows"]
