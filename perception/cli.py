@@ -4,6 +4,7 @@ model`: thin wrappers over perception.train and perception.registry (torch is im
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -33,6 +34,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--no-cache", action="store_true", help="do not cache preprocessed frames in .cache/")
     e.set_defaults(func=_eval)
+
+    rp = commands.add_parser("report", help="modality x condition tables and chart from several `eval --json` files")
+    rp.add_argument("results", nargs="+", metavar="NAME=JSON", help="a label and an eval JSON, e.g. fusion=f.json")
+    rp.add_argument("--markdown", help="write the tables (mIoU, recall within 1 m) to this Markdown file")
+    rp.add_argument("--png", help="write the mIoU-by-condition chart to this PNG")
+    rp.set_defaults(func=_report)
 
     r = commands.add_parser("register-model", help="add a training run's weights to perception/weights/MODELS.toml")
     r.add_argument("run_dir", help="training run directory (its best checkpoint, else its last)")
@@ -91,6 +98,37 @@ def _eval(args) -> int:
     if args.json:
         for path in write_eval_report(result, args.json, title):
             print(path)
+    return 0
+
+
+def _report(args) -> int:
+    import json
+
+    from perception.report import modality_table, plot_by_condition
+    from sensors.errors import ConfigError
+
+    results = {}
+    for item in args.results:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ConfigError(f"report: {item!r} must be NAME=JSON (e.g. fusion=out/nf-small.json)")
+        try:
+            results[label] = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not an eval JSON ({e}); write one with `nearfield eval --json`") from None
+        needed = ("miou", "recall_1m", "by_condition", "recall_1m_by_condition")
+        missing = [k for k in needed if k not in results[label]]
+        if missing:
+            raise ConfigError(f"{path}: not an eval JSON (no {', '.join(missing)}); write one with "
+                              "`nearfield eval --json`")
+    text = (modality_table(results, "miou", "mIoU over the obstacle classes (%)") + "\n"
+            + modality_table(results, "recall_1m", "Recall of obstacle cells within 1 m of the car body (%)"))
+    print(text)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+    if args.png:
+        plot_by_condition(results, args.png)
     return 0
 
 

@@ -121,3 +121,27 @@ def test_bench_train_and_model_print_tables(setup, capsys):
         assert sum(r.startswith(f"| {name} ") for r in rows) == 2  # batch 1 and 4
     assert sum("tiny-cli (whole network" in r for r in rows) == 2
     assert "64x64" in out
+
+
+def test_report_tabulates_models_by_condition(tmp_path, capsys):
+    def result(miou, night, recall):
+        return {"miou": miou, "recall_1m": recall, "frames": 10,
+                "by_condition": {"day": {"miou": miou, "frames": 5}, "night": {"miou": night, "frames": 5}},
+                "recall_1m_by_condition": {"day": recall, "night": recall}}
+
+    (tmp_path / "f.json").write_text(json.dumps(result(0.5, 0.45, 0.97)))
+    (tmp_path / "c.json").write_text(json.dumps(result(0.4, 0.125, 0.6)))
+    md, png = tmp_path / "t.md", tmp_path / "t.png"
+    assert main(["report", f"fusion={tmp_path / 'f.json'}", f"camera={tmp_path / 'c.json'}",
+                 "--markdown", str(md), "--png", str(png)]) == 0
+    text = md.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| fusion") or line.startswith("| camera")]
+    assert rows[0].split("|")[2:5] == [" 50.0 ", " 50.0 ", " 45.0 "]  # all, day, night of the mIoU table
+    assert rows[1].split("|")[2:5] == [" 40.0 ", " 40.0 ", " 12.5 "]
+    assert "97.0" in text and "60.0" in text  # the recall table
+    assert cv2.imread(str(png)) is not None
+    assert main(["report", "nolabel.json"]) == 2
+    assert "NAME=JSON" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text(json.dumps({"miou": 0.1}))
+    assert main(["report", f"x={tmp_path / 'x.json'}"]) == 2
+    assert "not an eval JSON" in capsys.readouterr().err
