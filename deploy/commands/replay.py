@@ -1,0 +1,106 @@
+"""`nearfield replay make-drives | check | update-refs`: thin wrappers over deploy.replay."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("replay", help="replay the reference drives through the runtime and compare the outputs "
+                                           "with pinned references (regression tests)")
+    sub = p.add_subparsers(dest="replay", metavar="ACTION", required=True)
+
+    m = sub.add_parser("make-drives", help="simulate the reference drives (day, night, glare, failed camera, failed "
+                                           "ultrasonic sensor) into tests/replay/drives")
+    m.add_argument("--out", help="directory for the drives (default: tests/replay/drives)")
+    m.add_argument("--rig", help="rig TOML (default: the default rig)")
+    m.set_defaults(func=_make_drives)
+
+    for name, func, helptext in (
+            ("check", _check, "replay and compare with the references; exit 1 on any change beyond tolerance"),
+            ("update-refs", _update_refs, "replay and rewrite the references (the one way to refresh them)")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("--model", help="zoo model name (default: every model that has references)")
+        if name == "check":
+            c.add_argument("--onnx", help="a newly built ONNX file, checked against the references of --model (or of "
+                                          "the model named like the file)")
+            c.add_argument("--atol", type=float, help="absolute tolerance on floats (default 1e-4)")
+            c.add_argument("--rtol", type=float, help="relative tolerance on floats (default 1e-3)")
+            c.add_argument("--ignore", nargs="*", default=None,
+                           help="topics or topic:field to leave out (default: /perception/latency)")
+        c.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
+        c.add_argument("--drives", help="reference drives (default: tests/replay/drives)")
+        c.add_argument("--refs", help="reference outputs (default: tests/replay/refs)")
+        c.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
+        c.set_defaults(func=func)
+
+
+def _defaults(args) -> None:
+    from deploy.replay import DRIVES_DIR, REFS_DIR
+
+    args.drives = args.drives or DRIVES_DIR
+    args.refs = args.refs or REFS_DIR
+    args.manifest = args.manifest
+
+
+def _targets(args) -> list[str]:
+    from pathlib import Path
+
+    from deploy.replay import models_with_refs
+    from sensors.errors import ConfigError
+
+    _defaults(args)
+    if args.model:
+        return [args.model]
+    if getattr(args, "onnx", None):
+        stem = Path(args.onnx).stem
+        if stem in models_with_refs(args.refs):
+            return [stem]
+        raise ConfigError(f"--onnx {args.onnx}: give --model NAME, the model whose references it is checked against "
+                          f"(none is named {stem!r} in {args.refs})")
+    names = models_with_refs(args.refs)
+    if not names:
+        raise ConfigError(f"{args.refs}: no model has references yet; make them with "
+                          "`nearfield replay update-refs --model NAME`")
+    return names
+
+
+def _make_drives(args) -> int:
+    from deploy.replay import DRIVES_DIR, make_drives
+
+    for path in make_drives(args.out or DRIVES_DIR, rig_path=args.rig):
+        print(f"{path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _check(args) -> int:
+    from dataclasses import replace
+
+    from deploy.replay import Tolerance, check
+
+    tol = Tolerance()
+    tol = replace(tol, atol=tol.atol if args.atol is None else args.atol,
+                  rtol=tol.rtol if args.rtol is None else args.rtol,
+                  ignore=tol.ignore if args.ignore is None else tuple(args.ignore))
+    failed = 0
+    for name in _targets(args):
+        report = check(name, args.onnx, args.manifest, args.drives, args.refs, tol, args.threads)
+        print(report.format())
+        failed += not report.ok
+    return 1 if failed else 0
+
+
+def _update_refs(args) -> int:
+    from deploy.replay import refs_paths, update_refs
+
+    for name in _targets(args):
+        report = update_refs(name, args.manifest, args.drives, args.refs, threads=args.threads)
+        path = refs_paths(name, args.refs)[0]
+        if report is None:
+            print(f"{path}: new references for {name}")
+        elif report.ok:
+            print(f"{path}: references for {name} rewritten, no output changed ({report.frames} frames)")
+        else:
+            print(f"{path}: references for {name} rewritten; what changed against the old ones:")
+            print(report.format())
+    return 0
