@@ -1,0 +1,296 @@
+"""Knowledge distillation into a smaller student (method 'distill': MEAL V2's averaged teacher ensemble, softened
+class logits plus the stage-1 occupancy probability) and the fine-tuning loop that every torch-side compression
+method shares (pruning, low rank), with the option parsing they share."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the universal torch idiom
+from torch import Tensor, nn
+
+from deploy.compress import load_torch_model, method, output_path, register_output, resolve_source
+from deploy.zoo import ZooModel, update_metrics
+from perception.bev_config import BevConfig
+from perception.model import FusionNet, ModelConfig, load_model_config
+from sensors.classes import IGNORE
+from sensors.errors import ConfigError, NearfieldError
+
+log = logging.getLogger(__name__)
+
+# A fine-tuning loss: (batch, class_logits, occupancy_logits) -> dict of scalars with "total".
+Loss = Callable[[dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
+
+
+# --- options ------------------------------------------------------------------------------------------------------
+
+def option(options: dict[str, Any], key: str, default: Any, kind: type = float, lo: float = -math.inf,
+           hi: float = math.inf, method_name: str = "compress") -> Any:
+    """OPTIONS[KEY] as KIND within [lo, hi] (the CLI hands `--opt KEY=VALUE` over as strings), else DEFAULT; a
+    ConfigError naming the option otherwise."""
+    v = options.get(key)
+    if v is None:
+        return default
+    try:
+        if kind is int and isinstance(v, str):
+            v = int(v, 10)
+        elif kind is int and (isinstance(v, bool) or not float(v).is_integer()):
+            raise ValueError
+        v = kind(v)
+    except (TypeError, ValueError):
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{method_name}: option {key}={options[key]!r} must be {what}") from None
+    if not lo <= v <= hi or (kind is float and not math.isfinite(v)):
+        raise ConfigError(f"{method_name}: option {key}={v} must lie in [{lo}, {hi}]")
+    return v
+
+
+def name_list(value: Any) -> list[str]:
+    """'a,b' or ['a', 'b'] -> ['a', 'b']."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(x).strip() for x in items if str(x).strip()]
+
+
+# --- data and the fine-tuning loop -------------------------------------------------------------------------------
+
+def training_data(data: str | Path | None, bev: BevConfig, split: str = "train", method_name: str = "compress"):
+    """DriveDataset of DATA (a log or a folder of logs; DATA/SPLIT when that folder exists, as `nearfield simulate`
+    lays out a data set), preprocessed once and cached in .cache beside the logs."""
+    from perception.dataset import DriveDataset, find_logs
+
+    if data is None:
+        raise ConfigError(f"{method_name}: fine-tuning needs --data (drive logs with ground truth), or --steps 0")
+    root = Path(data)
+    if (root / split).is_dir():
+        root = root / split
+    base = root if root.is_dir() else root.parent
+    return DriveDataset(find_logs([root]), bev, cache_dir=base / ".cache", progress=False)
+
+
+def hard_loss(config: ModelConfig, dataset) -> Loss:
+    """The training loss of perception.train (class-balanced, both decoder stages) on the dataset's labels."""
+    from perception.losses import OccupancyLoss, class_weights, occupancy_pos_weight
+
+    t = config.train
+    counts = dataset.label_counts()
+    fn = OccupancyLoss(class_weights(counts, t["class_weight_power"]),
+                       occupancy_pos_weight(counts, t["class_weight_power"]), t["stage1_weight"], t["dice_weight"])
+    return lambda batch, classes, occupancy: fn(classes, occupancy, batch["target"])
+
+
+def fine_tune(model: FusionNet, dataset, steps: int, lr: float, seed: int = 0, batch_size: int | None = None,
+              loss: Loss | None = None, after_step: Callable[[nn.Module], None] | None = None,
+              desc: str = "fine-tune", progress: bool = False) -> list[float]:
+    """STEPS AdamW steps of MODEL on DATASET (seeded order, cosine schedule from LR, gradient clipping of the
+    config); `after_step(model)` runs after every optimizer step (pruning masks). Returns the losses per step; the
+    model is left in eval mode."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from perception.train import lr_at
+
+    if steps <= 0:
+        return []
+    t = model.config.train
+    batch = min(batch_size or t["batch_size"], len(dataset))
+    if batch < 1:
+        raise ConfigError(f"{desc}: the fine-tuning data holds no frames")
+    loss = loss or hard_loss(model.config, dataset)
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t["weight_decay"]},
+                                   {"params": other, "weight_decay": 0.0}], lr=lr)
+    torch.manual_seed(seed)
+    order = torch.Generator().manual_seed(seed)  # its own generator: the global RNG stays the caller's
+    losses: list[float] = []
+    model.train()
+    with tqdm(total=steps, desc=desc, unit="step", disable=not progress) as bar:
+        while len(losses) < steps:
+            for b in DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, generator=order):
+                for g in optimizer.param_groups:
+                    g["lr"] = lr_at(len(losses), steps, lr)
+                classes, occupancy = model(b["images"], b["grid"], b["valid"], b["uss"])
+                total = loss(b, classes, occupancy)["total"]
+                if not torch.isfinite(total):
+                    raise NearfieldError(f"{desc}: loss is {float(total)} at step {len(losses)}; lower --opt lr")
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if t["grad_clip"] > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+                optimizer.step()
+                if after_step is not None:
+                    after_step(model)
+                losses.append(float(total))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if len(losses) >= steps:
+                    break
+    model.eval()
+    return losses
+
+
+def tune(model: FusionNet, config: ModelConfig, data: str | None, steps: int, options: dict[str, Any],
+         method_name: str, after_step: Callable[[nn.Module], None] | None = None) -> list[float]:
+    """A compression method's fine-tuning: STEPS on DATA's train split at options lr (default a quarter of the
+    config's: the weights are trained already) and seed; nothing when STEPS is 0."""
+    if steps == 0:
+        return []
+    dataset = training_data(data, config.bev, "train", method_name)
+    lr = option(options, "lr", config.train["lr"] / 4, float, 1e-12, 10, method_name)
+    seed = option(options, "seed", config.train["seed"], int, 0, 2**31, method_name)
+    return fine_tune(model, dataset, steps, lr, seed, after_step=after_step, desc=method_name)
+
+
+def loss_record(losses: list[float]) -> dict[str, Any]:
+    """The fine-tuning's figures for a zoo entry's options."""
+    if not losses:
+        return {"fine_tune_steps": 0}
+    return {"fine_tune_steps": len(losses), "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
+
+
+def set_threads(options: dict[str, Any]) -> None:
+    threads = option(options, "threads", None, int, 1, 1024)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+# --- distillation -------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ensemble_targets(teachers: Sequence[nn.Module], batch: dict[str, Tensor], temperature: float
+                     ) -> tuple[Tensor, Tensor]:
+    """The teachers' averaged soft predictions (MEAL V2 averages probabilities, not logits): class probabilities
+    at TEMPERATURE (B, C, R, W) and stage-1 occupied probabilities (B, 1, R, W)."""
+    probs, occupied = 0.0, 0.0
+    for teacher in teachers:
+        classes, occupancy = teacher(batch["images"], batch["grid"], batch["valid"], batch["uss"])
+        probs = probs + torch.softmax(classes / temperature, dim=1)
+        occupied = occupied + torch.sigmoid(occupancy)
+    return probs / len(teachers), occupied / len(teachers)
+
+
+def distill_terms(classes: Tensor, occupancy: Tensor, teacher_probs: Tensor, teacher_occupied: Tensor,
+                  temperature: float, mask: Tensor | None = None) -> dict[str, Tensor]:
+    """kd: T^2 * KL(teacher || student) of the class distributions softened by T (Hinton's T^2 keeps the gradient
+    scale independent of T); occupancy: binary KL(teacher || student) of the stage-1 probability (= BCE against
+    the soft target minus the target's own entropy: same gradients, and 0 when the student matches). Both mean
+    over the cells of MASK (B, R, W; all cells when None). Zero when the student's outputs are the teacher's."""
+    m = torch.ones_like(classes[:, 0]) if mask is None else mask.float()
+    log_student = F.log_softmax(classes / temperature, dim=1)
+    kl = (torch.special.xlogy(teacher_probs, teacher_probs) - teacher_probs * log_student).sum(dim=1)
+    p = teacher_occupied[:, 0]
+    entropy = -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+    binary_kl = F.binary_cross_entropy_with_logits(occupancy[:, 0], p, reduction="none") - entropy
+    cells = m.sum().clamp(min=1.0)
+    return {"kd": temperature ** 2 * (kl * m).sum() / cells, "occupancy": (binary_kl * m).sum() / cells}
+
+
+class DistillLoss:
+    """total = kd_weight * kd + occupancy_weight * occupancy + hard_weight * (the usual labelled loss), the soft
+    terms against the teachers' averaged predictions on the same batch, over the labelled cells (the ego
+    footprint carries no information)."""
+
+    def __init__(self, teachers: Sequence[nn.Module], hard: Loss | None, temperature: float = 4.0,
+                 kd_weight: float = 1.0, occupancy_weight: float = 1.0, hard_weight: float = 0.5) -> None:
+        self.teachers = [t.eval() for t in teachers]
+        self.hard, self.temperature = hard, temperature
+        self.kd_weight, self.occupancy_weight, self.hard_weight = kd_weight, occupancy_weight, hard_weight
+
+    def __call__(self, batch: dict[str, Tensor], classes: Tensor, occupancy: Tensor) -> dict[str, Tensor]:
+        probs, occupied = ensemble_targets(self.teachers, batch, self.temperature)
+        out = distill_terms(classes, occupancy, probs, occupied, self.temperature, batch["target"] != IGNORE)
+        total = self.kd_weight * out["kd"] + self.occupancy_weight * out["occupancy"]
+        if self.hard is not None and self.hard_weight > 0:
+            out["hard"] = self.hard(batch, classes, occupancy)["total"]
+            total = total + self.hard_weight * out["hard"]
+        out["total"] = total
+        return out
+
+
+def half_width(config: ModelConfig) -> ModelConfig:
+    """The default student: the teacher's network with both encoders and every BEV width halved."""
+    return config.replace(name=f"{config.name}-half", camera_width=config.camera_width / 2,
+                          uss_width=config.uss_width / 2, neck_channels=max(4, config.neck_channels // 2),
+                          bev_channels=max(4, config.bev_channels // 2),
+                          decoder_channels=max(4, config.decoder_channels // 2))
+
+
+def miou(model: FusionNet, dataset) -> float | None:
+    """The obstacle-class mIoU of MODEL on DATASET (perception.train.evaluate_dataset)."""
+    from perception.train import dataset_rig, evaluate_dataset
+
+    return evaluate_dataset(model, dataset, dataset_rig(dataset))["miou"]
+
+
+@method("distill")
+def distill_method(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
+    """`nearfield compress --method distill`: a student trained from the teachers' soft BEV predictions (options
+    teachers=A,B (default: SOURCE), student=CONFIG (default: SOURCE's config at half width), temperature, kd_weight,
+    occupancy_weight, hard_weight, lr, seed), and the same student trained alone with the same steps and seed; both
+    mIoUs on DATA's val split (else DATA itself) go into the entry."""
+    name = "distill"
+    set_threads(options)
+    src = resolve_source(source, manifest)
+    teacher, config = load_torch_model(src)
+    teachers = [teacher]
+    from perception.registry import load_trained
+
+    for extra in name_list(options.get("teachers")):
+        if extra != src.trained:
+            model, cfg = load_trained(extra)
+            if cfg.bev != config.bev:
+                raise ConfigError(f"{name}: teacher {extra} has a different [bev] than {source}; an ensemble must "
+                                  "share the BEV grid and image size")
+            teachers.append(model)
+    student_config = load_model_config(options["student"]) if options.get("student") else half_width(config)
+    if student_config.bev != config.bev:
+        raise ConfigError(f"{name}: student config {student_config.name} has a different [bev] than the teacher "
+                          f"{source}; give it the teacher's [bev] table (the deploy inputs must not change)")
+    steps = option(options, "steps", 20, int, 1, 10**7, name)
+    seed = option(options, "seed", student_config.train["seed"], int, 0, 2**31, name)
+    lr = option(options, "lr", student_config.train["lr"], float, 1e-12, 10, name)
+    temperature = option(options, "temperature", 4.0, float, 1e-3, 100, name)
+    weights = {k: option(options, k, d, float, 0, 1e6, name)
+               for k, d in (("kd_weight", 1.0), ("occupancy_weight", 1.0), ("hard_weight", 0.5))}
+    train_set = training_data(data, config.bev, "train", name)
+    eval_set = training_data(data, config.bev, "val", name)
+
+    torch.manual_seed(seed)
+    student = FusionNet(student_config)
+    alone = copy.deepcopy(student)  # the same initial weights: the comparison isolates the teachers' effect
+    kd = DistillLoss(teachers, hard_loss(student_config, train_set), temperature, **weights)
+    fine_tune(student, train_set, steps, lr, seed, loss=kd, desc="distill")
+    fine_tune(alone, train_set, steps, lr, seed, desc="student alone")
+    scores = {"miou_distilled": miou(student, eval_set), "miou_alone": miou(alone, eval_set)}
+    log.info("%s: student %s mIoU %s distilled vs %s alone", out, student_config.name, scores["miou_distilled"],
+             scores["miou_alone"])
+
+    from deploy.export import export_onnx
+
+    path = export_onnx(student, student_config, output_path(out, manifest))
+    teacher_names = [src.trained] + [t for t in name_list(options.get("teachers")) if t != src.trained]
+    recorded = {**options, "student": student_config.name, "student_config": student_config.to_toml(),
+                "teachers": teacher_names, "temperature": temperature, "seed": seed, "lr": lr, **weights,
+                "eval_frames": len(eval_set)}
+    notes = (f"student {student_config.name} distilled from {', '.join(teacher_names)} (T={temperature}, {steps} "
+             f"steps): torch mIoU {_pct(scores['miou_distilled'])} vs {_pct(scores['miou_alone'])} for the same "
+             f"student trained alone (same steps and seed) on {len(eval_set)} frames of {data}")
+    entry = register_output(out, path, src, "distill", "any", recorded, notes, manifest)
+    figures = {k: round(v, 4) for k, v in scores.items() if v is not None}
+    return update_metrics(out, figures, manifest) if figures else entry
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+__all__ = ["DistillLoss", "Loss", "distill_method", "distill_terms", "ensemble_targets", "fine_tune", "half_width",
+           "hard_loss", "loss_record", "miou", "name_list", "option", "set_threads", "training_data", "tune"]
