@@ -1,0 +1,167 @@
+"""The zoo commands on a tmp manifest with a tiny exported model and a child of it: checksums, `zoo list`, and
+`zoo measure`, whose mIoU must equal what Evaluator computes on the same class maps."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from app.cli import main  # noqa: E402
+from deploy.backends.ort import OrtBackend  # noqa: E402
+from deploy.commands.export import verify, zoo_rows  # noqa: E402
+from deploy.export import export_onnx, input_shapes  # noqa: E402
+from deploy.measure import count_parameters, measure_model  # noqa: E402
+from deploy.zoo import ZooModel, get_model, read_zoo, register, update_metrics  # noqa: E402
+from perception.bev_config import BevConfig, ego_mask  # noqa: E402
+from perception.evaluate import Evaluator  # noqa: E402
+from perception.model import FusionNet, load_model_config  # noqa: E402
+from perception.model import count_parameters as torch_parameters  # noqa: E402
+from perception.postprocess import class_map  # noqa: E402
+from perception.preprocess import FramePreprocessor  # noqa: E402
+from sensors.errors import ChecksumError  # noqa: E402
+from sensors.log import LogReader  # noqa: E402
+from sensors.replay import replay_frames  # noqa: E402
+from sim_data.simulate import DriveSpec, simulate_drive  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TINY_BEV = BevConfig(extent=16.0, cell=0.4, heights=(0.25, 0.75), image_size=(64, 64))
+
+
+@pytest.fixture(scope="module")
+def night_log(tmp_path_factory, rig):
+    return simulate_drive(DriveSpec("night", 31, 3, ("night",)), tmp_path_factory.mktemp("logs"), rig, scale=0.25)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """tiny.onnx (a fresh small network) and its torch parameter count."""
+    config = load_model_config("nf-small").replace(name="tiny", camera_width=0.125, uss_width=0.125,
+                                                   neck_channels=8, bev_channels=8, decoder_channels=8, bev=TINY_BEV)
+    torch.manual_seed(0)
+    model = FusionNet(config).eval()
+    path = export_onnx(model, config, tmp_path_factory.mktemp("build") / "tiny.onnx")
+    return path, config, torch_parameters(model)
+
+
+@pytest.fixture
+def zoo(tmp_path, built):
+    """A manifest with 'tiny' (parent: a trained name) and 'tiny-copy' (parent: tiny, the same network)."""
+    path, config, _ = built
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    manifest.parent.mkdir()
+    for name, parent in (("tiny", "nf-tiny-trained"), ("tiny-copy", "tiny")):
+        shutil.copyfile(path, manifest.parent / f"{name}.onnx")
+        register(ZooModel(name, manifest.parent / f"{name}.onnx", "", parent, "fp32", "any", config.bev,
+                          input_shapes(path)), manifest)
+    return manifest
+
+
+def test_a_damaged_zoo_file_raises_checksum_error(zoo, capsys):
+    assert verify(zoo) == {"tiny": True, "tiny-copy": True}
+    assert main(["zoo", "--manifest", str(zoo), "verify"]) == 0
+    f = zoo.parent / "tiny-copy.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="tiny-copy"):
+        get_model("tiny-copy", zoo).verified_onnx()
+    with pytest.raises(ChecksumError, match=r"1 of 2 model file\(s\) .*: tiny-copy;"):
+        verify(zoo)
+    capsys.readouterr()
+    assert main(["zoo", "--manifest", str(zoo), "verify"]) == 2
+    assert "nearfield zoo: error:" in capsys.readouterr().err
+
+
+def test_zoo_list_shows_measured_figures_and_blanks(zoo, capsys):
+    update_metrics("tiny", {"test_miou": 0.4123, "test_miou_night": 0.305, "ort_cpu_ms": 12.5, "params": 2_500_000},
+                   zoo)
+    assert main(["zoo", "--manifest", str(zoo), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("|")[1].strip() == "name" and "night mIoU" in lines[0]
+    tiny = [c.strip() for c in lines[2].split("|")[1:-1]]
+    copy = [c.strip() for c in lines[3].split("|")[1:-1]]
+    size = f"{(zoo.parent / 'tiny.onnx').stat().st_size / 1e6:.2f}"
+    assert tiny == ["tiny", "fp32", "any", "nf-tiny-trained", "2.50", size, "41.2%", "30.5%", "12.50", ""]
+    assert copy == ["tiny-copy", "fp32", "any", "tiny", "", size, "", "", "", ""]
+    assert main(["zoo", "--manifest", str(zoo), "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == zoo_rows(zoo) and rows[0]["test_miou"] == 0.4123 and rows[1]["ort_cpu_ms"] is None
+
+
+def test_an_empty_zoo_lists_nothing(tmp_path, capsys):
+    assert main(["zoo", "--manifest", str(tmp_path / "ZOO.toml"), "list"]) == 0
+    assert "no models yet" in capsys.readouterr().out
+
+
+def _expected_scores(onnx_path, log):
+    """mIoU straight from Evaluator on class maps computed here, without deploy.pipeline."""
+    with LogReader(log) as reader:
+        rig = reader.rig
+    prep = FramePreprocessor(rig, TINY_BEV)
+    grid = TINY_BEV.grid(rig)
+    ego = ego_mask(rig.vehicle, grid)
+    backend = OrtBackend(onnx_path, threads=1)
+    ev = Evaluator(rig, grid)
+    for frame in replay_frames(log, decode=True, decode_scale=prep.reduction):
+        inputs, _ = prep.network_inputs(frame)
+        logits = backend.run(inputs)["class_logits"][0]
+        ev.update(class_map(logits, ego), prep.target(frame.truth), frame.conditions)
+    return ev.result()
+
+
+def test_measure_gives_evaluator_miou_latency_ratio_and_size(zoo, night_log, built, capsys):
+    expected = _expected_scores(zoo.parent / "tiny-copy.onnx", night_log)
+    assert main(["zoo", "--manifest", str(zoo), "measure", "tiny-copy", "--data", str(night_log),
+                 "--threads", "1"]) == 0
+    assert "3 test frames" in capsys.readouterr().out
+    m = read_zoo(zoo)["tiny-copy"].metrics
+    assert expected["miou"] is not None
+    assert m["test_miou"] == pytest.approx(expected["miou"], abs=1e-12)
+    assert m["test_miou_night"] == pytest.approx(expected["by_condition"]["night"]["miou"], abs=1e-12)
+    assert m["test_frames"] == 3
+    assert m["size_mb"] == pytest.approx((zoo.parent / "tiny-copy.onnx").stat().st_size / 1e6, abs=1e-3)
+    assert m["ort_cpu_ms"] > 0 and m["ort_cpu_parent_ms"] > 0
+    assert m["ort_cpu_ratio"] == pytest.approx(m["ort_cpu_ms"] / m["ort_cpu_parent_ms"], rel=1e-2)
+    # The deployed weights: BatchNorm folded away and parameters the forward pass never reads left out by the export.
+    assert m["params"] == count_parameters(zoo.parent / "tiny-copy.onnx") and 0 < m["params"] <= built[2]
+    assert "1 onnxruntime threads" in m["measured_on"] and m["command"].startswith("nearfield zoo measure tiny-copy")
+
+
+def test_measure_without_a_parent_in_the_zoo_has_no_ratio(zoo, night_log):
+    m = measure_model("tiny", [night_log], threads=1, manifest=zoo, store=False)
+    assert "ort_cpu_ratio" not in m and m["test_frames"] == 3
+    assert "test_miou" not in read_zoo(zoo)["tiny"].metrics  # store=False leaves the manifest alone
+
+
+def test_parameter_count_skips_quantisation_scales(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    w = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.int8), "w")
+    sc = numpy_helper.from_array(np.ones(8, np.float32), "sc")
+    zp = numpy_helper.from_array(np.zeros(8, np.int8), "zp")
+    graph = helper.make_graph([helper.make_node("DequantizeLinear", ["w", "sc", "zp"], ["y"], axis=0)], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 3, 3, 3])], [w, sc, zp])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "q.onnx"))
+    assert count_parameters(tmp_path / "q.onnx") == 8 * 27
+
+
+def test_measure_needs_labelled_logs(zoo, tmp_path):
+    from sensors.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no such log file"):
+        measure_model("tiny", [tmp_path / "absent.mcap"], manifest=zoo)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"holds no \*\.mcap"):
+        measure_model("tiny", tmp_path / "empty", manifest=zoo)
+
+
+def test_the_zoo_entry_keeps_its_other_fields_after_measure(zoo, night_log):
+    before = read_zoo(zoo)["tiny"]
+    measure_model("tiny", night_log, threads=1, manifest=zoo)
+    after = read_zoo(zoo)["tiny"]
+    assert replace(after, metrics={}) == replace(before, metrics={})
