@@ -1,0 +1,114 @@
+"""`nearfield run` (the embedded runtime), `nearfield bench runtime` and `nearfield bench soak`: thin wrappers over
+deploy.runtime and deploy.runtime_bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from pathlib import Path
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    from deploy.backends import BACKENDS
+    from deploy.runtime import LATE_POLICIES
+
+    r = commands.add_parser("run", help="run a deploy model over a drive log or live sensors into a results MCAP",
+                            description="Exit status: 0 done; 1 the input log was damaged (every readable frame "
+                            "was processed); 2 bad input; 128+N stopped by signal N (the results file is complete).")
+    r.add_argument("--model", required=True, help="zoo model name (`nearfield zoo list`)")
+    r.add_argument("--source", required=True, metavar="LOG|LIVE_CONFIG",
+                   help="a drive log (.mcap), or a TOML naming live cameras and the CAN ultrasonics")
+    r.add_argument("--out", required=True, help="results file to write (.mcap; opens in Foxglove)")
+    r.add_argument("--backend", default="ort", choices=BACKENDS)
+    r.add_argument("--threads", type=int, help="inference threads (default: the backend's)")
+    r.add_argument("--device", default="cpu", help="onnxruntime device: cpu, cuda, cuda:N")
+    r.add_argument("--deadline-ms", type=float, help="frame deadline: capture to results ready (default: none)")
+    r.add_argument("--late-policy", default="keep", choices=LATE_POLICIES,
+                   help="keep: publish late frames, flagged; drop: withhold their maps (always recorded)")
+    r.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_run)
+
+    b = bench.add_parser("runtime", help="per-stage latency and end-to-end frames/s of the runtime, and the same "
+                         "model in torch eager")
+    _model_args(b)
+    b.add_argument("--onnx", help="time this ONNX file (e.g. a candidate not yet in the zoo) with --model's BEV "
+                   "configuration and parent")
+    b.add_argument("--frames", type=int, default=100, help="frames to time (the drive is looped)")
+    b.add_argument("--threads", type=int, help="inference threads of both backends (default: onnxruntime's)")
+    b.add_argument("--torch-model", metavar="RUN_DIR|NAME",
+                   help="the torch model to compare (default: the zoo model's parent, when it is a trained model)")
+    b.add_argument("--json", help="write the figures to this JSON file")
+    b.set_defaults(func=_bench_runtime)
+
+    s = bench.add_parser("soak", help="replay a drive in a loop through the runtime; resident memory must not grow")
+    _model_args(s)
+    s.add_argument("--frames", type=int, default=3000)
+    s.add_argument("--warmup", type=int, default=200, help="frames before the baseline is taken")
+    s.add_argument("--max-growth-mb", type=float, default=16.0,
+                   help="fail when resident memory grows by more than this after warm-up (default 16 MB)")
+    s.add_argument("--threads", type=int)
+    s.add_argument("--json", help="write the figures to this JSON file")
+    s.set_defaults(func=_bench_soak)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="zoo model name (default: the zoo's first model)")
+    p.add_argument("--log", help="drive log to replay (default: a short drive simulated for the bench)")
+    p.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
+
+
+def _zoo_model(name: str | None, manifest: str | None):
+    from deploy.zoo import MANIFEST, get_model, list_models
+    from sensors.errors import ConfigError
+
+    manifest = manifest or MANIFEST
+    if name is None:
+        names = list_models(manifest)
+        if not names:
+            raise ConfigError(f"the zoo ({manifest}) is empty; export a model first (`nearfield export`) or pass "
+                              "--manifest")
+        name = names[0]
+    return get_model(name, manifest)
+
+
+def _run(args) -> int:
+    from deploy.runtime import run
+
+    model = _zoo_model(args.model, args.manifest)
+    stats = run(model, args.source, args.out, backend=args.backend, threads=args.threads,
+                deadline_ms=args.deadline_ms, late_policy=args.late_policy, progress=not args.no_progress,
+                device=args.device)
+    print(stats.format())
+    if stats.stopped_by in ("SIGINT", "SIGTERM"):
+        return 128 + signal.Signals[stats.stopped_by].value
+    return 1 if stats.input_damage else 0
+
+
+def _bench_runtime(args) -> int:
+    from deploy.runtime_bench import bench_runtime
+
+    model = _zoo_model(args.model, args.manifest)
+    result = bench_runtime(model, log=args.log, frames=args.frames, threads=args.threads, onnx=args.onnx,
+                           torch_model=args.torch_model)
+    print(result.format())
+    _write_json(args.json, result.as_dict())
+    return 0
+
+
+def _bench_soak(args) -> int:
+    from deploy.runtime_bench import soak
+
+    model = _zoo_model(args.model, args.manifest)
+    result = soak(model, log=args.log, frames=args.frames, warmup=args.warmup, max_growth_mb=args.max_growth_mb,
+                  threads=args.threads)
+    print(result.format())
+    _write_json(args.json, result.as_dict())
+    return 0 if result.passed else 1
+
+
+def _write_json(path: str | None, data: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")

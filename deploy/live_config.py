@@ -1,0 +1,223 @@
+"""Live sources for the runtime: a TOML file naming the cameras (sensors.drivers.camera) and the CAN ultrasonics
+(sensors.drivers.can_uss), opened up front and pumped by one thread each into the synchroniser, which hands Frames
+to the runtime in the order it assembles them."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sensors.errors import ConfigError, NearfieldError
+from sensors.messages import Frame
+from sensors.rig import Rig, load_rig
+from sensors.sync import Synchroniser
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+EXAMPLE = """\
+rig = "my-car.toml"            # optional: the rig file (default: the shipped rig)
+[cameras]                      # rig camera = video file, /dev/videoN or index, or a GStreamer pipeline
+FV = "/dev/video0"
+RV = "nvarguscamerasrc sensor-id=1 ! ... ! appsink drop=true max-buffers=1"
+[can]                          # optional: the ultrasonic ECU
+channel = "can0"               # a CAN channel, or a CAN log file (.log/.asc/.blf) replayed in real time
+interface = "socketcan"        # python-can interface of a channel
+bitrate = 500000               # optional
+"""
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """What a LIVE_CONFIG file names; `source` (the file) names the culprit in error messages."""
+
+    cameras: dict[str, str | int] = field(default_factory=dict)
+    can: str | None = None
+    can_interface: str = "socketcan"
+    can_bitrate: int | None = None
+    rig: Path | None = None
+    source: str = "<live config>"
+
+
+def load_live_config(path: str | Path) -> LiveConfig:
+    """Read and validate a LIVE_CONFIG TOML (see EXAMPLE); relative paths are resolved against its folder."""
+    from sensors.drivers.camera import parse_camera_arg
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable live configuration ({e}); expected a TOML file like:\n{EXAMPLE}") \
+            from None
+    unknown = sorted(set(data) - {"rig", "cameras", "can"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; expected rig, [cameras] and [can]")
+    cams = data.get("cameras", {})
+    if not isinstance(cams, dict) or not all(isinstance(v, (str, int)) for v in cams.values()):
+        raise ConfigError(f"{path}: [cameras] must map rig camera names to sources (strings or device numbers)")
+    rig_path = _resolve(path, data["rig"]) if "rig" in data else None
+    cameras = {}
+    for name, src in cams.items():
+        src = str(_resolve(path, src)) if isinstance(src, str) and _looks_like_file(src) else src
+        cam, parsed = parse_camera_arg(f"{name}={src}")
+        cameras[cam] = parsed
+    can = data.get("can", {})
+    if not isinstance(can, dict) or not isinstance(can.get("channel", ""), str):
+        raise ConfigError(f"{path}: [can] must be a table with a string 'channel'")
+    unknown = sorted(set(can) - {"channel", "interface", "bitrate"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) can.{', can.'.join(unknown)}; expected channel, interface, "
+                          "bitrate")
+    channel = can.get("channel")
+    if channel is not None and _looks_like_file(channel):
+        channel = str(_resolve(path, channel))
+    bitrate = can.get("bitrate")
+    if bitrate is not None and (not isinstance(bitrate, int) or bitrate <= 0):
+        raise ConfigError(f"{path}: can.bitrate must be a positive whole number, got {bitrate!r}")
+    if not cameras and channel is None:
+        raise ConfigError(f"{path}: names no source; give [cameras] and/or [can] like:\n{EXAMPLE}")
+    return LiveConfig(cameras, channel, str(can.get("interface", "socketcan")), bitrate, rig_path, str(path))
+
+
+def _looks_like_file(spec: str) -> bool:
+    return "!" not in spec and not spec.startswith("/dev/") and "." in Path(spec).name
+
+
+def _resolve(config: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else config.parent / p
+
+
+class LiveSource:
+    """Frames from live drivers, stamped on one monotonic `clock` (so a frame's age is clock() - stamp). The
+    sources open in the constructor (a bad one fails before any output exists) and run when frames() is
+    iterated; it ends when every source has ended or `stop` is set. A source that fails mid-run is reported in
+    `errors` while the others go on (the synchroniser flags its frames degraded)."""
+
+    live = True
+
+    def __init__(self, config: LiveConfig, clock: Callable[[], int] = time.monotonic_ns,
+                 stop: threading.Event | None = None, queue_size: int = 64):
+        from sensors.drivers.camera import VideoCameraSource
+        from sensors.live import _is_can_file
+
+        self.config, self.clock = config, clock
+        self.name = config.source
+        self.rig: Rig = load_rig(config.rig)
+        self.stop = stop or threading.Event()
+        self._done = threading.Event()  # the run is over: pumps stop (the caller's `stop` is left as it was)
+        self.errors: list[str] = []
+        self.discarded = 0  # frames the runtime fell too far behind to take (the queue's oldest)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._sources = []
+        for name in config.cameras:
+            if name not in self.rig.cameras:
+                raise ConfigError(f"{config.source}: camera {name!r} is not in the rig ({', '.join(self.rig.cameras)})")
+        t0 = clock()
+        try:
+            for name, src in config.cameras.items():
+                cam = self.rig.cameras[name]
+                self._sources.append(("image", VideoCameraSource(name, src, clock=clock, size=(cam.width, cam.height),
+                                                                 realtime=True, start_ns=t0)))
+            if config.can is not None:
+                if _is_can_file(config.can):
+                    from sensors.live import _CanFileReplay  # replays a CAN log as a live bus, as `record` does
+
+                    self._sources.append(("uss", _CanFileReplay(config.can, clock)))
+                else:
+                    from sensors.drivers.can_uss import CanUssSource
+
+                    self._sources.append(("uss", CanUssSource(config.can, config.can_interface, config.can_bitrate,
+                                                              clock=clock)))
+        except NearfieldError:
+            self.close()
+            raise
+
+    @property
+    def total(self) -> int | None:
+        return None
+
+    @property
+    def damage(self) -> list[str]:
+        return list(self.errors)
+
+    def frames(self) -> Iterator[Frame]:
+        sync = Synchroniser(self.rig)
+        lock = threading.Lock()
+        threads = [threading.Thread(target=self._pump, args=(kind, src, sync, lock), daemon=True,
+                                    name=f"live {getattr(src, 'name', kind)}") for kind, src in self._sources]
+        for t in threads:
+            t.start()
+        try:
+            while not self._halted:
+                try:
+                    yield self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads):
+                        break
+            if not self._halted:
+                while not self._queue.empty():
+                    yield self._queue.get_nowait()
+                with lock:
+                    rest = sync.flush()
+                yield from rest
+        finally:
+            self._done.set()
+            for t in threads:
+                t.join(timeout=5.0)
+
+    @property
+    def _halted(self) -> bool:
+        return self.stop.is_set() or self._done.is_set()
+
+    def _pump(self, kind: str, source, sync: Synchroniser, lock: threading.Lock) -> None:
+        try:
+            for item in source:
+                if self._halted:
+                    break
+                with lock:
+                    (sync.push_image if kind == "image" else sync.push_uss)(item)
+                    ready = sync.pop_frames()
+                for frame in ready:
+                    self._put(frame)
+        except NearfieldError as e:
+            if not self._halted:
+                name = getattr(source, "name", kind)
+                log.error("%s: %s", name, e)
+                self.errors.append(f"{name}: {e}")
+        finally:
+            source.close()
+
+    def _put(self, frame: Frame) -> None:
+        # A consumer that falls behind must not hold back the drivers: the oldest waiting frame gives way.
+        while True:
+            try:
+                self._queue.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    old = self._queue.get_nowait()
+                    self.discarded += 1
+                    log.warning("runtime behind the live sources: frame %d at %d ns discarded", old.index,
+                                old.stamp_ns)
+                except queue.Empty:
+                    pass
+
+    def close(self) -> None:
+        self._done.set()
+        for _, src in self._sources:
+            src.close()
+        self._sources = []
+
+
+__all__ = ["EXAMPLE", "LiveConfig", "LiveSource", "load_live_config"]

@@ -1,0 +1,366 @@
+"""The embedded runtime (`nearfield run`): one result per frame equal to torch's, torch and Qt blocked, SIGTERM
+mid-run, checksum mismatch, truncated input, the deadline monitor, live video + CAN sources, the benchmarks."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy.live_config import LiveConfig, load_live_config
+from deploy.results import read_results
+from deploy.runtime import DeadlineMonitor, LatencyStats, run
+from sensors.classes import IGNORE
+from sensors.errors import ConfigError
+from sensors.log import ConditionRecord, LogReader
+from sensors.log_writer import LogWriter
+from sensors.messages import CameraImage, GroundTruth, UssCycle
+from sensors.replay import replay_frames
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rewrite(src: Path, dst: Path, loops: int = 1, chunk_size: int = 1 << 20, drop_image=None) -> Path:
+    """SRC's messages written LOOPS times one after the other (re-stamped, so time runs forward), optionally
+    without camera drop_image[0]'s image number drop_image[1]."""
+    with LogReader(src) as r:
+        msgs = list(r.messages())
+        w = LogWriter(dst, r.rig, chunk_size=chunk_size, stamp_creation=False)
+        grid = next(m.grid for m in msgs if m.grid is not None)
+    span = msgs[-1].stamp_ns - msgs[0].stamp_ns + 100_000_000
+    seen = {}
+    with w:
+        for k in range(loops):
+            shift = k * span
+            for m in msgs:
+                v, t = m.value, m.stamp_ns + shift
+                if isinstance(v, CameraImage):
+                    n = seen[v.camera] = seen.get(v.camera, -1) + 1
+                    if drop_image == (v.camera, n):
+                        continue
+                    w.write_camera(CameraImage(v.camera, t, jpeg=v.jpeg))
+                elif isinstance(v, UssCycle):
+                    w.write_uss(UssCycle(t, v.cycle, v.sender, v.receiver, v.distance, v.amplitude, v.status))
+                elif isinstance(v, GroundTruth):
+                    w.write_truth(GroundTruth(t, v.occupancy, v.cell, []), grid)
+                elif isinstance(v, ConditionRecord):
+                    w.write_condition(t, v.labels, v.scene)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, rig):
+    """A 6-frame simulated drive (ultrasonic failure: degraded frames) with one image missing, a tiny FusionNet
+    and its ONNX file in a zoo manifest of its own."""
+    import torch
+
+    from deploy.export import export_onnx, input_shapes
+    from deploy.zoo import ZooModel, register
+    from perception.bev_config import BevConfig
+    from perception.model import FusionNet, load_model_config
+    from sim_data.simulate import DriveSpec, simulate_drive
+
+    root = tmp_path_factory.mktemp("runtime")
+    sim = simulate_drive(DriveSpec("rt", 3, 6, ("uss_failure",)), root / "sim", rig, scale=0.25)
+    drive = _rewrite(sim, root / "drive.mcap", drop_image=("MVL", 4))
+    config = load_model_config("nf-small").replace(
+        name="tiny", camera_width=0.25, uss_width=0.25, neck_channels=8, bev_channels=8, decoder_channels=8,
+        bev=BevConfig(cell=0.4, image_size=(128, 96)))
+    torch.manual_seed(0)
+    net = FusionNet(config).eval()
+    onnx = export_onnx(net, config, root / "zoo" / "tiny.onnx")
+    manifest = root / "zoo" / "ZOO.toml"
+    model = register(ZooModel("tiny", onnx, "", "untrained", bev=config.bev, inputs=input_shapes(onnx)), manifest)
+    return {"root": root, "drive": drive, "net": net, "config": config, "model": model, "manifest": manifest}
+
+
+@pytest.fixture(scope="session")
+def long_drive(world):
+    """The drive 40 times over (240 frames) in small chunks: long enough to interrupt, cut to a readable prefix."""
+    return _rewrite(world["drive"], world["root"] / "long.mcap", loops=40, chunk_size=64 << 10)
+
+
+def _blocking_prelude(forbidden=("torch", "PyQt6", "PySide6")) -> str:
+    return textwrap.dedent(f"""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {forbidden!r}:
+                    raise ImportError(f"{{name}} is blocked: the runtime must not import it")
+        sys.meta_path.insert(0, _Block())
+    """)
+
+
+def _cli(*args, manifest) -> list[str]:
+    return ["run", "--model", "tiny", "--manifest", str(manifest), "--threads", "1", "--no-progress", *args]
+
+
+# --- one result per frame, equal to torch -------------------------------------------------------------------------
+
+def test_one_result_per_frame_equal_to_torch(world, tmp_path):
+    import torch
+
+    from perception.preprocess import FramePreprocessor
+
+    out = tmp_path / "results.mcap"
+    stats = run(world["model"], world["drive"], out, threads=1, progress=False)
+    records = read_results(out)
+    with LogReader(world["drive"]) as r:
+        rig = r.rig
+    prep = FramePreprocessor(rig, world["config"].bev)
+    frames = list(replay_frames(world["drive"], decode_scale=prep.reduction))
+    assert stats.frames == len(records) == len(frames) == 6
+    assert stats.written == 6 and stats.late == stats.dropped == 0 and not stats.input_damage
+    assert [r.index for r in records] == list(range(6))
+    # Degraded flags and missing cameras pass through from the synchroniser.
+    assert [r.degraded for r in records] == [f.degraded for f in frames]
+    assert any("uss" in d for r in records for d in r.degraded)
+    assert [r.present for r in records] == [tuple(c for c in prep.cameras if f.images[c] is not None)
+                                           for f in frames]
+    assert "MVL" not in records[4].present and "camera MVL missing" in records[4].degraded
+    for rec, frame in zip(records, frames, strict=True):
+        inputs, _ = prep.network_inputs(frame)
+        with torch.no_grad():
+            logits, occ = world["net"](*(torch.from_numpy(inputs[k]) for k in ("images", "grid", "valid", "uss")))
+        logits = logits[0].numpy()
+        expect = logits.argmax(0).astype(np.uint8)
+        ignore = rec.class_map == IGNORE
+        assert ignore.any() and not ignore.all()
+        top2 = np.sort(logits, axis=0)[-2:]
+        clear = (top2[1] - top2[0] > 1e-4) & ~ignore  # a near-tie may flip between backends
+        assert clear.mean() > 0.95
+        np.testing.assert_array_equal(rec.class_map[clear], expect[clear])
+        np.testing.assert_allclose(rec.stage1, torch.sigmoid(occ[0, 0]).numpy(), atol=1e-4)
+        assert rec.stamp_ns == frame.stamp_ns and rec.sector_distance.shape == (16,)
+        assert set(rec.latency) >= {"decode", "preprocess", "inference", "postprocess", "write", "total"}
+        assert rec.latency["total"] >= rec.latency["inference"] > 0
+    with LogReader(out) as r:  # the results file carries the drive's rig
+        assert r.rig.cameras["FV"].to_dict() == rig.cameras["FV"].to_dict()
+        assert r.metadata["model_sha256"] == world["model"].sha256
+
+
+def test_the_runtime_imports_neither_torch_nor_qt(world, tmp_path):
+    out = tmp_path / "blocked.mcap"
+    code = _blocking_prelude() + textwrap.dedent(f"""
+        from app.cli import main
+        rc = main({_cli("--source", str(world["drive"]), "--out", str(out), manifest=world["manifest"])!r})
+        from deploy.results import read_results
+        assert len(read_results({str(out)!r})) == 6
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "PyQt6", "PySide6"))
+        assert not leaked, leaked
+        sys.exit(rc)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "6 frames" in p.stdout
+
+
+def test_sigterm_mid_run_leaves_a_complete_results_file(world, long_drive, tmp_path):
+    out = tmp_path / "interrupted.mcap"
+    code = _blocking_prelude() + textwrap.dedent(f"""
+        from app.cli import main
+        sys.exit(main({_cli("--source", str(long_drive), "--out", str(out), manifest=world["manifest"])!r}))
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # some frames into the run
+        p.send_signal(signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stdout
+    with LogReader(out) as r:
+        assert r.damage is None and r.indexed  # finished properly: summary and footer written
+    records = read_results(out)
+    assert 0 < len(records) < 240
+    assert f"{len(records)} frames" in stdout  # every frame taken was written
+    assert [r.index for r in records] == list(range(len(records)))
+    assert all(r.class_map is not None and r.latency for r in records)
+
+
+def test_checksum_mismatch_is_one_line_and_writes_nothing(world, tmp_path, capsys):
+    import shutil
+
+    from app.cli import main
+    from deploy.zoo import ZooModel, register
+
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    onnx = shutil.copy(world["model"].onnx, zoo / "tiny.onnx")
+    register(ZooModel("tiny", Path(onnx), "", "untrained", bev=world["config"].bev), zoo / "ZOO.toml")
+    with open(onnx, "r+b") as f:  # one flipped byte
+        f.seek(1000)
+        b = f.read(1)
+        f.seek(1000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    out = tmp_path / "never.mcap"
+    rc = main(_cli("--source", str(world["drive"]), "--out", str(out), manifest=zoo / "ZOO.toml"))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and "sha256" in err and "tiny" in err
+    assert not out.exists()
+
+
+def test_a_truncated_log_processes_every_readable_frame_and_says_so(world, long_drive, tmp_path, capsys):
+    from app.cli import main
+
+    cut = tmp_path / "cut.mcap"
+    data = long_drive.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 5])
+    readable = sum(1 for _ in replay_frames(cut, decode=False))
+    assert 0 < readable < 240
+    out = tmp_path / "results.mcap"
+    rc = main(_cli("--source", str(cut), "--out", str(out), manifest=world["manifest"]))
+    stdout = capsys.readouterr().out
+    assert rc == 1
+    assert "input damaged" in stdout and "every readable frame" in stdout and "truncated" in stdout.lower()
+    assert len(read_results(out)) == readable
+
+
+# --- the deadline monitor -----------------------------------------------------------------------------------------
+
+def test_late_policy_drop_drops_and_records_frames(world, tmp_path):
+    out = tmp_path / "drop.mcap"
+    stats = run(world["model"], world["drive"], out, threads=1, deadline_ms=1e-3, late_policy="drop",
+                progress=False)
+    assert (stats.frames, stats.late, stats.dropped, stats.written) == (6, 6, 6, 0)
+    records = read_results(out)
+    assert len(records) == 6
+    for k, r in enumerate(records):
+        assert r.late and r.dropped and r.deadline_ms == pytest.approx(1e-3)
+        assert r.class_map is None and r.stage1 is None and r.sector_distance is None
+        assert r.counters == {"frames": k + 1, "late_frames": k + 1, "dropped_frames": k + 1}
+        assert r.latency["inference"] > 0  # processed, then withheld: a log frame is never stale on arrival
+    kept = run(world["model"], world["drive"], tmp_path / "keep.mcap", threads=1, deadline_ms=1e-3,
+               late_policy="keep", progress=False)
+    assert (kept.late, kept.dropped, kept.written) == (6, 0, 6)
+    assert all(r.late and not r.dropped and r.class_map is not None for r in read_results(tmp_path / "keep.mcap"))
+
+
+def test_deadline_monitor_judges_and_counts():
+    m = DeadlineMonitor(10.0, "drop")
+    assert m.stale(10.5) and not m.stale(9.0)
+    assert m.judge(5.0) == (False, False)
+    assert m.judge(12.0) == (True, True)
+    assert m.counters == {"frames": 2, "late_frames": 1, "dropped_frames": 1}
+    keep = DeadlineMonitor(10.0, "keep")
+    assert not keep.stale(1e9) and keep.judge(12.0) == (True, False)
+    assert DeadlineMonitor(None, "drop").judge(1e9) == (False, False)
+    with pytest.raises(ConfigError, match="late-policy"):
+        DeadlineMonitor(10.0, "skip")
+    with pytest.raises(ConfigError, match="deadline"):
+        DeadlineMonitor(0.0)
+
+
+def test_latency_percentiles_within_two_percent():
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(2.0, 0.7, 2000)
+    stats = LatencyStats(("inference",))
+    for v in values:
+        stats.add({"inference": float(v)})
+    s = stats.summary()["inference"]
+    assert s["mean"] == pytest.approx(values.mean())
+    assert s["max"] == pytest.approx(values.max())
+    for q in (50, 95):
+        assert stats.percentile("inference", q) == pytest.approx(np.percentile(values, q), rel=0.02)
+
+
+# --- live sources -------------------------------------------------------------------------------------------------
+
+def test_live_video_files_and_can_log(world, tmp_path, rig):
+    """Video files (one per camera, played in real time) and a CAN log of the drive's ultrasonics, through the
+    synchroniser into the runtime, as on the car."""
+    from sensors.drivers.camera import write_video
+    from sensors.drivers.can_uss import log_to_can
+
+    small = rig.scaled(0.25)
+    (tmp_path / "rig.toml").write_text(small.to_toml())
+    frames = list(replay_frames(world["drive"]))
+    for cam in small.cameras:
+        imgs = [f.images[cam].rgb if f.images[cam] is not None else frames[0].images[cam].rgb for f in frames]
+        write_video(tmp_path / f"{cam}.avi", imgs, fps=10.0)
+    log_to_can(world["drive"], tmp_path / "uss.log")
+    config = tmp_path / "live.toml"
+    config.write_text('rig = "rig.toml"\n[cameras]\n' + "".join(f'{c} = "{c}.avi"\n' for c in small.cameras)
+                      + '[can]\nchannel = "uss.log"\n')
+    out = tmp_path / "live.mcap"
+    stats = run(world["model"], config, out, threads=1, progress=False)
+    records = read_results(out)
+    assert stats.frames == len(records) == 6
+    assert all(r.present == ("FV", "RV", "MVL", "MVR") for r in records)
+    assert all(r.class_map is not None for r in records)
+    # Live frames are stamped at capture on the monotonic clock: their age when taken is measured.
+    assert all(r.latency["total"] >= r.latency["age"] > 0 for r in records)
+    assert sum("uss missing" in r.degraded for r in records) <= 1  # the ultrasonics arrived alongside
+
+
+def test_live_config_is_validated(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[cameras]\nFV = "front.avi"\n[can]\nchanel = "can0"\n')
+    with pytest.raises(ConfigError, match=r"can\.chanel"):
+        load_live_config(bad)
+    bad.write_text("[cameras]\n")
+    with pytest.raises(ConfigError, match="names no source"):
+        load_live_config(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('[cameras]\nFV = "v/front.avi"\nRV = 2\n[can]\nchannel = "can0"\ninterface = "virtual"\n')
+    cfg = load_live_config(good)
+    assert cfg == LiveConfig({"FV": str(tmp_path / "v/front.avi"), "RV": 2}, "can0", "virtual", None, None,
+                             str(good))
+    with pytest.raises(ConfigError, match="--source"):
+        run("tiny", tmp_path / "drive.bag", tmp_path / "out.mcap")
+
+
+# --- benchmarks ---------------------------------------------------------------------------------------------------
+
+def test_bench_runtime_times_every_stage_and_torch(world, tmp_path):
+    from deploy.runtime_bench import bench_runtime
+
+    run_dir = tmp_path / "run"
+    _save_run(world, run_dir)
+    b = bench_runtime(world["model"], log=world["drive"], frames=8, threads=1, torch_model=run_dir)
+    assert b.frames == 8 and b.fps > 0
+    assert set(b.latency_ms) >= {"decode", "preprocess", "inference", "postprocess", "write"}
+    assert all(v["p50"] > 0 for v in b.latency_ms.values())
+    assert b.torch_ms > 0 and b.ratio == pytest.approx(b.torch_ms / b.latency_ms["inference"]["p50"])
+    skipped = bench_runtime(world["model"], log=world["drive"], frames=2, threads=1)
+    assert skipped.torch_ms is None and "untrained" in skipped.torch_skipped and "--torch-model" in skipped.format()
+
+
+def _save_run(world, run_dir: Path) -> None:
+    """A training run directory holding the tiny network's weights, as `nearfield train --out` leaves it."""
+    from perception.checkpoint import CONFIG_FILE, LAST, save_checkpoint
+
+    run_dir.mkdir()
+    (run_dir / CONFIG_FILE).write_text(world["config"].to_toml())
+    save_checkpoint(run_dir, LAST, world["net"], {"step": 0})
+
+
+def test_soak_memory_does_not_grow(world):
+    from deploy.runtime_bench import soak
+
+    s = soak(world["model"], log=world["drive"], frames=120, warmup=40, threads=1, sample_every=20)
+    assert s.frames == 120 and s.rss_end_mb > 0
+    assert s.passed, s.format()
+    assert abs(s.growth_mb) < 16 and "PASS" in s.format()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS from /proc (Linux)")
+def test_rss_reads_this_process():
+    from deploy.runtime_bench import rss_mb
+
+    before = rss_mb()
+    block = np.ones(64 << 20, np.uint8)  # 64 MB touched
+    assert rss_mb() - before > 50
+    del block
