@@ -1,0 +1,29 @@
+"""`nearfield view`: the Qt viewer over recorded and simulated drives (PyQt6 is imported only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    v = commands.add_parser("view", help="play a drive log: cameras, ultrasonics, ground truth and a zoo model's "
+                                         "predictions on one timeline")
+    v.add_argument("log", nargs="?", help="MCAP drive log (default: the simulated demo drive, made on first use)")
+    v.add_argument("--model", help="deploy model from the zoo to run on every frame (`nearfield zoo list`)")
+    v.add_argument("--manifest", help="zoo manifest to take --model from (default: deploy/zoo/ZOO.toml)")
+    v.add_argument("--frame", type=int, default=0, help="frame to show first (0-based)")
+    v.add_argument("--screenshot", metavar="OUT.png", help="draw --frame offscreen, save the window as a PNG, exit")
+    v.add_argument("--threads", type=int, help="inference threads (default: onnxruntime's)")
+    v.add_argument("--settings", metavar="FILE.ini", help="settings file instead of the user's (layout, recent files)")
+    v.set_defaults(func=_view)
+
+
+def _view(args) -> int:
+    from app.viewer import launch
+    from deploy.zoo import MANIFEST
+
+    code = launch(args.log, args.model, args.frame, args.screenshot, args.manifest or MANIFEST, args.settings,
+                  args.threads)
+    if args.screenshot:
+        print(args.screenshot)
+    return code

@@ -1,0 +1,299 @@
+"""Pictures of one frame for the viewer and its exports: the BEV view (car, ground truth and prediction layers,
+ultrasonic echo arcs and ellipses, sector warning ring), camera tiles and the per-sensor ultrasonic strip, as RGB
+arrays drawn with OpenCV. Qt-free, so the MP4 export draws exactly what the window shows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from perception.postprocess import Sectors
+from sensors.bev import BevGrid
+from sensors.classes import CLASS_COLORS, CLASS_NAMES, colorize
+from sensors.messages import UssCycle, UssStatus
+from sensors.rig import Rig, UssSensor
+
+BACKGROUND = (18, 18, 22)
+DIRECT_COLOR = (0, 230, 255)  # direct echoes: cyan arcs
+CROSS_COLOR = (255, 80, 255)  # cross echoes: magenta ellipse arcs
+LEVEL_COLORS = ((70, 150, 70), (250, 220, 40), (255, 140, 20), (255, 30, 30))  # clear, caution, warning, stop
+FAILED_COLOR = (255, 40, 40)
+
+
+@dataclass
+class Layers:
+    """What the BEV view draws; the window's toggles and opacity sliders edit one of these."""
+
+    truth: bool = True
+    truth_opacity: float = 0.55
+    prediction: bool = True
+    prediction_opacity: float = 0.75
+    uss: bool = True
+    sectors: bool = True
+
+
+# --- ultrasonic geometry ------------------------------------------------------------------------------------------
+
+def _in_beam(points: np.ndarray, sensor: UssSensor) -> np.ndarray:
+    """(..., 2) vehicle-frame points -> bool: within the sensor's horizontal opening (and in front of it)."""
+    d = points - np.asarray(sensor.position[:2])
+    bearing = np.arctan2(d[..., 1], d[..., 0])
+    off = (bearing - sensor.yaw + np.pi) % (2 * np.pi) - np.pi
+    return np.abs(off) <= sensor.horizontal_opening / 2
+
+
+def _runs(points: np.ndarray, keep: np.ndarray, closed: bool) -> list[np.ndarray]:
+    """The contiguous stretches of `points` where `keep` holds (a closed curve may wrap around its start)."""
+    if not keep.any():
+        return []
+    if keep.all():
+        return [np.concatenate([points, points[:1]]) if closed else points]
+    if closed:  # start the walk at a dropped point so that no kept stretch is cut by the seam
+        shift = int(np.argmin(keep))
+        points, keep = np.roll(points, -shift, axis=0), np.roll(keep, -shift)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+    return [points[a:b] for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= 2]
+
+
+def echo_curves(cycle: UssCycle, rig: Rig, samples: int = 96) -> list[tuple[bool, np.ndarray]]:
+    """Every echo of a cycle as (direct, (P, 2) vehicle-frame polyline): a direct echo is the arc of radius
+    `distance` around its sensor across the sensor's opening; a cross echo the part of the ellipse with the two
+    sensors as foci and semi-major axis `distance` that both sensors' beams cover. Echoes of unknown sensors,
+    and cross echoes shorter than half the sensors' spacing (no ellipse), are left out."""
+    sensors = {s.id: s for s in rig.uss}
+    out: list[tuple[bool, np.ndarray]] = []
+    t = np.linspace(0.0, 1.0, samples)
+    for sender, receiver, d in zip(cycle.sender.tolist(), cycle.receiver.tolist(), cycle.distance.tolist(),
+                                   strict=True):
+        s, r = sensors.get(sender), sensors.get(receiver)
+        if s is None or r is None or not math.isfinite(d) or d <= 0:
+            continue
+        if sender == receiver:
+            a = s.yaw + (t - 0.5) * s.horizontal_opening
+            pts = np.asarray(s.position[:2]) + d * np.stack([np.cos(a), np.sin(a)], -1)
+            out.append((True, pts))
+            continue
+        f1, f2 = np.asarray(s.position[:2]), np.asarray(r.position[:2])
+        c = float(np.linalg.norm(f2 - f1)) / 2
+        if d <= c:
+            continue
+        b = math.sqrt(d * d - c * c)
+        phi = math.atan2(*(f2 - f1)[::-1])
+        u = 2 * np.pi * np.arange(4 * samples) / (4 * samples)
+        ex, ey = d * np.cos(u), b * np.sin(u)
+        pts = (f1 + f2) / 2 + np.stack([ex * math.cos(phi) - ey * math.sin(phi),
+                                        ex * math.sin(phi) + ey * math.cos(phi)], -1)
+        out += [(False, run) for run in _runs(pts, _in_beam(pts, s) & _in_beam(pts, r), closed=True)]
+    return out
+
+
+def nearest_direct(cycle: UssCycle | None, rig: Rig) -> np.ndarray:
+    """(len(rig.uss),) the nearest direct-echo distance of each sensor in rig order (nan: no echo)."""
+    out = np.full(len(rig.uss), np.inf)
+    if cycle is not None and cycle.num_echoes:
+        ids = np.array([s.id for s in rig.uss])
+        order = np.argsort(ids)
+        sender, distance = cycle.sender[cycle.direct], cycle.distance[cycle.direct]
+        pos = np.clip(np.searchsorted(ids[order], sender), 0, len(ids) - 1)
+        known = ids[order][pos] == sender
+        np.minimum.at(out, order[pos[known]], distance[known])
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def failed_sensors(cycle: UssCycle | None) -> dict[int, UssStatus]:
+    """Sensor id -> status for the sensors the ECU reports as not working."""
+    return {} if cycle is None else {sid: st for sid, st in cycle.status.items() if st != UssStatus.OK}
+
+
+# --- the BEV view ---------------------------------------------------------------------------------------------------
+
+def view_grid(rig: Rig, extent: float, size: int) -> BevGrid:
+    """The picture's own grid: `size` x `size` pixels covering `extent` metres around the car body."""
+    return BevGrid.around(rig.vehicle, extent, extent / size)
+
+
+def paint_layer(canvas: np.ndarray, view: BevGrid, class_map: np.ndarray, grid: BevGrid, opacity: float) -> None:
+    """Blend a class map on GRID into the picture on VIEW (same orientation, square cells) in place."""
+    if opacity <= 0:
+        return
+    s = grid.cell / view.cell
+    origin = np.zeros((1, 2))
+    t = view.to_pixel(origin)[0] - s * grid.to_pixel(origin)[0]
+    # Cell centres map to cell centres; nearest-neighbour sampling then fills each cell's whole square.
+    M = np.array([[s, 0, t[0]], [0, s, t[1]]], np.float64)
+    size = (canvas.shape[1], canvas.shape[0])
+    rgb = cv2.warpAffine(colorize(class_map), M, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
+    cover = cv2.warpAffine(np.ones(class_map.shape, np.uint8), M, size, flags=cv2.INTER_NEAREST,
+                           borderMode=cv2.BORDER_CONSTANT).astype(bool)
+    a = float(min(max(opacity, 0.0), 1.0))
+    canvas[cover] = (canvas[cover] * (1 - a) + rgb[cover] * a).round().astype(np.uint8)
+
+
+def _px(view: BevGrid, xy: np.ndarray) -> np.ndarray:
+    """Vehicle-frame points -> fixed-point pixel coordinates (3 fractional bits): sub-pixel anti-aliased lines."""
+    return np.round(view.to_pixel(np.asarray(xy, float)) * 8).astype(np.int32)
+
+
+def _offset_along(body, d: np.ndarray, r: float) -> np.ndarray:
+    """Points c + t·d (c the body centre, d (N, 2) unit rays) at distance r from the body footprint: the outline of
+    the footprint grown by r with rounded corners. Bisection on t (distance grows monotonically along a ray)."""
+    c = np.array(body.centre)
+    lo = np.zeros(len(d))
+    hi = np.full(len(d), np.hypot(body.length, body.width) / 2 + r + 1.0)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        far = body.distance_to_body(c + mid[:, None] * d) > r
+        hi, lo = np.where(far, mid, hi), np.where(far, lo, mid)
+    return c + hi[:, None] * d
+
+
+def sector_polygons(sectors: Sectors, rig: Rig, inner: float = 0.12, width: float = 0.22) -> list[np.ndarray]:
+    """(P, 2) vehicle-frame polygon per sector: the band from `inner` to `inner + width` metres outside the body
+    outline, across the sector's bearings."""
+    polys = []
+    for start, end in sectors.angles.astype(float):
+        b = start + (end - start) % (2 * np.pi) * np.linspace(0, 1, 12)
+        d = np.stack([np.cos(b), np.sin(b)], -1)
+        polys.append(np.concatenate([_offset_along(rig.vehicle, d, inner),
+                                     _offset_along(rig.vehicle, d, inner + width)[::-1]]))
+    return polys
+
+
+def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers | None = None,
+                truth: tuple[np.ndarray, BevGrid] | None = None, prediction: tuple[np.ndarray, BevGrid] | None = None,
+                uss: UssCycle | None = None, sectors: Sectors | None = None) -> np.ndarray:
+    """(size, size, 3) RGB picture of the BEV view, car driving up."""
+    layers = layers or Layers()
+    view = view_grid(rig, extent, size)
+    pic = np.empty((size, size, 3), np.uint8)
+    pic[:] = BACKGROUND
+    metre = 1.0 / view.cell
+    for x in np.arange(math.ceil(view.x_max - extent), view.x_max, 2.0):  # faint 2 m grid
+        r = round(float(view.x_max - x) * metre)
+        cv2.line(pic, (0, r), (size - 1, r), (45, 45, 52), 1)
+    for y in np.arange(math.ceil(view.y_max - extent), view.y_max, 2.0):
+        c = round(float(view.y_max - y) * metre)
+        cv2.line(pic, (c, 0), (c, size - 1), (45, 45, 52), 1)
+    if truth is not None and layers.truth:
+        paint_layer(pic, view, truth[0], truth[1], layers.truth_opacity)
+    if prediction is not None and layers.prediction:
+        paint_layer(pic, view, prediction[0], prediction[1], layers.prediction_opacity)
+    aa = cv2.LINE_AA
+    body = rig.vehicle.footprint()
+    cv2.fillPoly(pic, [_px(view, body)], (70, 70, 78), aa, shift=3)
+    cv2.polylines(pic, [_px(view, body)], True, (230, 230, 230), 1, aa, shift=3)
+    nose = np.array([[rig.vehicle.x_max - 0.2, 0.0], [rig.vehicle.x_max - 0.8, 0.35], [rig.vehicle.x_max - 0.8, -0.35]])
+    cv2.fillPoly(pic, [_px(view, nose)], (200, 200, 200), aa, shift=3)
+    if sectors is not None and layers.sectors:
+        for poly, level, dist in zip(sector_polygons(sectors, rig), sectors.level.tolist(),
+                                     sectors.distance.tolist(), strict=True):
+            cv2.fillPoly(pic, [_px(view, poly)], LEVEL_COLORS[min(level, 3)], aa, shift=3)
+            if level > 0 and math.isfinite(dist):
+                mid = poly[len(poly) // 4 * 3]  # on the outer edge, mid-sector
+                _text(pic, f"{dist:.1f}", view.to_pixel(mid[None])[0] + (-10, 4), 0.38)
+    if uss is not None and layers.uss:
+        for direct, pts in echo_curves(uss, rig):
+            cv2.polylines(pic, [_px(view, pts)], False, DIRECT_COLOR if direct else CROSS_COLOR, 1, aa, shift=3)
+    failed = failed_sensors(uss)
+    for s in rig.uss:
+        p = view.to_pixel(np.array([s.position[:2]]))[0]
+        if s.id in failed:
+            q = np.round(p).astype(int)
+            cv2.line(pic, tuple(q - 5), tuple(q + 5), FAILED_COLOR, 2, aa)
+            cv2.line(pic, (q[0] - 5, q[1] + 5), (q[0] + 5, q[1] - 5), FAILED_COLOR, 2, aa)
+            _text(pic, s.name, p + np.array([6, -6]), 0.38, FAILED_COLOR)
+        else:
+            cv2.circle(pic, tuple(np.round(p).astype(int)), 2, (240, 240, 240), -1, aa)
+    return pic
+
+
+# --- tiles and strips -----------------------------------------------------------------------------------------------
+
+def _text(img: np.ndarray, text: str, org, scale: float = 0.5, color=(255, 255, 255)) -> None:
+    org = tuple(np.round(np.asarray(org, float)).astype(int).tolist())
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+
+
+def camera_tile(rgb: np.ndarray | None, name: str, failure: str | None, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) tile of one camera at size (w, h): the image, or a grey panel when it is missing; a failed
+    camera (missing image or a camera_failure label) is greyed and labelled with the reason."""
+    w, h = size
+    if rgb is None:
+        tile = np.full((h, w, 3), 55, np.uint8)
+    else:
+        tile = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        if failure:
+            grey = cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY) // 2 + 40
+            tile = np.repeat(grey[..., None], 3, axis=2)
+    _text(tile, name, (8, 20), 0.55)
+    if failure:
+        _text(tile, failure, (8, h // 2), 0.6, FAILED_COLOR)
+    return tile
+
+
+def camera_failures(images: dict, degraded: list[str], conditions: list[str]) -> dict[str, str]:
+    """Camera name -> why its panel is greyed: a missing or corrupt image, or a camera_failure label."""
+    out: dict[str, str] = {}
+    for reason in degraded:
+        parts = reason.split()
+        if len(parts) >= 3 and parts[0] == "camera":
+            out[parts[1]] = " ".join(parts[2:])
+    for label in conditions:
+        cond, _, cam = label.partition(":")
+        if cond == "camera_failure" and cam:
+            out.setdefault(cam, "camera failure")
+    for cam, im in images.items():
+        if im is None or getattr(im, "rgb", None) is None:
+            out.setdefault(cam, "missing")
+    return out
+
+
+def uss_strip(cycle: UssCycle | None, rig: Rig, width: int = 720, height: int = 70,
+              levels_m: tuple[float, ...] = (1.5, 0.8, 0.3)) -> np.ndarray:
+    """(height, width, 3): one cell per sensor in rig order with its nearest direct-echo distance as a bar
+    (longer = closer, coloured by the warning levels of perception.postprocess.SectorLayout) and its name;
+    failed sensors red with the ECU's reason."""
+    strip = np.empty((height, width, 3), np.uint8)
+    strip[:] = (28, 28, 32)
+    n = len(rig.uss)
+    dist = nearest_direct(cycle, rig)
+    failed = failed_sensors(cycle)
+    cw = width / n
+    for i, s in enumerate(rig.uss):
+        x0, x1 = round(i * cw) + 2, round((i + 1) * cw) - 2
+        cv2.rectangle(strip, (x0, 2), (x1, height - 3), (50, 50, 56), -1)
+        if s.id in failed:
+            cv2.rectangle(strip, (x0, 2), (x1, height - 3), (110, 20, 20), -1)
+            _text(strip, "X " + failed[s.id].name.lower().replace("_", " ")[:9], (x0 + 2, height - 10), 0.33,
+                  FAILED_COLOR)
+        elif math.isfinite(dist[i]):
+            share = 1.0 - min(max((dist[i] - s.range_min) / (s.range_max - s.range_min), 0.0), 1.0)
+            level = min(int((dist[i] <= np.asarray(levels_m)).sum()), len(LEVEL_COLORS) - 1)
+            top = round((height - 22) * (1 - share)) + 18
+            cv2.rectangle(strip, (x0 + 4, top), (x1 - 4, height - 4), LEVEL_COLORS[level], -1)
+            _text(strip, f"{dist[i]:.2f}", (x0 + 2, height - 8), 0.38)
+        else:
+            _text(strip, "-", (x0 + 2, height - 8), 0.38, (150, 150, 150))
+        _text(strip, s.name, (x0 + 2, 14), 0.38)
+    return strip
+
+
+def legend(width: int, height: int = 26) -> np.ndarray:
+    """The class colours with their names (sensors.classes)."""
+    band = np.empty((height, width, 3), np.uint8)
+    band[:] = (28, 28, 32)
+    x = 8
+    for i, name in enumerate(CLASS_NAMES):
+        cv2.rectangle(band, (x, 7), (x + 14, 19), CLASS_COLORS[i], -1)
+        _text(band, name, (x + 19, 18), 0.42)
+        x += 34 + 9 * len(name)
+    return band
+
+
+__all__ = ["Layers", "bev_picture", "camera_failures", "camera_tile", "echo_curves", "failed_sensors", "legend",
+           "nearest_direct", "paint_layer", "sector_polygons", "uss_strip", "view_grid"]

@@ -1,0 +1,53 @@
+"""Starting the viewer: `nearfield view [LOG] [--model NAME]` opens the window; with --screenshot it renders one
+frame offscreen into a PNG and exits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from deploy.zoo import MANIFEST
+from sensors.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def launch(log_path: str | Path | None = None, model: str | None = None, frame: int = 0,
+           screenshot: str | Path | None = None, manifest: str | Path = MANIFEST, settings: str | Path | None = None,
+           threads: int | None = None) -> int:
+    """Open the viewer on LOG_PATH (None: the demo drive) with MODEL at FRAME. With SCREENSHOT: draw that frame
+    offscreen, save the window as a PNG and return 0, or raise ConfigError with what went wrong."""
+    if screenshot is not None:
+        if Path(screenshot).suffix.lower() != ".png":
+            raise ConfigError(f"--screenshot {screenshot}: give a .png path")
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display needed
+    if frame < 0:
+        raise ConfigError(f"--frame {frame}: frames count from 0")
+    from PyQt6.QtCore import QSettings
+    from PyQt6.QtWidgets import QApplication
+
+    from app.window import ViewerWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    qsettings = QSettings(str(settings), QSettings.Format.IniFormat) if settings else None
+    win = ViewerWindow(qsettings, manifest, threads, dialogs=screenshot is None)
+    win.open_log(log_path)
+    if model:
+        win.select_model(model)
+    win.go_to(frame)
+    win.show()
+    if screenshot is None:
+        return app.exec()
+    try:
+        if not win.wait_for_frame(frame, timeout_ms=600_000):
+            problems = "; ".join(win._fatal_errors()) or "timed out waiting for the frame"
+            raise ConfigError(f"view --screenshot: {problems}")
+        if not win.export_png(screenshot):
+            raise ConfigError(f"view --screenshot: {win.errors[-1]}")
+        for warning in win.errors:
+            log.warning("%s", warning)
+    finally:
+        win.close()
+    return 0

@@ -1,0 +1,289 @@
+"""The viewer's Qt-free core: ultrasonic echo geometry, BEV layer placement, the random-access frame source, the
+session that runs zoo models on frames (IoU, checksum), the MP4 export and the demo-drive cache."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from app.frames import FrameSource
+from app.render import (
+    BACKGROUND,
+    FAILED_COLOR,
+    Layers,
+    _runs,
+    bev_picture,
+    camera_failures,
+    echo_curves,
+    nearest_direct,
+    paint_layer,
+    sector_polygons,
+    view_grid,
+)
+from app.session import DriveSession, compose, write_video
+from perception.postprocess import SectorLayout
+from sensors.bev import BevGrid
+from sensors.classes import CLASS_COLORS, IGNORE, SemanticClass
+from sensors.errors import ChecksumError, ConfigError, LogFormatError
+from sensors.messages import CameraImage, UssCycle, UssStatus
+from sensors.replay import replay_frames
+from sim_data.simulate import DriveSpec, simulate_drive
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory, rig):
+    return simulate_drive(DriveSpec("viewer", 11, 6), tmp_path_factory.mktemp("drives"), rig, scale=0.25)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """Two tiny ultrasonic-only models whose class head is constant: one says vehicle everywhere, one structure."""
+    torch = pytest.importorskip("torch")
+    return make_zoo(torch, tmp_path_factory.mktemp("zoo"))
+
+
+def make_zoo(torch, root):
+    from deploy.export import export_onnx, input_shapes
+    from deploy.zoo import ZooModel, read_zoo, register
+    from perception.bev_config import BevConfig
+    from perception.model import FusionNet, ModelConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    bev = BevConfig(extent=16.0, cell=0.4, heights=(0.25, 0.75), image_size=(64, 48))
+    config = ModelConfig(name="tiny", modality="uss", uss_width=0.125, neck_channels=8, bev_channels=8,
+                         decoder_channels=8, bev=bev)
+    try:
+        for name, cls in (("tiny-vehicle", SemanticClass.VEHICLE), ("tiny-structure", SemanticClass.STRUCTURE)):
+            torch.manual_seed(0)
+            net = FusionNet(config).eval()
+            head = net.decoder.stage2[-1]
+            with torch.no_grad():
+                head.weight.zero_()
+                head.bias.zero_()
+                head.bias[int(cls)] = 5.0
+            onnx = export_onnx(net, config, root / f"{name}.onnx")
+            register(ZooModel(name, onnx, "", "test", bev=bev, inputs=input_shapes(onnx)), manifest=root / "ZOO.toml")
+    finally:
+        torch.set_num_threads(threads)
+    return read_zoo(root / "ZOO.toml")
+
+
+# --- ultrasonic geometry ------------------------------------------------------------------------------------------
+
+def test_a_direct_echo_is_an_arc_of_its_distance_across_the_sensor_opening(rig):
+    s = rig.uss[2]
+    curves = echo_curves(UssCycle(0, 0, [s.id], [s.id], [1.7], [0.5]), rig)
+    assert len(curves) == 1 and curves[0][0]
+    pts = curves[0][1]
+    np.testing.assert_allclose(np.hypot(*(pts - s.position[:2]).T), 1.7, atol=1e-9)
+    bearings = np.arctan2(*(pts - s.position[:2]).T[::-1])
+    np.testing.assert_allclose([bearings.min(), bearings.max()],
+                               [s.yaw - s.horizontal_opening / 2, s.yaw + s.horizontal_opening / 2], atol=1e-9)
+
+
+def test_a_cross_echo_is_the_ellipse_arc_with_both_sensors_as_foci_inside_both_beams(rig):
+    a, b = rig.uss[2], rig.uss[3]
+    curves = echo_curves(UssCycle(0, 0, [a.id], [b.id], [1.2], [0.5]), rig)
+    assert curves and not any(direct for direct, _ in curves)
+    pts = np.concatenate([p for _, p in curves])
+    path = np.hypot(*(pts - a.position[:2]).T) + np.hypot(*(pts - b.position[:2]).T)
+    np.testing.assert_allclose(path, 2 * 1.2, atol=1e-9)
+    assert (pts[:, 0] > a.position[0]).all()  # in front of the bumper: the beams look forward
+    # Shorter than half the spacing of the two sensors: no ellipse exists, nothing is drawn.
+    half_gap = np.hypot(*(np.subtract(a.position[:2], b.position[:2]))) / 2
+    assert echo_curves(UssCycle(0, 0, [a.id], [b.id], [half_gap * 0.9], [0.5]), rig) == []
+
+
+def test_runs_of_a_closed_curve_join_across_the_seam():
+    pts = np.arange(10, dtype=float)[:, None] * [1.0, 0.0]
+    keep = np.array([1, 1, 0, 0, 1, 1, 0, 1, 1, 1], bool)
+    runs = _runs(pts, keep, closed=True)
+    assert sorted(r[:, 0].tolist() for r in runs) == [[4.0, 5.0], [7.0, 8.0, 9.0, 0.0, 1.0]]
+    assert [r[:, 0].tolist() for r in _runs(pts, keep, closed=False)] == [[0.0, 1.0], [4.0, 5.0], [7.0, 8.0, 9.0]]
+
+
+def test_nearest_direct_echo_per_sensor_in_rig_order(rig):
+    ids = [s.id for s in rig.uss]
+    cycle = UssCycle(0, 0, sender=[ids[1], ids[1], ids[4], ids[4], 99], receiver=[ids[1], ids[1], ids[5], ids[4], 99],
+                     distance=[2.0, 1.5, 0.4, 0.9, 0.2], amplitude=[1] * 5)
+    d = nearest_direct(cycle, rig)
+    assert d[1] == pytest.approx(1.5) and d[4] == pytest.approx(0.9)  # the cross echo 4->5 and sensor 99 do not count
+    assert np.isnan(np.delete(d, [1, 4])).all()
+    assert np.isnan(nearest_direct(None, rig)).all()
+
+
+# --- the BEV picture ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell", [0.1, 0.4])
+def test_a_layer_cell_covers_exactly_its_square_of_the_picture(rig, cell):
+    view = view_grid(rig, 16.0, 640)  # 2.5 cm a pixel
+    grid = BevGrid.around(rig.vehicle, 16.0, cell)
+    cm = np.zeros(grid.shape, np.uint8)
+    cm[0, 0], cm[-1, -1] = SemanticClass.VEHICLE, SemanticClass.PEDESTRIAN
+    pic = np.zeros((640, 640, 3), np.uint8)
+    paint_layer(pic, view, cm, grid, 1.0)
+    n = round(cell / view.cell)
+    for cls, corner in ((SemanticClass.VEHICLE, slice(0, n)), (SemanticClass.PEDESTRIAN, slice(640 - n, 640))):
+        hit = np.all(pic == CLASS_COLORS[cls], axis=-1)
+        assert hit.sum() == n * n and hit[corner, corner].all()
+    pic[:] = 100
+    paint_layer(pic, view, cm, grid, 0.25)  # opacity blends with what is below
+    np.testing.assert_array_equal(pic[-1, -1], np.round(100 * 0.75 + 0.25 * np.array(CLASS_COLORS[2])))
+
+
+def test_layers_toggle_and_a_failed_sensor_is_marked(rig):
+    grid = BevGrid.around(rig.vehicle, 16.0, 0.2)
+    truth = np.zeros(grid.shape, np.uint8)
+    truth[5:10, 5:10] = SemanticClass.STRUCTURE
+    probe = (7 * 8 + 4, 7 * 8 + 4)  # a truth cell's middle at 8 px a cell (640 px over 16 m at 0.2 m)
+    on = bev_picture(rig, 640, 16.0, Layers(truth_opacity=1.0), truth=(truth, grid))
+    off = bev_picture(rig, 640, 16.0, Layers(truth=False), truth=(truth, grid))
+    assert tuple(on[probe]) == CLASS_COLORS[SemanticClass.STRUCTURE]
+    assert tuple(off[probe]) == BACKGROUND
+    s = rig.uss[0]
+    cycle = UssCycle(0, 0, [], [], [], [], status={s.id: UssStatus.NO_RESPONSE})
+    pic = bev_picture(rig, 640, 16.0, uss=cycle)
+    col, row = np.round(view_grid(rig, 16.0, 640).to_pixel(np.array([s.position[:2]]))[0]).astype(int)
+    patch = pic[row - 4: row + 5, col - 4: col + 5]
+    assert np.all(patch == FAILED_COLOR, axis=-1).sum() >= 10
+
+
+def test_sector_bands_lie_just_outside_the_body(rig):
+    grid = BevGrid.around(rig.vehicle, 16.0, 0.2)
+    sectors = SectorLayout(rig, grid)(np.zeros(grid.shape, np.uint8))
+    polys = sector_polygons(sectors, rig, inner=0.1, width=0.2)
+    assert len(polys) == len(sectors.names) == 16
+    d = rig.vehicle.distance_to_body(np.concatenate(polys))
+    np.testing.assert_allclose(np.sort(d)[[0, -1]], [0.1, 0.3], atol=1e-6)
+    assert np.isclose(d, 0.1, atol=1e-6).sum() == np.isclose(d, 0.3, atol=1e-6).sum() == len(d) // 2
+
+
+def test_camera_failures_come_from_missing_images_and_failure_labels():
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    images = {"FV": CameraImage("FV", 0, rgb=rgb), "RV": None, "MVL": CameraImage("MVL", 0, rgb=rgb),
+              "MVR": CameraImage("MVR", 0, rgb=rgb)}
+    out = camera_failures(images, ["camera RV missing", "uss FSL blocked"], ["day", "camera_failure:MVL"])
+    assert out == {"RV": "missing", "MVL": "camera failure"}
+
+
+# --- frames -------------------------------------------------------------------------------------------------------
+
+def test_any_frame_reads_back_the_same_as_a_full_replay(drive):
+    full = list(replay_frames(drive, decode=True))
+    src = FrameSource(drive, cache_frames=2)
+    try:
+        assert len(src) == len(full) == 6
+        np.testing.assert_array_equal(src.stamps, [f.stamp_ns for f in full])
+        for k in (4, 1, 2, 3, 5, 0):
+            f, ref = src.frame(k), full[k]
+            assert f.index == k and f.stamp_ns == ref.stamp_ns and f.conditions == ref.conditions
+            assert f.uss.stamp_ns == ref.uss.stamp_ns
+            np.testing.assert_array_equal(f.truth.occupancy, ref.truth.occupancy)
+            for cam, im in ref.images.items():
+                np.testing.assert_array_equal(f.images[cam].rgb, im.rgb)
+            assert len(src._cache) <= 2  # memory stays bounded
+        assert src.index_at(0.21) == 2 and src.index_at(-5) == 0 and src.index_at(99) == 5
+        with pytest.raises(ConfigError, match="frame 6 is outside"):
+            src.frame(6)
+    finally:
+        src.close()
+
+
+def test_bad_and_truncated_logs(drive, tmp_path):
+    junk = tmp_path / "junk.mcap"
+    junk.write_bytes(b"not a log at all" * 10)
+    with pytest.raises(LogFormatError, match="not an MCAP file"):
+        FrameSource(junk)
+    data = drive.read_bytes()
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(data[:-100])  # the recording stopped while writing the summary: every frame is still there
+    src = FrameSource(cut)
+    try:
+        assert len(src) == 6 and src.damages and src.damages[0].kind == "truncated"
+        assert src.frame(5).index == 5
+    finally:
+        src.close()
+    head = tmp_path / "head.mcap"
+    head.write_bytes(data[: len(data) // 2])  # cut inside the first chunk: nothing to show, and it says so
+    with pytest.raises(LogFormatError, match=r"no complete frame in the log .*cut off"):
+        FrameSource(head)
+
+
+# --- models on frames ---------------------------------------------------------------------------------------------
+
+def test_a_model_runs_on_frames_with_iou_against_the_truth(drive, zoo, tmp_path):
+    session = DriveSession(threads=1)
+    try:
+        session.open(drive)
+        plain = session.view(3)
+        assert plain.result is None and plain.sectors_of == "truth" and plain.miou is None
+        session.set_model(zoo["tiny-vehicle"])
+        view = session.view(3)
+        cm = view.result.class_map
+        assert view.model == "tiny-vehicle" and view.pred_grid.shape == cm.shape == (40, 40)
+        assert set(np.unique(cm)) == {SemanticClass.VEHICLE, IGNORE}
+        # Obstacles everywhere: every sector's nearest one lies within a cell of the body, at the stop level.
+        assert view.sectors_of == "prediction" and np.all(view.sectors.distance <= 0.4)
+        assert np.all(view.sectors.level == 3)
+        # Known value: vehicle everywhere scores |truth vehicle| / |labelled cells| for vehicle, 0 for the other
+        # obstacle classes in the truth; classes in neither are left out of the mean.
+        target = session.pipeline.prep.target(view.frame.truth)
+        labelled = target != IGNORE
+        ious = [np.sum(target == SemanticClass.VEHICLE) / labelled.sum()]
+        ious += [0.0 for c in (2, 3, 4) if np.any(target == c)]
+        assert view.miou == pytest.approx(np.mean(ious))
+        assert set(view.result.latency_ms) == {"preprocess", "inference", "postprocess"}
+
+        # A damaged file: the checksum stops it and the previous model stays.
+        bad = tmp_path / "zoo"
+        shutil.copytree(zoo["tiny-structure"].onnx.parent, bad)
+        with open(bad / "tiny-structure.onnx", "ab") as f:
+            f.write(b"\0")
+        from deploy.zoo import read_zoo
+
+        with pytest.raises(ChecksumError, match="sha256"):
+            session.set_model(read_zoo(bad / "ZOO.toml")["tiny-structure"])
+        assert session.model.name == "tiny-vehicle" and session.view(2).model == "tiny-vehicle"
+
+        out = write_video(session, tmp_path / "clip.mp4", 1, 3, Layers())
+        cap = cv2.VideoCapture(str(out))
+        frames = []
+        while True:
+            ok, img = cap.read()
+            if not ok:
+                break
+            frames.append(img)
+        cap.release()
+        pic = compose(session.view(1), session.source.rig, Layers())
+        assert len(frames) == 3 and frames[0].shape == pic.shape
+        # mp4v is lossy: compare the decoded first frame with the picture loosely.
+        assert np.abs(frames[0].astype(int) - cv2.cvtColor(pic, cv2.COLOR_RGB2BGR)).mean() < 12
+        with pytest.raises(ConfigError, match="outside the drive"):
+            write_video(session, tmp_path / "bad.mp4", 4, 9, Layers())
+    finally:
+        session.close()
+
+
+def test_the_demo_drive_is_simulated_once_and_reused(tmp_path, monkeypatch):
+    import app.demo as demo
+
+    calls = []
+    real = demo.__dict__.get("simulate_drive")
+    assert real is None  # imported lazily inside demo_log
+
+    import sim_data.simulate as simulate
+
+    original = simulate.simulate_drive
+
+    def counting(*a, **kw):
+        calls.append(a[0].name)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(simulate, "simulate_drive", counting)
+    first = demo.demo_log(tmp_path / "cache", frames=2, scale=0.2)
+    again = demo.demo_log(tmp_path / "cache", frames=2, scale=0.2)
+    assert first == again and first.is_file() and calls == ["demo-000"]
+    monkeypatch.setenv("NEARFIELD_CACHE", str(tmp_path / "elsewhere"))
+    assert demo.cache_dir() == tmp_path / "elsewhere"
