@@ -138,6 +138,38 @@ def float_nodes(model) -> dict[str, list[str]]:
     return {k: sorted(set(v)) for k, v in out.items()}
 
 
+def bypass_float_edges(model, float_names: Iterable[str]) -> int:
+    """onnxruntime quantises a tensor for all its readers when one of them is quantised (the ultrasonic raster feeds
+    the float stem and a quantised concatenation). Rewire FLOAT_NAMES' inputs that went through a Q/DQ pair from a
+    graph input or another float node back to the original tensor, and drop pairs nobody reads any more. Returns
+    the number of edges rewired."""
+    g = model.graph
+    float_names = set(float_names)
+    producer = {o: n for n in g.node for o in n.output}
+    inputs = {i.name for i in g.input}
+    count = 0
+    for n in g.node:
+        if n.name not in float_names:
+            continue
+        for k, name in enumerate(n.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in producer:
+                continue
+            q = producer[dq.input[0]]
+            source = q.input[0] if q.op_type == "QuantizeLinear" else None
+            if source is not None and (source in inputs or producer.get(source, q).name in float_names):
+                n.input[k] = source
+                count += 1
+    while True:  # Q/DQ nodes whose outputs nobody reads
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            return count
+        for n in dead:
+            g.node.remove(n)
+
+
 # --- quantisation ------------------------------------------------------------------------------------------------
 
 def _settings(target: str) -> dict[str, Any]:
@@ -194,9 +226,12 @@ def quantize_onnx(float_path: Path, out: Path, frames: list[dict[str, np.ndarray
         except Exception as e:
             raise DeployError(f"{float_path}: int8 quantisation for {target} failed ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:300] if str(e) else ''})") from e
-    out.with_suffix(".part").replace(out)
-    model = onnx.load(str(out))
+    model = onnx.load(str(out.with_suffix(".part")))
+    bypassed = bypass_float_edges(model, exclude)
     onnx.checker.check_model(model)
+    onnx.save_model(model, str(out.with_suffix(".part")))
+    out.with_suffix(".part").replace(out)
+    log.debug("%s: %d float edge(s) taken out of quantisation", out, bypassed)
     return {"target": target, "calibration": calibration,
             "calib_frames": len(frames), "activations": settings["activation_type"].name.lower(),
             "weights": "qint8-per-channel", "symmetric_activations": bool(extra.get("ActivationSymmetric", False)),
@@ -245,5 +280,5 @@ def int8_ptq(source: str, out: str, data: str | None, options: dict[str, Any], m
     return first
 
 
-__all__ = ["CALIBRATIONS", "TARGETS", "TRT_SUFFIX", "calibration_frames", "calibration_logs", "float_nodes",
-           "int8_ptq", "quantize_onnx"]
+__all__ = ["CALIBRATIONS", "TARGETS", "TRT_SUFFIX", "bypass_float_edges", "calibration_frames", "calibration_logs",
+           "float_nodes", "int8_ptq", "quantize_onnx"]
