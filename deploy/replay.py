@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,10 +116,12 @@ def find_drives(drives_dir: str | Path = DRIVES_DIR) -> list[Path]:
 
 
 def replay_model(model: ZooModel, drives: Sequence[Path], threads: int | None = 1,
-                 progress: Callable[[str], None] | None = None) -> list[DriveOutput]:
+                 progress: bool = False) -> list[DriveOutput]:
     """Every drive through the embedded runtime (deploy.runtime.run, as `nearfield run` does it), its results file
     read back (deploy.results.read_results): what is compared is what the runtime really wrote."""
     import tempfile
+
+    from tqdm import tqdm
 
     from deploy.results import read_results
     from deploy.runtime import run
@@ -127,9 +129,7 @@ def replay_model(model: ZooModel, drives: Sequence[Path], threads: int | None = 
 
     out: list[DriveOutput] = []
     with tempfile.TemporaryDirectory(prefix="nearfield-replay-") as tmp:
-        for path in drives:
-            if progress:
-                progress(path.stem)
+        for path in tqdm(drives, desc=f"replay {model.name}", unit="drive", disable=not progress):
             with LogReader(path, strict=True) as reader:  # a damaged reference drive is an error, not a skip
                 expected = int(reader.metadata.get("frames", -1))
                 conditions = [c for c in reader.metadata.get("conditions", "").split(",") if c]
@@ -294,6 +294,15 @@ class ReplayReport:
                  f"{len(self.changes)} field(s) beyond tolerance, {len(self.problems)} coverage problem(s)"]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  missing: {p}" for p in self.problems]
+        # Per drive and field first (what a reviewer needs), then frame by frame.
+        groups: dict[tuple[str, str, str], list[FieldChange]] = {}
+        for c in self.changes:
+            groups.setdefault((c.drive, c.topic, c.name), []).append(c)
+        for (drive, topic, name), cs in groups.items():
+            ious = [c.iou for c in cs if c.iou is not None]
+            lowest = f", lowest IoU {min(ious):.3f}" if ious else ""
+            lines.append(f"  summary: {drive} {topic} {name}: {len(cs)} frame(s) changed, "
+                         f"{sum(c.changed for c in cs)} cells in all{lowest}")
         lines += [f"  changed: {c}" for c in self.changes[:limit]]
         if len(self.changes) > limit:
             lines.append(f"  ... and {len(self.changes) - limit} more")
@@ -389,7 +398,8 @@ def _check_coverage(d: DriveOutput, ref_frames: int, tol: Tolerance, report: Rep
 # --- the commands' library functions ---------------------------------------------------------------------------
 
 def _model_and_outputs(model: str | ZooModel, onnx: str | Path | None, manifest: str | Path,
-                       drives_dir: str | Path, threads: int | None) -> tuple[ZooModel, list[DriveOutput]]:
+                       drives_dir: str | Path, threads: int | None,
+                       progress: bool) -> tuple[ZooModel, list[DriveOutput]]:
     from dataclasses import replace
 
     entry = get_model(model, manifest) if isinstance(model, str) else model
@@ -398,17 +408,17 @@ def _model_and_outputs(model: str | ZooModel, onnx: str | Path | None, manifest:
         if not Path(onnx).is_file():
             raise ConfigError(f"--onnx {onnx}: no such file")
         entry = replace(entry, onnx=Path(onnx), sha256=file_sha256(onnx))
-    return entry, replay_model(entry, find_drives(drives_dir), threads=threads)
+    return entry, replay_model(entry, find_drives(drives_dir), threads=threads, progress=progress)
 
 
 def check(model: str | ZooModel, onnx: str | Path | None = None, manifest: str | Path = MANIFEST,
           drives_dir: str | Path = DRIVES_DIR, refs_dir: str | Path = REFS_DIR, tol: Tolerance = Tolerance(),
-          threads: int | None = 1) -> ReplayReport:
+          threads: int | None = 1, progress: bool = False) -> ReplayReport:
     """Replay the reference drives through MODEL (or through ONNX, a new build of MODEL) and compare with
     MODEL's references."""
     name = model if isinstance(model, str) else model.name
     refs = read_refs(name, refs_dir)  # before the replay: a missing reference fails fast
-    entry, outputs = _model_and_outputs(model, onnx, manifest, drives_dir, threads)
+    entry, outputs = _model_and_outputs(model, onnx, manifest, drives_dir, threads, progress)
     report = compare(refs, outputs, tol, entry.sha256)
     log.info("%s", report.format())
     return report
@@ -416,7 +426,7 @@ def check(model: str | ZooModel, onnx: str | Path | None = None, manifest: str |
 
 def update_refs(model: str | ZooModel, manifest: str | Path = MANIFEST, drives_dir: str | Path = DRIVES_DIR,
                 refs_dir: str | Path = REFS_DIR, tol: Tolerance = Tolerance(),
-                threads: int | None = 1) -> ReplayReport | None:
+                threads: int | None = 1, progress: bool = False) -> ReplayReport | None:
     """Replay and write MODEL's references. Returns what changed against the previous references (None when there
     were none, or they were unreadable)."""
     name = model if isinstance(model, str) else model.name
@@ -424,7 +434,7 @@ def update_refs(model: str | ZooModel, manifest: str | Path = MANIFEST, drives_d
         previous = read_refs(name, refs_dir)
     except (ConfigError, ChecksumError):
         previous = None
-    entry, outputs = _model_and_outputs(model, None, manifest, drives_dir, threads)
+    entry, outputs = _model_and_outputs(model, None, manifest, drives_dir, threads, progress)
     report = compare(previous, outputs, tol, entry.sha256) if previous else None
     coverage = ReplayReport(name)
     for d in outputs:

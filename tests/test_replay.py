@@ -85,6 +85,7 @@ def test_the_reference_drives_are_committed_small_and_cover_their_conditions():
             assert spec.conditions[0] in reader.metadata["conditions"]
 
 
+@pytest.mark.slow  # 3-7 s of rendering
 def test_make_drives_reproduces_a_committed_drive_byte_for_byte(tmp_path):
     spec = next(s for s in REFERENCE_DRIVES if s.name == "camera_failure")
     (path,) = replay.make_drives(tmp_path, [spec])
@@ -154,6 +155,9 @@ def test_a_model_file_with_perturbed_weights_fails_and_says_where(zoo, refs, tmp
     assert "replay tiny: FAIL" in out
     assert f"changed: {c.drive} frame {c.frame} ({c.stamp_ns} ns) {OCCUPANCY} class_map: {c.changed} of 1600 " \
            f"cells changed, IoU {c.iou:.3f}" in out
+    same = [x for x in classes if x.drive == c.drive]
+    assert f"summary: {c.drive} {OCCUPANCY} class_map: {len(same)} frame(s) changed, " \
+           f"{sum(x.changed for x in same)} cells in all, lowest IoU {min(x.iou for x in same):.3f}" in out
 
 
 def _rewrite_rig(src, dst, camera: str, yaw_deg: float) -> None:

@@ -84,7 +84,7 @@ def _check(args) -> int:
                   ignore=tol.ignore if args.ignore is None else tuple(args.ignore))
     failed = 0
     for name in _targets(args):
-        report = check(name, args.onnx, args.manifest, args.drives, args.refs, tol, args.threads)
+        report = check(name, args.onnx, args.manifest, args.drives, args.refs, tol, args.threads, progress=True)
         print(report.format())
         failed += not report.ok
     return 1 if failed else 0
@@ -94,12 +94,14 @@ def _update_refs(args) -> int:
     from deploy.replay import refs_paths, update_refs
 
     for name in _targets(args):
-        report = update_refs(name, args.manifest, args.drives, args.refs, threads=args.threads)
+        report = update_refs(name, args.manifest, args.drives, args.refs, threads=args.threads, progress=True)
         path = refs_paths(name, args.refs)[0]
         if report is None:
             print(f"{path}: new references for {name}")
         elif report.ok:
             print(f"{path}: references for {name} rewritten, no output changed ({report.frames} frames)")
+            for note in report.notes:
+                print(f"  note: {note}")
         else:
             print(f"{path}: references for {name} rewritten; what changed against the old ones:")
             print(report.format())
