@@ -252,6 +252,10 @@ def _compression(s: BenchSettings) -> tuple[list[BenchRow], list[str]]:
         for key, value in m.metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 rows.append(BenchRow("compression", item, key, value, _METRIC_UNITS.get(key, "")))
+        # The method's own numbers (pruning amount, weight bits, rank ...) say what the figures were bought with.
+        for key, value in m.options.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append(BenchRow("compression", item, f"option {key}", value, ""))
         parent = models.get(m.parent)
         if parent is not None and parent.size_bytes and m.size_bytes:
             rows.append(BenchRow("compression", item, "file size / parent's", m.size_bytes / parent.size_bytes, "x"))

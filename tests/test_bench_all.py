@@ -38,7 +38,8 @@ def tiny(tmp_path_factory):
     child = manifest.parent / "tiny-int8.onnx"
     shutil.copy(onnx, child)
     register(ZooModel("tiny-int8", child, "", "tiny", method="int8-ptq", bev=bev, inputs=input_shapes(child),
-                      notes="same file: a stand-in child"), manifest)
+                      options={"calibration_frames": 16, "scheme": "u8s8"}, notes="same file: a stand-in child"),
+             manifest)
     update_metrics("tiny-int8", {"test_miou": 0.25, "ort_cpu_ratio": 0.5, "measured_on": "here"}, manifest)
     return root / "tiny.toml", manifest
 
@@ -81,7 +82,8 @@ def test_bench_all_quick_gives_every_section_in_one_table(tiny, tmp_path, capsys
     assert figure("compression", "test_miou", "tiny-int8") == 0.25
     assert figure("compression", "ort_cpu_ratio", "tiny-int8") == 0.5
     assert figure("compression", "file size / parent's", "tiny-int8 (int8-ptq, from tiny)") == 1.0
-    assert not [r for r in rows if r["metric"] == "measured_on"]  # text metrics stay out of the table
+    assert figure("compression", "option calibration_frames", "tiny-int8") == 16
+    assert not [r for r in rows if r["metric"] in ("measured_on", "option scheme")]  # text stays out of the table
     md = out_md.read_text()
     assert md.startswith(f"Measured with `nearfield bench all --quick` on: {machine_description()}.")
     assert "| section " in md and md.count("\n| ") == len(rows) + 1  # header + one line per figure
