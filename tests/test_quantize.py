@@ -258,7 +258,8 @@ def test_int8_ptq_needs_data_and_a_known_calibration(world):
 
 # --- qat ---------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("weights", "steps"), [("int8", 0), ("int4", 2), ("ternary", 2)])
+@pytest.mark.parametrize(("weights", "steps"), [("int8", 0), pytest.param("int4", 2, marks=pytest.mark.slow),
+                                               pytest.param("ternary", 2, marks=pytest.mark.slow)])
 def test_qat_exports_qdq_onnx_with_the_weight_levels_of_its_scheme(world, weights, steps):
     name = f"tiny-qat-{weights}"
     entry = METHODS["qat"](world["run"], name, world["data"], {"weights": weights, "steps": steps,

@@ -1,0 +1,64 @@
+"""`nearfield compress`: option parsing, the method list, one-line errors, and int8-ptq end to end into a manifest
+(measured when the data folder has a test split)."""
+
+import pytest
+
+from app.cli import main
+from deploy.commands.compress import parse_options
+from deploy.zoo import read_zoo
+from perception.checkpoint import CONFIG_FILE, LAST, save_checkpoint
+from sensors.errors import ConfigError
+from perception.bev_config import BevConfig
+from perception.model import FusionNet, load_model_config
+from sim_data.simulate import DriveSpec, simulate_drive
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def tiny_config():
+    return load_model_config("nf-small").replace(
+        name="tiny", camera_width=0.25, uss_width=0.25, neck_channels=8, bev_channels=8, decoder_channels=8,
+        bev=BevConfig(extent=16.0, cell=0.8, heights=(0.5, 1.0), image_size=(64, 48)))
+
+
+def test_options_are_typed():
+    assert parse_options(["weights=int4", "lr=1e-4", "steps=3", "fast=true", "calib-frames=2"]) == {
+        "weights": "int4", "lr": 1e-4, "steps": 3, "fast": True, "calib_frames": 2}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_options(["weights"])
+
+
+def test_method_list_names_the_quantisation_methods(capsys):
+    assert main(["compress", "--method", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(m in out for m in ("int8-ptq", "qat", "qat-int4", "qat-ternary"))
+
+
+def test_bad_input_ends_in_one_line(capsys, tmp_path):
+    assert main(["compress", "--method", "int8-ptq", "--out", "x"]) == 2
+    assert "--from and --out" in capsys.readouterr().err
+    assert main(["compress", "--method", "int9", "--from", "a", "--out", "x", "--manifest",
+                 str(tmp_path / "Z.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown compression method 'int9'" in err
+
+
+@pytest.mark.slow
+def test_int8_ptq_from_a_run_directory_is_registered_and_measured(tmp_path, rig, capsys):
+    data = tmp_path / "data"
+    simulate_drive(DriveSpec("train-0", 41, 3), data / "train", rig, scale=0.25)
+    simulate_drive(DriveSpec("test-0", 42, 2), data / "test", rig, scale=0.25)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CONFIG_FILE).write_text(tiny_config().to_toml())
+    save_checkpoint(run, LAST, FusionNet(tiny_config()).eval(), {"step": 0})
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    assert main(["compress", "--method", "int8-ptq", "--from", str(run), "--out", "t-int8", "--data", str(data),
+                 "--calib-frames", "2", "--calibration", "percentile", "--opt", "targets=cpu", "--manifest",
+                 str(manifest), "--threads", "1"]) == 0
+    zoo = read_zoo(manifest)
+    assert list(zoo) == ["t-int8"]
+    entry = zoo["t-int8"]
+    assert entry.options["calibration"] == "percentile" and entry.options["calib_frames"] == 2
+    assert entry.metrics  # measured on data/test
+    assert "t-int8: int8-ptq (cpu)" in capsys.readouterr().out
