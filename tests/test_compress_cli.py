@@ -6,10 +6,10 @@ import pytest
 from app.cli import main
 from deploy.commands.compress import parse_options
 from deploy.zoo import read_zoo
-from perception.checkpoint import CONFIG_FILE, LAST, save_checkpoint
-from sensors.errors import ConfigError
 from perception.bev_config import BevConfig
+from perception.checkpoint import CONFIG_FILE, LAST, save_checkpoint
 from perception.model import FusionNet, load_model_config
+from sensors.errors import ConfigError
 from sim_data.simulate import DriveSpec, simulate_drive
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
