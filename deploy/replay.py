@@ -131,7 +131,11 @@ def replay_model(model: ZooModel, drives: Sequence[Path], threads: int | None = 
     with tempfile.TemporaryDirectory(prefix="nearfield-replay-") as tmp:
         for path in tqdm(drives, desc=f"replay {model.name}", unit="drive", disable=not progress):
             with LogReader(path, strict=True) as reader:  # a damaged reference drive is an error, not a skip
-                expected = int(reader.metadata.get("frames", -1))
+                frames_meta = reader.metadata.get("frames", "-1")
+                if not frames_meta.lstrip("-").isdigit():
+                    raise LogFormatError(f"{path}: metadata field 'frames' is {frames_meta!r}, not a whole number; "
+                                         "regenerate the drive with `nearfield replay make-drives`")
+                expected = int(frames_meta)
                 conditions = [c for c in reader.metadata.get("conditions", "").split(",") if c]
             results = Path(tmp) / f"{path.stem}.results.mcap"
             stats = run(model, path, results, threads=threads, progress=False)
