@@ -34,6 +34,8 @@ RV = "nvarguscamerasrc sensor-id=1 ! ... ! appsink drop=true max-buffers=1"
 channel = "can0"               # a CAN channel, or a CAN log file (.log/.asc/.blf) replayed in real time
 interface = "socketcan"        # python-can interface of a channel
 bitrate = 500000               # optional
+[sync]                         # optional
+latency_ms = 100               # how long a frame waits for a late sensor before it goes out degraded
 """
 
 
@@ -46,6 +48,7 @@ class LiveConfig:
     can_interface: str = "socketcan"
     can_bitrate: int | None = None
     rig: Path | None = None
+    sync_latency_ms: float = 100.0
     source: str = "<live config>"
 
 
@@ -59,9 +62,9 @@ def load_live_config(path: str | Path) -> LiveConfig:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: unreadable live configuration ({e}); expected a TOML file like:\n{EXAMPLE}") \
             from None
-    unknown = sorted(set(data) - {"rig", "cameras", "can"})
+    unknown = sorted(set(data) - {"rig", "cameras", "can", "sync"})
     if unknown:
-        raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; expected rig, [cameras] and [can]")
+        raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; expected rig, [cameras], [can], [sync]")
     cams = data.get("cameras", {})
     if not isinstance(cams, dict) or not all(isinstance(v, (str, int)) for v in cams.values()):
         raise ConfigError(f"{path}: [cameras] must map rig camera names to sources (strings or device numbers)")
@@ -84,9 +87,15 @@ def load_live_config(path: str | Path) -> LiveConfig:
     bitrate = can.get("bitrate")
     if bitrate is not None and (not isinstance(bitrate, int) or bitrate <= 0):
         raise ConfigError(f"{path}: can.bitrate must be a positive whole number, got {bitrate!r}")
+    sync = data.get("sync", {})
+    latency = sync.get("latency_ms", 100.0) if isinstance(sync, dict) else None
+    if (not isinstance(sync, dict) or set(sync) - {"latency_ms"} or isinstance(latency, bool)
+            or not isinstance(latency, (int, float)) or not 0 < latency <= 10_000):
+        raise ConfigError(f"{path}: [sync] takes only latency_ms, a positive number of milliseconds up to 10000")
     if not cameras and channel is None:
         raise ConfigError(f"{path}: names no source; give [cameras] and/or [can] like:\n{EXAMPLE}")
-    return LiveConfig(cameras, channel, str(can.get("interface", "socketcan")), bitrate, rig_path, str(path))
+    return LiveConfig(cameras, channel, str(can.get("interface", "socketcan")), bitrate, rig_path, float(latency),
+                      str(path))
 
 
 def _looks_like_file(spec: str) -> bool:
@@ -152,7 +161,7 @@ class LiveSource:
         return list(self.errors)
 
     def frames(self) -> Iterator[Frame]:
-        sync = Synchroniser(self.rig)
+        sync = Synchroniser(self.rig, latency_ns=round(self.config.sync_latency_ms * 1e6))
         lock = threading.Lock()
         threads = [threading.Thread(target=self._pump, args=(kind, src, sync, lock), daemon=True,
                                     name=f"live {getattr(src, 'name', kind)}") for kind, src in self._sources]

@@ -218,34 +218,42 @@ def read_results(path: str | Path, strict: bool = False) -> list[ResultRecord]:
         if STATUS_TOPIC not in reader.topics:
             raise LogFormatError(f"{path}: no {STATUS_TOPIC} topic; not a results file of `nearfield run` "
                                  f"(topics: {', '.join(reader.topics) or 'none'})")
-        by_stamp: dict[int, dict[str, Any]] = {}
+        records: list[ResultRecord] = []
+        pending: dict[int, dict[str, Any]] = {}  # stamp -> maps and sectors waiting for their status
+        last: dict[int, ResultRecord] = {}  # stamp -> the latest record, which its latency message completes
+        # Two frames may share a stamp (a late camera's image forms a frame of its own at the same instant), but
+        # messages of one stamp come in file order: maps, sectors, status, latency, frame after frame.
         for m in reader.messages(TOPICS):
-            slot = by_stamp.setdefault(m.stamp_ns, {})
-            slot[m.topic] = m.value
-            if m.grid is not None:
-                slot["grid"] = m.grid
-    records = [_record(stamp, parts) for stamp, parts in by_stamp.items() if STATUS_TOPIC in parts]
+            if m.topic == STATUS_TOPIC:
+                last[m.stamp_ns] = _record(m.stamp_ns, m.value, pending.pop(m.stamp_ns, {}))
+                records.append(last[m.stamp_ns])
+            elif m.topic == LATENCY_TOPIC:
+                if m.stamp_ns in last:  # else the file was cut between a frame's messages
+                    _add_latency(last[m.stamp_ns], m.value)
+            else:
+                slot = pending.setdefault(m.stamp_ns, {})
+                slot[m.topic] = m.value
+                if m.grid is not None:
+                    slot["grid"] = m.grid
     records.sort(key=lambda r: r.index)
     return records
 
 
-def _record(stamp: int, parts: dict[str, Any]) -> ResultRecord:
-    status = parts[STATUS_TOPIC]
-    names, distance, level = parts.get(SECTORS_TOPIC, ((), None, None))
-    latency: dict[str, float] = {}
-    deadline = None
-    lat = parts.get(LATENCY_TOPIC)
-    if lat is not None:  # absent only when the file ends between the two messages of the last frame
-        latency = {s: getattr(lat, f"{s}_ms") for s in LATENCY_STAGES}
-        latency.update(age=lat.age_ms, total=lat.total_ms)
-        deadline = lat.deadline_ms if lat.deadline_ms > 0 and math.isfinite(lat.deadline_ms) else None
+def _record(stamp: int, status: Any, parts: dict[str, Any]) -> ResultRecord:
     if stamp_of(status.timestamp) != stamp:
         raise LogFormatError(f"{STATUS_TOPIC} at {stamp} ns: its timestamp field says {stamp_of(status.timestamp)} ns")
+    names, distance, level = parts.get(SECTORS_TOPIC, ((), None, None))
     return ResultRecord(int(status.index), stamp, parts.get(OCCUPANCY_TOPIC), parts.get(STAGE1_TOPIC), distance,
-                        level, tuple(names), latency, list(status.degraded), tuple(status.present),
+                        level, tuple(names), {}, list(status.degraded), tuple(status.present),
                         list(status.conditions), bool(status.late), bool(status.dropped),
                         {"frames": int(status.frames), "late_frames": int(status.late_frames),
-                         "dropped_frames": int(status.dropped_frames)}, deadline, parts.get("grid"))
+                         "dropped_frames": int(status.dropped_frames)}, None, parts.get("grid"))
+
+
+def _add_latency(record: ResultRecord, lat: Any) -> None:
+    record.latency = {s: getattr(lat, f"{s}_ms") for s in LATENCY_STAGES}
+    record.latency.update(age=lat.age_ms, total=lat.total_ms)
+    record.deadline_ms = lat.deadline_ms if lat.deadline_ms > 0 and math.isfinite(lat.deadline_ms) else None
 
 
 __all__ = ["LATENCY_STAGES", "LATENCY_TOPIC", "OCCUPANCY_TOPIC", "SECTORS_TOPIC", "STAGE1_TOPIC", "STATUS_TOPIC",

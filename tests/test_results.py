@@ -113,6 +113,20 @@ def test_a_cut_off_results_file_gives_its_readable_prefix(tmp_path, rig):
         read_results(cut, strict=True)
 
 
+def test_frames_sharing_a_stamp_stay_apart(tmp_path, rig):
+    # A late camera's image can form a frame of its own at the instant of the frame that went out without it.
+    a, b = _record(0), _record(1)
+    b.stamp_ns = a.stamp_ns
+    with ResultsWriter(tmp_path / "r.mcap", rig, GRID) as w:
+        w.write(a)
+        w.write(b)
+    back = read_results(tmp_path / "r.mcap")
+    assert [r.index for r in back] == [0, 1]
+    for x, y in zip((a, b), back, strict=True):
+        np.testing.assert_array_equal(y.class_map, x.class_map)
+        assert y.present == x.present and y.latency == pytest.approx(x.latency)
+
+
 def test_a_drive_log_is_not_a_results_file(tmp_path, rig):
     path = tmp_path / "drive.mcap"
     with LogWriter(path, rig):
