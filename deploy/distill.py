@@ -128,7 +128,7 @@ def fine_tune(model: FusionNet, dataset, steps: int, lr: float, seed: int = 0, b
                 optimizer.step()
                 if after_step is not None:
                     after_step(model)
-                losses.append(float(total))
+                losses.append(total.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 if len(losses) >= steps:

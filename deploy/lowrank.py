@@ -81,35 +81,43 @@ def _conv(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, *, spatial: bool
     return new
 
 
-def factorise_conv(conv: nn.Conv2d, rank_ratio: float | None = None, energy: float | None = None
-                   ) -> tuple[nn.Sequential, float] | None:
-    """CONV as a sequence of thinner convolutions and the relative Frobenius error of the approximated weight;
-    None where a factorisation would not save parameters (or the conv is grouped)."""
-    if conv.groups != 1:
-        return None
+def factorised(conv: nn.Conv2d, rank_out: int, rank_in: int | None = None) -> tuple[nn.Sequential, Tensor]:
+    """CONV (groups 1) as thinner convolutions at the given ranks, and the weight they stand for: a 1x1 as SVD
+    (I -> rank_out -> O), a kxk as Tucker-2 (I -> rank_in 1x1, kxk core, rank_out -> O 1x1)."""
     w = conv.weight
     c_out, c_in, kh, kw = w.shape
-    s_out, s_in = mode_singular_values(w)
     if kh == kw == 1:
-        r = rank_for(s_out, rank_ratio, energy)
-        if r * (c_out + c_in) >= c_out * c_in:
-            return None
-        first, second = svd_factors(w, r)
+        first, second = svd_factors(w, rank_out)
         # stride and padding go to the first 1x1: a bias-free 1x1 commutes with subsampling and zero padding
         seq = nn.Sequential(_conv(conv, first, None, spatial=True), _conv(conv, second, conv.bias, spatial=False))
-        approx = (second.reshape(c_out, r) @ first.reshape(r, c_in)).reshape(w.shape)
+        return seq, (second.reshape(c_out, rank_out).double() @ first.reshape(rank_out, c_in).double()).reshape(w.shape)
+    rank_in = rank_out if rank_in is None else rank_in
+    first, core, last = tucker2_factors(w, rank_out, rank_in)
+    seq = nn.Sequential(_conv(conv, first, None, spatial=False), _conv(conv, core, None, spatial=True),
+                        _conv(conv, last, conv.bias, spatial=False))
+    return seq, torch.einsum("rskl,or,si->oikl", core.double(), last.reshape(c_out, rank_out).double(),
+                             first.reshape(rank_in, c_in).double())
+
+
+def factorise_conv(conv: nn.Conv2d, rank_ratio: float | None = None, energy: float | None = None
+                   ) -> tuple[nn.Sequential, float] | None:
+    """CONV factorised at the ranks that RANK_RATIO or ENERGY pick, and the relative Frobenius error of the weight
+    it stands for; None where that would not save parameters (or the conv is grouped)."""
+    if conv.groups != 1:
+        return None
+    c_out, c_in, kh, kw = conv.weight.shape
+    s_out, s_in = mode_singular_values(conv.weight)
+    r_out, r_in = rank_for(s_out, rank_ratio, energy), rank_for(s_in, rank_ratio, energy)
+    if kh == kw == 1:
+        r_out = r_in = min(r_out, r_in)  # one rank: the matrix's singular values are those of both unfoldings
+        cost = r_out * (c_out + c_in)
     else:
-        r_out, r_in = rank_for(s_out, rank_ratio, energy), rank_for(s_in, rank_ratio, energy)
-        if c_in * r_in + r_in * r_out * kh * kw + r_out * c_out >= c_out * c_in * kh * kw:
-            return None
-        first, core, last = tucker2_factors(w, r_out, r_in)
-        seq = nn.Sequential(_conv(conv, first, None, spatial=False), _conv(conv, core, None, spatial=True),
-                            _conv(conv, last, conv.bias, spatial=False))
-        approx = torch.einsum("rskl,or,si->oikl", core.double(), last.reshape(c_out, r_out).double(),
-                              first.reshape(r_in, c_in).double())
-    error = float(torch.linalg.norm(approx.double() - w.detach().double()) / torch.linalg.norm(w.detach().double())
-                  .clamp(min=1e-30))
-    return seq, error
+        cost = c_in * r_in + r_in * r_out * kh * kw + r_out * c_out
+    if cost >= c_out * c_in * kh * kw:
+        return None
+    seq, approx = factorised(conv, r_out, r_in)
+    w = conv.weight.detach().double()
+    return seq, float(torch.linalg.norm(approx - w) / torch.linalg.norm(w).clamp(min=1e-30))
 
 
 @dataclass
@@ -217,6 +225,6 @@ def e2gc_method(source: str, out: str, data: str | None, options: dict[str, Any]
     return register_e2gc(source, out, manifest)
 
 
-__all__ = ["LowRankResult", "e2gc_group_sizes", "e2gc_method", "factorise_conv", "factorise_model",
+__all__ = ["LowRankResult", "e2gc_group_sizes", "e2gc_method", "factorise_conv", "factorise_model", "factorised",
            "lowrank_method", "mode_singular_values", "rank_for", "register_e2gc", "svd_factors",
            "tucker2_factors"]
