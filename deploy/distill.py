@@ -63,14 +63,16 @@ def name_list(value: Any) -> list[str]:
 
 def training_data(data: str | Path | None, bev: BevConfig, split: str = "train", method_name: str = "compress"):
     """DriveDataset of DATA (a log or a folder of logs; DATA/SPLIT when that folder exists, as `nearfield simulate`
-    lays out a data set), preprocessed once and cached in .cache beside the logs."""
+    lays out a data set, else DATA/train), preprocessed once and cached in .cache beside the logs."""
     from perception.dataset import DriveDataset, find_logs
 
     if data is None:
         raise ConfigError(f"{method_name}: fine-tuning needs --data (drive logs with ground truth), or --steps 0")
     root = Path(data)
-    if (root / split).is_dir():
-        root = root / split
+    for sub in (split, "train"):
+        if (root / sub).is_dir():
+            root = root / sub
+            break
     base = root if root.is_dir() else root.parent
     return DriveDataset(find_logs([root]), bev, cache_dir=base / ".cache", progress=False)
 

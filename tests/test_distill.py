@@ -1,0 +1,110 @@
+"""Distillation: the soft terms vanish when the student's outputs are the teacher's and equal torch's KL otherwise,
+the ensemble averages probabilities, and the method trains a smaller student next to the same student alone
+(same steps and seed), records both mIoUs and exports an ONNX that onnxruntime runs."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402, N812
+from torch import nn  # noqa: E402
+
+from deploy.compress import METHODS, load_methods  # noqa: E402
+from deploy.distill import DistillLoss, distill_terms, ensemble_targets, half_width, option  # noqa: E402
+from perception.bev_config import BevConfig  # noqa: E402
+from perception.checkpoint import CONFIG_FILE, LAST, save_checkpoint  # noqa: E402
+from perception.model import FusionNet, ModelConfig, count_parameters, dummy_inputs  # noqa: E402
+from sensors.errors import ConfigError  # noqa: E402
+from sim_data.simulate import DriveSpec, simulate_drive  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TINY_BEV = BevConfig(extent=16.0, cell=0.4, heights=(0.25, 0.75), image_size=(64, 48))
+TINY = ModelConfig(name="tiny", camera_width=0.25, uss_width=0.25, neck_channels=8, bev_channels=8,
+                   decoder_channels=8, bev=TINY_BEV).replace(train={"batch_size": 2, "num_workers": 0})
+INPUTS = dict.fromkeys(("images", "grid", "valid", "uss"))  # what a fixed teacher ignores
+
+
+class Fixed(nn.Module):
+    """A 'teacher' that answers every batch with the same logits."""
+
+    def __init__(self, classes, occupancy):
+        super().__init__()
+        self.classes, self.occupancy = classes, occupancy
+
+    def forward(self, images, grid, valid, uss):
+        return self.classes, self.occupancy
+
+
+def logits(seed, shape=(2, 5, 4, 4)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * 3, torch.randn((shape[0], 1, *shape[2:]), generator=g) * 3
+
+
+def test_soft_terms_vanish_when_the_student_is_the_teacher():
+    classes, occupancy = logits(0)
+    probs, occupied = ensemble_targets([Fixed(classes, occupancy)], INPUTS, 4.0)
+    terms = distill_terms(classes, occupancy, probs, occupied, 4.0)
+    assert abs(float(terms["kd"])) < 1e-5 and abs(float(terms["occupancy"])) < 1e-5
+    other, other_occ = logits(1)
+    moved = distill_terms(other, other_occ, probs, occupied, 4.0)
+    assert moved["kd"] > 0.01 and moved["occupancy"] > 0.01
+    # the KD term is T^2 times torch's KL(teacher || student) per cell, averaged over cells
+    kl = F.kl_div(F.log_softmax(other / 4.0, 1), probs, reduction="none").sum(1).mean()
+    assert float(moved["kd"]) == pytest.approx(16 * float(kl), rel=1e-5)
+
+
+def test_the_ensemble_averages_probabilities_and_the_mask_selects_cells():
+    (a, oa), (b, ob) = logits(2), logits(3)
+    probs, occupied = ensemble_targets([Fixed(a, oa), Fixed(b, ob)], INPUTS,
+                                       2.0)
+    assert torch.allclose(probs, (torch.softmax(a / 2, 1) + torch.softmax(b / 2, 1)) / 2)
+    assert torch.allclose(occupied, (torch.sigmoid(oa) + torch.sigmoid(ob)) / 2)
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[0, 1, 2] = True  # one cell: the masked mean is that cell's value
+    student, student_occ = logits(4)
+    one = distill_terms(student, student_occ, probs, occupied, 2.0, mask)
+    cell = distill_terms(student[:1, :, 1:2, 2:3], student_occ[:1, :, 1:2, 2:3], probs[:1, :, 1:2, 2:3],
+                         occupied[:1, :, 1:2, 2:3], 2.0)
+    assert torch.allclose(one["kd"], cell["kd"]) and torch.allclose(one["occupancy"], cell["occupancy"])
+
+
+def test_distill_loss_weights_its_terms():
+    classes, occupancy = logits(5)
+    batch = INPUTS | {"target": torch.zeros(2, 4, 4, dtype=torch.long)}
+    hard = lambda b, c, o: {"total": torch.tensor(2.0)}  # noqa: E731
+    loss = DistillLoss([Fixed(classes, occupancy)], hard, temperature=3.0, hard_weight=0.25)
+    out = loss(batch, classes, occupancy)
+    assert float(out["total"]) == pytest.approx(0.5, abs=1e-5)  # soft terms 0, 0.25 * hard 2
+
+
+def test_half_width_student_is_smaller_and_options_are_checked():
+    student = half_width(TINY)
+    assert student.bev == TINY.bev and student.bev_channels == 4
+    assert count_parameters(FusionNet(student)) < 0.5 * count_parameters(FusionNet(TINY))
+    assert option({"steps": "7"}, "steps", 1, int) == 7 and option({}, "lr", 0.1) == 0.1
+    with pytest.raises(ConfigError, match="temperature"):
+        option({"temperature": "-1"}, "temperature", 4.0, float, 1e-3, 100)
+
+
+def test_distill_method_end_to_end(tmp_path, rig):
+    import onnxruntime as ort
+
+    root = tmp_path / "data"
+    simulate_drive(DriveSpec("tune", 10, 3), root / "train", rig, scale=0.25)
+    run = tmp_path / "teacher"
+    run.mkdir()
+    (run / CONFIG_FILE).write_text(TINY.to_toml())
+    torch.manual_seed(0)
+    save_checkpoint(run, LAST, FusionNet(TINY), {"step": 0})
+    load_methods()
+    entry = METHODS["distill"](str(run), "tiny-student", str(root), {"steps": 2, "threads": 1},
+                               tmp_path / "ZOO.toml")
+    assert entry.method == "distill" and entry.options["teachers"] == [str(run)]
+    assert entry.options["student"] == "tiny-half" and entry.options["eval_frames"] == 3
+    assert {"miou_distilled", "miou_alone"} <= set(entry.metrics) or "n/a" in entry.notes
+    assert "trained alone" in entry.notes
+    session = ort.InferenceSession(str(entry.verified_onnx()), providers=["CPUExecutionProvider"])
+    feeds = dict(zip(("images", "grid", "valid", "uss"), (t.numpy() for t in dummy_inputs(TINY)), strict=True))
+    classes, occupancy = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+    assert classes.shape == (1, 5, 40, 40) and occupancy.shape == (1, 1, 40, 40) and np.isfinite(classes).all()
