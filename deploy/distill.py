@@ -279,7 +279,7 @@ def distill_method(source: str, out: str, data: str | None, options: dict[str, A
 
     path = export_onnx(student, student_config, output_path(out, manifest))
     teacher_names = [src.trained] + [t for t in name_list(options.get("teachers")) if t != src.trained]
-    recorded = {**options, "student": student_config.name, "student_config": student_config.to_toml(),
+    recorded = {**options, "student": student_config.name, "student_config": student_config.to_dict(),
                 "teachers": teacher_names, "temperature": temperature, "seed": seed, "lr": lr, **weights,
                 "eval_frames": len(eval_set)}
     notes = (f"student {student_config.name} distilled from {', '.join(teacher_names)} (T={temperature}, {steps} "
