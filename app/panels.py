@@ -172,6 +172,10 @@ class TimelinePlots(pg.GraphicsLayoutWidget):
     def _redraw(self) -> None:
         x = np.arange(len(self.iou), dtype=float)
         for s, curve in self.curves.items():
-            curve.setData(x, self.latency[s], connect="finite")
+            y = self.latency[s]
+            if np.isfinite(y).any():  # gaps (frames not run yet) break the line
+                curve.setData(x, y, connect="finite")
+            else:
+                curve.setData([], [])
         have = np.isfinite(self.iou)
         self.iou_curve.setData(x[have], self.iou[have])

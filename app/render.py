@@ -21,6 +21,7 @@ DIRECT_COLOR = (0, 230, 255)  # direct echoes: cyan arcs
 CROSS_COLOR = (255, 80, 255)  # cross echoes: magenta ellipse arcs
 LEVEL_COLORS = ((70, 150, 70), (250, 220, 40), (255, 140, 20), (255, 30, 30))  # clear, caution, warning, stop
 FAILED_COLOR = (255, 40, 40)
+FAILED_FILL = (110, 20, 20)  # a failed sensor's cell in the ultrasonic strip
 
 
 @dataclass
@@ -268,7 +269,7 @@ def uss_strip(cycle: UssCycle | None, rig: Rig, width: int = 720, height: int = 
         x0, x1 = round(i * cw) + 2, round((i + 1) * cw) - 2
         cv2.rectangle(strip, (x0, 2), (x1, height - 3), (50, 50, 56), -1)
         if s.id in failed:
-            cv2.rectangle(strip, (x0, 2), (x1, height - 3), (110, 20, 20), -1)
+            cv2.rectangle(strip, (x0, 2), (x1, height - 3), FAILED_FILL, -1)
             _text(strip, "X " + failed[s.id].name.lower().replace("_", " ")[:9], (x0 + 2, height - 10), 0.33,
                   FAILED_COLOR)
         elif math.isfinite(dist[i]):

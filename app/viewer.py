@@ -23,6 +23,11 @@ def launch(log_path: str | Path | None = None, model: str | None = None, frame: 
         if Path(screenshot).suffix.lower() != ".png":
             raise ConfigError(f"--screenshot {screenshot}: give a .png path")
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display needed
+    elif sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                                                   or os.environ.get("QT_QPA_PLATFORM")):
+        # Qt would abort the process without a display: say what to do instead.
+        raise ConfigError("view: no display (DISPLAY is not set); use --screenshot OUT.png, or set "
+                          "QT_QPA_PLATFORM=offscreen")
     if frame < 0:
         raise ConfigError(f"--frame {frame}: frames count from 0")
     from PyQt6.QtCore import QSettings
@@ -41,7 +46,7 @@ def launch(log_path: str | Path | None = None, model: str | None = None, frame: 
     if screenshot is None:
         return app.exec()
     try:
-        if not win.wait_for_frame(frame, timeout_ms=600_000):
+        if not win.wait_for_frame(frame, timeout_ms=600_000, since=0):  # any error since the start fails it
             problems = "; ".join(win._fatal_errors()) or "timed out waiting for the frame"
             raise ConfigError(f"view --screenshot: {problems}")
         if not win.export_png(screenshot):

@@ -149,7 +149,7 @@ class ViewerWindow(QMainWindow):
         self.speed_box.setCurrentIndex(SPEEDS.index(1.0))
         self.speed_box.currentIndexChanged.connect(lambda i: self.set_speed(SPEEDS[i]))
         self._action("Slower", "-", lambda: self._speed_step(-1))
-        self._action("Faster", "+", lambda: self._speed_step(1))
+        self._action("Faster", ("+", "="), lambda: self._speed_step(1))
         bar.addWidget(self.speed_box)
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setObjectName("timeline")
@@ -186,10 +186,27 @@ class ViewerWindow(QMainWindow):
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
         self._action("Reload model list", "F5", self.reload_models, view)
+        self._action("Keyboard shortcuts", "F1", self.show_shortcuts, self.menuBar().addMenu("&Help"))
+
+    def shortcuts(self) -> list[tuple[str, str]]:
+        """(keys, action) of every shortcut, as the Help menu lists them."""
+        out = []
+        for a in self.actions():
+            keys = ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in a.shortcuts())
+            if keys:
+                out.append((keys, a.text().replace("&", "").rstrip(".")))
+        return out
+
+    def show_shortcuts(self) -> None:
+        box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts",
+                          "\n".join(f"{keys:<14} {text}" for keys, text in self.shortcuts()), parent=self)
+        box.setModal(False)
+        box.show()
 
     def _action(self, text: str, shortcut, slot, where=None) -> QAction:
         a = QAction(text, self)
-        a.setShortcut(QKeySequence(shortcut))
+        keys = shortcut if isinstance(shortcut, tuple) else (shortcut,)
+        a.setShortcuts([QKeySequence(k) for k in keys])
         a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         a.triggered.connect(lambda *_: slot())
         self.addAction(a)
@@ -511,11 +528,11 @@ class ViewerWindow(QMainWindow):
     def _fatal_errors(self) -> list[str]:
         return [e for e in self.errors if not e.startswith("damage:")]
 
-    def wait_for_frame(self, index: int, timeout_ms: int = 60_000) -> bool:
-        """Run the event loop until frame INDEX is drawn with the chosen model; False on an error (other than
-        a damage warning) or after timeout_ms."""
+    def wait_for_frame(self, index: int, timeout_ms: int = 60_000, since: int | None = None) -> bool:
+        """Run the event loop until frame INDEX is drawn with the chosen model; False after timeout_ms or on an
+        error (other than a damage warning) after the first `since` errors (default: those already listed)."""
         loop = QEventLoop()
-        errors = len(self._fatal_errors())
+        errors = len(self._fatal_errors()) if since is None else since
 
         def shown() -> bool:
             v = self.view

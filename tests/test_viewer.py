@@ -1,0 +1,276 @@
+"""The Qt viewer, offscreen (pytest-qt): open, step, scrub, play a loop, toggle layers, switch models (the prediction
+layer changes), failed sensors, damaged logs and bad models reported without a crash, PNG / MP4 / screenshot
+exports checked by their content, settings that persist."""
+
+import itertools
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+pytest.importorskip("pytestqt")
+
+from PyQt6.QtCore import QPoint, QSettings, Qt
+from test_viewer_render import make_zoo
+
+from app.render import FAILED_COLOR, FAILED_FILL, view_grid
+from app.window import BEV_SIZE, ViewerWindow
+from sensors.classes import CLASS_COLORS, IGNORE, SemanticClass
+from sim_data.simulate import DriveSpec, simulate_drive
+
+TIMEOUT = 30_000  # ms; generous: the test machine may be busy
+
+
+@pytest.fixture(scope="module")
+def drives(tmp_path_factory, rig):
+    root = tmp_path_factory.mktemp("drives")
+    return {"ok": simulate_drive(DriveSpec("viewer", 11, 6), root, rig, scale=0.25),
+            "failing": simulate_drive(DriveSpec("failing", 14, 3, ("camera_failure", "uss_failure")), root, rig,
+                                      scale=0.25)}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("zoo")
+    make_zoo(torch, root)
+    return root / "ZOO.toml"
+
+
+def make_window(qtbot, tmp_path, manifest, name="viewer.ini"):
+    settings = QSettings(str(tmp_path / name), QSettings.Format.IniFormat)
+    win = ViewerWindow(settings, manifest, threads=1, demo_cache=tmp_path / "demo")
+    qtbot.addWidget(win)
+    win.show()
+    return win
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, zoo):
+    return make_window(qtbot, tmp_path, zoo)
+
+
+def wait_shown(qtbot, win, index):
+    qtbot.waitUntil(lambda: win.view is not None and win.view.index == index and win.awaiting is None
+                    and win.view.model == win.wanted_model and not win.worker.pending, timeout=TIMEOUT)
+
+
+def bev_pixel(win, xy):
+    """Vehicle-frame point -> its pixel position in a grab of the window."""
+    view = view_grid(win.source.rig, 16.0, BEV_SIZE)
+    px, py = view.to_pixel(np.asarray([xy], float))[0]
+    p = win.bev.to_widget(px, py)
+    q = win.bev.mapTo(win, QPoint(round(p.x() - 0.5), round(p.y() - 0.5)))
+    return q.y(), q.x()
+
+
+def grab(win, path):
+    assert win.export_png(path)
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def obstacle_blocks(view):
+    """Vehicle-frame centres of the 0.4 m prediction cells that hold a ground-truth obstacle and no ego cell."""
+    grid = view.pred_grid
+    truth = view.truth.reshape(grid.rows, 4, grid.cols, 4)
+    has = ((truth != SemanticClass.FREE) & (truth != IGNORE)).any(axis=(1, 3)) & ~(truth == IGNORE).any(axis=(1, 3))
+    return grid.cell_centres()[has]
+
+
+# --- playback -----------------------------------------------------------------------------------------------------
+
+def test_open_step_scrub_jump_and_play_a_loop(qtbot, window, drives):
+    win = window
+    win.open_log(drives["ok"])
+    wait_shown(qtbot, win, 0)
+    assert win.slider.maximum() == 5 and win.bev.rgb.shape == (BEV_SIZE, BEV_SIZE, 3)
+    assert all(p.rgb is not None and p.rgb.std() > 10 for p in win.cameras.values())
+    keys = dict((text, k) for k, text in win.shortcuts())
+    assert keys["Play"] == "Space" and keys["Step ▶"] == "Right" and keys["Loop in"] == "["
+    win.activateWindow()
+    qtbot.keyClick(win, Qt.Key.Key_Right)
+    wait_shown(qtbot, win, 1)
+    qtbot.keyClick(win, Qt.Key.Key_Left)
+    wait_shown(qtbot, win, 0)
+    win.slider.setValue(5)  # scrubbing
+    wait_shown(qtbot, win, 5)
+    assert "frame 6/6" in win.info.text() and "day" in win.info.text()
+    win.jump_to(0.31)
+    wait_shown(qtbot, win, 3)
+
+    win.set_speed(4.0)
+    assert win.timer.interval() == round(win.source.period_ns / 1e6 / 4)
+    shown = []
+    win.view_shown.connect(shown.append)
+    win.set_loop(1, 2)
+    win.play()
+    qtbot.waitUntil(lambda: any(a == 2 and b == 1 for a, b in itertools.pairwise(shown)), timeout=TIMEOUT)
+    win.pause()
+    assert set(shown) <= {1, 2, 3}  # 3 only as the frame playback started from
+    assert not win.errors
+
+
+def test_layers_toggle_and_switching_model_changes_the_prediction_layer(qtbot, window, drives, tmp_path):
+    win = window
+    win.open_log(drives["ok"])
+    wait_shown(qtbot, win, 0)
+    controls = win.layer_controls
+    controls.uss.setChecked(False)
+    controls.sectors.setChecked(False)
+    controls.truth_opacity.setValue(100)
+    view = win.view
+    # Without a model the BEV shows the truth: a truth obstacle's colour at its cell, background once toggled off.
+    cells = np.argwhere(view.truth == SemanticClass.VEHICLE)
+    xy = view.truth_grid.cell_centres()[tuple(cells[len(cells) // 2])]
+    img = grab(win, tmp_path / "truth.png")
+    assert np.abs(img[bev_pixel(win, xy)].astype(int) - CLASS_COLORS[SemanticClass.VEHICLE]).max() <= 3
+    controls.truth.setChecked(False)
+    img = grab(win, tmp_path / "no_truth.png")
+    assert np.abs(img[bev_pixel(win, xy)].astype(int) - CLASS_COLORS[SemanticClass.VEHICLE]).max() > 60
+
+    controls.prediction_opacity.setValue(100)
+    colours = {}
+    for name, cls in (("tiny-vehicle", SemanticClass.VEHICLE), ("tiny-structure", SemanticClass.STRUCTURE)):
+        win.select_model(name)
+        wait_shown(qtbot, win, 0)
+        assert win.view.model == name and win.view.miou is not None
+        img = grab(win, tmp_path / f"{name}.png")
+        blocks = obstacle_blocks(win.view)
+        assert len(blocks) > 10
+        colours[name] = np.array([img[bev_pixel(win, b)] for b in blocks]).astype(int)
+        # Where the ground truth has obstacles, the prediction's colour shows.
+        assert np.abs(colours[name] - CLASS_COLORS[cls]).max() <= 3
+        assert np.isfinite(win.plots.latency["inference"][0]) and np.isfinite(win.plots.iou[0])
+    assert np.abs(colours["tiny-vehicle"] - colours["tiny-structure"]).max() > 60
+    win.select_model(None)
+    wait_shown(qtbot, win, 0)
+    assert win.view.result is None and not win.errors
+
+
+def test_failed_camera_and_ultrasonic_sensor_are_shown(qtbot, window, drives):
+    win = window
+    win.open_log(drives["failing"])
+    win.go_to(1)  # asked before the log is open: shown once it is
+    wait_shown(qtbot, win, 1)
+    labels = win.view.frame.conditions
+    failed_cams = [lab.split(":")[1] for lab in labels if lab.startswith("camera_failure:")]
+    failed_uss = [lab.split(":")[1] for lab in labels if lab.startswith("uss_failure:")]
+    assert failed_cams and failed_uss
+    for name, panel in win.cameras.items():
+        rgb = panel.rgb.astype(int)
+        grey = (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
+        # A failed camera's panel is greyed (only its red label has colour); a working one is in colour.
+        assert (grey.mean() > 0.9) == (name in failed_cams)
+        if name in failed_cams:
+            assert np.all(rgb == FAILED_COLOR, axis=-1).sum() > 20
+    assert "camera_failure" in win.info.text() and "degraded: " in win.info.text()
+    # One red cell in the ultrasonic strip per failed sensor, and a red cross at it in the BEV.
+    cells = np.all(win.uss_panel.rgb == FAILED_FILL, axis=-1).any(axis=0)
+    assert np.count_nonzero(np.diff(cells.astype(int)) == 1) + cells[0] == len(failed_uss)
+    assert np.all(win.bev.rgb == FAILED_COLOR, axis=-1).sum() > 20
+
+
+# --- errors -------------------------------------------------------------------------------------------------------
+
+def test_damaged_and_unreadable_logs_are_reported_and_the_viewer_goes_on(qtbot, window, drives, tmp_path):
+    win = window
+    junk = tmp_path / "junk.mcap"
+    junk.write_bytes(b"definitely not MCAP" * 20)
+    win.open_log(junk)
+    qtbot.waitUntil(lambda: len(win.errors) == 1, timeout=TIMEOUT)
+    assert win.errors[0].startswith("open: ") and "not an MCAP file" in win.errors[0]
+    box = win._message_box
+    assert box is not None and box.isVisible() and not box.isModal()  # never blocks
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(drives["ok"].read_bytes()[:-100])
+    win.open_log(cut)
+    wait_shown(qtbot, win, 0)
+    assert win.errors[-1].startswith("damage: ") and "cut off" in win.errors[-1]
+    win.go_to(5)
+    wait_shown(qtbot, win, 5)
+
+
+def test_a_model_with_a_bad_checksum_is_refused_and_the_previous_model_stays(qtbot, drives, zoo, tmp_path):
+    bad = tmp_path / "zoo"
+    shutil.copytree(zoo.parent, bad)
+    with open(bad / "tiny-structure.onnx", "ab") as f:
+        f.write(b"\0")
+    win = make_window(qtbot, tmp_path, bad / "ZOO.toml")
+    win.open_log(drives["ok"])
+    win.select_model("tiny-vehicle")
+    wait_shown(qtbot, win, 0)
+    win.select_model("tiny-structure")
+    qtbot.waitUntil(lambda: any(e.startswith("model: ") for e in win.errors), timeout=TIMEOUT)
+    assert "sha256" in win.errors[-1]
+    assert win.model_box.currentText() == "tiny-vehicle" and win.model_name == "tiny-vehicle"
+    win.step(1)
+    wait_shown(qtbot, win, 1)
+    assert win.view.model == "tiny-vehicle"
+
+
+# --- exports and settings -----------------------------------------------------------------------------------------
+
+def test_png_and_mp4_exports(qtbot, window, drives, tmp_path):
+    win = window
+    win.open_log(drives["ok"])
+    win.select_model("tiny-vehicle")
+    wait_shown(qtbot, win, 0)
+    img = grab(win, tmp_path / "view.png")
+    assert img.shape[:2] == (win.height(), win.width())
+    for panel in (*win.cameras.values(), win.bev, win.uss_panel):  # every panel is in the picture, not blank
+        r = panel.image_rect()
+        top_left = panel.mapTo(win, QPoint(round(r.x()), round(r.y())))
+        crop = img[top_left.y(): top_left.y() + int(r.height()), top_left.x(): top_left.x() + int(r.width())]
+        assert crop.size and crop.std() > 10, panel.objectName()
+    with qtbot.waitSignal(win.worker.video_done, timeout=TIMEOUT * 2) as done:
+        win.export_mp4(tmp_path / "clip.mp4", 0, 2)
+    cap = cv2.VideoCapture(done.args[0])
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count == 3
+
+
+def test_layout_layers_speed_and_recent_files_persist(qtbot, drives, zoo, tmp_path):
+    win = make_window(qtbot, tmp_path, zoo)
+    win.open_log(drives["ok"])
+    wait_shown(qtbot, win, 0)
+    win.layer_controls.uss.setChecked(False)
+    win.layer_controls.truth_opacity.setValue(30)
+    win.set_speed(2.0)
+    win.docks["plots"].hide()
+    win.close()
+    again = make_window(qtbot, tmp_path, zoo)
+    layers = again.layer_controls.layers()
+    assert not layers.uss and layers.truth_opacity == pytest.approx(0.3) and again.speed == 2.0
+    assert again.docks["plots"].isHidden() and not again.docks["cameras"].isHidden()
+    assert again.recent_files() == [str(drives["ok"].resolve())]
+    assert [a.text() for a in again.recent_menu.actions()] == again.recent_files()
+
+
+def test_the_demo_drive_is_reused_from_the_cache(qtbot, window, drives, tmp_path):
+    (tmp_path / "demo").mkdir()
+    shutil.copy(drives["ok"], tmp_path / "demo" / "demo-000.mcap")  # as if simulated on an earlier run
+    window.open_log(None)
+    wait_shown(qtbot, window, 0)
+    assert window.source.path == tmp_path / "demo" / "demo-000.mcap"
+
+
+def test_view_command_screenshot(qtbot, drives, zoo, tmp_path, capsys):
+    from app.cli import main
+
+    out = tmp_path / "shot.png"
+    argv = ["view", str(drives["ok"]), "--model", "tiny-structure", "--manifest", str(zoo), "--frame", "3",
+            "--screenshot", str(out), "--settings", str(tmp_path / "cli.ini"), "--threads", "1"]
+    assert main(argv) == 0
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] > 400 and img.std() > 10
+    assert main([*argv[:-6], "--frame", "9", *argv[-6:-4], *argv[-4:]]) == 2
+    assert "frame 9 is past the end (6 frames)" in capsys.readouterr().err
+    assert main(["view", str(drives["ok"]), "--model", "nope", "--manifest", str(zoo), "--screenshot",
+                 str(out), "--settings", str(tmp_path / "cli.ini")]) == 2
+    assert "unknown deploy model 'nope'" in capsys.readouterr().err
