@@ -139,7 +139,7 @@ class TimelinePlots(pg.GraphicsLayoutWidget):
         self.setObjectName("plots")
         self.setBackground((20, 20, 24))
         self.latency_plot = self.addPlot(row=0, col=0, title="latency per stage (ms)")
-        self.latency_plot.addLegend(offset=(5, 5))
+        self.latency_plot.addLegend(offset=(-5, 5))  # top right
         self.iou_plot = self.addPlot(row=0, col=1, title="per-frame mIoU vs ground truth (%)")
         self.iou_plot.setXLink(self.latency_plot)
         self.iou_plot.setYRange(0, 100)

@@ -12,7 +12,7 @@ import numpy as np
 
 from perception.postprocess import Sectors
 from sensors.bev import BevGrid
-from sensors.classes import CLASS_COLORS, CLASS_NAMES, colorize
+from sensors.classes import CLASS_COLORS, CLASS_NAMES, IGNORE, SemanticClass, colorize
 from sensors.messages import UssCycle, UssStatus
 from sensors.rig import Rig, UssSensor
 
@@ -29,9 +29,9 @@ class Layers:
     """What the BEV view draws; the window's toggles and opacity sliders edit one of these."""
 
     truth: bool = True
-    truth_opacity: float = 0.55
+    truth_opacity: float = 0.8
     prediction: bool = True
-    prediction_opacity: float = 0.75
+    prediction_opacity: float = 0.7
     uss: bool = True
     sectors: bool = True
 
@@ -117,8 +117,10 @@ def view_grid(rig: Rig, extent: float, size: int) -> BevGrid:
     return BevGrid.around(rig.vehicle, extent, extent / size)
 
 
-def paint_layer(canvas: np.ndarray, view: BevGrid, class_map: np.ndarray, grid: BevGrid, opacity: float) -> None:
-    """Blend a class map on GRID into the picture on VIEW (same orientation, square cells) in place."""
+def paint_layer(canvas: np.ndarray, view: BevGrid, class_map: np.ndarray, grid: BevGrid, opacity: float,
+                outline: bool = False) -> None:
+    """Blend a class map on GRID into the picture on VIEW (same orientation, square cells) in place; with
+    outline=True only the borders of its obstacle regions, in their class colours."""
     if opacity <= 0:
         return
     s = grid.cell / view.cell
@@ -127,9 +129,14 @@ def paint_layer(canvas: np.ndarray, view: BevGrid, class_map: np.ndarray, grid: 
     # Cell centres map to cell centres; nearest-neighbour sampling then fills each cell's whole square.
     M = np.array([[s, 0, t[0]], [0, s, t[1]]], np.float64)
     size = (canvas.shape[1], canvas.shape[0])
-    rgb = cv2.warpAffine(colorize(class_map), M, size, flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT)
-    cover = cv2.warpAffine(np.ones(class_map.shape, np.uint8), M, size, flags=cv2.INTER_NEAREST,
-                           borderMode=cv2.BORDER_CONSTANT).astype(bool)
+    warp = {"dsize": size, "flags": cv2.INTER_NEAREST, "borderMode": cv2.BORDER_CONSTANT}
+    classes = cv2.warpAffine(class_map, M, borderValue=SemanticClass.FREE, **warp)
+    cover = cv2.warpAffine(np.ones(class_map.shape, np.uint8), M, **warp).astype(bool)
+    if outline:
+        obstacle = (classes != SemanticClass.FREE) & (classes != IGNORE) & cover
+        inner = cv2.erode(obstacle.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # 2 px borders
+        cover = obstacle & ~inner
+    rgb = colorize(classes)
     a = float(min(max(opacity, 0.0), 1.0))
     canvas[cover] = (canvas[cover] * (1 - a) + rgb[cover] * a).round().astype(np.uint8)
 
@@ -167,7 +174,8 @@ def sector_polygons(sectors: Sectors, rig: Rig, inner: float = 0.12, width: floa
 def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers | None = None,
                 truth: tuple[np.ndarray, BevGrid] | None = None, prediction: tuple[np.ndarray, BevGrid] | None = None,
                 uss: UssCycle | None = None, sectors: Sectors | None = None) -> np.ndarray:
-    """(size, size, 3) RGB picture of the BEV view, car driving up."""
+    """(size, size, 3) RGB picture of the BEV view, car driving up: the prediction filled, the ground truth filled
+    or, over a prediction, outlined; then the sector ring, echo arcs and ellipses, and the sensors."""
     layers = layers or Layers()
     view = view_grid(rig, extent, size)
     pic = np.empty((size, size, 3), np.uint8)
@@ -179,10 +187,12 @@ def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers 
     for y in np.arange(math.ceil(view.y_max - extent), view.y_max, 2.0):
         c = round(float(view.y_max - y) * metre)
         cv2.line(pic, (c, 0), (c, size - 1), (45, 45, 52), 1)
-    if truth is not None and layers.truth:
-        paint_layer(pic, view, truth[0], truth[1], layers.truth_opacity)
-    if prediction is not None and layers.prediction:
+    # Over a prediction, the truth is drawn as outlines so that both stay readable; alone, it is filled.
+    over = prediction is not None and layers.prediction
+    if over:
         paint_layer(pic, view, prediction[0], prediction[1], layers.prediction_opacity)
+    if truth is not None and layers.truth:
+        paint_layer(pic, view, truth[0], truth[1], layers.truth_opacity, outline=over)
     aa = cv2.LINE_AA
     body = rig.vehicle.footprint()
     cv2.fillPoly(pic, [_px(view, body)], (70, 70, 78), aa, shift=3)

@@ -13,6 +13,8 @@ from sensors.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+SCREENSHOT_SIZE = (1600, 1000)  # a saved window geometry is clamped to the offscreen screen (800 x 600): set it
+
 
 def launch(log_path: str | Path | None = None, model: str | None = None, frame: int = 0,
            screenshot: str | Path | None = None, manifest: str | Path = MANIFEST, settings: str | Path | None = None,
@@ -38,6 +40,8 @@ def launch(log_path: str | Path | None = None, model: str | None = None, frame: 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     qsettings = QSettings(str(settings), QSettings.Format.IniFormat) if settings else None
     win = ViewerWindow(qsettings, manifest, threads, dialogs=screenshot is None)
+    if screenshot is not None:
+        win.resize(*SCREENSHOT_SIZE)
     win.open_log(log_path)
     if model:
         win.select_model(model)

@@ -142,6 +142,12 @@ def test_layers_toggle_and_a_failed_sensor_is_marked(rig):
     off = bev_picture(rig, 640, 16.0, Layers(truth=False), truth=(truth, grid))
     assert tuple(on[probe]) == CLASS_COLORS[SemanticClass.STRUCTURE]
     assert tuple(off[probe]) == BACKGROUND
+    # Over a prediction the truth is outlined: its border in its colour, its inside showing the prediction.
+    pred = np.full(grid.shape, SemanticClass.VEHICLE, np.uint8)
+    both = bev_picture(rig, 640, 16.0, Layers(truth_opacity=1.0, prediction_opacity=1.0), truth=(truth, grid),
+                       prediction=(pred, grid))
+    assert tuple(both[probe]) == CLASS_COLORS[SemanticClass.VEHICLE]
+    assert tuple(both[5 * 8, 7 * 8]) == tuple(both[7 * 8, 10 * 8 - 1]) == CLASS_COLORS[SemanticClass.STRUCTURE]
     s = rig.uss[0]
     cycle = UssCycle(0, 0, [], [], [], [], status={s.id: UssStatus.NO_RESPONSE})
     pic = bev_picture(rig, 640, 16.0, uss=cycle)
