@@ -17,10 +17,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: simulate the demo drive, run the shipped fusion model over it with the embedded runtime (results
+# MCAP, opens in Foxglove), summarise both logs, and draw a contact sheet and the viewer's picture of one frame.
 demo: $(STAMP)
 	$(BIN)/nearfield simulate --preset demo --out out/demo
 	$(BIN)/nearfield info out/demo/demo-000.mcap
+	$(BIN)/nearfield run --model nf-small --source out/demo/demo-000.mcap --out out/demo/results.mcap
+	$(BIN)/nearfield info out/demo/results.mcap
 	$(BIN)/nearfield contact-sheet out/demo/demo-000.mcap --frame 30 --out out/demo/contact_sheet.png
+	QT_QPA_PLATFORM=offscreen $(BIN)/nearfield view out/demo/demo-000.mcap --model nf-small --frame 30 \
+		--screenshot out/demo/view.png
 
 test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
