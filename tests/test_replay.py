@@ -312,3 +312,13 @@ def test_a_replay_that_did_not_exercise_everything_fails():
 def test_replay_of_a_model_with_committed_references(model):
     report = replay.check(model)
     assert report.ok, report.format()
+
+
+def test_replay_check_command_uses_the_shipped_zoo_by_default(capsys):
+    from app.cli import main
+
+    shipped = replay.models_with_refs(REFS_DIR)
+    if "nf-small-uss" not in shipped:
+        pytest.skip("nf-small-uss has no committed references")
+    assert main(["replay", "check", "--model", "nf-small-uss"]) == 0
+    assert "PASS" in capsys.readouterr().out

@@ -37,10 +37,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
 def _defaults(args) -> None:
     from deploy.replay import DRIVES_DIR, REFS_DIR
+    from deploy.zoo import MANIFEST
 
     args.drives = args.drives or DRIVES_DIR
     args.refs = args.refs or REFS_DIR
-    args.manifest = args.manifest
+    args.manifest = args.manifest or MANIFEST
 
 
 def _targets(args) -> list[str]:
