@@ -371,7 +371,8 @@ def test_soak_memory_does_not_grow(world):
     s = soak(world["model"], log=world["drive"], frames=120, warmup=40, threads=1, sample_every=20)
     assert s.frames == 120 and s.rss_end_mb > 0
     assert s.passed, s.format()
-    assert abs(s.growth_mb) < 16 and "PASS" in s.format()
+    # Growth is what must stay bounded; the allocator may hand memory back after warm-up (-40 MB was seen).
+    assert s.growth_mb < 16 and "PASS" in s.format()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS from /proc (Linux)")
