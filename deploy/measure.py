@@ -15,31 +15,11 @@ import numpy as np
 from deploy.pipeline import Pipeline
 from deploy.zoo import MANIFEST, ZooModel, get_model, read_zoo, update_metrics
 from perception.evaluate import Evaluator
-from sensors.errors import ConfigError, LogFormatError
+from sensors.errors import LogFormatError
+from sensors.files import find_logs
 from sensors.schemas import GT_OCCUPANCY_TOPIC
 
 log = logging.getLogger(__name__)
-
-
-def find_test_logs(data: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Drive logs from DATA: log files, directories of *.mcap, or a data directory whose test/ split holds them."""
-    paths = [data] if isinstance(data, str | Path) else list(data)
-    logs: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            split = p / "test"
-            found = sorted((split if split.is_dir() else p).glob("*.mcap"))
-            if not found:
-                raise ConfigError(f"{p}: holds no *.mcap drive log (nor a test/ folder of them); simulate some with "
-                                  "`nearfield simulate --preset test`")
-            logs += found
-        elif p.is_file():
-            logs.append(p)
-        else:
-            raise ConfigError(f"{p}: no such log file or directory")
-    if not logs:
-        raise ConfigError("zoo measure: no drive logs given (--data)")
-    return logs
 
 
 def count_parameters(onnx_path: str | Path) -> int:
@@ -66,7 +46,7 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
     model = get_model(name, manifest)
     zoo = read_zoo(manifest)
     parent: ZooModel | None = zoo.get(model.parent) if model.parent != name else None
-    logs = find_test_logs(data)
+    logs = find_logs(data, split="test")
     pipes: list[Pipeline] = []
     evaluator: Evaluator | None = None
     ms: list[float] = []
@@ -125,4 +105,4 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
     return metrics
 
 
-__all__ = ["count_parameters", "find_test_logs", "measure_model"]
+__all__ = ["count_parameters", "measure_model"]

@@ -4,7 +4,6 @@ it is loaded. Torch-free: the embedded runtime and the viewer read it."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from perception.bev_config import BevConfig
 from sensors.errors import ChecksumError, ConfigError
+from sensors.files import file_sha256
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -79,13 +79,6 @@ class ZooModel:
             t["notes"] = self.notes
         return t
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_zoo(manifest: str | Path = MANIFEST) -> dict[str, ZooModel]:

@@ -4,7 +4,6 @@ layout of a training run directory."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sensors.errors import ChecksumError, ConfigError
+from sensors.files import file_sha256
 
 # A run directory (nearfield train --out RUN_DIR):
 CONFIG_FILE = "config.toml"  # the model config the run trained (ModelConfig.to_toml)
@@ -27,13 +27,6 @@ LAST, BEST = "last", "best"  # STEM.safetensors weights + STEM.json; LAST also S
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _replace_atomically(path: Path, write) -> None:

@@ -22,6 +22,7 @@ from perception.preprocess import FramePreprocessor, FrameSample, decode_reducti
 from perception.uss_raster import USS_CHANNELS
 from sensors.classes import IGNORE, NUM_CLASSES
 from sensors.errors import ConfigError, LogFormatError
+from sensors.files import file_sha256, find_logs
 from sensors.rig import CAMERA_NAMES
 from sensors.schemas import GT_OCCUPANCY_TOPIC
 
@@ -117,30 +118,6 @@ def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> Dr
                        conditions, damage)
 
 
-def find_logs(paths: Iterable[str | Path]) -> list[Path]:
-    """Log files from a list of logs and directories (a directory gives its *.mcap files, sorted)."""
-    logs: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("*.mcap"))
-            if not found:
-                raise ConfigError(f"{p}: directory holds no *.mcap drive log; simulate some with `nearfield simulate`")
-            logs += found
-        elif p.is_file():
-            logs.append(p)
-        else:
-            raise ConfigError(f"{p}: no such log file or directory")
-    if not logs:
-        raise ConfigError("no drive logs given")
-    return logs
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_key(log_sha256: str, config: BevConfig) -> str:

@@ -1,0 +1,29 @@
+"""sensors.files: log discovery (with a data directory's split) and file checksums."""
+
+import hashlib
+
+import pytest
+
+from sensors.errors import ConfigError
+from sensors.files import file_sha256, find_logs
+
+
+def test_find_logs_takes_the_split_of_a_data_directory_and_plain_directories(tmp_path):
+    for name in ("test/b.mcap", "test/a.mcap", "train/c.mcap", "loose/d.mcap"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in find_logs(tmp_path, split="test")] == ["a.mcap", "b.mcap"]
+    assert [p.name for p in find_logs([tmp_path / "loose", tmp_path / "train/c.mcap"], split="test")] == [
+        "d.mcap", "c.mcap"]  # no test/ folder in loose/: its own logs
+    with pytest.raises(ConfigError, match=r"holds no \*\.mcap drive log \(nor a val/ folder"):
+        find_logs(tmp_path / "test" / "..", split="val")
+    with pytest.raises(ConfigError, match="no such log file"):
+        find_logs(tmp_path / "missing.mcap")
+    with pytest.raises(ConfigError, match="no drive logs given"):
+        find_logs([])
+
+
+def test_file_sha256_reads_large_files_in_blocks(tmp_path):
+    data = bytes(range(256)) * 9000  # > 2 MiB: several blocks
+    (tmp_path / "f").write_bytes(data)
+    assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
