@@ -16,6 +16,7 @@ import numpy as np
 from sensors.errors import ConfigError
 from sensors.geometry import Pose2D
 from sensors.rig import Rig, VehicleBody
+from sim_data.ego_drive import Drive, arc, creep, straight
 from sim_data.objects import (
     CAR_STYLES,
     STYLE_WEIGHTS,
@@ -61,7 +62,6 @@ MOTION_WEIGHTS = (0.25, 0.40, 0.35)
 MAX_SPEED = 10 / 3.6  # m/s: parking manoeuvres stay below 10 km/h
 EGO_CLEARANCE = 0.35  # m kept free around the ego footprint along the whole drive
 OBJECT_GAP = 0.10  # m between any two objects (boxes), so footprints never touch
-PATH_DT = 0.05  # s between ego path samples
 COVER = 16.0  # m of populated world around the ego path on every side (8 m of BEV plus margin)
 
 def _rect(x: float, y: float, yaw: float, length: float, width: float) -> np.ndarray:
@@ -167,108 +167,6 @@ def _any_overlap(a: np.ndarray, bs: np.ndarray) -> bool:
             pb = np.einsum("mvd,md->mv", bs, ax)
             sep |= (pa.max(1) <= pb.min(1)) | (pb.max(1) <= pa.min(1))
     return bool((~sep).any())
-
-
-# --- ego drives -----------------------------------------------------------------------------------------
-
-
-class _Drive:
-    """An ego path built from legs driven in one direction, each from rest (or a given speed) to rest."""
-
-    DS = 0.02  # m, integration step along a leg
-    ACCEL, DECEL = 0.6, 0.8  # m/s², gentle parking-speed manoeuvres
-
-    def __init__(self, start: Pose2D):
-        self.t, self.x, self.y, self.yaw = [0.0], [start.x], [start.y], [start.yaw]
-
-    @property
-    def end(self) -> Pose2D:
-        return Pose2D(self.x[-1], self.y[-1], self.yaw[-1])
-
-    def leg(self, direction: int, curvature: np.ndarray, vmax: float, v0: float = 0.0) -> _Drive:
-        """Drive forwards (+1) or backwards (-1) along `curvature` (1/m per DS step, left positive), starting
-        at speed v0 and stopping at the end of the leg (trapezoidal speed)."""
-        n = len(curvature)
-        if n == 0:
-            return self
-        yaw = self.yaw[-1] + direction * np.concatenate([[0.0], np.cumsum(curvature * self.DS)])
-        mid = (yaw[:-1] + yaw[1:]) / 2
-        step = direction * self.DS
-        x = self.x[-1] + np.concatenate([[0.0], np.cumsum(step * np.cos(mid))])
-        y = self.y[-1] + np.concatenate([[0.0], np.cumsum(step * np.sin(mid))])
-        s_grid = np.arange(n + 1) * self.DS
-        total, s_of_t = _trapezoid(n * self.DS, vmax, v0, self.ACCEL, self.DECEL)
-        ts = np.append(np.arange(PATH_DT / 4, total, PATH_DT / 4), total)
-        s = s_of_t(ts)
-        t0 = self.t[-1]
-        self.t += list(t0 + ts)
-        self.x += list(np.interp(s, s_grid, x))
-        self.y += list(np.interp(s, s_grid, y))
-        self.yaw += list(np.interp(s, s_grid, yaw))
-        return self
-
-    def pause(self, seconds: float) -> _Drive:
-        self.t.append(self.t[-1] + seconds)
-        self.x.append(self.x[-1])
-        self.y.append(self.y[-1])
-        self.yaw.append(self.yaw[-1])
-        return self
-
-    def path(self, duration: float, finish: bool = False) -> EgoPath:
-        """The drive resampled every PATH_DT over `duration`, standing still after the last leg. With `finish`,
-        a manoeuvre longer than the drive is joined late, so that the drive still ends with it completed
-        (and a moment at rest); otherwise the drive is cut at `duration`."""
-        start = max(self.t[-1] + 0.5 - duration, 0.0) if finish else 0.0
-        if self.t[-1] < start + duration:
-            self.pause(start + duration - self.t[-1])
-        ts = np.append(np.arange(0.0, duration - PATH_DT / 4, PATH_DT), duration)  # always through `duration`
-        t = np.asarray(self.t) - start
-        x, y, yaw = (np.interp(ts, t, np.asarray(v)) for v in (self.x, self.y, self.yaw))
-        return EgoPath(tuple(float(v) for v in ts),
-                       tuple(Pose2D(float(a), float(b), float(c)) for a, b, c in zip(x, y, yaw, strict=True)))
-
-
-def _trapezoid(length: float, vmax: float, v0: float, accel: float, decel: float):
-    """(duration, s(t)) of a drive over `length` from speed v0 up to vmax and down to rest."""
-    v0 = min(v0, vmax)
-    if v0 * v0 / (2 * decel) >= length:  # too short to slow down gently: brake harder
-        decel = v0 * v0 / (2 * length)
-    vp = min(vmax, math.sqrt((length + v0 * v0 / (2 * accel)) / (1 / (2 * accel) + 1 / (2 * decel))))
-    t1 = (vp - v0) / accel
-    s1 = (v0 + vp) / 2 * t1
-    t3 = vp / decel
-    s3 = vp * vp / (2 * decel)
-    t2 = max(length - s1 - s3, 0.0) / vp
-    total = t1 + t2 + t3
-
-    def s_of_t(t):
-        t = np.clip(t, 0.0, total)
-        return np.where(t < t1, v0 * t + accel * t * t / 2,
-                        np.where(t < t1 + t2, s1 + vp * (t - t1), length - decel * (total - t) ** 2 / 2))
-
-    return total, s_of_t
-
-
-def _straight(length: float) -> np.ndarray:
-    return np.zeros(max(round(length / _Drive.DS), 0))
-
-
-def _arc(radius: float, angle: float) -> np.ndarray:
-    """Curvature of a turn through |angle| on |radius|; the sign of radius picks the steering (left +)."""
-    return np.full(round(abs(angle * radius) / _Drive.DS), 1.0 / radius)
-
-
-def _wiggle(length: float, rng: np.random.Generator) -> np.ndarray:
-    """Gentle S-bends: lateral offset A (cos(ks) - 1), so the drive keeps its lane without drifting."""
-    s = np.arange(round(length / _Drive.DS)) * _Drive.DS
-    amp = rng.uniform(0.08, 0.25) * rng.choice([-1, 1])
-    k = 2 * math.pi / rng.uniform(14.0, 30.0)
-    return -amp * k * k * np.cos(k * s)
-
-
-def _creep(start: Pose2D, duration: float, rng: np.random.Generator, vmax: float = 2.0) -> EgoPath:
-    v = rng.uniform(0.5, vmax)
-    return _Drive(start).leg(1, _wiggle(v * duration + 3.0, rng), v, v0=v).path(duration)
 
 
 # --- scene assembly -------------------------------------------------------------------------------------
@@ -421,10 +319,10 @@ def _bays_scene(kind: str, motion: str, duration: float, rng: np.random.Generato
     # --- the drive
     if motion == "parked":
         pose = _bay_pose(target, 0.0, veh, rng.random() < 0.5, rng.uniform(0.5, 0.8))
-        ego = _Drive(pose).path(duration)
+        ego = Drive(pose).path(duration)
     elif motion == "creep_forward":
         x_start = rng.uniform(-8.0, 0.0)
-        ego = _creep(Pose2D(x_start, rng.uniform(-0.3, 0.3), 0.0), duration, rng, 1.5 if garage else 2.0)
+        ego = creep(Pose2D(x_start, rng.uniform(-0.3, 0.3), 0.0), duration, rng, 1.5 if garage else 2.0)
     else:
         ego = _reverse_perpendicular(target, veh, duration, rng, aisle_half=a)
     x_lo, x_hi, _, _ = _extent(ego)
@@ -524,8 +422,8 @@ def _reverse_perpendicular(row: _Row, veh: VehicleBody, duration: float, rng: np
     pre = rng.uniform(2.0, 5.0)
     start = Pose2D(R - pre, y0, 0.0)
     final_y = row.entrance + row.depth - rng.uniform(0.5, 0.8) - veh.rear_overhang
-    drive = _Drive(start).leg(1, _straight(pre), rng.uniform(1.0, 1.5)).pause(rng.uniform(0.6, 1.5))
-    back = np.concatenate([_arc(R, math.pi / 2), _straight(final_y - (y0 + R))])
+    drive = Drive(start).leg(1, straight(pre), rng.uniform(1.0, 1.5)).pause(rng.uniform(0.6, 1.5))
+    back = np.concatenate([arc(R, math.pi / 2), straight(final_y - (y0 + R))])
     return drive.leg(-1, back, rng.uniform(0.5, 0.9)).path(duration, finish=True)
 
 
@@ -612,10 +510,10 @@ def _street_scene(motion: str, duration: float, rng: np.random.Generator, rig: R
     y_park = kerb_r + rng.uniform(0.42, 0.55) + veh.width / 2
     gap_at: float | None = 0.0
     if motion == "parked":
-        ego = _Drive(Pose2D(0.0, y_park, 0.0)).path(duration)
+        ego = Drive(Pose2D(0.0, y_park, 0.0)).path(duration)
     elif motion == "creep_forward":
         gap_at = None
-        ego = _creep(Pose2D(rng.uniform(-5.0, 0.0), rng.uniform(-0.2, 0.2), 0.0), duration, rng)
+        ego = creep(Pose2D(rng.uniform(-5.0, 0.0), rng.uniform(-0.2, 0.2), 0.0), duration, rng)
     else:
         # While the car swings in, its rear corner dips closer to the kerb than where it ends up; plan the
         # manoeuvre once, then again with the gap moved out by that overshoot.
@@ -684,10 +582,10 @@ def _parallel_park(y_park: float, veh: VehicleBody, duration: float, rng: np.ran
     fwd = rng.uniform(0.2, 0.5)
     x_start = 2 * R * math.sin(phi) - fwd
     pre = rng.uniform(2.0, 5.0)
-    drive = _Drive(Pose2D(x_start - pre, y0, 0.0)).leg(1, _straight(pre), rng.uniform(0.8, 1.4))
+    drive = Drive(Pose2D(x_start - pre, y0, 0.0)).leg(1, straight(pre), rng.uniform(0.8, 1.4))
     drive.pause(rng.uniform(0.6, 1.5))
-    drive.leg(-1, np.concatenate([_arc(-R, phi), _arc(R, phi)]), rng.uniform(0.5, 0.8))
-    drive.pause(rng.uniform(0.4, 1.0)).leg(1, _straight(fwd), 0.4)
+    drive.leg(-1, np.concatenate([arc(-R, phi), arc(R, phi)]), rng.uniform(0.5, 0.8))
+    drive.pause(rng.uniform(0.4, 1.0)).leg(1, straight(fwd), 0.4)
     return drive.path(duration, finish=True)
 
 
@@ -709,12 +607,12 @@ def _driveway_scene(motion: str, duration: float, rng: np.random.Generator, rig:
             pose = Pose2D(0.0, y_house - stop_gap - veh.x_max, math.pi / 2)
         else:
             pose = Pose2D(0.0, y_house - stop_gap - veh.rear_overhang, -math.pi / 2)
-        ego = _Drive(pose).path(duration)
+        ego = Drive(pose).path(duration)
     elif motion == "creep_forward":
         y_start = rng.uniform(-3.0, -1.5)
         v = rng.uniform(0.5, 1.2)
         length = y_house - stop_gap - veh.x_max - y_start
-        ego = _Drive(Pose2D(0.0, y_start, math.pi / 2)).leg(1, _straight(length), v, v0=v).path(duration)
+        ego = Drive(Pose2D(0.0, y_start, math.pi / 2)).leg(1, straight(length), v, v0=v).path(duration)
     else:
         row = _Row(0.0, +1, y_house - stop_gap + 0.6, wd, 0.0)
         ego = _reverse_perpendicular(row, veh, duration, rng, aisle_half=road)
