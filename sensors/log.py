@@ -6,7 +6,6 @@ last good timestamp) instead of failing.
 from __future__ import annotations
 
 import heapq
-import io
 import logging
 import os
 import struct
@@ -20,14 +19,12 @@ from typing import Any
 
 import numpy as np
 from foxglove_schemas_protobuf.Grid_pb2 import Grid
-from mcap.data_stream import ReadDataStream
 from mcap.opcode import Opcode
 from mcap.records import (
     Attachment,
     AttachmentIndex,
     Channel,
     ChunkIndex,
-    Message,
     MessageIndex,
     Metadata,
     MetadataIndex,
@@ -40,6 +37,19 @@ from sensors.bev import BevGrid
 from sensors.calibration import FisheyeCamera
 from sensors.errors import LogFormatError, RigError
 from sensors.log_writer import METADATA_NAME, RIG_ATTACHMENT
+from sensors.mcap_records import (
+    FOOTER,
+    HEAD,
+    MAGIC,
+    MAX_SUMMARY,
+    Chunk,
+    CorruptError,
+    chunk_records,
+    message,
+    opcode_name,
+    records,
+    stream,
+)
 from sensors.rig import Rig, rig_from_toml
 from sensors.schemas import (
     CONDITION_TOPIC,
@@ -50,15 +60,10 @@ from sensors.schemas import (
     topic_spec,
 )
 
-__all__ = ["ConditionRecord", "LogDamage", "LogMessage", "LogReader", "LogSummary", "TopicSummary"]
+__all__ = ["MAGIC", "ConditionRecord", "LogDamage", "LogMessage", "LogReader", "LogSummary", "TopicSummary"]
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"\x89MCAP0\r\n"
-_HEAD = struct.Struct("<BQ")  # every record: opcode, length of what follows
-_FOOTER = struct.Struct("<BQQQI")  # opcode, length, summary_start, summary_offset_start, summary_crc
-_MESSAGE_HEAD = 22  # channel id, sequence, log time, publish time
-_MAX_SUMMARY = 1 << 30
 
 
 # --- reading: results ---------------------------------------------------------------------------------------------
@@ -180,100 +185,6 @@ class LogSummary:
         return "\n".join(lines)
 
 
-# --- reading: bytes -----------------------------------------------------------------------------------------------
-
-class _CorruptError(Exception):
-    """Bytes on disk that do not parse; becomes a LogDamage with the location."""
-
-
-def _stream(body: bytes) -> ReadDataStream:
-    return ReadDataStream(io.BytesIO(body))
-
-
-def _records(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(offset, opcode, body) of the records packed in `data` (a chunk's content or the summary section)."""
-    pos, end = 0, len(data)
-    while pos < end:
-        if end - pos < _HEAD.size:
-            raise _CorruptError(f"a record header is cut off {end - pos} bytes before the end")
-        opcode, length = _HEAD.unpack_from(data, pos)
-        if length > end - pos - _HEAD.size:
-            raise _CorruptError(f"a record claims {length} bytes, only {end - pos - _HEAD.size} remain")
-        yield pos, opcode, data[pos + _HEAD.size: pos + _HEAD.size + length]
-        pos += _HEAD.size + length
-
-
-def _message(body: bytes) -> Message:
-    if len(body) < _MESSAGE_HEAD:
-        raise _CorruptError(f"a message record of {len(body)} bytes is shorter than its header")
-    return Message.read(_stream(body), len(body))
-
-
-def _decompress(compression: str, data: bytes, size: int) -> bytes:
-    # The sizes come from the file: bound them before any buffer is allocated for them (lz4 compresses at most
-    # ~255:1; zstd checks its own frame size against the bound).
-    limit = {"": len(data), "lz4": max(1 << 16, 256 * len(data))}.get(compression, 1 << 31)
-    if size > limit:
-        raise _CorruptError(f"uncompressed size {size} is impossible for {len(data)} {compression or 'raw'} bytes")
-    if compression == "":
-        return data
-    if compression == "lz4":
-        import lz4.frame
-
-        decompressor = lz4.frame.LZ4FrameDecompressor()
-        out = decompressor.decompress(data, max_length=size)
-        if not decompressor.eof:
-            raise _CorruptError("lz4 data does not end where the chunk says")
-        return out
-    if compression == "zstd":
-        try:
-            import zstandard
-        except ImportError:
-            raise _CorruptError("chunk is zstd-compressed and the zstandard package is not installed") from None
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
-    raise _CorruptError(f"unknown chunk compression {compression!r}")
-
-
-def _chunk_records(body: bytes) -> list[tuple[int, bytes]]:
-    """The (opcode, body) records inside a chunk record, decompressed and checked against the chunk's CRC."""
-    s = _stream(body)
-    s.read8(), s.read8()  # message start and end times: recomputed from the messages, not trusted
-    size, crc = s.read8(), s.read4()
-    compression = s.read_prefixed_string()
-    length = s.read8()
-    if length != len(body) - s.count:
-        raise _CorruptError(f"chunk data length {length} disagrees with the record length")
-    data = _decompress(compression, body[s.count:], size)
-    if len(data) != size:
-        raise _CorruptError(f"chunk decompresses to {len(data)} bytes, its header says {size}")
-    if crc and zlib.crc32(data) != crc:
-        raise _CorruptError("chunk fails its CRC check (flipped bytes)")
-    return [(opcode, rec) for _, opcode, rec in _records(data)]
-
-
-@dataclass
-class _Chunk:
-    """A chunk (or a message record outside chunks) as the reader indexes it."""
-
-    offset: int
-    length: int  # the whole record, header included
-    start_ns: int
-    end_ns: int
-    number: int  # position in file order
-    loose: bool = False  # a single message record outside any chunk
-    channels: frozenset[int] | None = None  # channels with messages here; None: unknown
-    index_offsets: dict[int, int] = field(default_factory=dict)  # channel -> MessageIndex record (summary)
-    times: dict[int, np.ndarray] | None = None  # channel -> log times (linear scan)
-    last_good_ns: int | None = None  # latest stamp in the file before this record
-
-
-def _opcode_name(opcode: int) -> str:
-    try:
-        return Opcode(opcode).name.lower()
-    except ValueError:
-        return f"opcode 0x{opcode:02x}"
-
-
 # --- reading ------------------------------------------------------------------------------------------------------
 
 class LogReader:
@@ -295,7 +206,7 @@ class LogReader:
         self._quiet_topics: dict[str, int] = defaultdict(int)
         self._schemas: dict[int, Schema] = {}
         self._channels: dict[int, Channel] = {}
-        self._chunks: list[_Chunk] = []
+        self._chunks: list[Chunk] = []
         self._decoders: dict[int, Any] = {}
         self._rig_toml: bytes | None = None
         self._rig: Rig | None = None
@@ -414,17 +325,17 @@ class LogReader:
 
         cameras = [t for t in times if t.startswith("/camera/") and t.endswith("/image")]
         frames = times[max(cameras, key=lambda t: times[t].size)] if cameras else times.get(USS_TOPIC)
-        records = [m.value for m in self.messages(CONDITION_TOPIC) if isinstance(m.value, ConditionRecord)]
+        condition_records = [m.value for m in self.messages(CONDITION_TOPIC) if isinstance(m.value, ConditionRecord)]
         if frames is None:
-            frames = np.array([r.stamp_ns for r in records], np.int64)
+            frames = np.array([r.stamp_ns for r in condition_records], np.int64)
         try:  # camera stamps jitter around the frame time that the condition messages carry
             tolerance = self.rig.sync.camera_tolerance_ns
         except LogFormatError:
             tolerance = 0
         conditions: dict[str, int] = defaultdict(int)
         # A condition message holds from its stamp until the next one: count the frames in that span.
-        bounds = np.searchsorted(frames, [r.stamp_ns - tolerance for r in records] + [np.iinfo(np.int64).max])
-        for r, lo, hi in zip(records, bounds[:-1], bounds[1:], strict=True):
+        bounds = np.searchsorted(frames, [r.stamp_ns - tolerance for r in condition_records] + [np.iinfo(np.int64).max])
+        for r, lo, hi in zip(condition_records, bounds[:-1], bounds[1:], strict=True):
             for label in r.labels:
                 conditions[label] += int(hi - lo)
         rig_name = self.metadata.get("rig")
@@ -474,54 +385,54 @@ class LogReader:
         self._file.seek(offset)
         data = self._file.read(length)
         if len(data) != length:
-            raise _CorruptError(f"{length} bytes at byte {offset} reach past the end of the file")
+            raise CorruptError(f"{length} bytes at byte {offset} reach past the end of the file")
         return data
 
     def _record_at(self, offset: int, opcodes: tuple[int, ...], length: int | None = None) -> bytes:
         """The body of the record at `offset`, checked to be one of `opcodes` and to fit in the file."""
-        opcode, body_length = _HEAD.unpack(self._read_at(offset, _HEAD.size))
+        opcode, body_length = HEAD.unpack(self._read_at(offset, HEAD.size))
         if opcode not in opcodes:
-            raise _CorruptError(f"expected a {_opcode_name(opcodes[0])} record, found {_opcode_name(opcode)}")
-        if body_length > self._size - offset - _HEAD.size or (length is not None and
-                                                               body_length + _HEAD.size != length):
-            raise _CorruptError(f"{_opcode_name(opcode)} record length {body_length} is inconsistent")
-        return self._read_at(offset + _HEAD.size, body_length)
+            raise CorruptError(f"expected a {opcode_name(opcodes[0])} record, found {opcode_name(opcode)}")
+        if body_length > self._size - offset - HEAD.size or (length is not None and
+                                                               body_length + HEAD.size != length):
+            raise CorruptError(f"{opcode_name(opcode)} record length {body_length} is inconsistent")
+        return self._read_at(offset + HEAD.size, body_length)
 
     def _read_summary(self) -> str | None:
         """Use the summary section when the footer and its CRC are good; else say why not (None: no footer)."""
-        footer_at = self._size - len(MAGIC) - _FOOTER.size
+        footer_at = self._size - len(MAGIC) - FOOTER.size
         if footer_at < len(MAGIC):
             return None
         self._file.seek(footer_at)
-        tail = self._file.read(_FOOTER.size + len(MAGIC))
-        opcode, length, start, _, crc = _FOOTER.unpack(tail[:_FOOTER.size])
-        if tail[_FOOTER.size:] != MAGIC or opcode != Opcode.FOOTER or length != _FOOTER.size - _HEAD.size:
+        tail = self._file.read(FOOTER.size + len(MAGIC))
+        opcode, length, start, _, crc = FOOTER.unpack(tail[:FOOTER.size])
+        if tail[FOOTER.size:] != MAGIC or opcode != Opcode.FOOTER or length != FOOTER.size - HEAD.size:
             return None
         if start == 0:
             return ""  # a complete file written without a summary section
-        if not len(MAGIC) <= start <= footer_at or footer_at - start > _MAX_SUMMARY:
+        if not len(MAGIC) <= start <= footer_at or footer_at - start > MAX_SUMMARY:
             return f"the footer points at byte {start}, outside the file"
         section = self._read_at(start, footer_at - start)
-        if crc and zlib.crc32(tail[:_FOOTER.size - 4], zlib.crc32(section)) != crc:
+        if crc and zlib.crc32(tail[:FOOTER.size - 4], zlib.crc32(section)) != crc:
             return "the summary section fails its CRC check"
         schemas, channels, chunk_indexes, attachments, metadata = {}, {}, [], [], []
         stats = None
         try:
-            for _, op, body in _records(section):
+            for _, op, body in records(section):
                 if op == Opcode.SCHEMA:
-                    s = Schema.read(_stream(body))
+                    s = Schema.read(stream(body))
                     schemas[s.id] = s
                 elif op == Opcode.CHANNEL:
-                    c = Channel.read(_stream(body))
+                    c = Channel.read(stream(body))
                     channels[c.id] = c
                 elif op == Opcode.CHUNK_INDEX:
-                    chunk_indexes.append(ChunkIndex.read(_stream(body)))
+                    chunk_indexes.append(ChunkIndex.read(stream(body)))
                 elif op == Opcode.ATTACHMENT_INDEX:
-                    attachments.append(AttachmentIndex.read(_stream(body)))
+                    attachments.append(AttachmentIndex.read(stream(body)))
                 elif op == Opcode.METADATA_INDEX:
-                    metadata.append(MetadataIndex.read(_stream(body)))
+                    metadata.append(MetadataIndex.read(stream(body)))
                 elif op == Opcode.STATISTICS:
-                    stats = Statistics.read(_stream(body))
+                    stats = Statistics.read(stream(body))
         except Exception as e:  # any bytes that do not parse: fall back to reading linearly
             return f"the summary section does not parse ({type(e).__name__}: {e})"
         if not chunk_indexes and (stats is None or stats.message_count > 0):
@@ -532,7 +443,7 @@ class LogReader:
         chunk_indexes.sort(key=lambda ci: ci.chunk_start_offset)
         last_good = None
         for number, ci in enumerate(chunk_indexes):
-            self._chunks.append(_Chunk(ci.chunk_start_offset, ci.chunk_length, ci.message_start_time,
+            self._chunks.append(Chunk(ci.chunk_start_offset, ci.chunk_length, ci.message_start_time,
                                        ci.message_end_time, number,
                                        channels=frozenset(ci.message_index_offsets) or None,
                                        index_offsets=dict(ci.message_index_offsets), last_good_ns=last_good))
@@ -544,7 +455,7 @@ class LogReader:
         for entry in metadata:
             try:
                 self._add_metadata(self._record_at(entry.offset, (Opcode.METADATA,), entry.length), entry.offset)
-            except _CorruptError as e:
+            except CorruptError as e:
                 self._report(LogDamage(str(self.path), entry.offset, f"metadata record is corrupt: {e}"))
         return None
 
@@ -556,18 +467,18 @@ class LogReader:
             self._report(LogDamage(str(self.path), offset, f"attachment {RIG_ATTACHMENT} is corrupt: {e}"))
 
     def _add_attachment(self, body: bytes) -> None:
-        attachment = Attachment.read(_stream(body))
+        attachment = Attachment.read(stream(body))
         stored = struct.unpack_from("<I", body, len(body) - 4)[0]
         if stored and zlib.crc32(body[:-4]) != stored:
-            raise _CorruptError(f"attachment {attachment.name} fails its CRC check")
+            raise CorruptError(f"attachment {attachment.name} fails its CRC check")
         if attachment.name == RIG_ATTACHMENT:
             self._rig_toml = attachment.data
 
     def _add_metadata(self, body: bytes, offset: int) -> None:
         try:
-            record = Metadata.read(_stream(body))
+            record = Metadata.read(stream(body))
         except Exception as e:  # bytes from disk that do not parse
-            raise _CorruptError(f"{type(e).__name__}: {e}") from None
+            raise CorruptError(f"{type(e).__name__}: {e}") from None
         if record.name == METADATA_NAME:
             self.metadata.update(record.metadata)
         else:
@@ -586,16 +497,16 @@ class LogReader:
                                        "truncated", last_good_ns=last_good))
                 return
             f.seek(pos)
-            head = f.read(_HEAD.size)
-            if len(head) < _HEAD.size:
+            head = f.read(HEAD.size)
+            if len(head) < HEAD.size:
                 self._report(LogDamage(path, pos, "the file is cut off inside a record header", "truncated",
                                        last_good_ns=last_good))
                 return
-            opcode, length = _HEAD.unpack(head)
-            left = self._size - pos - _HEAD.size
+            opcode, length = HEAD.unpack(head)
+            left = self._size - pos - HEAD.size
             if opcode == 0 or length > left:
                 kind = "truncated" if opcode in Opcode._value2member_map_ and length > left else "corrupt"
-                self._report(LogDamage(path, pos, f"a {_opcode_name(opcode)} record claims {length} bytes, "
+                self._report(LogDamage(path, pos, f"a {opcode_name(opcode)} record claims {length} bytes, "
                                        f"{left} remain: the file is {'cut off' if kind == 'truncated' else 'corrupt'}"
                                        " here", kind, last_good_ns=last_good))
                 return
@@ -604,8 +515,8 @@ class LogReader:
                 if opcode == Opcode.CHUNK:
                     last_good = self._scan_chunk(pos, body, last_good)
                 elif opcode == Opcode.MESSAGE:
-                    m = _message(body)
-                    self._chunks.append(_Chunk(pos, _HEAD.size + length, m.log_time, m.log_time, len(self._chunks),
+                    m = message(body)
+                    self._chunks.append(Chunk(pos, HEAD.size + length, m.log_time, m.log_time, len(self._chunks),
                                                loose=True, channels=frozenset([m.channel_id]),
                                                times={m.channel_id: np.array([m.log_time], np.int64)},
                                                last_good_ns=last_good))
@@ -618,22 +529,22 @@ class LogReader:
                     self._add_metadata(body, pos)
                 elif opcode in (Opcode.DATA_END, Opcode.FOOTER):
                     if summary_problem is None and opcode == Opcode.DATA_END:
-                        self._report(LogDamage(path, pos + _HEAD.size + length,
+                        self._report(LogDamage(path, pos + HEAD.size + length,
                                                "the summary section is cut off (every message is readable)",
                                                "truncated", last_good_ns=last_good))
                     return
             except Exception as e:  # a record whose frame fits but whose bytes do not parse: skip it
-                self._report(LogDamage(path, pos, f"{_opcode_name(opcode)} record is corrupt "
+                self._report(LogDamage(path, pos, f"{opcode_name(opcode)} record is corrupt "
                                        f"({type(e).__name__}: {e})",
                                        chunk=len(self._chunks) if opcode == Opcode.CHUNK else None,
                                        last_good_ns=last_good))
-            pos += _HEAD.size + length
+            pos += HEAD.size + length
 
     def _scan_chunk(self, pos: int, body: bytes, last_good: int | None) -> int | None:
         times: dict[int, list[int]] = defaultdict(list)
-        for opcode, rec in _chunk_records(body):
+        for opcode, rec in chunk_records(body):
             if opcode == Opcode.MESSAGE:
-                m = _message(rec)
+                m = message(rec)
                 times[m.channel_id].append(m.log_time)
             elif opcode in (Opcode.SCHEMA, Opcode.CHANNEL):
                 self._register(opcode, rec)
@@ -642,16 +553,16 @@ class LogReader:
         arrays = {cid: np.array(t, np.int64) for cid, t in times.items()}
         lo = min(int(a.min()) for a in arrays.values())
         hi = max(int(a.max()) for a in arrays.values())
-        self._chunks.append(_Chunk(pos, _HEAD.size + len(body), lo, hi, len(self._chunks),
+        self._chunks.append(Chunk(pos, HEAD.size + len(body), lo, hi, len(self._chunks),
                                    channels=frozenset(arrays), times=arrays, last_good_ns=last_good))
         return max(last_good or 0, hi)
 
     def _register(self, opcode: int, body: bytes) -> None:
         if opcode == Opcode.SCHEMA:
-            s = Schema.read(_stream(body))
+            s = Schema.read(stream(body))
             self._schemas[s.id] = s
         else:
-            c = Channel.read(_stream(body))
+            c = Channel.read(stream(body))
             self._channels[c.id] = c
 
     # --- chunks and messages ----------------------------------------------------------------------------------
@@ -662,18 +573,18 @@ class LogReader:
         wanted = {topics} if isinstance(topics, str) else set(topics)
         return {cid for cid, ch in self._channels.items() if ch.topic in wanted}
 
-    def _load(self, chunk: _Chunk) -> list[tuple[int, int, bytes]]:
+    def _load(self, chunk: Chunk) -> list[tuple[int, int, bytes]]:
         """(channel id, log time, data) of a chunk's messages; [] and a damage report if it does not read."""
         try:
             if chunk.loose:
-                m = _message(self._record_at(chunk.offset, (Opcode.MESSAGE,), chunk.length))
+                m = message(self._record_at(chunk.offset, (Opcode.MESSAGE,), chunk.length))
                 return [(m.channel_id, m.log_time, m.data)]
             out = []
-            for opcode, rec in _chunk_records(self._record_at(chunk.offset, (Opcode.CHUNK,), chunk.length)):
+            for opcode, rec in chunk_records(self._record_at(chunk.offset, (Opcode.CHUNK,), chunk.length)):
                 if opcode == Opcode.MESSAGE:
-                    m = _message(rec)
+                    m = message(rec)
                     if not chunk.start_ns <= m.log_time <= chunk.end_ns:
-                        raise _CorruptError(f"a message at {m.log_time} ns lies outside the chunk's indexed time range")
+                        raise CorruptError(f"a message at {m.log_time} ns lies outside the chunk's indexed time range")
                     out.append((m.channel_id, m.log_time, m.data))
             return out
         except Exception as e:  # bytes from disk that do not parse: report where, keep the other chunks
@@ -681,12 +592,12 @@ class LogReader:
                                    chunk=chunk.number, last_good_ns=chunk.last_good_ns))
             return []
 
-    def _message_index(self, chunk: _Chunk, cid: int) -> np.ndarray | None:
+    def _message_index(self, chunk: Chunk, cid: int) -> np.ndarray | None:
         offset = chunk.index_offsets.get(cid)
         if offset is None:
             return None
         try:
-            index = MessageIndex.read(_stream(self._record_at(offset, (Opcode.MESSAGE_INDEX,))))
+            index = MessageIndex.read(stream(self._record_at(offset, (Opcode.MESSAGE_INDEX,))))
             times = np.array([t for t, _ in index.records], np.int64)
         except Exception:  # an unreadable index is not damage to the data: the chunk itself is read instead
             return None
@@ -694,13 +605,13 @@ class LogReader:
             return None
         return times
 
-    def _decode(self, item: tuple[int, bytes, _Chunk], stamp: int) -> LogMessage | None:
+    def _decode(self, item: tuple[int, bytes, Chunk], stamp: int) -> LogMessage | None:
         cid, data, chunk = item
         channel = self._channels.get(cid)
         topic = channel.topic if channel else f"<channel {cid}>"
         try:
             if channel is None:
-                raise _CorruptError(f"the message names channel {cid}, which the log never defines")
+                raise CorruptError(f"the message names channel {cid}, which the log never defines")
             decode = self._decoders.get(cid)
             if decode is None:
                 decode = self._decoders[cid] = self._decoder_for(channel)
@@ -715,7 +626,7 @@ class LogReader:
     def _decoder_for(self, channel: Channel):
         schema = self._schemas.get(channel.schema_id)
         if channel.schema_id != 0 and schema is None:
-            raise _CorruptError(f"the channel names schema {channel.schema_id}, which the log never defines "
+            raise CorruptError(f"the channel names schema {channel.schema_id}, which the log never defines "
                                 "(lost with a damaged chunk?)")
         spec = topic_spec(channel.topic)
         protobuf = channel.message_encoding == MessageEncoding.Protobuf and schema is not None and \
