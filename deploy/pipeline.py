@@ -5,7 +5,7 @@ all call Pipeline.process, so they see the same outputs."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from perception.postprocess import SectorLayout, Sectors, class_map
 from perception.preprocess import FramePreprocessor
 from sensors.bev import BevGrid
 from sensors.errors import DeployError
+from sensors.files import file_sha256
 from sensors.messages import Frame
 from sensors.rig import Rig
 
@@ -58,10 +59,6 @@ class Pipeline:
     def from_onnx(cls, onnx: str | Path, like: ZooModel | str, rig: Rig, **kw) -> Pipeline:
         """A pipeline over an ONNX file that is not (yet) in the zoo, with the BEV configuration of LIKE."""
         ref = get_model(like) if isinstance(like, str) else like
-        from dataclasses import replace
-
-        from deploy.zoo import file_sha256
-
         model = replace(ref, name=f"{ref.name}@{Path(onnx).name}", onnx=Path(onnx), sha256=file_sha256(onnx))
         return cls(model, rig, **kw)
 
