@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from deploy.flops import onnx_flops
 from deploy.pipeline import Pipeline
 from deploy.zoo import MANIFEST, ZooModel, get_model, read_zoo, update_metrics
 from perception.evaluate import Evaluator
@@ -37,8 +38,8 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
                   manifest: str | Path = MANIFEST, store: bool = True) -> dict[str, Any]:
     """Run zoo model NAME over the test drives in DATA through deploy.pipeline.Pipeline (onnxruntime CPU, THREADS
     intra-op threads): test mIoU overall and at night, median ms per frame of backend.run (and the parent's, on the
-    same frames, when the parent is in the zoo too), size and parameters. Stored into NAME's [metrics] unless
-    store=False; returned either way (keys absent where not measured, e.g. no night frames)."""
+    same frames, when the parent is in the zoo too), size, parameters and FLOPs (deploy.flops). Stored into NAME's
+    [metrics] unless store=False; returned either way (keys absent where not measured, e.g. no night frames)."""
     from sensors.log import LogReader
     from sensors.replay import replay_frames
     from sensors.timing import machine_description
@@ -84,7 +85,8 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
         raise LogFormatError(f"zoo measure: no frames in {', '.join(map(str, logs))}")
     scores = evaluator.result()
     metrics: dict[str, Any] = {"test_frames": int(scores["frames"]), "ort_cpu_ms": round(float(np.median(ms)), 3),
-                               "size_mb": round(model.size_bytes / 1e6, 3), "params": count_parameters(model.onnx)}
+                               "size_mb": round(model.size_bytes / 1e6, 3), "params": count_parameters(model.onnx),
+                               "gflops": round(onnx_flops(model.onnx) / 1e9, 4)}
     if scores["miou"] is not None:
         metrics["test_miou"] = float(scores["miou"])
     night = scores["by_condition"].get("night", {}).get("miou")

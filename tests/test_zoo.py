@@ -14,6 +14,7 @@ from app.cli import main  # noqa: E402
 from deploy.backends.ort import OrtBackend  # noqa: E402
 from deploy.commands.export import verify, zoo_rows  # noqa: E402
 from deploy.export import export_onnx, input_shapes  # noqa: E402
+from deploy.flops import onnx_flops  # noqa: E402
 from deploy.measure import count_parameters, measure_model  # noqa: E402
 from deploy.zoo import ZooModel, get_model, read_zoo, register, update_metrics  # noqa: E402
 from perception.bev_config import BevConfig, ego_mask  # noqa: E402
@@ -80,14 +81,16 @@ def test_a_damaged_zoo_file_raises_checksum_error(zoo, capsys):
 def test_zoo_list_shows_measured_figures_and_blanks(zoo, capsys):
     update_metrics("tiny", {"test_miou": 0.4123, "test_miou_night": 0.305, "ort_cpu_ms": 12.5, "params": 2_500_000},
                    zoo)
+    update_metrics("tiny-copy", {"ort_cpu_ratio": 0.25}, zoo)  # a quarter of its parent's time: 4x faster
     assert main(["zoo", "--manifest", str(zoo), "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split("|")[1].strip() == "name" and "night mIoU" in lines[0]
     tiny = [c.strip() for c in lines[2].split("|")[1:-1]]
     copy = [c.strip() for c in lines[3].split("|")[1:-1]]
     size = f"{(zoo.parent / 'tiny.onnx').stat().st_size / 1e6:.2f}"
-    assert tiny == ["tiny", "fp32", "any", "nf-tiny-trained", "2.50", size, "41.2%", "30.5%", "12.50", ""]
-    assert copy == ["tiny-copy", "fp32", "any", "tiny", "", size, "", "", "", ""]
+    gflops = f"{onnx_flops(zoo.parent / 'tiny.onnx') / 1e9:.2f}"  # counted from the file, nothing measured
+    assert tiny == ["tiny", "fp32", "any", "nf-tiny-trained", "2.50", gflops, size, "41.2%", "30.5%", "12.50", ""]
+    assert copy == ["tiny-copy", "fp32", "any", "tiny", "", gflops, size, "", "", "", "4.00x"]
     assert main(["zoo", "--manifest", str(zoo), "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows == zoo_rows(zoo) and rows[0]["test_miou"] == 0.4123 and rows[1]["ort_cpu_ms"] is None
@@ -129,6 +132,7 @@ def test_measure_gives_evaluator_miou_latency_ratio_and_size(zoo, night_log, bui
     assert m["ort_cpu_ratio"] == pytest.approx(m["ort_cpu_ms"] / m["ort_cpu_parent_ms"], rel=1e-2)
     # The deployed weights: BatchNorm folded away and parameters the forward pass never reads left out by the export.
     assert m["params"] == count_parameters(zoo.parent / "tiny-copy.onnx") and 0 < m["params"] <= built[2]
+    assert m["gflops"] == pytest.approx(onnx_flops(zoo.parent / "tiny-copy.onnx") / 1e9, abs=1e-4) and m["gflops"] > 0
     assert "1 onnxruntime threads" in m["measured_on"] and m["command"].startswith("nearfield zoo measure tiny-copy")
 
 

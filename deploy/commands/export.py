@@ -9,8 +9,8 @@ from typing import Any
 
 # `zoo list` columns: (header, key of zoo_rows' dicts)
 COLUMNS = (("name", "name"), ("method", "method"), ("target", "target"), ("parent", "parent"),
-           ("params M", "params_m"), ("size MB", "size_mb"), ("test mIoU", "test_miou"),
-           ("night mIoU", "test_miou_night"), ("ORT CPU ms", "ort_cpu_ms"), ("x parent", "ort_cpu_ratio"))
+           ("params M", "params_m"), ("GFLOPs", "gflops"), ("size MB", "size_mb"), ("test mIoU", "test_miou"),
+           ("night mIoU", "test_miou_night"), ("ORT CPU ms", "ort_cpu_ms"), ("speed-up vs parent", "speedup"))
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -32,6 +32,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     ls = sub.add_parser("list", help="the zoo's models with their measured figures (blank: not measured)")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=_list)
+    p = sub.add_parser("plot", help="test mIoU against onnxruntime CPU latency, one point per measured model, the "
+                                    "Pareto front marked")
+    p.add_argument("out", metavar="OUT.png", help="the PNG to write")
+    p.set_defaults(func=_plot)
     v = sub.add_parser("verify", help="check every model file against its sha256; exit 2 on a mismatch")
     v.set_defaults(func=_verify)
     m = sub.add_parser("measure", help="test mIoU (overall, night), onnxruntime CPU latency and its ratio to the "
@@ -67,17 +71,28 @@ def _export(args) -> int:
 
 
 def zoo_rows(manifest: str | Path) -> list[dict[str, Any]]:
-    """One dict per zoo model for `zoo list`: COLUMNS' keys, None where nothing was measured."""
+    """One dict per zoo model for `zoo list`: COLUMNS' keys, None where nothing was measured. speedup is the parent's
+    latency over the model's, both timed in the model's own `zoo measure` run (ort_cpu_ratio is its inverse)."""
     from deploy.zoo import read_zoo
 
     rows = []
     for name, m in read_zoo(manifest).items():
         params = m.metrics.get("params")
+        ratio = m.metrics.get("ort_cpu_ratio")
         rows.append({"name": name, "method": m.method, "target": m.target, "parent": m.parent,
                      "params_m": params / 1e6 if isinstance(params, int | float) else None,
                      "size_mb": m.size_bytes / 1e6 if m.onnx.is_file() else None,
-                     **{k: m.metrics.get(k) for k in ("test_miou", "test_miou_night", "ort_cpu_ms", "ort_cpu_ratio")}})
+                     "speedup": 1 / ratio if isinstance(ratio, int | float) and ratio > 0 else None,
+                     "gflops": m.metrics.get("gflops", _gflops(m)),
+                     **{k: m.metrics.get(k) for k in ("test_miou", "test_miou_night", "ort_cpu_ms")}})
     return rows
+
+
+def _gflops(m) -> float | None:
+    """FLOPs counted from the model's file when its [metrics] has none yet (they need no measuring run)."""
+    from deploy.flops import onnx_flops
+
+    return onnx_flops(m.onnx) / 1e9 if m.onnx.is_file() else None
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
@@ -88,9 +103,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             return ""
         if key in ("test_miou", "test_miou_night"):
             return f"{100 * v:.1f}%"
-        if key == "ort_cpu_ratio":
-            return f"{v:.2f}"
-        if key in ("params_m", "size_mb", "ort_cpu_ms"):
+        if key == "speedup":
+            return f"{v:.2f}x"
+        if key in ("params_m", "gflops", "size_mb", "ort_cpu_ms"):
             return f"{v:.2f}" if v < 100 else f"{v:.0f}"
         return v
 
@@ -107,6 +122,16 @@ def _list(args) -> int:
         print(f"{_manifest(args)}: no models yet (`nearfield export --register NAME`)")
     else:
         print(format_rows(rows))
+    return 0
+
+
+def _plot(args) -> int:
+    from deploy.zoo_plot import plot_zoo, zoo_points
+
+    points, missing = zoo_points(zoo_rows(_manifest(args)))
+    note = f"not measured, left out: {', '.join(missing)}" if missing else ""
+    plot_zoo(points, args.out, footnote=note)
+    print(f"{args.out}: {len(points)} model(s)" + (f"; {note}" if note else ""))
     return 0
 
 

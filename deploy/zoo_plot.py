@@ -1,0 +1,128 @@
+"""`nearfield zoo plot`: the zoo's accuracy against CPU latency, one point per measured model, the Pareto front
+(no other model is both faster and more accurate) joined and its points ringed. Drawn with OpenCV like the
+results charts (perception.report), so it needs no plotting library. Torch-free."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from perception.report import PALETTE
+from sensors.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ZooPoint:
+    name: str
+    method: str
+    latency_ms: float
+    miou: float  # test mIoU over the obstacle classes, 0..1
+
+
+def pareto_front(points: Sequence[ZooPoint]) -> list[ZooPoint]:
+    """The points no other point dominates (latency no higher and mIoU no lower, one of them strictly), fastest
+    first. Two points with equal figures both stay."""
+    front = [p for p in points
+             if not any((q.latency_ms <= p.latency_ms and q.miou >= p.miou)
+                        and (q.latency_ms < p.latency_ms or q.miou > p.miou) for q in points)]
+    return sorted(front, key=lambda p: (p.latency_ms, -p.miou))
+
+
+def zoo_points(rows: Sequence[dict]) -> tuple[list[ZooPoint], list[str]]:
+    """(points, names left out) from `zoo list --json` rows: a model needs a measured test mIoU and ORT latency."""
+    points, missing = [], []
+    for r in rows:
+        if r.get("test_miou") is None or r.get("ort_cpu_ms") is None:
+            missing.append(r["name"])
+        else:
+            points.append(ZooPoint(r["name"], r["method"], float(r["ort_cpu_ms"]), float(r["test_miou"])))
+    return points, missing
+
+
+def _nice_step(span: float, ticks: int = 6) -> float:
+    raw = max(span, 1e-9) / ticks
+    mag = 10 ** np.floor(np.log10(raw))
+    return float(min((m * mag for m in (1, 2, 2.5, 5, 10)), key=lambda s: abs(s - raw)))
+
+
+def plot_zoo(points: Sequence[ZooPoint], out_png: str | Path, title: str = "", footnote: str = "") -> np.ndarray:
+    """Scatter of test mIoU (y, %) against onnxruntime CPU ms per frame (x) with the Pareto front; writes OUT_PNG
+    and returns the (H, W, 3) RGB picture."""
+    if not points:
+        raise ConfigError("zoo plot: no model has both a test mIoU and a latency; run `nearfield zoo measure NAME "
+                          "--data DATA` first")
+    width, height = 900, 560
+    left, right, top, bottom = 70, 30, 50, 90
+    img = np.full((height, width, 3), 255, np.uint8)
+    font, aa, ink, grey = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (30, 30, 30), (220, 220, 220)
+    xs = np.array([p.latency_ms for p in points])
+    ys = np.array([100 * p.miou for p in points])
+    x_step = _nice_step(xs.max() * 1.1)
+    x_hi = x_step * np.ceil(xs.max() * 1.1 / x_step)
+    y_step = _nice_step(ys.max() - ys.min() + 4, 5)
+    y_lo = y_step * np.floor(max(ys.min() - 2, 0) / y_step)
+    y_hi = y_step * np.ceil((ys.max() + 2) / y_step)
+    pw, ph = width - left - right, height - top - bottom
+
+    def px(x: float, y: float) -> tuple[int, int]:
+        return (round(left + pw * x / x_hi), round(top + ph * (1 - (y - y_lo) / (y_hi - y_lo))))
+
+    cv2.putText(img, title or "Deploy zoo: test mIoU against onnxruntime CPU latency", (left, 30), font, 0.6, ink,
+                1, aa)
+    for x in np.arange(0, x_hi + 1e-9, x_step):
+        gx, _ = px(x, y_lo)
+        cv2.line(img, (gx, top), (gx, top + ph), grey if x else ink, 1)
+        cv2.putText(img, f"{x:g}", (gx - 10, top + ph + 18), font, 0.4, ink, 1, aa)
+    for y in np.arange(y_lo, y_hi + 1e-9, y_step):
+        _, gy = px(0, y)
+        cv2.line(img, (left, gy), (left + pw, gy), grey if y > y_lo else ink, 1)
+        cv2.putText(img, f"{y:g}%", (8, gy + 4), font, 0.4, ink, 1, aa)
+    cv2.putText(img, "onnxruntime CPU ms per frame (lower is faster)", (left + pw // 2 - 170, top + ph + 40), font,
+                0.45, ink, 1, aa)
+    cv2.putText(img, "test mIoU", (8, top - 10), font, 0.45, ink, 1, aa)
+
+    front = pareto_front(points)
+    for a, b in pairwise(front):  # a staircase: each model holds its mIoU until the next
+        pa, pb = px(a.latency_ms, 100 * a.miou), px(b.latency_ms, 100 * b.miou)
+        cv2.line(img, pa, (pb[0], pa[1]), (213, 94, 0), 2, aa)
+        cv2.line(img, (pb[0], pa[1]), pb, (213, 94, 0), 2, aa)
+    methods = sorted({p.method for p in points})
+    colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+    placed: list[tuple[int, int]] = []
+    for p in sorted(points, key=lambda p: (p.latency_ms, p.miou)):
+        c = px(p.latency_ms, 100 * p.miou)
+        if p in front:
+            cv2.circle(img, c, 10, (213, 94, 0), 2, aa)
+        cv2.circle(img, c, 6, colour[p.method], -1, aa)
+        label_y = c[1] - 12
+        while any(abs(label_y - y) < 14 and abs(c[0] - x) < 160 for x, y in placed):
+            label_y += 14  # step down past labels already written nearby
+        placed.append((c[0], label_y))
+        (tw, _), _ = cv2.getTextSize(p.name, font, 0.4, 1)
+        lx = min(c[0] + 8, width - right - tw)
+        cv2.putText(img, p.name, (lx, label_y), font, 0.4, ink, 1, aa)
+    ly = height - 26
+    lx = left
+    for m in methods:
+        cv2.circle(img, (lx + 6, ly - 4), 6, colour[m], -1, aa)
+        cv2.putText(img, m, (lx + 16, ly), font, 0.42, ink, 1, aa)
+        (tw, _), _ = cv2.getTextSize(m, font, 0.42, 1)
+        lx += tw + 40
+    cv2.circle(img, (lx + 6, ly - 4), 10, (213, 94, 0), 2, aa)
+    cv2.putText(img, "Pareto front", (lx + 22, ly), font, 0.42, ink, 1, aa)
+    if footnote:
+        cv2.putText(img, footnote, (left, height - 6), font, 0.38, ink, 1, aa)
+
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+        raise ConfigError(f"{out}: cannot write the plot (check the directory and that the name ends in .png)")
+    return img
+
+
+__all__ = ["ZooPoint", "pareto_front", "plot_zoo", "zoo_points"]
