@@ -55,9 +55,9 @@ def load_methods() -> dict[str, Method]:
 
 
 def compress(method: str, source: str, out: str, data: str | None, options: dict[str, Any],
-             manifest: str | Path = MANIFEST) -> ZooModel:
-    """Build deploy model OUT from SOURCE with METHOD, register it in MANIFEST and, when DATA is given and
-    deploy.measure exists, measure it there (its figures merged into the entry's metrics)."""
+             manifest: str | Path = MANIFEST, measure: bool = True) -> ZooModel:
+    """Build deploy model OUT from SOURCE with METHOD, register it in MANIFEST and, when DATA is given and MEASURE,
+    measure it on DATA's test split (its figures merged into the entry's metrics)."""
     methods = load_methods()
     if method not in methods:
         raise ConfigError(f"unknown compression method {method!r}; known: {', '.join(sorted(methods)) or 'none'}")
@@ -67,12 +67,12 @@ def compress(method: str, source: str, out: str, data: str | None, options: dict
         raise ConfigError(f"compress --data {data}: no such log file or directory")
     options = {**COMMON_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
     entry = methods[method](source, out, data, options, manifest)
-    if data is not None:
-        entry = measure(entry.name, data, options.get("threads"), manifest)
+    if data is not None and measure:
+        entry = measure_entry(entry.name, data, options.get("threads"), manifest)
     return entry
 
 
-def measure(name: str, data: str, threads: int | None, manifest: Path) -> ZooModel:
+def measure_entry(name: str, data: str, threads: int | None, manifest: Path) -> ZooModel:
     """Measured figures of zoo model NAME on DATA via deploy.measure (written separately); a warning if that module
     is not there yet."""
     try:
@@ -174,5 +174,5 @@ def output_path(out: str, manifest: Path) -> Path:
 
 
 __all__ = ["COMMON_OPTIONS", "METHODS", "METHOD_MODULES", "Method", "Source", "check_name", "compress", "float_onnx",
-           "is_quantised", "load_methods", "load_torch_model", "measure", "method", "output_path", "register_output",
-           "resolve_source"]
+           "is_quantised", "load_methods", "load_torch_model", "measure_entry", "method", "output_path",
+           "register_output", "resolve_source"]

@@ -62,3 +62,7 @@ def test_int8_ptq_from_a_run_directory_is_registered_and_measured(tmp_path, rig,
     assert entry.options["calibration"] == "percentile" and entry.options["calib_frames"] == 2
     assert entry.metrics  # measured on data/test
     assert "t-int8: int8-ptq (cpu)" in capsys.readouterr().out
+    assert main(["compress", "--method", "int8-ptq", "--from", str(run), "--out", "t-int8b", "--data", str(data),
+                 "--calib-frames", "2", "--opt", "targets=cpu", "--manifest", str(manifest), "--threads", "1",
+                 "--no-measure"]) == 0
+    assert read_zoo(manifest)["t-int8b"].metrics == {}  # registered, measuring left for `zoo measure`

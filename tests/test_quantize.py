@@ -155,6 +155,10 @@ def test_the_float_layers_are_found_in_the_graph(world):
     assert any("stem" in n for n in keep["first_conv"])
     assert [ops[n] for n in keep["softmax"]] == ["Softmax"]
     assert {"GridSample", "Conv", "Reshape"} <= {ops[n] for n in keep["grid_sample"]}
+    # For onnxruntime the stem's activation and max-pool stay float too (its uint8 MaxPool is slow); TensorRT has a
+    # fast int8 pool, so there they are quantised.
+    assert sorted(ops[n] for n in keep["stem_pool"]) == ["MaxPool", "MaxPool", "Relu", "Relu"]
+    assert float_nodes(onnx.load(str(world["float"])), "tensorrt")["stem_pool"] == []
 
 
 # --- int8-ptq ----------------------------------------------------------------------------------------------------
@@ -171,6 +175,10 @@ def test_int8_ptq_registers_a_cpu_and_a_tensorrt_artifact_close_to_float(world, 
     assert (cpu.method, cpu.target, trt.method, trt.target) == ("int8-ptq", "cpu", "int8-ptq", "tensorrt")
     assert cpu.parent == "tiny" and cpu.options["calibration"] == "minmax" and cpu.options["calib_frames"] == 4
     assert "/camera/GridSample" in cpu.options["nodes_to_exclude"]
+    g = onnx.load(str(cpu.verified_onnx())).graph
+    producer = {o: n for n in g.node for o in n.output}
+    pools = [n for n in g.node if n.op_type == "MaxPool"]
+    assert len(pools) == 2 and all(producer[p.input[0]].op_type == "Relu" for p in pools)  # float in, Q after
     reference = run_onnx(world["float"], world["frames"])
     for entry in (cpu, trt):
         onnx.checker.check_model(str(entry.verified_onnx()))

@@ -13,6 +13,12 @@ from sensors.errors import ConfigError, DeployError
 
 log = logging.getLogger(__name__)
 
+# onnxruntime's QDQ propagation moves a QuantizeLinear up across a MaxPool, so the stem's pool (kept float on purpose,
+# deploy.quantize) runs in its generic uint8 MaxPool kernel: 19 ms against 0.5 ms for the float pool on nf-small, which
+# ate most of the INT8 gain (1.3x -> 1.8x with the pass off; measured in deploy/docs/int8_cpu.md). The pass does
+# nothing for float models.
+DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
+
 _NUMPY_OF = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(float16)": np.float16,
              "tensor(int64)": np.int64, "tensor(int8)": np.int8, "tensor(int32)": np.int32}
 
@@ -47,7 +53,8 @@ class OrtBackend:
         else:
             raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers,
+                                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
         except Exception as e:  # onnxruntime raises its own exception types for unreadable or invalid models
             raise DeployError(f"{self.path}: onnxruntime cannot load the model ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:300]})") from None

@@ -23,6 +23,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     c.add_argument("--threads", type=int, help="CPU threads for fine-tuning and measuring")
     c.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, repeatable (e.g. weights=int4, targets=cpu, lr=1e-4)")
+    c.add_argument("--no-measure", action="store_true", help="register without measuring on --data's test split "
+                                                              "(measure several models later, one after the other, "
+                                                              "with `nearfield zoo measure`)")
     c.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
     c.set_defaults(func=_compress)
 
@@ -66,7 +69,7 @@ def _compress(args) -> int:
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     before = {n: m.sha256 for n, m in read_zoo(manifest).items()}
-    compress(args.method, args.source, args.out, args.data, options, manifest)
+    compress(args.method, args.source, args.out, args.data, options, manifest, measure=not args.no_measure)
     for name, m in read_zoo(manifest).items():
         if before.get(name) != m.sha256:
             figures = ", ".join(f"{k} {v}" for k, v in m.metrics.items() if isinstance(v, (int, float)))
