@@ -36,10 +36,15 @@ def lift_to_bev(features: Tensor, grid: Tensor, valid: Tensor) -> Tensor:
     C = features.shape[1]
     sampled = F.grid_sample(features, grid.reshape(B * N, ZR, W, 2), mode="bilinear", padding_mode="zeros",
                             align_corners=False)  # (B*N, C, Z*R, W)
-    sampled = sampled.reshape(B, N, C, Z, R, W)
-    v = valid.unsqueeze(2)  # (B, N, 1, Z, R, W)
-    mean = (sampled * v).sum(dim=1) / v.sum(dim=1).clamp(min=1.0)  # (B, C, Z, R, W)
-    return mean.reshape(B, C * Z, R, W)
+    sampled = sampled.reshape(B, N, C, Z * R, W)
+    # Each camera's weight (1 / cameras seeing the point, or 0) on the small validity tensor, then one multiply-add
+    # per camera: the same mean as (sampled * valid).sum(1) / count, but onnxruntime's ReduceSum over the camera axis
+    # of the big tensor cost as much as the GridSample itself (nf-small: 83 -> 68 ms per frame on one thread).
+    weight = (valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0)).reshape(B, N, 1, Z * R, W)
+    mean = sampled[:, 0] * weight[:, 0]
+    for n in range(1, N):
+        mean = mean + sampled[:, n] * weight[:, n]
+    return mean.reshape(B, C * Z, R, W)  # (B, C, Z*R, W) -> channel c*Z + z
 
 
 class CameraNeck(nn.Module):

@@ -169,3 +169,21 @@ def test_the_zoo_entry_keeps_its_other_fields_after_measure(zoo, night_log):
     measure_model("tiny", night_log, threads=1, manifest=zoo)
     after = read_zoo(zoo)["tiny"]
     assert replace(after, metrics={}) == replace(before, metrics={})
+
+
+def test_bench_ops_profiles_every_model_on_the_same_frames(zoo, night_log, capsys):
+    from deploy.op_profile import format_profiles, profile_ops
+
+    profiles = profile_ops([get_model("tiny", zoo), get_model("tiny-copy", zoo)], night_log, frames=2, threads=1,
+                           warmup=1)
+    tiny = profiles[0]
+    assert [p.model for p in profiles] == ["tiny", "tiny-copy"] and tiny.frames == 2
+    assert tiny.op_nodes["GridSample"] == 1 and tiny.op_nodes.get("Conv", 0) + tiny.op_nodes.get("FusedConv", 0) > 5
+    assert tiny.kernel_ms == pytest.approx(sum(tiny.op_ms.values())) and tiny.wall_ms > 0
+    assert tiny.share(("GridSample",)) == pytest.approx(tiny.op_ms["GridSample"] / tiny.kernel_ms)
+    assert tiny.op_nodes == profiles[1].op_nodes  # the same network: the same nodes
+    table = format_profiles(profiles)
+    assert "| GridSample" in table and "in int8 kernels" in table
+    assert main(["bench", "ops", "--manifest", str(zoo), "--model", "tiny", "--model", "tiny-copy", "--log",
+                 str(night_log), "--frames", "1", "--threads", "1"]) == 0
+    assert "tiny-copy ms" in capsys.readouterr().out

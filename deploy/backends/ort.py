@@ -26,11 +26,13 @@ _NUMPY_OF = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(flo
 class OrtBackend:
     """One onnxruntime session over an ONNX file. `threads` sets intra-op threads (None: onnxruntime's default,
     all cores); device 'cpu' or 'cuda' (CUDA falls back to a clear DeployError when this onnxruntime has no
-    CUDA provider)."""
+    CUDA provider). profile_prefix: write onnxruntime's per-node profile (JSON) under this prefix; end_profiling()
+    closes it and returns its path."""
 
     name = "ort"
 
-    def __init__(self, onnx_path: str | Path, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, onnx_path: str | Path, threads: int | None = None, device: str = "cpu",
+                 profile_prefix: str | Path | None = None):
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
@@ -41,6 +43,9 @@ class OrtBackend:
         if threads is not None:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if profile_prefix is not None:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(profile_prefix)
         opts.log_severity_level = 3  # warnings about unused initialisers etc. are not the user's business
         if device == "cpu":
             providers = ["CPUExecutionProvider"]
@@ -104,6 +109,10 @@ class OrtBackend:
             self._bind_outputs(batch or 1)
         self.session.run_with_iobinding(self._binding)
         return self._outputs
+
+    def end_profiling(self) -> Path:
+        """Stop profiling (profile_prefix given) and return the profile file's path."""
+        return Path(self.session.end_profiling())
 
     def close(self) -> None:
         self._binding = None

@@ -42,6 +42,16 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     b.add_argument("--json", help="write the figures to this JSON file")
     b.set_defaults(func=_bench_runtime)
 
+    o = bench.add_parser("ops", help="onnxruntime CPU time by operator type for one or more zoo models on the same "
+                                     "frames (where the time goes: int8 kernels, float islands, Q/DQ)")
+    o.add_argument("--model", action="append", required=True, help="zoo model name, repeatable")
+    o.add_argument("--log", help="drive log whose frames are the inputs (default: a short drive simulated for it)")
+    o.add_argument("--frames", type=int, default=20, help="frames per model (default 20)")
+    o.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
+    o.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
+    o.add_argument("--json", help="write the figures to this JSON file")
+    o.set_defaults(func=_bench_ops)
+
     s = bench.add_parser("soak", help="replay a drive in a loop through the runtime; resident memory must not grow")
     _model_args(s)
     s.add_argument("--frames", type=int, default=3000)
@@ -94,6 +104,22 @@ def _bench_runtime(args) -> int:
                            torch_model=args.torch_model)
     print(result.format())
     _write_json(args.json, result.as_dict())
+    return 0
+
+
+def _bench_ops(args) -> int:
+    from deploy.op_profile import format_profiles, profile_ops
+    from deploy.runtime_bench import bench_drive
+    from sensors.timing import machine_description
+
+    models = [_zoo_model(name, args.manifest) for name in args.model]
+    with bench_drive(args.log) as drive:
+        profiles = profile_ops(models, drive, args.frames, args.threads)
+    print(format_profiles(profiles))
+    threads = f"{args.threads} onnxruntime threads" if args.threads else "onnxruntime default threads"
+    print(f"{args.frames} frames of {args.log or 'a simulated drive'}; {machine_description()}; {threads}")
+    _write_json(args.json, {"profiles": [p.as_dict() for p in profiles], "machine": machine_description(),
+                            "threads": args.threads})
     return 0
 
 
