@@ -51,13 +51,14 @@ def _nice_step(span: float, ticks: int = 6) -> float:
 
 
 def plot_zoo(points: Sequence[ZooPoint], out_png: str | Path, title: str = "", footnote: str = "") -> np.ndarray:
-    """Scatter of test mIoU (y, %) against onnxruntime CPU ms per frame (x) with the Pareto front; writes OUT_PNG
-    and returns the (H, W, 3) RGB picture."""
+    """Scatter of test mIoU (y, %) against onnxruntime CPU ms per frame (x) with the Pareto front, FOOTNOTE under it
+    (its lines one under the other); writes OUT_PNG and returns the (H, W, 3) RGB picture."""
     if not points:
         raise ConfigError("zoo plot: no model has both a test mIoU and a latency; run `nearfield zoo measure NAME "
                           "--data DATA` first")
-    width, height = 900, 560
-    left, right, top, bottom = 70, 30, 50, 90
+    notes = [n for n in footnote.splitlines() if n]
+    width, height = 900, 560 + 16 * max(len(notes) - 1, 0)
+    left, right, top, bottom = 70, 30, 50, 90 + 16 * max(len(notes) - 1, 0)
     img = np.full((height, width, 3), 255, np.uint8)
     font, aa, ink, grey = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (30, 30, 30), (220, 220, 220)
     xs = np.array([p.latency_ms for p in points])
@@ -106,7 +107,7 @@ def plot_zoo(points: Sequence[ZooPoint], out_png: str | Path, title: str = "", f
         (tw, _), _ = cv2.getTextSize(p.name, font, 0.4, 1)
         lx = min(c[0] + 8, width - right - tw)
         cv2.putText(img, p.name, (lx, label_y), font, 0.4, ink, 1, aa)
-    ly = height - 26
+    ly = top + ph + 64
     lx = left
     for m in methods:
         cv2.circle(img, (lx + 6, ly - 4), 6, colour[m], -1, aa)
@@ -115,8 +116,8 @@ def plot_zoo(points: Sequence[ZooPoint], out_png: str | Path, title: str = "", f
         lx += tw + 40
     cv2.circle(img, (lx + 6, ly - 4), 10, (213, 94, 0), 2, aa)
     cv2.putText(img, "Pareto front", (lx + 22, ly), font, 0.42, ink, 1, aa)
-    if footnote:
-        cv2.putText(img, footnote, (left, height - 6), font, 0.38, ink, 1, aa)
+    for k, note in enumerate(notes):
+        cv2.putText(img, note, (left, ly + 22 + 16 * k), font, 0.38, ink, 1, aa)
 
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -126,11 +126,16 @@ def _list(args) -> int:
 
 
 def _plot(args) -> int:
+    from deploy.zoo import read_zoo
     from deploy.zoo_plot import plot_zoo, zoo_points
 
     points, missing = zoo_points(zoo_rows(_manifest(args)))
-    note = f"not measured, left out: {', '.join(missing)}" if missing else ""
-    plot_zoo(points, args.out, footnote=note)
+    machines = sorted({m.metrics["measured_on"] for m in read_zoo(_manifest(args)).values()
+                       if "measured_on" in m.metrics and m.name in {p.name for p in points}})
+    lines = [*(f"measured on {m}" for m in machines[:1]),
+             *([f"not measured, left out: {', '.join(missing)}"] if missing else [])]
+    plot_zoo(points, args.out, footnote="\n".join(lines))
+    note = "; ".join(lines)
     print(f"{args.out}: {len(points)} model(s)" + (f"; {note}" if note else ""))
     return 0
 
