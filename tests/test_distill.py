@@ -14,6 +14,7 @@ from deploy.distill import DistillLoss, distill_terms, ensemble_targets, half_wi
 from perception.bev_config import BevConfig  # noqa: E402
 from perception.checkpoint import CONFIG_FILE, LAST, save_checkpoint  # noqa: E402
 from perception.model import FusionNet, ModelConfig, count_parameters, dummy_inputs  # noqa: E402
+from sensors.classes import IGNORE  # noqa: E402
 from sensors.errors import ConfigError  # noqa: E402
 from sim_data.simulate import DriveSpec, simulate_drive  # noqa: E402
 
@@ -109,3 +110,19 @@ def test_distill_method_end_to_end(tmp_path, rig):
     feeds = dict(zip(("images", "grid", "valid", "uss"), (t.numpy() for t in dummy_inputs(TINY)), strict=True))
     classes, occupancy = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
     assert classes.shape == (1, 5, 40, 40) and occupancy.shape == (1, 1, 40, 40) and np.isfinite(classes).all()
+
+
+def test_class_balanced_soft_terms_weigh_cells_by_their_label():
+    (t, to), (st, so) = logits(6), logits(7)
+    probs, occupied = ensemble_targets([Fixed(t, to)], INPUTS, 2.0)
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[0, 1, 2] = 3  # one obstacle cell among free ones
+    target[1, 0, 0] = IGNORE
+    weights = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0])  # free cells weigh nothing: only the obstacle cell counts
+    loss = DistillLoss([Fixed(t, to)], None, temperature=2.0, class_weights=weights)
+    out = loss(INPUTS | {"target": target}, st, so)
+    cell = distill_terms(st[:1, :, 1:2, 2:3], so[:1, :, 1:2, 2:3], probs[:1, :, 1:2, 2:3], occupied[:1, :, 1:2, 2:3],
+                         2.0)
+    assert torch.allclose(out["kd"], cell["kd"]) and torch.allclose(out["occupancy"], cell["occupancy"])
+    plain = DistillLoss([Fixed(t, to)], None, temperature=2.0)(INPUTS | {"target": target}, st, so)
+    assert not torch.allclose(plain["kd"], out["kd"])
