@@ -34,12 +34,21 @@ def count_parameters(onnx_path: str | Path) -> int:
     return int(sum(np.prod(t.dims) for t in proto.graph.initializer if len(t.dims) >= 1 and t.name not in qparams))
 
 
+# Latency protocol: after the accuracy pass, TIMING_FRAMES network inputs spread over the drives are run in
+# TIMING_ROUNDS rounds, each model (the one measured, then its parent) through all of them in a block, so that each
+# runs with its own weights warm in cache, and load changes fall on both alike. Frame-by-frame alternation made both
+# slower (each evicts the other) and the ms column incomparable with models measured alone.
+TIMING_FRAMES = 24
+TIMING_ROUNDS = 5
+
+
 def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: int | None = None,
                   manifest: str | Path = MANIFEST, store: bool = True) -> dict[str, Any]:
     """Run zoo model NAME over the test drives in DATA through deploy.pipeline.Pipeline (onnxruntime CPU, THREADS
-    intra-op threads): test mIoU overall and at night, median ms per frame of backend.run (and the parent's, on the
-    same frames, when the parent is in the zoo too), size, parameters and FLOPs (deploy.flops). Stored into NAME's
-    [metrics] unless store=False; returned either way (keys absent where not measured, e.g. no night frames)."""
+    intra-op threads): test mIoU overall and at night; median ms of backend.run per frame (and the parent's, timed
+    in the same run, when the parent is in the zoo too; see TIMING_ROUNDS); size, parameters and FLOPs
+    (deploy.flops). Stored into NAME's [metrics] unless store=False; returned either way (keys absent where not
+    measured, e.g. no night frames)."""
     from sensors.log import LogReader
     from sensors.replay import replay_frames
     from sensors.timing import machine_description
@@ -50,8 +59,8 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
     logs = find_logs(data, split="test")
     pipes: list[Pipeline] = []
     evaluator: Evaluator | None = None
-    ms: list[float] = []
-    parent_ms: list[float] = []
+    samples: list[dict[str, np.ndarray]] = []  # network inputs for the timing rounds
+    per_drive = -(-TIMING_FRAMES // max(len(logs), 1))  # spread over the drives: ceil(frames / drives) from each
     try:
         for path in logs:
             with LogReader(path) as reader:
@@ -65,24 +74,24 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
                 for p in pipes:
                     p.set_rig(rig, str(path))
             main = pipes[0]
+            taken = 0
             for frame in replay_frames(path, decode=True, decode_scale=main.decode_scale):
                 where = f"{path} frame {frame.index} at {frame.stamp_ns} ns"
                 if frame.truth is None:
                     raise LogFormatError(f"{where}: no ground truth ({GT_OCCUPANCY_TOPIC}); measure needs simulated "
                                          "or labelled test drives")
-                if not ms:  # the first run of a session allocates and plans: warm both up outside the timing
-                    for p in pipes:
-                        p.process(frame)
                 result = main.process(frame)
-                ms.append(result.latency_ms["inference"])
-                if parent is not None:
-                    parent_ms.append(pipes[1].process(frame).latency_ms["inference"])
                 evaluator.update(result.class_map, main.prep.target(frame.truth, where), frame.conditions, where)
+                if taken < per_drive and len(samples) < TIMING_FRAMES and (frame.index % 4 == 2 or not samples):
+                    samples.append({n: a.copy() for n, a in main.prep.network_inputs(frame)[0].items()})
+                    taken += 1
+        if evaluator is None or not samples:
+            raise LogFormatError(f"zoo measure: no frames in {', '.join(map(str, logs))}")
+        times = _time_blocks([p.backend for p in pipes], samples)
+        ms, parent_ms = times[0], times[1] if parent is not None else []
     finally:
         for p in pipes:
             p.close()
-    if not ms:
-        raise LogFormatError(f"zoo measure: no frames in {', '.join(map(str, logs))}")
     scores = evaluator.result()
     metrics: dict[str, Any] = {"test_frames": int(scores["frames"]), "ort_cpu_ms": round(float(np.median(ms)), 3),
                                "size_mb": round(model.size_bytes / 1e6, 3), "params": count_parameters(model.onnx),
@@ -107,4 +116,21 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
     return metrics
 
 
-__all__ = ["count_parameters", "measure_model"]
+def _time_blocks(backends, samples: list[dict[str, np.ndarray]]) -> list[list[float]]:
+    """ms per backend.run for each backend: one untimed pass each, then TIMING_ROUNDS rounds in which every backend
+    runs all SAMPLES in a block."""
+    feeds = [[{n: x[n] for n in b.input_names} for x in samples] for b in backends]
+    times: list[list[float]] = [[] for _ in backends]
+    for b, fb in zip(backends, feeds, strict=True):
+        for f in fb:
+            b.run(f)
+    for _ in range(TIMING_ROUNDS):
+        for b, fb, t in zip(backends, feeds, times, strict=True):
+            for f in fb:
+                t0 = time.perf_counter()
+                b.run(f)
+                t.append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+__all__ = ["TIMING_FRAMES", "TIMING_ROUNDS", "count_parameters", "measure_model"]
