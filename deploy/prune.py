@@ -97,11 +97,16 @@ class StructuredResult:
         return self.flops_after / self.flops_before
 
 
-def prune_structured(model: FusionNet, flops_ratio: float, resolution: int = 100) -> StructuredResult:
+def prune_structured(model: FusionNet, flops_ratio: float, resolution: int = 100, round_to: int = 8
+                     ) -> StructuredResult:
     """Remove output channels of MODEL in place (torch-pruning's MetaPruner, L2 magnitude of each coupled channel
     group, every prunable layer at the same ratio) in steps of 1/RESOLUTION of each layer's channels until its
-    FLOPs are at most FLOPS_RATIO of the original. Grouped convolutions lose the same channels in every group;
-    fixed_channel_layers keep theirs. DeployError if the target cannot be reached."""
+    FLOPs are at most FLOPS_RATIO of the original, keeping channel counts multiples of ROUND_TO. Grouped
+    convolutions lose the same channels in every group; fixed_channel_layers keep theirs. DeployError if the target
+    cannot be reached.
+
+    ROUND_TO 8: onnxruntime's CPU convolutions work on blocks of 8 or 16 channels (NCHWc); nf-small pruned to 0.49
+    of its FLOPs with counts like 20 and 41 ran only 1.07x faster than the parent."""
     import torch_pruning as tp
 
     if not 0 < flops_ratio < 1:
@@ -115,7 +120,8 @@ def prune_structured(model: FusionNet, flops_ratio: float, resolution: int = 100
         unwrapped = [(model.uss.dilated.weight, 0), (model.uss.dilated.bias, 0)]
     pruner = tp.pruner.MetaPruner(model, dummy_inputs(config), importance=_magnitude_importance(_grouped(model)),
                                   pruning_ratio=1.0, iterative_steps=resolution,
-                                  ignored_layers=fixed_channel_layers(model), unwrapped_parameters=unwrapped)
+                                  ignored_layers=fixed_channel_layers(model), unwrapped_parameters=unwrapped,
+                                  round_to=round_to if round_to > 1 else None)
     flops = f0
     for _ in range(resolution - 1):  # the last step would empty every layer
         pruner.step()
@@ -133,22 +139,24 @@ def prune_structured(model: FusionNet, flops_ratio: float, resolution: int = 100
 @method("prune-structured")
 def structured_method(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
     """`nearfield compress --method prune-structured --opt flops_ratio=0.5`: channel pruning to the FLOPs target,
-    then --steps of fine-tuning on --data (lr, seed options)."""
+    channel counts multiples of round_to (default 8), then --steps of fine-tuning on --data (lr, seed options)."""
     name = "prune-structured"
     set_threads(options)
     src = resolve_source(source, manifest)
     model, config = load_torch_model(src)
     ratio = option(options, "flops_ratio", 0.5, float, 1e-3, 0.999, name)
     resolution = option(options, "iterative_steps", 100, int, 2, 10_000, name)
+    round_to = option(options, "round_to", 8, int, 1, 1024, name)
     steps = option(options, "steps", 20, int, 0, 10**7, name)
-    result = prune_structured(model, ratio, resolution)
+    result = prune_structured(model, ratio, resolution, round_to)
     log.info("%s: FLOPs %.3g -> %.3g (%.2f), parameters %d -> %d", out, result.flops_before, result.flops_after,
              result.flops_ratio, result.params_before, result.params_after)
     losses = tune(model, config, data, steps, options, name)
     from deploy.export import export_onnx
 
     path = export_onnx(model, config, output_path(out, manifest))
-    recorded = {**options, "flops_ratio": ratio, "iterative_steps": resolution, "flops_counter": FLOPS_COUNTER,
+    recorded = {**options, "flops_ratio": ratio, "iterative_steps": resolution, "round_to": round_to,
+                "flops_counter": FLOPS_COUNTER,
                 "gflops_before": round(result.flops_before / 1e9, 4),
                 "gflops_after": round(result.flops_after / 1e9, 4),
                 "params_before": result.params_before, "params_after": result.params_after,

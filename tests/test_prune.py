@@ -38,7 +38,8 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 TINY_BEV = BevConfig(extent=16.0, cell=0.4, heights=(0.25, 0.75), image_size=(64, 48))
 TINY = ModelConfig(name="tiny", camera_width=0.125, uss_width=0.125, neck_channels=8, bev_channels=8,
                    decoder_channels=8, bev=TINY_BEV).replace(train={"batch_size": 2, "num_workers": 0})
-QUIET = {"threads": 1, "iterative_steps": 20}
+# round_to 1: the tiny network's 8-channel layers cannot shrink in the default multiples of 8.
+QUIET = {"threads": 1, "iterative_steps": 20, "round_to": 1}
 
 
 def tiny_model(config: ModelConfig = TINY, seed: int = 0) -> FusionNet:
@@ -81,7 +82,7 @@ def test_structured_pruning_reaches_the_flops_target_and_keeps_the_contract():
     model = tiny_model()
     fixed = {id(m): m.out_channels for layer in fixed_channel_layers(model) for m in layer.modules()
              if isinstance(m, nn.Conv2d)}
-    result = prune_structured(model, 0.5, resolution=20)
+    result = prune_structured(model, 0.5, resolution=20, round_to=1)
     assert 0.35 <= result.flops_ratio <= 0.5  # within one 5 % step of every layer below the target
     assert result.flops_after == count_flops(model, TINY) and result.params_after == count_params(model)
     assert result.params_after < 0.7 * result.params_before
@@ -99,12 +100,21 @@ def test_grouped_convolutions_lose_the_same_channels_in_every_group():
     config = TINY.replace(camera_backbone="resnext50_32x4d", camera_width=0.5)  # 32 groups of 2 channels
     model = tiny_model(config)
     groups = {n: m.groups for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1}
-    result = prune_structured(model, 0.6, resolution=20)
+    result = prune_structured(model, 0.6, resolution=20, round_to=1)
     assert result.flops_ratio <= 0.6
     grouped = {n: m for n, m in model.named_modules() if n in groups}
     assert all(m.groups == groups[n] and m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0
                for n, m in grouped.items())
     assert any(m.in_channels < 2 * m.groups for m in grouped.values())  # some really lost channels per group
+    model(*dummy_inputs(config))
+
+
+def test_pruned_channel_counts_stay_multiples_of_round_to():
+    config = TINY.replace(camera_width=0.25, uss_width=0.25)  # 16..128 channels
+    model = tiny_model(config)
+    result = prune_structured(model, 0.6, resolution=20, round_to=8)
+    assert result.flops_ratio <= 0.6 and result.channels
+    assert all(after % 8 == 0 for _, after in result.channels.values()), result.channels
     model(*dummy_inputs(config))
 
 
