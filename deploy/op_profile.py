@@ -66,8 +66,8 @@ def network_inputs(model: ZooModel, log: str | Path, frames: int) -> list[dict[s
 def profile_ops(models: list[ZooModel], log: str | Path, frames: int = 20, threads: int | None = None,
                 warmup: int = 3) -> list[OpProfile]:
     """Profile each model's onnxruntime CPU session (deploy.backends.ort, the runtime's settings) over the same
-    FRAMES frames of LOG (after WARMUP untimed runs); the models take turns frame by frame so that a change in
-    machine load falls on all of them alike."""
+    FRAMES frames of LOG (after WARMUP untimed runs), one model after the other: taking turns frame by frame made
+    every model slower (each evicts the others' weights from the caches)."""
     if frames < 1:
         raise ConfigError(f"bench ops: --frames must be at least 1, got {frames}")
     if not models:
@@ -80,12 +80,11 @@ def profile_ops(models: list[ZooModel], log: str | Path, frames: int = 20, threa
         for k, m in enumerate(models):
             backends.append(OrtBackend(m.verified_onnx(), threads=threads, profile_prefix=Path(tmp) / f"m{k}"))
         try:
-            for b in backends:
-                for x in inputs[:warmup]:
-                    b.run({n: x[n] for n in b.input_names})
-            for x in inputs:
-                for m, b in zip(models, backends, strict=True):
-                    feed = {n: x[n] for n in b.input_names}
+            for m, b in zip(models, backends, strict=True):
+                feeds = [{n: x[n] for n in b.input_names} for x in inputs]
+                for feed in feeds[:warmup]:
+                    b.run(feed)
+                for feed in feeds:
                     t0 = time.perf_counter()
                     b.run(feed)
                     walls[m.name].append(1000 * (time.perf_counter() - t0))
@@ -93,7 +92,7 @@ def profile_ops(models: list[ZooModel], log: str | Path, frames: int = 20, threa
         finally:
             for b in backends:
                 b.close()
-        runs = warmup + len(inputs)
+        runs = min(warmup, len(inputs)) + len(inputs)
         return [_summarise(m.name, p, runs, len(inputs), float(np.median(walls[m.name])))
                 for m, p in zip(models, paths, strict=True)]
 
