@@ -104,7 +104,7 @@ def _eval(args) -> int:
 def _report(args) -> int:
     import json
 
-    from perception.report import modality_table, plot_by_condition
+    from perception.report import class_recall_table, modality_table, plot_by_condition
     from sensors.errors import ConfigError
 
     results = {}
@@ -123,6 +123,9 @@ def _report(args) -> int:
                               "`nearfield eval --json`")
     text = (modality_table(results, "miou", "mIoU over the obstacle classes (%)") + "\n"
             + modality_table(results, "recall_1m", "Recall of obstacle cells within 1 m of the car body (%)"))
+    by_class = class_recall_table(results, "Recall within 1 m of the car body by true class (%)")
+    if by_class:
+        text += "\n" + by_class
     print(text)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,8 @@ class Evaluator:
     - Conditions: each frame's labels mapped with sensors.messages.condition_of ("camera_failure:RV" ->
       "camera_failure"); a frame counts in every condition it has.
     - recall_1m: of the ground-truth obstacle cells whose centre lies within near_m of the body outline, the
-      share predicted as any obstacle class (the class may be wrong: what matters near the car is "something").
+      share predicted as any obstacle class (the class may be wrong: what matters near the car is "something");
+      recall_1m_by_class: the same per true class over the whole set (which obstacles near the car are missed).
     - sector_error_m: per sector of SectorLayout where the truth has an obstacle on the grid, |predicted - true|
       nearest-obstacle distance. A sector the prediction leaves clear counts as if it reported the grid's edge:
       the distance from the body to the nearest border cell of that sector, the farthest a clear display can
@@ -61,6 +62,7 @@ class Evaluator:
         # Rows: true class; columns: predicted class, the last column a prediction of IGNORE ("void").
         self._confusion: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((k, k + 1), np.int64))
         self._near_hits: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(2, np.int64))  # hit, total
+        self._near_by_class = np.zeros((k, 2), np.int64)  # per true class: hit, total (whole set)
         self._sector_errors: dict[str, list[np.ndarray]] = defaultdict(list)
         self._frames: dict[str, int] = defaultdict(int)
 
@@ -79,6 +81,9 @@ class Evaluator:
         near = self._near & labelled & (target != SemanticClass.FREE)
         hit = near & (pred != SemanticClass.FREE) & (pred != IGNORE)
         near_counts = np.array([hit.sum(), near.sum()], np.int64)
+        true_near = target[near].astype(np.int64)
+        self._near_by_class[:, 0] += np.bincount(target[hit].astype(np.int64), minlength=k)[:k]
+        self._near_by_class[:, 1] += np.bincount(true_near, minlength=k)[:k]
 
         true_d = self.layout(target).distance.astype(np.float64)
         pred_d = self.layout(pred).distance.astype(np.float64)
@@ -114,6 +119,8 @@ class Evaluator:
         out["by_condition"] = {g: {**self._scores(g), "frames": self._frames[g]} for g in groups}
         out["recall_1m"] = self._recall(OVERALL)
         out["recall_1m_by_condition"] = {g: self._recall(g) for g in groups}
+        out["recall_1m_by_class"] = {name: float(h / n) if n else None for name, (h, n)
+                                     in list(zip(self.names, self._near_by_class.tolist(), strict=True))[1:]}
         out["sector_error_m"] = self._sector_stats(OVERALL)
         out["sector_error_m_by_condition"] = {g: self._sector_stats(g) for g in groups}
         return out

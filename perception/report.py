@@ -74,6 +74,23 @@ def modality_table(results: Mapping[str, Mapping[str, Any]], metric: str = "miou
     return "\n".join(lines) + "\n"
 
 
+def class_recall_table(results: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
+    """Models x true obstacle classes: recall within 1 m of the car body in % ("–" for a model whose JSON predates
+    recall_1m_by_class or has no such cells); "" when no model has it."""
+    classes: list[str] = []
+    for r in results.values():
+        classes += [c for c in r.get("recall_1m_by_class", {}) if c not in classes]
+    if not classes:
+        return ""
+    head = ["model", *classes]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for name, r in results.items():
+        by_class = r.get("recall_1m_by_class", {})
+        lines.append("| " + " | ".join([name, *(_pct(by_class.get(c)) for c in classes)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_by_condition(results: Mapping[str, Mapping[str, Any]], out_png: str | Path, metric: str = "miou",
                       title: str = "") -> np.ndarray:
     """Grouped bars of `metric` per condition ("all" first), one bar per model; writes out_png and returns the

@@ -142,6 +142,9 @@ def test_recall_within_1m_counted_by_hand(rig, grid):
     assert r["recall_1m_by_condition"]["camera_failure"] == pytest.approx(2 / 3)
     assert r["recall_1m_by_condition"]["day"] == 1.0
     assert r["recall_1m"] == pytest.approx(5 / 6)
+    # By true class over both frames: vehicles 2 + 2 of 4, the low obstacle ahead_09 1 of 2 (missed in the first)
+    assert r["recall_1m_by_class"] == {"vehicle": 1.0, "pedestrian": None, "structure": None,
+                                       "low_obstacle": pytest.approx(1 / 2)}
 
 
 def test_sector_error_is_zero_for_identical_maps_and_the_shift_otherwise(rig, grid):

@@ -139,6 +139,13 @@ def test_report_tabulates_models_by_condition(tmp_path, capsys):
     assert rows[0].split("|")[2:5] == [" 50.0 ", " 50.0 ", " 45.0 "]  # all, day, night of the mIoU table
     assert rows[1].split("|")[2:5] == [" 40.0 ", " 40.0 ", " 12.5 "]
     assert "97.0" in text and "60.0" in text  # the recall table
+    assert "by true class" not in text  # these JSONs have no per-class recall
+    (tmp_path / "f.json").write_text(json.dumps(result(0.5, 0.45, 0.97) | {"recall_1m_by_class": {
+        "vehicle": 0.75, "low_obstacle": 0.01}}))
+    assert main(["report", f"fusion={tmp_path / 'f.json'}", f"camera={tmp_path / 'c.json'}", "--markdown",
+                 str(md)]) == 0
+    rows = md.read_text().split("by true class")[1].splitlines()
+    assert "| fusion | 75.0 | 1.0 |" in rows and "| camera | – | – |" in rows
     assert cv2.imread(str(png)) is not None
     assert main(["report", "nolabel.json"]) == 2
     assert "NAME=JSON" in capsys.readouterr().err
