@@ -72,7 +72,8 @@ def _export(args) -> int:
 
 def zoo_rows(manifest: str | Path) -> list[dict[str, Any]]:
     """One dict per zoo model for `zoo list`: COLUMNS' keys, None where nothing was measured. speedup is the parent's
-    latency over the model's, both timed in the model's own `zoo measure` run (ort_cpu_ratio is its inverse)."""
+    latency over the model's, both timed in the model's own `zoo measure` run (ort_cpu_ratio is its inverse);
+    size_mb is the sparse weights file's for unstructured pruning (sparse: true; its ONNX holds dense zeros)."""
     from deploy.zoo import read_zoo
 
     rows = []
@@ -81,7 +82,9 @@ def zoo_rows(manifest: str | Path) -> list[dict[str, Any]]:
         ratio = m.metrics.get("ort_cpu_ratio")
         rows.append({"name": name, "method": m.method, "target": m.target, "parent": m.parent,
                      "params_m": params / 1e6 if isinstance(params, int | float) else None,
-                     "size_mb": m.size_bytes / 1e6 if m.onnx.is_file() else None,
+                     "size_mb": (m.options["sparse_size_mb"] if "sparse_size_mb" in m.options
+                                 else m.size_bytes / 1e6 if m.onnx.is_file() else None),
+                     "sparse": "sparse_size_mb" in m.options,
                      "speedup": 1 / ratio if isinstance(ratio, int | float) and ratio > 0 else None,
                      "gflops": m.metrics.get("gflops", _gflops(m)),
                      **{k: m.metrics.get(k) for k in ("test_miou", "test_miou_night", "ort_cpu_ms")}})
@@ -109,7 +112,17 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             return f"{v:.2f}" if v < 100 else f"{v:.0f}"
         return v
 
-    return format_table([[cell(k, r[k]) for _, k in COLUMNS] for r in rows], [h for h, _ in COLUMNS])
+    def row(r: dict[str, Any]) -> list[Any]:
+        cells = [cell(k, r[k]) for _, k in COLUMNS]
+        if r.get("sparse") and r.get("size_mb") is not None:
+            cells[[k for _, k in COLUMNS].index("size_mb")] += " *"
+        return cells
+
+    table = format_table([row(r) for r in rows], [h for h, _ in COLUMNS])
+    if any(r.get("sparse") for r in rows):
+        table += ("\n\n\\* the sparse weights file (unstructured pruning); its ONNX holds the zeros densely and "
+                  "runs no faster")
+    return table
 
 
 def _list(args) -> int:
