@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test test-slow lint install
+.PHONY: demo test test-slow lint install zoo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,3 +36,26 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The compression zoo from nf-small, as shipped: each method fine-tuned on data/train (simulate it first:
+# `nearfield simulate --preset train --out data/train`, likewise val and test), registered, then every model measured on
+# data/test one after the other, listed and plotted. About 1.5 h on 2 CPU cores.
+COMPRESS := $(BIN)/nearfield compress --from nf-small --data data --threads 2 --no-measure
+ZOO_MODELS := nf-small nf-small-camera nf-small-uss nf-small-int8 nf-small-pruned50 nf-small-distill \
+	nf-small-qat-int8 nf-small-lowrank nf-small-magnitude50 nf-small-lamp50 nf-small-random50 nf-small-qat-int4 \
+	nf-small-qat-ternary
+
+zoo: $(STAMP)
+	$(COMPRESS) --method int8-ptq --out nf-small-int8 --calib-frames 64
+	$(COMPRESS) --method prune-structured --out nf-small-pruned50 --steps 500 --opt flops_ratio=0.5
+	$(COMPRESS) --method distill --out nf-small-distill --steps 600
+	$(COMPRESS) --method qat --out nf-small-qat-int8 --steps 200 --opt weights=int8
+	$(COMPRESS) --method lowrank --out nf-small-lowrank --steps 300 --opt rank_ratio=0.5
+	$(COMPRESS) --method prune-magnitude --out nf-small-magnitude50 --steps 150 --opt sparsity=0.5
+	$(COMPRESS) --method prune-lamp --out nf-small-lamp50 --steps 150 --opt sparsity=0.5
+	$(COMPRESS) --method prune-random --out nf-small-random50 --steps 150 --opt sparsity=0.5
+	$(COMPRESS) --method qat --out nf-small-qat-int4 --steps 200 --opt weights=int4
+	$(COMPRESS) --method qat --out nf-small-qat-ternary --steps 300 --opt weights=ternary
+	for m in $(ZOO_MODELS); do $(BIN)/nearfield zoo measure $$m --data data --threads 2 || exit 1; done
+	$(BIN)/nearfield zoo list
+	$(BIN)/nearfield zoo plot deploy/docs/zoo.png
