@@ -14,9 +14,8 @@ from sensors.errors import ConfigError, DeployError
 log = logging.getLogger(__name__)
 
 # onnxruntime's QDQ propagation moves a QuantizeLinear up across a MaxPool, so the stem's pool (kept float on purpose,
-# deploy.quantize) runs in its generic uint8 MaxPool kernel: 19 ms against 0.5 ms for the float pool on nf-small, which
-# ate most of the INT8 gain (1.3x -> 1.8x with the pass off; measured in deploy/docs/int8_cpu.md). The pass does
-# nothing for float models.
+# deploy.quantize) runs in its generic uint8 MaxPool kernel: 19.6 ms against 0.5 ms for the float pool on nf-small,
+# most of what INT8 had gained (deploy/docs/int8_cpu.md). The pass does nothing for float models.
 DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
 
 _NUMPY_OF = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(float16)": np.float16,
