@@ -12,8 +12,43 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from perception.report import PALETTE
 from sensors.errors import ConfigError
+
+FRONT = (30, 30, 30)
+# One colour per family of methods (Okabe-Ito), so that a dozen entries stay tellable apart.
+FAMILY_COLOURS = {"fp32": (150, 150, 150), "int8-ptq": (0, 158, 115), "qat": (0, 114, 178),
+                  "prune-structured": (230, 159, 0), "prune (unstructured)": (204, 121, 167),
+                  "distill": (86, 180, 233), "lowrank": (213, 94, 0), "other": (240, 228, 66)}
+
+
+def family(method: str) -> str:
+    if method.startswith("qat"):
+        return "qat"
+    if method in ("prune-magnitude", "prune-lamp", "prune-random"):
+        return "prune (unstructured)"
+    return method if method in FAMILY_COLOURS else "other"
+
+
+def _label_spot(c: tuple[int, int], tw: int, th: int, boxes: list[tuple[int, int, int, int]],
+                others: list[tuple[int, int]], area: tuple[int, int, int, int]) -> tuple[int, int]:
+    """Where to write a TW x TH label for the point at C: the first of right, upper right, lower right, left, upper
+    left, lower left, above, below whose box stays in AREA and touches neither a label already written nor another
+    point's marker; the first that stays in AREA when none is free."""
+    x, y = c
+    spots = [(x + 15, y + th // 2), (x + 12, y - 12), (x + 12, y + th + 12), (x - 15 - tw, y + th // 2),
+             (x - 12 - tw, y - 12), (x - 12 - tw, y + th + 12), (x - tw // 2, y - 15), (x - tw // 2, y + th + 15)]
+
+    def inside(sx: int, sy: int) -> bool:
+        return area[0] <= sx and sx + tw <= area[2] + 25 and area[1] <= sy - th and sy <= area[3]
+
+    def free(sx: int, sy: int) -> bool:
+        box = (sx - 2, sy - th - 2, sx + tw + 2, sy + 4)
+        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
+            return False
+        return not any(box[0] - 8 < ox < box[2] + 8 and box[1] - 8 < oy < box[3] + 8 for ox, oy in others)
+
+    fitting = [s for s in spots if inside(*s)] or spots
+    return next((s for s in fitting if free(*s)), fitting[0])
 
 
 @dataclass(frozen=True)
@@ -90,31 +125,33 @@ def plot_zoo(points: Sequence[ZooPoint], out_png: str | Path, title: str = "", f
     front = pareto_front(points)
     for a, b in pairwise(front):  # a staircase: each model holds its mIoU until the next
         pa, pb = px(a.latency_ms, 100 * a.miou), px(b.latency_ms, 100 * b.miou)
-        cv2.line(img, pa, (pb[0], pa[1]), (213, 94, 0), 2, aa)
-        cv2.line(img, (pb[0], pa[1]), pb, (213, 94, 0), 2, aa)
-    methods = sorted({p.method for p in points})
-    colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
-    placed: list[tuple[int, int]] = []
-    for p in sorted(points, key=lambda p: (p.latency_ms, p.miou)):
-        c = px(p.latency_ms, 100 * p.miou)
+        cv2.line(img, pa, (pb[0], pa[1]), FRONT, 1, aa)
+        cv2.line(img, (pb[0], pa[1]), pb, FRONT, 1, aa)
+    centres = {p.name: px(p.latency_ms, 100 * p.miou) for p in points}
+    front_line = []  # points along the staircase, which labels keep off too
+    for a, b in pairwise(front):
+        (ax, ay), (bx, by) = px(a.latency_ms, 100 * a.miou), px(b.latency_ms, 100 * b.miou)
+        front_line += [(int(x), ay) for x in np.arange(ax, bx, 6)] + [(bx, int(y)) for y in np.arange(by, ay, 6)]
+    for p in points:
         if p in front:
-            cv2.circle(img, c, 10, (213, 94, 0), 2, aa)
-        cv2.circle(img, c, 6, colour[p.method], -1, aa)
-        label_y = c[1] - 12
-        while any(abs(label_y - y) < 14 and abs(c[0] - x) < 160 for x, y in placed):
-            label_y += 14  # step down past labels already written nearby
-        placed.append((c[0], label_y))
-        (tw, _), _ = cv2.getTextSize(p.name, font, 0.4, 1)
-        lx = min(c[0] + 8, width - right - tw)
-        cv2.putText(img, p.name, (lx, label_y), font, 0.4, ink, 1, aa)
+            cv2.circle(img, centres[p.name], 10, FRONT, 2, aa)
+        cv2.circle(img, centres[p.name], 6, FAMILY_COLOURS[family(p.method)], -1, aa)
+    boxes: list[tuple[int, int, int, int]] = []
+    for p in sorted(points, key=lambda p: (p.latency_ms, p.miou)):
+        (tw, th), _ = cv2.getTextSize(p.name, font, 0.4, 1)
+        obstacles = [c for n, c in centres.items() if n != p.name] + front_line
+        x, y = _label_spot(centres[p.name], tw, th, boxes, obstacles, (left, top, left + pw, top + ph))
+        boxes.append((x, y - th, x + tw, y + 2))
+        cv2.putText(img, p.name, (x, y), font, 0.4, ink, 1, aa)
     ly = top + ph + 64
     lx = left
-    for m in methods:
-        cv2.circle(img, (lx + 6, ly - 4), 6, colour[m], -1, aa)
-        cv2.putText(img, m, (lx + 16, ly), font, 0.42, ink, 1, aa)
-        (tw, _), _ = cv2.getTextSize(m, font, 0.42, 1)
-        lx += tw + 40
-    cv2.circle(img, (lx + 6, ly - 4), 10, (213, 94, 0), 2, aa)
+    families = [f for f in FAMILY_COLOURS if any(family(p.method) == f for p in points)]
+    for f in families:
+        cv2.circle(img, (lx + 6, ly - 4), 6, FAMILY_COLOURS[f], -1, aa)
+        cv2.putText(img, f, (lx + 16, ly), font, 0.42, ink, 1, aa)
+        (tw, _), _ = cv2.getTextSize(f, font, 0.42, 1)
+        lx += tw + 34
+    cv2.circle(img, (lx + 6, ly - 4), 10, FRONT, 2, aa)
     cv2.putText(img, "Pareto front", (lx + 22, ly), font, 0.42, ink, 1, aa)
     for k, note in enumerate(notes):
         cv2.putText(img, note, (left, ly + 22 + 16 * k), font, 0.38, ink, 1, aa)
@@ -126,4 +163,4 @@ def plot_zoo(points: Sequence[ZooPoint], out_png: str | Path, title: str = "", f
     return img
 
 
-__all__ = ["ZooPoint", "pareto_front", "plot_zoo", "zoo_points"]
+__all__ = ["FAMILY_COLOURS", "ZooPoint", "family", "pareto_front", "plot_zoo", "zoo_points"]
