@@ -33,7 +33,8 @@ class Evaluator:
       "camera_failure"); a frame counts in every condition it has.
     - recall_1m: of the ground-truth obstacle cells whose centre lies within near_m of the body outline, the
       share predicted as any obstacle class (the class may be wrong: what matters near the car is "something");
-      recall_1m_by_class: the same per true class over the whole set (which obstacles near the car are missed).
+      recall_1m_by_class: the same per true class over the whole set (which obstacles near the car are missed),
+      near_cells_by_class: how many such cells each class had.
     - sector_error_m: per sector of SectorLayout where the truth has an obstacle on the grid, |predicted - true|
       nearest-obstacle distance. A sector the prediction leaves clear counts as if it reported the grid's edge:
       the distance from the body to the nearest border cell of that sector, the farthest a clear display can
@@ -119,8 +120,9 @@ class Evaluator:
         out["by_condition"] = {g: {**self._scores(g), "frames": self._frames[g]} for g in groups}
         out["recall_1m"] = self._recall(OVERALL)
         out["recall_1m_by_condition"] = {g: self._recall(g) for g in groups}
-        out["recall_1m_by_class"] = {name: float(h / n) if n else None for name, (h, n)
-                                     in list(zip(self.names, self._near_by_class.tolist(), strict=True))[1:]}
+        near = list(zip(self.names, self._near_by_class.tolist(), strict=True))[1:]
+        out["recall_1m_by_class"] = {name: float(h / n) if n else None for name, (h, n) in near}
+        out["near_cells_by_class"] = {name: int(n) for name, (_, n) in near}
         out["sector_error_m"] = self._sector_stats(OVERALL)
         out["sector_error_m_by_condition"] = {g: self._sector_stats(g) for g in groups}
         return out

@@ -75,8 +75,8 @@ def modality_table(results: Mapping[str, Mapping[str, Any]], metric: str = "miou
 
 
 def class_recall_table(results: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
-    """Models x true obstacle classes: recall within 1 m of the car body in % ("–" for a model whose JSON predates
-    recall_1m_by_class or has no such cells); "" when no model has it."""
+    """Models x true obstacle classes: recall within 1 m of the car body in % and the cells it counts ("–" for a model
+    whose JSON predates recall_1m_by_class or has no such cells); "" when no model has it."""
     classes: list[str] = []
     for r in results.values():
         classes += [c for c in r.get("recall_1m_by_class", {}) if c not in classes]
@@ -86,8 +86,9 @@ def class_recall_table(results: Mapping[str, Mapping[str, Any]], title: str = ""
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for name, r in results.items():
-        by_class = r.get("recall_1m_by_class", {})
-        lines.append("| " + " | ".join([name, *(_pct(by_class.get(c)) for c in classes)]) + " |")
+        by_class, cells = r.get("recall_1m_by_class", {}), r.get("near_cells_by_class", {})
+        lines.append("| " + " | ".join([name, *(_pct(by_class.get(c)) + (f" ({cells[c]:,} cells)" if cells.get(c)
+                                                                          else "") for c in classes)]) + " |")
     return "\n".join(lines) + "\n"
 
 

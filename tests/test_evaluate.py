@@ -145,6 +145,7 @@ def test_recall_within_1m_counted_by_hand(rig, grid):
     # By true class over both frames: vehicles 2 + 2 of 4, the low obstacle ahead_09 1 of 2 (missed in the first)
     assert r["recall_1m_by_class"] == {"vehicle": 1.0, "pedestrian": None, "structure": None,
                                        "low_obstacle": pytest.approx(1 / 2)}
+    assert r["near_cells_by_class"] == {"vehicle": 4, "pedestrian": 0, "structure": 0, "low_obstacle": 2}
 
 
 def test_sector_error_is_zero_for_identical_maps_and_the_shift_otherwise(rig, grid):
