@@ -87,15 +87,22 @@ def fold_batchnorm(model: nn.Module, example: tuple[Tensor, ...]) -> int:
     convolution, and the content-aware dilated convolution's norm into its shared kernel (its gate sums to 1, so
     BN(sum g_i conv_i) = sum g_i BN-folded conv_i). The folded BatchNorms become Identity. Returns how many were
     folded. Quantisation then sees the weights that the exported graph will hold."""
-    produced: dict[int, nn.Conv2d] = {}
+    # Convolution outputs by id, each kept alive with its entry: a freed output's id can be reused by a later tensor,
+    # which paired a BatchNorm with the wrong convolution (seen as a channel mismatch on a clean CI run).
+    produced: dict[int, tuple[nn.Conv2d, Tensor]] = {}
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
     hooks = []
+
+    def reads(bn: nn.BatchNorm2d, inputs: tuple[Tensor, ...]) -> None:
+        entry = produced.get(id(inputs[0]))
+        if entry is not None and entry[1] is inputs[0]:
+            pairs.append((entry[0], bn))
+
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(lambda mod, i, o: produced.__setitem__(id(o), mod)))
+            hooks.append(m.register_forward_hook(lambda mod, i, o: produced.__setitem__(id(o), (mod, o))))
         elif isinstance(m, nn.BatchNorm2d):
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, i: pairs.append((produced[id(i[0])], mod)) if id(i[0]) in produced else None))
+            hooks.append(m.register_forward_pre_hook(reads))
     was_training = model.training
     model.eval()
     try:
