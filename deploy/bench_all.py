@@ -240,7 +240,7 @@ def _time_runtime(model: ZooModel, drive: Path, frames: int, threads: int | None
 
 
 # Figures the compression methods store in the zoo manifest (deploy.measure and the compress commands), with units.
-_METRIC_UNITS = {"test_miou": "mIoU", "test_miou_night": "mIoU", "ort_cpu_ms": "ms", "ort_cpu_ratio": "x parent",
+_METRIC_UNITS = {"test_miou": "mIoU", "test_miou_night": "mIoU", "ort_cpu_ms": "ms", "ort_cpu_ratio": "time / parent's",
                  "size_mb": "MB", "params": "", "sparsity": "", "test_frames": "frames"}
 
 
