@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,27 @@ def check_name(name: str) -> None:
 
 # --- helpers the methods share ----------------------------------------------------------------------------------
 
+def option(options: dict[str, Any], key: str, default: Any, kind: type = float, lo: float = -math.inf,
+           hi: float = math.inf, method_name: str = "compress") -> Any:
+    """OPTIONS[KEY] as KIND within [lo, hi] (the CLI hands `--opt KEY=VALUE` over as strings), else DEFAULT; a
+    ConfigError naming the option otherwise."""
+    v = options.get(key)
+    if v is None:
+        return default
+    try:
+        if kind is int and isinstance(v, str):
+            v = int(v, 10)
+        elif kind is int and (isinstance(v, bool) or not float(v).is_integer()):
+            raise ValueError
+        v = kind(v)
+    except (TypeError, ValueError):
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{method_name}: option {key}={options[key]!r} must be {what}") from None
+    if not lo <= v <= hi or (kind is float and not math.isfinite(v)):
+        raise ConfigError(f"{method_name}: option {key}={v} must lie in [{lo}, {hi}]")
+    return v
+
+
 @dataclass(frozen=True)
 class Source:
     """What a method starts from: a float torch model (trained, or the trained parent of an fp32 zoo model) and/or
@@ -174,5 +196,5 @@ def output_path(out: str, manifest: Path) -> Path:
 
 
 __all__ = ["COMMON_OPTIONS", "METHODS", "METHOD_MODULES", "Method", "Source", "check_name", "compress", "float_onnx",
-           "is_quantised", "load_methods", "load_torch_model", "measure_entry", "method", "output_path",
+           "is_quantised", "load_methods", "load_torch_model", "measure_entry", "method", "option", "output_path",
            "register_output", "resolve_source"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the universal torch idiom
 from torch import Tensor, nn
 
-from deploy.compress import load_torch_model, method, output_path, register_output, resolve_source
+from deploy.compress import load_torch_model, method, option, output_path, register_output, resolve_source
 from deploy.zoo import ZooModel, update_metrics
 from perception.bev_config import BevConfig
 from perception.model import FusionNet, ModelConfig, load_model_config
@@ -26,29 +25,6 @@ log = logging.getLogger(__name__)
 
 # A fine-tuning loss: (batch, class_logits, occupancy_logits) -> dict of scalars with "total".
 Loss = Callable[[dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
-
-
-# --- options ------------------------------------------------------------------------------------------------------
-
-def option(options: dict[str, Any], key: str, default: Any, kind: type = float, lo: float = -math.inf,
-           hi: float = math.inf, method_name: str = "compress") -> Any:
-    """OPTIONS[KEY] as KIND within [lo, hi] (the CLI hands `--opt KEY=VALUE` over as strings), else DEFAULT; a
-    ConfigError naming the option otherwise."""
-    v = options.get(key)
-    if v is None:
-        return default
-    try:
-        if kind is int and isinstance(v, str):
-            v = int(v, 10)
-        elif kind is int and (isinstance(v, bool) or not float(v).is_integer()):
-            raise ValueError
-        v = kind(v)
-    except (TypeError, ValueError):
-        what = "a whole number" if kind is int else "a number"
-        raise ConfigError(f"{method_name}: option {key}={options[key]!r} must be {what}") from None
-    if not lo <= v <= hi or (kind is float and not math.isfinite(v)):
-        raise ConfigError(f"{method_name}: option {key}={v} must lie in [{lo}, {hi}]")
-    return v
 
 
 def name_list(value: Any) -> list[str]:
@@ -314,4 +290,4 @@ def _pct(v: float | None) -> str:
 
 
 __all__ = ["DistillLoss", "Loss", "distill_method", "distill_terms", "ensemble_targets", "fine_tune", "half_width",
-           "hard_loss", "loss_record", "miou", "name_list", "option", "set_threads", "training_data", "tune"]
+           "hard_loss", "loss_record", "miou", "name_list", "set_threads", "training_data", "tune"]

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deploy.compress import load_torch_model, method, output_path, register_output, resolve_source
-from deploy.distill import loss_record, option, set_threads, tune
+from deploy.compress import load_torch_model, method, option, output_path, register_output, resolve_source
+from deploy.distill import loss_record, set_threads, tune
 from deploy.zoo import MANIFEST, ZooModel
 from perception.model import FusionNet
 from sensors.errors import ConfigError

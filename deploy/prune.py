@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deploy.compress import load_torch_model, method, output_path, register_output, resolve_source
-from deploy.distill import loss_record, option, set_threads, tune
+from deploy.compress import load_torch_model, method, option, output_path, register_output, resolve_source
+from deploy.distill import loss_record, set_threads, tune
 from deploy.zoo import ZooModel
 from perception.model import FusionNet, ModelConfig, dummy_inputs
 from sensors.errors import ConfigError, DeployError

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.compress import load_torch_model, method, output_path, register_output, resolve_source
+from deploy.compress import load_torch_model, method, option, output_path, register_output, resolve_source
 from deploy.zoo import ZooModel
 from sensors.errors import ConfigError, DeployError
 
@@ -156,10 +156,13 @@ def _qat(source: str, out: str, data: str | None, options: dict[str, Any], manif
         raise ConfigError("qat needs --data: drive logs with ground truth to fine-tune on")
     src = resolve_source(source, manifest)
     model, config = load_torch_model(src)
-    steps, calib = int(options.get("steps", 20)), int(options.get("calib_frames", 16))
-    lr, batch = float(options.get("lr", 1e-4)), int(options.get("batch_size", 2))
-    qmodel, state = finetune(model, config, data, weights, steps, calib, lr, batch, int(options.get("seed", 0)),
-                             options.get("threads"))
+    name = f"qat-{weights}"
+    steps = option(options, "steps", 20, int, 0, 10**7, name)
+    calib = option(options, "calib_frames", 16, int, 1, 100_000, name)
+    lr = option(options, "lr", 1e-4, float, 1e-12, 10, name)
+    batch = option(options, "batch_size", 2, int, 1, 4096, name)
+    seed = option(options, "seed", 0, int, 0, 2**31, name)
+    qmodel, state = finetune(model, config, data, weights, steps, calib, lr, batch, seed, options.get("threads"))
     path = output_path(out, manifest)
     schemes = export_qat(qmodel, state, config, path)
     eight = sorted(n for n, s in schemes.items() if s == "int8") if weights != "int8" else []

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.compress import Source, float_onnx, method, output_path, register_output, resolve_source
+from deploy.compress import Source, float_onnx, method, option, output_path, register_output, resolve_source
 from deploy.zoo import ZooModel
 from perception.bev_config import BevConfig
 from sensors.errors import ConfigError, DeployError
@@ -286,21 +286,22 @@ def int8_ptq(source: str, out: str, data: str | None, options: dict[str, Any], m
     bad = [t for t in targets if t not in TARGETS]
     if bad or not targets:
         raise ConfigError(f"--opt targets={options.get('targets')}: choose from {', '.join(TARGETS)}")
-    src: Source = resolve_source(source, manifest)
     calibration = str(options.get("calibration", "minmax"))
     if calibration not in CALIBRATIONS:
         raise ConfigError(f"--calibration {calibration!r} is not one of {', '.join(CALIBRATIONS)}")
+    count = option(options, "calib_frames", 16, int, 1, 100_000, "int8-ptq")
+    percentile = option(options, "percentile", 99.999, float, 50, 100, "int8-ptq")
+    src: Source = resolve_source(source, manifest)
     with tempfile.TemporaryDirectory(prefix="nearfield-ptq-") as tmp:
         fp = float_onnx(src, Path(tmp))
         from deploy.export import input_shapes
 
-        frames = calibration_frames(data, src.bev, int(options.get("calib_frames", 16)), list(input_shapes(fp)))
+        frames = calibration_frames(data, src.bev, count, list(input_shapes(fp)))
         first = None
         for target in targets:
             name = out if target == targets[0] else f"{out}{TRT_SUFFIX if target == 'tensorrt' else '-' + target}"
             path = output_path(name, manifest)
-            settings = quantize_onnx(fp, path, frames, target, calibration,
-                                     percentile=float(options.get("percentile", 99.999)))
+            settings = quantize_onnx(fp, path, frames, target, calibration, percentile=percentile)
             opts = {"calib_data": str(data), **settings,
                     "float_nodes": {k: v for k, v in settings["float_nodes"].items() if v}}
             entry = register_output(name, path, src, "int8-ptq", target, opts, NOTES[target], manifest)

@@ -41,6 +41,13 @@ def test_bad_input_ends_in_one_line(capsys, tmp_path):
                  str(tmp_path / "Z.toml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown compression method 'int9'" in err
+    for method, opt, said in (("int8-ptq", "percentile=abc", "option percentile='abc' must be a number"),
+                              ("int8-ptq", "calib_frames=1.5", "option calib_frames=1.5 must be a whole number"),
+                              ("qat", "lr=fast", "option lr='fast' must be a number")):
+        assert main(["compress", "--method", method, "--from", "nf-small", "--out", "x", "--data", str(tmp_path),
+                     "--opt", opt, "--manifest", str(tmp_path / "Z.toml"), "--no-measure"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
 
 
 @pytest.mark.slow

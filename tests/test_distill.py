@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402, N812
 from torch import nn  # noqa: E402
 
-from deploy.compress import METHODS, load_methods  # noqa: E402
-from deploy.distill import DistillLoss, distill_terms, ensemble_targets, half_width, option  # noqa: E402
+from deploy.compress import METHODS, load_methods, option  # noqa: E402
+from deploy.distill import DistillLoss, distill_terms, ensemble_targets, half_width  # noqa: E402
 from perception.bev_config import BevConfig  # noqa: E402
 from perception.checkpoint import CONFIG_FILE, LAST, save_checkpoint  # noqa: E402
 from perception.model import FusionNet, ModelConfig, count_parameters, dummy_inputs  # noqa: E402
