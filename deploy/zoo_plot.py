@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from sensors.errors import ConfigError
+from sensors.imaging import write_png
 
 FRONT = (30, 30, 30)
 # One colour per family of methods (Okabe-Ito), so that a dozen entries stay tellable apart.
@@ -156,10 +157,7 @@ def plot_zoo(points: Sequence[ZooPoint], out_png: str | Path, title: str = "", f
     for k, note in enumerate(notes):
         cv2.putText(img, note, (left, ly + 22 + 16 * k), font, 0.38, ink, 1, aa)
 
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-        raise ConfigError(f"{out}: cannot write the plot (check the directory and that the name ends in .png)")
+    write_png(img, out_png, "zoo plot")
     return img
 
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from sensors.errors import ConfigError
+from sensors.imaging import write_png
 from sensors.messages import CONDITIONS
 
 METRICS = ("miou", "miou_all", "recall_1m")
@@ -141,8 +142,5 @@ def plot_by_condition(results: Mapping[str, Mapping[str, Any]], out_png: str | P
         cv2.rectangle(img, (lx, ly - 11), (lx + 14, ly + 1), PALETTE[m % len(PALETTE)], -1)
         cv2.putText(img, model, (lx + 20, ly), font, 0.45, ink, 1, aa)
 
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-        raise ConfigError(f"{out}: cannot write the chart (check the directory and that the name ends in .png)")
+    write_png(img, out_png, "chart")
     return img

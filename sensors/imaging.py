@@ -1,11 +1,14 @@
-"""JPEG encoding and decoding of camera images (RGB in memory, JPEG on the wire)."""
+"""JPEG encoding and decoding of camera images (RGB in memory, JPEG on the wire), and PNG files of the pictures the
+tools draw (contact sheets, charts)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from sensors.errors import SensorError
+from sensors.errors import ConfigError, SensorError
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
@@ -38,3 +41,19 @@ def decode_jpeg(data: bytes, where: str = "image", reduce: int = 1) -> np.ndarra
     if bgr is None:
         raise SensorError(f"{where}: JPEG does not decode (corrupt or truncated image data)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def write_png(rgb: np.ndarray, out: str | Path, what: str = "picture") -> Path:
+    """Write (H, W, 3) uint8 RGB to OUT (a .png path; its folder is created). A name not ending in .png or a file
+    that cannot be written is a ConfigError naming OUT and WHAT, never an OpenCV exception."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"{out}: the {what} is written as PNG; give a path ending in .png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ok = cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    except (OSError, cv2.error) as e:
+        raise ConfigError(f"{out}: cannot write the {what} ({e})") from None
+    if not ok:
+        raise ConfigError(f"{out}: cannot write the {what} (check the folder exists and is writable)")
+    return out

@@ -10,7 +10,8 @@ import numpy as np
 
 from sensors.bev import BevGrid
 from sensors.classes import CLASS_NAMES, colorize
-from sensors.errors import ConfigError, LogFormatError
+from sensors.errors import LogFormatError
+from sensors.imaging import write_png
 from sensors.messages import Frame
 from sensors.rig import CAMERA_NAMES, Rig
 
@@ -92,10 +93,4 @@ def contact_sheet(logs: list[str | Path], out: str | Path, frame_index: int = 0)
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     sheet = np.concatenate([*rows, legend(width)], axis=0)
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"{out}: the contact sheet is written as PNG; give a .png path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise ConfigError(f"{out}: could not write the PNG")
-    return out
+    return write_png(sheet, out, "contact sheet")

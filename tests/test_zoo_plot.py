@@ -12,7 +12,7 @@ from deploy.export import export_onnx, input_shapes  # noqa: E402
 from deploy.flops import onnx_flops  # noqa: E402
 from deploy.prune import count_flops, prune_structured  # noqa: E402
 from deploy.zoo import ZooModel, register, update_metrics  # noqa: E402
-from deploy.zoo_plot import ZooPoint, pareto_front, plot_zoo  # noqa: E402
+from deploy.zoo_plot import FAMILY_COLOURS, ZooPoint, family, pareto_front, plot_zoo  # noqa: E402
 from perception.bev_config import BevConfig  # noqa: E402
 from perception.model import FusionNet, load_model_config  # noqa: E402
 from sensors.errors import ConfigError  # noqa: E402
@@ -74,8 +74,14 @@ def test_plot_draws_every_measured_model(tmp_path):
     img = plot_zoo(pts, tmp_path / "zoo.png")
     disk = cv2.cvtColor(cv2.imread(str(tmp_path / "zoo.png")), cv2.COLOR_BGR2RGB)
     assert np.array_equal(img, disk) and img.shape == (560, 900, 3)
+    for method in ("fp32", "int8-ptq"):  # each model's marker in its family's colour (the legend has a smaller one)
+        colour = FAMILY_COLOURS[family(method)]
+        assert np.all(img == colour, axis=-1).sum() > 150
+    assert not np.all(img == FAMILY_COLOURS["qat"], axis=-1).any()  # no model of that family, no such pixel
     with pytest.raises(ConfigError, match="zoo measure"):
         plot_zoo([], tmp_path / "none.png")
+    with pytest.raises(ConfigError, match=r"zoo\.txt: the zoo plot is written as PNG"):
+        plot_zoo(pts, tmp_path / "zoo.txt")
 
 
 def test_zoo_plot_command_leaves_out_unmeasured_models(tiny, tmp_path, capsys):
