@@ -87,7 +87,7 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
                     taken += 1
         if evaluator is None or not samples:
             raise LogFormatError(f"zoo measure: no frames in {', '.join(map(str, logs))}")
-        times = _time_blocks([p.backend for p in pipes], samples)
+        times = time_blocks([p.backend for p in pipes], samples)
         ms, parent_ms = times[0], times[1] if parent is not None else []
     finally:
         for p in pipes:
@@ -116,15 +116,15 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
     return metrics
 
 
-def _time_blocks(backends, samples: list[dict[str, np.ndarray]]) -> list[list[float]]:
-    """ms per backend.run for each backend: one untimed pass each, then TIMING_ROUNDS rounds in which every backend
-    runs all SAMPLES in a block."""
+def time_blocks(backends, samples: list[dict[str, np.ndarray]], rounds: int = TIMING_ROUNDS) -> list[list[float]]:
+    """ms per backend.run for each backend: one untimed pass each over SAMPLES, then ROUNDS rounds in which every
+    backend runs all SAMPLES in a block (each with its own weights warm in cache)."""
     feeds = [[{n: x[n] for n in b.input_names} for x in samples] for b in backends]
     times: list[list[float]] = [[] for _ in backends]
     for b, fb in zip(backends, feeds, strict=True):
         for f in fb:
             b.run(f)
-    for _ in range(TIMING_ROUNDS):
+    for _ in range(rounds):
         for b, fb, t in zip(backends, feeds, times, strict=True):
             for f in fb:
                 t0 = time.perf_counter()
@@ -133,4 +133,4 @@ def _time_blocks(backends, samples: list[dict[str, np.ndarray]]) -> list[list[fl
     return times
 
 
-__all__ = ["TIMING_FRAMES", "TIMING_ROUNDS", "count_parameters", "measure_model"]
+__all__ = ["TIMING_FRAMES", "TIMING_ROUNDS", "count_parameters", "measure_model", "time_blocks"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.backends.ort import OrtBackend
+from deploy.measure import time_blocks
 from deploy.zoo import ZooModel
 from perception.preprocess import FramePreprocessor
 from sensors.errors import ConfigError
@@ -63,11 +63,11 @@ def network_inputs(model: ZooModel, log: str | Path, frames: int) -> list[dict[s
     return out
 
 
-def profile_ops(models: list[ZooModel], log: str | Path, frames: int = 20, threads: int | None = None,
-                warmup: int = 3) -> list[OpProfile]:
+def profile_ops(models: list[ZooModel], log: str | Path, frames: int = 20, threads: int | None = None
+                ) -> list[OpProfile]:
     """Profile each model's onnxruntime CPU session (deploy.backends.ort, the runtime's settings) over the same
-    FRAMES frames of LOG (after WARMUP untimed runs), one model after the other: taking turns frame by frame made
-    every model slower (each evicts the others' weights from the caches)."""
+    FRAMES frames of LOG, one model after the other (deploy.measure.time_blocks: an untimed pass, then one timed
+    block per model; taking turns frame by frame made every model slower, each evicting the others' weights)."""
     if frames < 1:
         raise ConfigError(f"bench ops: --frames must be at least 1, got {frames}")
     if not models:
@@ -76,25 +76,18 @@ def profile_ops(models: list[ZooModel], log: str | Path, frames: int = 20, threa
         raise ConfigError("bench ops: the models must share one [bev] configuration (the same inputs)")
     inputs = network_inputs(models[0], log, frames)
     with tempfile.TemporaryDirectory(prefix="nearfield-ops-") as tmp:
-        backends, walls = [], defaultdict(list)
-        for k, m in enumerate(models):
-            backends.append(OrtBackend(m.verified_onnx(), threads=threads, profile_prefix=Path(tmp) / f"m{k}"))
+        backends = []
         try:
-            for m, b in zip(models, backends, strict=True):
-                feeds = [{n: x[n] for n in b.input_names} for x in inputs]
-                for feed in feeds[:warmup]:
-                    b.run(feed)
-                for feed in feeds:
-                    t0 = time.perf_counter()
-                    b.run(feed)
-                    walls[m.name].append(1000 * (time.perf_counter() - t0))
+            for k, m in enumerate(models):
+                backends.append(OrtBackend(m.verified_onnx(), threads=threads, profile_prefix=Path(tmp) / f"m{k}"))
+            walls = time_blocks(backends, inputs, rounds=1)
             paths = [b.end_profiling() for b in backends]
         finally:
             for b in backends:
                 b.close()
-        runs = min(warmup, len(inputs)) + len(inputs)
-        return [_summarise(m.name, p, runs, len(inputs), float(np.median(walls[m.name])))
-                for m, p in zip(models, paths, strict=True)]
+        runs = 2 * len(inputs)  # the untimed pass and the timed block: the profile holds both
+        return [_summarise(m.name, p, runs, len(inputs), float(np.median(w)))
+                for m, p, w in zip(models, paths, walls, strict=True)]
 
 
 def _summarise(name: str, path: Path, runs: int, frames: int, wall_ms: float) -> OpProfile:

@@ -174,8 +174,7 @@ def test_the_zoo_entry_keeps_its_other_fields_after_measure(zoo, night_log):
 def test_bench_ops_profiles_every_model_on_the_same_frames(zoo, night_log, capsys):
     from deploy.op_profile import format_profiles, profile_ops
 
-    profiles = profile_ops([get_model("tiny", zoo), get_model("tiny-copy", zoo)], night_log, frames=2, threads=1,
-                           warmup=1)
+    profiles = profile_ops([get_model("tiny", zoo), get_model("tiny-copy", zoo)], night_log, frames=2, threads=1)
     tiny = profiles[0]
     assert [p.model for p in profiles] == ["tiny", "tiny-copy"] and tiny.frames == 2
     assert tiny.op_nodes["GridSample"] == 1 and tiny.op_nodes.get("Conv", 0) + tiny.op_nodes.get("FusedConv", 0) > 5
