@@ -5,19 +5,18 @@ all call Pipeline.process, so they see the same outputs."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from deploy.backends import Backend, create_backend
-from deploy.zoo import ZooModel, get_model
+from deploy.zoo import ZooModel, get_model, unlisted
 from perception.bev_config import ego_mask
 from perception.postprocess import SectorLayout, Sectors, class_map
 from perception.preprocess import FramePreprocessor
 from sensors.bev import BevGrid
 from sensors.errors import DeployError
-from sensors.files import file_sha256
 from sensors.messages import Frame
 from sensors.rig import Rig
 
@@ -58,9 +57,7 @@ class Pipeline:
     @classmethod
     def from_onnx(cls, onnx: str | Path, like: ZooModel | str, rig: Rig, **kw) -> Pipeline:
         """A pipeline over an ONNX file that is not (yet) in the zoo, with the BEV configuration of LIKE."""
-        ref = get_model(like) if isinstance(like, str) else like
-        model = replace(ref, name=f"{ref.name}@{Path(onnx).name}", onnx=Path(onnx), sha256=file_sha256(onnx))
-        return cls(model, rig, **kw)
+        return cls(unlisted(onnx, get_model(like) if isinstance(like, str) else like), rig, **kw)
 
     def set_rig(self, rig: Rig, source: str = "<frames>") -> None:
         self.rig = rig

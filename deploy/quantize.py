@@ -99,8 +99,8 @@ def float_nodes(model, target: str = "cpu") -> dict[str, list[str]]:
     first convolution on each input), 'grid_sample' (GridSample and the nodes computing its inputs, back to the
     feature map's convolution or the graph input), 'softmax' (the content-aware gate), and for target 'cpu'
     'stem_pool' (the activation and max-pool right after a first convolution: onnxruntime's uint8 MaxPool kernel is
-    generic and was ~40x slower than the float one here, while quantising after the pool reads 4x fewer values).
-    MODEL: an onnx ModelProto."""
+    generic and was far slower than the float one here, deploy/docs/int8_cpu.md; quantising after the pool also
+    reads 4x fewer values). MODEL: an onnx ModelProto."""
     g = model.graph
     consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
     producer = {o: n for n in g.node for o in n.output}

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.zoo import MANIFEST, ZooModel, file_sha256, get_model
+from deploy.zoo import MANIFEST, ZooModel, get_model
 from sensors.classes import IGNORE
 from sensors.errors import ChecksumError, ConfigError, LogFormatError
+from sensors.files import file_sha256
 from sim_data.simulate import OUTDOOR_KINDS, DriveSpec
 
 log = logging.getLogger(__name__)

@@ -81,6 +81,15 @@ class ZooModel:
 
 
 
+def unlisted(onnx: str | Path, like: ZooModel) -> ZooModel:
+    """A ZooModel for an ONNX file outside the zoo (a candidate, an older build), with LIKE's BEV configuration and
+    inputs, named LIKE@FILE; its checksum is the file's own. ConfigError when the file is not there."""
+    path = Path(onnx)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such ONNX file")
+    return replace(like, name=f"{like.name}@{path.name}", onnx=path, sha256=file_sha256(path), metrics={})
+
+
 def read_zoo(manifest: str | Path = MANIFEST) -> dict[str, ZooModel]:
     """The manifest's models by name, in file order (an absent manifest: none). A malformed entry is a
     ConfigError naming the manifest and the entry."""
@@ -173,5 +182,5 @@ def verify_zoo(manifest: str | Path = MANIFEST) -> dict[str, bool]:
     return {name: m.onnx.is_file() and file_sha256(m.onnx) == m.sha256 for name, m in read_zoo(manifest).items()}
 
 
-__all__ = ["MANIFEST", "TARGETS", "ZOO_DIR", "ZooModel", "file_sha256", "get_model", "list_models", "read_zoo",
-           "register", "remove", "update_metrics", "verify_zoo", "write_zoo"]
+__all__ = ["MANIFEST", "TARGETS", "ZOO_DIR", "ZooModel", "get_model", "list_models", "read_zoo",
+           "register", "remove", "unlisted", "update_metrics", "verify_zoo", "write_zoo"]

@@ -21,11 +21,12 @@ from deploy.checks import (  # noqa: E402
     simulate_parity_log,
 )
 from deploy.export import export_onnx  # noqa: E402
-from deploy.zoo import file_sha256, read_zoo  # noqa: E402
+from deploy.zoo import read_zoo  # noqa: E402
 from perception.bev_config import ego_mask  # noqa: E402
 from perception.checkpoint import save_weights  # noqa: E402
 from perception.model import FusionNet, load_model_config  # noqa: E402
 from sensors.errors import DeployError  # noqa: E402
+from sensors.files import file_sha256  # noqa: E402
 from sensors.log import LogReader  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

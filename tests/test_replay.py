@@ -26,9 +26,9 @@ from deploy.replay import (
     Tolerance,
     compare,
 )
-from deploy.zoo import file_sha256
 from sensors.classes import IGNORE
 from sensors.errors import ChecksumError, ConfigError
+from sensors.files import file_sha256
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

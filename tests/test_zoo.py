@@ -186,3 +186,11 @@ def test_bench_ops_profiles_every_model_on_the_same_frames(zoo, night_log, capsy
     assert main(["bench", "ops", "--manifest", str(zoo), "--model", "tiny", "--model", "tiny-copy", "--log",
                  str(night_log), "--frames", "1", "--threads", "1"]) == 0
     assert "tiny-copy ms" in capsys.readouterr().out
+    outside = zoo.parent.parent / "older.onnx"  # an ONNX file outside the zoo, e.g. an older build from git
+    outside.write_bytes((zoo.parent / "tiny.onnx").read_bytes())
+    assert main(["bench", "ops", "--manifest", str(zoo), "--model", "tiny", "--onnx", str(outside), "--log",
+                 str(night_log), "--frames", "1", "--threads", "1"]) == 0
+    assert "tiny@older.onnx ms" in capsys.readouterr().out
+    assert main(["bench", "ops", "--manifest", str(zoo), "--model", "tiny", "--onnx", str(outside) + ".gone",
+                 "--log", str(night_log), "--frames", "1"]) == 2
+    assert "no such ONNX file" in capsys.readouterr().err

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from deploy.zoo import file_sha256
 from sensors.errors import ConfigError, DeployError
+from sensors.files import file_sha256
 
 log = logging.getLogger(__name__)
 

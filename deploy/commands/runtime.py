@@ -45,6 +45,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     o = bench.add_parser("ops", help="onnxruntime CPU time by operator type for one or more zoo models on the same "
                                      "frames (where the time goes: int8 kernels, float islands, Q/DQ)")
     o.add_argument("--model", action="append", required=True, help="zoo model name, repeatable")
+    o.add_argument("--onnx", action="append", default=[], help="also profile this ONNX file (e.g. an older build "
+                                                              "from git), with the first --model's BEV; repeatable")
     o.add_argument("--log", help="drive log whose frames are the inputs (default: a short drive simulated for it)")
     o.add_argument("--frames", type=int, default=20, help="frames per model (default 20)")
     o.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: onnxruntime's)")
@@ -110,9 +112,11 @@ def _bench_runtime(args) -> int:
 def _bench_ops(args) -> int:
     from deploy.op_profile import format_profiles, profile_ops
     from deploy.runtime_bench import bench_drive
+    from deploy.zoo import unlisted
     from sensors.timing import machine_description
 
     models = [_zoo_model(name, args.manifest) for name in args.model]
+    models += [unlisted(path, models[0]) for path in args.onnx]
     with bench_drive(args.log) as drive:
         profiles = profile_ops(models, drive, args.frames, args.threads)
     print(format_profiles(profiles))
