@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,6 +17,7 @@ from sensors.errors import ConfigError
 from sensors.geometry import Pose2D
 from sensors.rig import Rig, VehicleBody
 from sim_data.ego_drive import Drive, arc, creep, straight
+from sim_data.layout import EGO_CLEARANCE, Layout, ego_swept
 from sim_data.objects import (
     CAR_STYLES,
     STYLE_WEIGHTS,
@@ -60,114 +61,7 @@ KIND_WEIGHTS = (0.35, 0.25, 0.25, 0.15)
 MOTION_WEIGHTS = (0.25, 0.40, 0.35)
 
 MAX_SPEED = 10 / 3.6  # m/s: parking manoeuvres stay below 10 km/h
-EGO_CLEARANCE = 0.35  # m kept free around the ego footprint along the whole drive
-OBJECT_GAP = 0.10  # m between any two objects (boxes), so footprints never touch
 COVER = 16.0  # m of populated world around the ego path on every side (8 m of BEV plus margin)
-
-def _rect(x: float, y: float, yaw: float, length: float, width: float) -> np.ndarray:
-    return Box(x, y, yaw, length, width, 0.0, 0.0).footprint()
-
-
-def _corridor(points: np.ndarray, half_width: float) -> np.ndarray:
-    """(S, 4, 2) rectangles covering a polyline widened by half_width (ends included)."""
-    a, b = points[:-1], points[1:]
-    mid, d = (a + b) / 2, b - a
-    rects = [_rect(m[0], m[1], math.atan2(v[1], v[0]), float(np.hypot(*v)) + 2 * half_width, 2 * half_width)
-             for m, v in zip(mid, d, strict=True)]
-    return np.stack(rects)
-
-
-def ego_swept(path: EgoPath, vehicle: VehicleBody, margin: float, step: float = 0.1) -> np.ndarray:
-    """(K, 4, 2) ego footprints grown by `margin`: one every `step` metres (or 0.05 rad) along the path, and
-    every pose where the drive turns from forwards to backwards (the extremes of a manoeuvre)."""
-    corners = np.array([[vehicle.x_max + margin, vehicle.width / 2 + margin],
-                        [vehicle.x_max + margin, -vehicle.width / 2 - margin],
-                        [vehicle.x_min - margin, -vehicle.width / 2 - margin],
-                        [vehicle.x_min - margin, vehicle.width / 2 + margin]])
-    p = np.array([(q.x, q.y, q.yaw) for q in path.poses])
-    d = np.diff(p[:, :2], axis=0)
-    along = d[:, 0] * np.cos(p[:-1, 2]) + d[:, 1] * np.sin(p[:-1, 2])
-    moving = np.sign(along[np.abs(along) > 1e-6])
-    idx = np.nonzero(np.abs(along) > 1e-6)[0]
-    turns = set((idx[1:][moving[1:] != moving[:-1]]).tolist())
-    keep, last = [], None
-    for i, q in enumerate(p):
-        if last is None or i in turns or math.hypot(q[0] - last[0], q[1] - last[1]) >= step or \
-                abs(q[2] - last[2]) >= 0.05:
-            keep.append(i)
-            last = q
-    if keep[-1] != len(p) - 1:
-        keep.append(len(p) - 1)
-    c, s = np.cos(p[keep, 2])[:, None], np.sin(p[keep, 2])[:, None]
-    return np.stack([p[keep, 0:1] + c * corners[:, 0] - s * corners[:, 1],
-                     p[keep, 1:2] + s * corners[:, 0] + c * corners[:, 1]], -1)
-
-
-class _Layout:
-    """The objects placed so far and the space they, their walks and the ego's drive take."""
-
-    def __init__(self, rng: np.random.Generator, ego: EgoPath, vehicle: VehicleBody):
-        self.rng = rng
-        self.objects: list[SceneObject] = []
-        self._rects = ego_swept(ego, vehicle, EGO_CLEARANCE)
-        self._update()
-
-    def _update(self):
-        self._lo, self._hi = self._rects.min(1), self._rects.max(1)
-
-    def fits(self, rects: np.ndarray) -> bool:
-        """Whether (k, 4, 2) rectangles overlap nothing placed (separating-axis test after a bounding-box cull)."""
-        for r in rects:
-            lo, hi = r.min(0), r.max(0)
-            near = np.nonzero(np.all((self._lo < hi) & (self._hi > lo), axis=1))[0]
-            if near.size and _any_overlap(r, self._rects[near]):
-                return False
-        return True
-
-    def place(self, make: Callable[[int], SceneObject], sweep: np.ndarray | None = None) -> SceneObject | None:
-        """Build the object with the next id and keep it if it (or its walking corridor `sweep`) fits."""
-        obj = make(len(self.objects) + 1)
-        b = obj.box
-        rects = _rect(b.x, b.y, b.yaw, b.length + OBJECT_GAP, b.width + OBJECT_GAP)[None] if sweep is None else sweep
-        if not self.fits(rects):
-            return None
-        self._rects = np.concatenate([self._rects, rects])
-        self._update()
-        self.objects.append(obj)
-        return obj
-
-    def place_first(self, makers: Sequence[Callable[[int], SceneObject]]) -> SceneObject | None:
-        for make in makers:
-            obj = self.place(make)
-            if obj is not None:
-                return obj
-        return None
-
-    def walker(self, x: float, y: float, to: Sequence[tuple[float, float]], child: bool = False) -> SceneObject | None:
-        """A pedestrian walking from (x, y) through `to` and back, if the whole walk is clear."""
-        speed = self.rng.uniform(0.8, 1.5) * (0.85 if child else 1.0)
-        pts = np.array([(x, y), *to])
-        d = pts[1] - pts[0]
-        seed = self.rng.integers(2**31)
-
-        def make(oid):
-            return make_pedestrian(oid, x, y, math.atan2(d[1], d[0]), np.random.default_rng(seed), child, to, speed)
-
-        probe = make(0).box
-        return self.place(make, _corridor(pts, math.hypot(probe.length, probe.width) / 2 + OBJECT_GAP / 2))
-
-
-def _any_overlap(a: np.ndarray, bs: np.ndarray) -> bool:
-    """Whether rectangle (4, 2) `a` overlaps any of (M, 4, 2) rectangles `bs` (separating axes)."""
-    sep = np.zeros(len(bs), bool)
-    for axes in (np.broadcast_to(a[1:3] - a[0:2], (len(bs), 2, 2)), bs[:, 1:3] - bs[:, 0:2]):
-        for k in (0, 1):
-            ax = axes[:, k]
-            pa = np.einsum("vd,md->mv", a, ax)
-            pb = np.einsum("mvd,md->mv", bs, ax)
-            sep |= (pa.max(1) <= pb.min(1)) | (pb.max(1) <= pa.min(1))
-    return bool((~sep).any())
-
 
 # --- scene assembly -------------------------------------------------------------------------------------
 
@@ -219,7 +113,7 @@ def _band(x0: float, x1: float, y0: float, y1: float) -> tuple[tuple[float, floa
     return ((x0, y0), (x1, y0), (x1, y1), (x0, y1))
 
 
-def _people(lay: _Layout, spots: Sequence[tuple[float, float]], lanes: Sequence[float], x_range: tuple[float, float],
+def _people(lay: Layout, spots: Sequence[tuple[float, float]], lanes: Sequence[float], x_range: tuple[float, float],
             n_walk: int, n_stand: int, child_p: float = 0.3) -> None:
     """Walkers along lanes y = const within x_range, and people standing at some of `spots`."""
     rng = lay.rng
@@ -284,7 +178,7 @@ class _Row:
             out.append(Marking(a, self.entrance, a + c * self.length, self.entrance + s * self.length, 0.12, rgb))
         return out
 
-    def car(self, lay: _Layout, xe: float, rng: np.random.Generator) -> SceneObject | None:
+    def car(self, lay: Layout, xe: float, rng: np.random.Generator) -> SceneObject | None:
         """A car parked in the bay at entrance xe: nose in or reversed in, a little off centre."""
         style = str(rng.choice(list(CAR_STYLES), p=STYLE_WEIGHTS))
         L, W = CAR_STYLES[style][:2]
@@ -327,7 +221,7 @@ def _bays_scene(kind: str, motion: str, duration: float, rng: np.random.Generato
         ego = _reverse_perpendicular(target, veh, duration, rng, aisle_half=a)
     x_lo, x_hi, _, _ = _extent(ego)
     x_lo, x_hi = x_lo - COVER, x_hi + COVER
-    lay = _Layout(rng, ego, veh)
+    lay = Layout(rng, ego, veh)
     height = rng.uniform(2.4, 2.7) if garage else None
     rows = [target, _Row(-a, -1, depth, width, rng.uniform(0, width))]
     if not garage and rng.random() < 0.3:  # an angled row across the aisle (one-way traffic)
@@ -465,7 +359,7 @@ def _weighted(rng: np.random.Generator, names: Sequence[str], weights: Sequence[
     return str(names[int(rng.choice(len(names), p=w / w.sum()))])
 
 
-def _fill_parallel(lay: _Layout, y_kerb: float, side: int, yaw: float, x_lo: float, x_hi: float,
+def _fill_parallel(lay: Layout, y_kerb: float, side: int, yaw: float, x_lo: float, x_hi: float,
                    rng: np.random.Generator) -> None:
     """Cars parked nose to tail along a kerb at y_kerb (their kerb side 0.15-0.35 m off it, on the `side` of
     the kerb towards the road), with the gaps of a real street; each car slides on until it fits."""
@@ -486,7 +380,7 @@ def _fill_parallel(lay: _Layout, y_kerb: float, side: int, yaw: float, x_lo: flo
             x += 3.0
 
 
-def _buildings(lay: _Layout, y_face: float, side: int, x_lo: float, x_hi: float, rng: np.random.Generator) -> None:
+def _buildings(lay: Layout, y_face: float, side: int, x_lo: float, x_hi: float, rng: np.random.Generator) -> None:
     """Building fronts along x with their faces at y_face, extending away (`side`) from the street."""
     x = x_lo
     shop = Material((0.15, 0.2, 0.25), "glass", 0.8, 0.95)
@@ -526,7 +420,7 @@ def _street_scene(motion: str, duration: float, rng: np.random.Generator, rig: R
             y_park += wanted - lowest + 0.01
     x_lo, x_hi, _, _ = _extent(ego)
     x_lo, x_hi = x_lo - COVER, x_hi + COVER
-    lay = _Layout(rng, ego, veh)
+    lay = Layout(rng, ego, veh)
     lights: list[Light] = []
     h_kerb = rng.uniform(0.12, 0.15)
     lay.place(lambda oid: make_curb(oid, x_lo, kerb_r - 0.075, x_hi, kerb_r - 0.075, h_kerb))
@@ -618,7 +512,7 @@ def _driveway_scene(motion: str, duration: float, rng: np.random.Generator, rig:
         ego = _reverse_perpendicular(row, veh, duration, rng, aisle_half=road)
     x_lo, x_hi, _, _ = _extent(ego)
     x_lo, x_hi = x_lo - COVER, x_hi + COVER
-    lay = _Layout(rng, ego, veh)
+    lay = Layout(rng, ego, veh)
     # The house and its neighbours, garden walls or kerbs along the property line, a gap for the driveway.
     h0, h1 = lo - rng.uniform(3.0, 7.0), hi + rng.uniform(3.0, 7.0)
     door_w = wd - 0.6 if double else rng.uniform(2.4, min(2.9, wd - 0.3))
