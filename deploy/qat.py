@@ -1,6 +1,6 @@
 """Quantisation-aware fine-tuning as a deploy method ('qat'; 'qat-int8', 'qat-int4', 'qat-ternary'): a float model
-fake-quantised with perception.qat, fine-tuned on drive logs, exported as QDQ ONNX (int8 weight initialisers +
-DequantizeLinear, 8-bit QuantizeLinear/DequantizeLinear activation pairs) that onnxruntime runs."""
+fake-quantised with perception.qat, fine-tuned on drive logs, exported into int8-ptq's QDQ graph for onnxruntime on
+CPUs with the learnt weight levels and scales (int8 initialisers + DequantizeLinear) and uint8 activations."""
 
 from __future__ import annotations
 
@@ -99,46 +99,94 @@ def finetune(model, config, data: str | Path, weights: str, steps: int, calib_fr
     return model.eval(), state
 
 
-def export_qat(model, state, config, out: Path) -> dict[str, str]:
-    """Write the fake-quantised MODEL as QDQ ONNX to OUT: weights as int8 initialisers + per-channel
-    DequantizeLinear, activations as the QuantizeLinear/DequantizeLinear pairs torch.onnx makes of the fake
-    quantisers. MODEL's weights are baked in place (plain parameters on the quantisation grid; the activation
-    quantisers stay, so MODEL still computes what the file does). Returns parameter name -> weight scheme."""
+def export_qat(model, state, config, out: Path, data: str | Path, calib_frames: int,
+               calibration: str = "minmax") -> dict[str, str]:
+    """Write the fine-tuned MODEL to OUT as the same QDQ graph int8-ptq makes for onnxruntime on CPUs (so it runs in
+    the same fused int8 kernels: quantised residual adds, Relu folded into the quantisation, the same float layers),
+    with the weights QAT learnt: every weight is stored as its int8 levels of the QAT scheme and per-channel scale
+    (DequantizeLinear; int4 and ternary levels in int8 containers) and the int32 biases are re-scaled to match.
+    Activation ranges come from CALIBRATION over CALIB_FRAMES frames of DATA's drives, at the places that graph
+    quantises (QAT's own quantisers sit at every convolution's input and output, which onnxruntime does not fuse:
+    that export ran no faster than FP32). MODEL's weights are baked in place and its activation quantisers switched
+    off (it is the float model of the file's weights). Returns parameter name -> weight scheme."""
     import onnx
-    from onnx import helper, numpy_helper
 
-    from deploy.export import export_onnx
+    from deploy.export import export_onnx, input_shapes
+    from deploy.quantize import calibration_frames, quantize_onnx
     from perception.qat import bake_weights
 
     # In place: a deep copy would share the parametrized classes, and removing them there breaks the original.
     baked = bake_weights(model, state)
+    state.enable(False)
     schemes = {f"{n}.weight": s for n, s in state.weights.items()}
     with tempfile.TemporaryDirectory(prefix="nearfield-qat-") as tmp:
-        path = export_onnx(model, config, Path(tmp) / "qat.onnx")
-        proto = onnx.load(str(path))
-    g = proto.graph
-    inits = {i.name: i for i in g.initializer}
-    missing = [n for n in baked if n not in inits]
-    if missing:
-        raise DeployError(f"qat export: weight(s) {', '.join(missing[:5])} are not initialisers of the exported "
-                          "graph (renamed or folded by the exporter); cannot store them as int8")
-    dq_nodes = []
-    for name, (levels, scale) in baked.items():
-        init = inits[name]
-        g.initializer.remove(init)
-        q = levels.numpy().astype(np.int8)
-        g.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
-                              numpy_helper.from_array(scale.numpy().astype(np.float32), f"{name}_scale"),
-                              numpy_helper.from_array(np.zeros(q.shape[0], np.int8), f"{name}_zero_point")])
-        dq_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
-                                         [name], name=f"{name}_DequantizeLinear", axis=0))
-    for node in reversed(dq_nodes):  # before their consumers: the graph stays topologically sorted
-        g.node.insert(0, node)
+        fp = export_onnx(model, config, Path(tmp) / "float.onnx")
+        frames = calibration_frames(data, config.bev, calib_frames, list(input_shapes(fp)))
+        quantize_onnx(fp, Path(tmp) / "qdq.onnx", frames, "cpu", calibration)
+        proto = onnx.load(str(Path(tmp) / "qdq.onnx"))
+    set_weight_levels(proto, {n: (levels.numpy(), scale.numpy()) for n, (levels, scale) in baked.items()})
     onnx.checker.check_model(proto)
     tmp_out = out.with_suffix(".part")
     onnx.save_model(proto, str(tmp_out))
     tmp_out.replace(out)
     return schemes
+
+
+def set_weight_levels(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Store each weight of WEIGHTS (initialiser name -> (int8 levels (O, ...), per-channel scale (O,))) in PROTO
+    (an onnx ModelProto, in place) as exactly those levels and scales: a weight onnxruntime quantised gets its
+    int8 tensor and scale replaced and the int32 biases of its convolutions re-scaled (bias scale = input scale x
+    weight scale); a weight left float (a layer kept float) becomes int8 + DequantizeLinear. DeployError if a
+    weight is in neither form."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def put(name: str, array: np.ndarray) -> None:
+        inits[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    quantised = {n.input[0]: n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    missing, dq_nodes, rescaled = [], [], set()
+    for name, (levels, scale) in weights.items():
+        q = levels.astype(np.int8)
+        scale = scale.astype(np.float32)
+        dq = quantised.get(f"{name}_quantized")
+        if dq is not None:
+            old_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+            put(dq.input[0], q)
+            put(dq.input[1], scale)
+            put(dq.input[2], np.zeros(q.shape[0], np.int8))
+            for conv in readers.get(dq.output[0], []):
+                bias_dq = producer.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+                if bias_dq is None or bias_dq.op_type != "DequantizeLinear" or bias_dq.input[0] in rescaled:
+                    continue
+                b_int = numpy_helper.to_array(inits[bias_dq.input[0]]).astype(np.float64)
+                b_scale = numpy_helper.to_array(inits[bias_dq.input[1]]).astype(np.float64)
+                new_scale = (b_scale / old_scale * scale).astype(np.float32)  # input scale x the new weight scale
+                put(bias_dq.input[0], np.round(b_int * b_scale / new_scale).astype(np.int32))
+                put(bias_dq.input[1], new_scale)
+                rescaled.add(bias_dq.input[0])
+        elif name in inits and inits[name].data_type == TensorProto.FLOAT:
+            g.initializer.remove(inits[name])
+            g.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
+                                  numpy_helper.from_array(scale, f"{name}_scale"),
+                                  numpy_helper.from_array(np.zeros(q.shape[0], np.int8), f"{name}_zero_point")])
+            dq_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale",
+                                                                  f"{name}_zero_point"], [name],
+                                             name=f"{name}_DequantizeLinear", axis=0))
+        else:
+            missing.append(name)
+    if missing:
+        raise DeployError(f"qat export: weight(s) {', '.join(missing[:5])} are neither float initialisers nor "
+                          "quantised ones of the exported graph (renamed or folded); cannot store their levels")
+    for node in reversed(dq_nodes):  # before their consumers: the graph stays topologically sorted
+        g.node.insert(0, node)
 
 
 NOTES = {
@@ -164,7 +212,7 @@ def _qat(source: str, out: str, data: str | None, options: dict[str, Any], manif
     seed = option(options, "seed", 0, int, 0, 2**31, name)
     qmodel, state = finetune(model, config, data, weights, steps, calib, lr, batch, seed, options.get("threads"))
     path = output_path(out, manifest)
-    schemes = export_qat(qmodel, state, config, path)
+    schemes = export_qat(qmodel, state, config, path, data, calib)
     eight = sorted(n for n, s in schemes.items() if s == "int8") if weights != "int8" else []
     opts = {"weights": weights, "steps": steps, "calib_frames": calib, "lr": lr, "batch_size": batch,
             "data": str(data), "activations": "quint8-per-tensor", "layers_at_8_bits": eight}
