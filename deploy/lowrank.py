@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deploy.compress import load_torch_model, method, option, output_path, register_output, resolve_source
+from deploy.compress import Source, load_torch_model, method, option, output_path, register_output, resolve_source
 from deploy.distill import loss_record, set_threads, tune
-from deploy.zoo import MANIFEST, ZooModel
+from deploy.zoo import MANIFEST, ZooModel, read_zoo
 from perception.model import FusionNet
 from sensors.errors import ConfigError
 
@@ -198,31 +198,47 @@ def e2gc_group_sizes(model: FusionNet) -> dict[str, int]:
     return out
 
 
-def register_e2gc(trained: str, out: str, manifest: str | Path = MANIFEST) -> ZooModel:
+def register_e2gc(trained: str, out: str, manifest: str | Path = MANIFEST, baseline: str | None = None) -> ZooModel:
     """Export a trained model with an E2GC constant-group-size backbone into the zoo as method 'e2gc' (the
-    training is `nearfield train` with such a backbone; this records what makes it a compression variant)."""
+    training is `nearfield train` with such a backbone; this records what makes it a compression variant).
+    BASELINE: the zoo model with the fixed-group-count backbone it is compared with (trained the same way); it
+    becomes the entry's parent, so `zoo measure` times the two in the same run and the zoo lists the ratio."""
     src = resolve_source(trained, manifest)
     model, config = load_torch_model(src)
     sizes = e2gc_group_sizes(model)
     if not sizes:
         raise ConfigError(f"e2gc: {trained} uses backbones {config.camera_backbone} / {config.uss_backbone}; train "
                           "one with an E2GC backbone (e.g. camera_backbone = \"resnext50_e2gc_g8\") first")
+    if baseline is not None:
+        zoo = read_zoo(manifest)
+        if baseline not in zoo:
+            raise ConfigError(f"e2gc: --opt baseline={baseline} is not a zoo model ({', '.join(zoo) or 'empty zoo'});"
+                              " export the fixed-group-count model first (nearfield export --model M --register M)")
+        if zoo[baseline].bev != src.bev:
+            raise ConfigError(f"e2gc: baseline {baseline} has another BEV grid or image size than {trained}; the "
+                              "comparison needs the same inputs")
+        src = Source(baseline, src.bev, zoo[baseline], src.trained)
     grouped = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
     from deploy.export import export_onnx
 
     path = export_onnx(model, config, output_path(out, Path(manifest)))
     options = {"group_size": sizes, "camera_backbone": config.camera_backbone, "uss_backbone": config.uss_backbone,
-               "grouped_convs": len(grouped), "params": sum(p.numel() for p in model.parameters())}
+               "grouped_convs": len(grouped), "params": sum(p.numel() for p in model.parameters()),
+               "trained": trained, "baseline": baseline}
     notes = (f"E2GC backbone(s) {', '.join(f'{b}: {g} channels per group' for b, g in sizes.items())} (constant "
              "group size instead of a constant group count; arXiv 2006.15100)")
+    if baseline is not None:
+        notes += f"; parent = the fixed-group-count model it is compared with ({baseline}), trained the same way"
     return register_output(out, path, src, "e2gc", "any", options, notes, Path(manifest))
 
 
 @method("e2gc")
 def e2gc_method(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
-    """`nearfield compress --method e2gc --from TRAINED`: the zoo entry of a trained E2GC model (nothing is changed)."""
+    """`nearfield compress --method e2gc --from TRAINED [--opt baseline=ZOO_MODEL]`: the zoo entry of a trained E2GC
+    model (nothing is changed), compared with BASELINE, the fixed-group-count model trained the same way."""
     set_threads(options)
-    return register_e2gc(source, out, manifest)
+    baseline = options.get("baseline")
+    return register_e2gc(source, out, manifest, str(baseline) if baseline is not None else None)
 
 
 __all__ = ["LowRankResult", "e2gc_group_sizes", "e2gc_method", "factorise_conv", "factorise_model", "factorised",

@@ -19,7 +19,7 @@ FRONT = (30, 30, 30)
 # One colour per family of methods (Okabe-Ito), so that a dozen entries stay tellable apart.
 FAMILY_COLOURS = {"fp32": (150, 150, 150), "int8-ptq": (0, 158, 115), "qat": (0, 114, 178),
                   "prune-structured": (230, 159, 0), "prune (unstructured)": (204, 121, 167),
-                  "distill": (86, 180, 233), "lowrank": (213, 94, 0), "other": (240, 228, 66)}
+                  "distill": (86, 180, 233), "lowrank": (213, 94, 0), "e2gc": (240, 228, 66), "other": (90, 90, 90)}
 
 
 def family(method: str) -> str:

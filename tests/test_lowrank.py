@@ -112,3 +112,25 @@ def test_e2gc_models_register_and_others_are_refused(tmp_path):
     assert entry.options["grouped_convs"] > 0 and entry.verified_onnx().is_file()
     with pytest.raises(ConfigError, match="E2GC backbone"):
         register_e2gc(str(run_dir(tmp_path / "plain")), "tiny-plain", tmp_path / "ZOO.toml")
+
+
+def test_e2gc_entry_is_compared_with_its_fixed_group_count_baseline(tmp_path):
+    from deploy.export import input_shapes
+    from deploy.zoo import ZooModel, read_zoo, register
+
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    fixed = TINY.replace(camera_backbone="resnext50_32x4d", camera_width=0.25)
+    path = export_onnx(FusionNet(fixed).eval(), fixed, manifest.parent / "tiny-fixed.onnx")
+    register(ZooModel("tiny-fixed", path, "", "run", "fp32", "any", TINY_BEV, input_shapes(path)), manifest)
+    e2gc = TINY.replace(camera_backbone="resnext50_e2gc_g8", camera_width=0.25)
+    entry = METHODS["e2gc"](str(run_dir(tmp_path / "e2gc", e2gc)), "tiny-e2gc", None, {"baseline": "tiny-fixed"},
+                            manifest)
+    # The baseline is the parent: zoo measure times the two in the same run and lists the ratio.
+    assert (entry.parent, entry.options["baseline"]) == ("tiny-fixed", "tiny-fixed")
+    assert entry.options["trained"] == str(tmp_path / "e2gc") and "tiny-fixed" in entry.notes
+    assert read_zoo(manifest)["tiny-e2gc"].parent == "tiny-fixed"
+    with pytest.raises(ConfigError, match="not a zoo model"):
+        METHODS["e2gc"](str(tmp_path / "e2gc"), "x", None, {"baseline": "nope"}, manifest)
+    other = e2gc.replace(bev=BevConfig(extent=16.0, cell=0.8, heights=(0.25, 0.75), image_size=(64, 48)))
+    with pytest.raises(ConfigError, match="same inputs"):
+        METHODS["e2gc"](str(run_dir(tmp_path / "other", other)), "x", None, {"baseline": "tiny-fixed"}, manifest)
