@@ -151,18 +151,24 @@ def set_weight_levels(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) 
     def put(name: str, array: np.ndarray) -> None:
         inits[name].CopyFrom(numpy_helper.from_array(array, name))
 
-    quantised = {n.input[0]: n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    quantised: dict[str, list] = {}  # int8 initialiser -> the DequantizeLinear nodes reading it
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            quantised.setdefault(n.input[0], []).append(n)
     missing, dq_nodes, rescaled = [], [], set()
     for name, (levels, scale) in weights.items():
         q = levels.astype(np.int8)
         scale = scale.astype(np.float32)
-        dq = quantised.get(f"{name}_quantized")
-        if dq is not None:
+        dqs = quantised.get(f"{name}_quantized", [])
+        for dq in dqs:
+            if dq.input[1] in rescaled:  # a scale shared by several DequantizeLinear nodes: already replaced
+                continue
             old_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
             put(dq.input[0], q)
             put(dq.input[1], scale)
             put(dq.input[2], np.zeros(q.shape[0], np.int8))
-            for conv in readers.get(dq.output[0], []):
+            rescaled.add(dq.input[1])
+            for conv in (r for d in dqs for r in readers.get(d.output[0], [])):
                 bias_dq = producer.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
                 if bias_dq is None or bias_dq.op_type != "DequantizeLinear" or bias_dq.input[0] in rescaled:
                     continue
@@ -172,7 +178,9 @@ def set_weight_levels(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) 
                 put(bias_dq.input[0], np.round(b_int * b_scale / new_scale).astype(np.int32))
                 put(bias_dq.input[1], new_scale)
                 rescaled.add(bias_dq.input[0])
-        elif name in inits and inits[name].data_type == TensorProto.FLOAT:
+        if dqs:
+            continue
+        if name in inits and inits[name].data_type == TensorProto.FLOAT:
             g.initializer.remove(inits[name])
             g.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
                                   numpy_helper.from_array(scale, f"{name}_scale"),
