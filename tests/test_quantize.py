@@ -277,9 +277,15 @@ def test_qat_exports_qdq_onnx_with_the_weight_levels_of_its_scheme(world, weight
     onnx.checker.check_model(str(entry.verified_onnx()))
     g = onnx.load(str(entry.onnx)).graph
     weights_int = int_weights(g)
-    assert len(weights_int) == 60  # every convolution (59 Conv2d and the shared dilated kernel)
     prod = producers(g)
-    assert all(prod[n.input[1]].op_type == "DequantizeLinear" for n in g.node if n.op_type == "Conv")
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    # Int8 weights everywhere but in the convolutions int8-ptq keeps float (the two stems, the neck convolution that
+    # feeds GridSample), which hold float weights.
+    kept = {n for names in float_nodes(onnx.load(str(entry.onnx))).values() for n in names}
+    float_convs = {n.name for n in convs if n.input[1] not in prod}
+    assert float_convs == kept & {n.name for n in convs} and len(float_convs) == 3
+    assert all(prod[n.input[1]].op_type == "DequantizeLinear" for n in convs if n.name not in float_convs)
+    assert len(weights_int) + 3 == 60  # every convolution (59 Conv2d and the shared dilated kernel)
     assert sum(n.op_type == "QuantizeLinear" for n in g.node) > 100  # activation pairs
     outputs = run_onnx(entry.onnx, world["frames"][:2])
     assert all(np.isfinite(o).all() for out in outputs for o in out)
@@ -289,12 +295,17 @@ def test_qat_exports_qdq_onnx_with_the_weight_levels_of_its_scheme(world, weight
         close_to(run_onnx(world["float"], world["frames"][:2]), outputs, rel=0.05)
         return
     assert len(entry.options["layers_at_8_bits"]) == 4  # two backbone stems, the two decoder heads
-    # Stored as int8-ptq stores them: '_quantized' where onnxruntime quantised the layer, '_int8' where it stays float.
-    edge = {f"{n}{suffix}" for n in entry.options["layers_at_8_bits"] for suffix in ("_int8", "_quantized")}
+    edge = {f"{n}_quantized" for n in entry.options["layers_at_8_bits"]}  # the decoder heads
     limit = 16 if weights == "int4" else 3
     low = {n: a for n, a in weights_int.items() if n not in edge}
     assert max(levels_per_channel(a) for a in low.values()) <= limit
-    assert max(levels_per_channel(a) for n, a in weights_int.items() if n in edge) > limit
+    # The stems stay float, holding their 8-bit grid values: more levels than the low-bit layers have.
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    stems = [inits[n.input[1]] for n in convs if n.name in float_convs and "stem" in n.name]
+    assert len(stems) == 2
+    steps = [w / (np.abs(w).reshape(len(w), -1).max(1).reshape(-1, 1, 1, 1) / 127) for w in stems]
+    assert all(np.allclose(st, np.round(st), atol=1e-3) for st in steps)
+    assert max(levels_per_channel(np.round(st)) for st in steps) > limit
     assert "8-bit kernels" in entry.notes
 
 
@@ -312,18 +323,24 @@ def test_qat_file_holds_the_learnt_weights_in_the_int8_ptq_graph(world, tmp_path
     g = onnx.load(str(tmp_path / "q.onnx")).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     params = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    # Every weight in the file dequantises to exactly the weight QAT ended with (int4 levels, QAT's scales).
-    stored = 0
+    # Every weight in the file is exactly the weight QAT ended with (int4 levels, QAT's scales): dequantised for the
+    # quantised layers, the same grid values as float for the layers kept float.
+    prod = producers(g)
+    stored = {}
     for n in g.node:
-        if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0)).ndim == 4:
-            name = n.input[0].removesuffix("_quantized").removesuffix("_int8")
-            w = inits[n.input[0]].astype(np.float32) * inits[n.input[1]].reshape(-1, 1, 1, 1)
-            np.testing.assert_allclose(w, params[name], rtol=1e-6, atol=1e-9)
-            stored += 1
-    assert stored == len(schemes) == 60
+        if n.op_type != "Conv":
+            continue
+        dq = prod.get(n.input[1])
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            stored[dq.input[0].removesuffix("_quantized")] = inits[dq.input[0]].astype(np.float32) * \
+                inits[dq.input[1]].reshape(-1, 1, 1, 1)
+        else:
+            stored[n.input[1]] = inits[n.input[1]]
+    assert set(stored) == set(schemes) and len(stored) == 60
+    for name, w in stored.items():
+        np.testing.assert_allclose(w, params[name], rtol=1e-6, atol=1e-9)
     # int8-ptq's graph: residual adds quantised (both inputs dequantised, the output quantised), which onnxruntime
     # fuses into int8 kernels; the layers int8-ptq keeps float stay float.
-    prod = producers(g)
     readers = {i: n for n in g.node for i in n.input}
     adds = [n for n in g.node if n.op_type == "Add" and all(prod.get(i) is not None for i in n.input)]
     quantised = [n for n in adds if all(prod[i].op_type == "DequantizeLinear" for i in n.input)
