@@ -42,14 +42,18 @@ lint: $(STAMP)
 # data/test one after the other, listed and plotted. About 1.5 h on 2 CPU cores. The E2GC pair it measures comes from
 # `make e2gc` (below).
 COMPRESS := $(BIN)/nearfield compress --from nf-small --data data --threads 2 --no-measure
-ZOO_MODELS := nf-small nf-small-camera nf-small-uss nf-small-int8 nf-small-pruned50 nf-small-distill \
+ZOO_MODELS := nf-small nf-small-camera nf-small-uss nf-small-int8 nf-small-pruned50 nf-small-pruned50-int8 \
+	nf-small-distill nf-small-distill-ens \
 	nf-small-qat-int8 nf-small-lowrank nf-small-magnitude50 nf-small-lamp50 nf-small-random50 nf-small-qat-int4 \
 	nf-small-qat-ternary nf-small-resnext nf-small-e2gc
 
 zoo: $(STAMP)
 	$(COMPRESS) --method int8-ptq --out nf-small-int8 --calib-frames 64
 	$(COMPRESS) --method prune-structured --out nf-small-pruned50 --steps 500 --opt flops_ratio=0.5
+	$(BIN)/nearfield compress --method int8-ptq --from nf-small-pruned50 --out nf-small-pruned50-int8 --data data \
+		--threads 2 --no-measure --calib-frames 64 --opt targets=cpu
 	$(COMPRESS) --method distill --out nf-small-distill --steps 600
+	$(COMPRESS) --method distill --out nf-small-distill-ens --steps 600 --opt teachers=nf-small-resnext,nf-small-e2gc
 	$(COMPRESS) --method qat --out nf-small-qat-int8 --steps 200 --opt weights=int8
 	$(COMPRESS) --method lowrank --out nf-small-lowrank --steps 300 --opt rank_ratio=0.5
 	$(COMPRESS) --method prune-magnitude --out nf-small-magnitude50 --steps 150 --opt sparsity=0.5

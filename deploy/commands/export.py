@@ -72,7 +72,8 @@ def _export(args) -> int:
 
 def zoo_rows(manifest: str | Path) -> list[dict[str, Any]]:
     """One dict per zoo model for `zoo list`: COLUMNS' keys, None where nothing was measured. speedup is the parent's
-    latency over the model's, both timed in the model's own `zoo measure` run (ort_cpu_ratio is its inverse);
+    latency over the model's, both timed in the model's own `zoo measure` run (ort_cpu_ratio is its inverse), with
+    speedup_range over that run's timing rounds when it recorded them;
     size_mb is the sparse weights file's for unstructured pruning (sparse: true; its ONNX holds dense zeros)."""
     from deploy.zoo import read_zoo
 
@@ -80,12 +81,15 @@ def zoo_rows(manifest: str | Path) -> list[dict[str, Any]]:
     for name, m in read_zoo(manifest).items():
         params = m.metrics.get("params")
         ratio = m.metrics.get("ort_cpu_ratio")
+        spread = m.metrics.get("ort_cpu_ratio_range")
         rows.append({"name": name, "method": m.method, "target": m.target, "parent": m.parent,
                      "params_m": params / 1e6 if isinstance(params, int | float) else None,
                      "size_mb": (m.options["sparse_size_mb"] if "sparse_size_mb" in m.options
                                  else m.size_bytes / 1e6 if m.onnx.is_file() else None),
                      "sparse": "sparse_size_mb" in m.options,
                      "speedup": 1 / ratio if isinstance(ratio, int | float) and ratio > 0 else None,
+                     "speedup_range": ([1 / spread[1], 1 / spread[0]] if isinstance(spread, list) and len(spread) == 2
+                                       and all(isinstance(v, int | float) and v > 0 for v in spread) else None),
                      "gflops": m.metrics.get("gflops", _gflops(m)),
                      **{k: m.metrics.get(k) for k in ("test_miou", "test_miou_night", "ort_cpu_ms")}})
     return rows
@@ -114,6 +118,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
     def row(r: dict[str, Any]) -> list[Any]:
         cells = [cell(k, r[k]) for _, k in COLUMNS]
+        if r.get("speedup") is not None and r.get("speedup_range"):  # the slowest and fastest timing round
+            cells[[k for _, k in COLUMNS].index("speedup")] += " ({:.2f}–{:.2f})".format(*r["speedup_range"])
         if r.get("sparse") and r.get("size_mb") is not None:
             cells[[k for _, k in COLUMNS].index("size_mb")] += " *"
         return cells
