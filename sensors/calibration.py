@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sensors.errors import CalibrationError
-from sensors.geometry import matrix_to_quat, quat_to_matrix
+from sensors.geometry import matrix_to_quat, quat_to_matrix, vector_norm
 
 DEFAULT_FOV_DEG = 190.0
 
@@ -319,7 +319,7 @@ def camera_from_dict(data: dict[str, Any], source: str = "<calibration>", name: 
     name = name or str(data.get("name", Path(source).stem))
 
     q = _vector(extr, "quaternion", 4, source, "extrinsic")
-    qn = float(np.linalg.norm(q))
+    qn = vector_norm(q)
     if abs(qn - 1.0) > 1e-3:
         raise CalibrationError(f"{source}: field 'extrinsic.quaternion' is not a unit quaternion (norm {qn:.6f})")
     t = _vector(extr, "translation", 3, source, "extrinsic")

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+
+def vector_norm(v) -> float:
+    """Euclidean norm of a short vector, correctly rounded and so the same on every CPU (numpy's 1-D norm goes through
+    the BLAS dot product, whose summation order depends on the CPU: a calibration written on an AMD EPYC differed in
+    the last bit from the same one written on an Intel Xeon)."""
+    return math.sqrt(math.fsum(float(x) * float(x) for x in v))
 
 
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
@@ -36,7 +44,7 @@ def matrix_to_quat(R: np.ndarray) -> np.ndarray:
         s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
         q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
     q = np.array(q)
-    q /= np.linalg.norm(q)
+    q /= vector_norm(q)
     return q if q[3] >= 0 else -q
 
 

@@ -84,8 +84,8 @@ def test_records_round_trip_exactly(written):
 def test_the_file_describes_itself(written, rig):
     path, _ = written
     with LogReader(path) as reader:
-        # The calibration read back: equal to the last bits (matrix -> quaternion -> matrix rounds differently from
-        # one CPU's numpy kernels to another's: 1 ulp was seen on an AMD EPYC).
+        # The calibration read back, to the last bits: quaternion -> matrix -> quaternion is not idempotent to the
+        # bit (1 ulp apart on an AMD EPYC; equal by chance on an Intel Xeon).
         got, want = reader.rig.cameras["FV"].to_dict(), rig.cameras["FV"].to_dict()
         assert got.keys() == want.keys() and got["intrinsic"] == want["intrinsic"]
         for key in ("quaternion", "translation"):
