@@ -12,7 +12,7 @@ from deploy.export import export_onnx, input_shapes  # noqa: E402
 from deploy.flops import onnx_flops  # noqa: E402
 from deploy.prune import count_flops, prune_structured  # noqa: E402
 from deploy.zoo import ZooModel, register, update_metrics  # noqa: E402
-from deploy.zoo_plot import FAMILY_COLOURS, ZooPoint, family, pareto_front, plot_zoo  # noqa: E402
+from deploy.zoo_plot import FAMILY_COLOURS, ZooPoint, family, pareto_front, plot_zoo, zoo_points  # noqa: E402
 from perception.bev_config import BevConfig  # noqa: E402
 from perception.model import FusionNet, load_model_config  # noqa: E402
 from sensors.errors import ConfigError  # noqa: E402
@@ -99,3 +99,22 @@ def test_zoo_plot_command_leaves_out_unmeasured_models(tiny, tmp_path, capsys):
     assert main(["zoo", "--manifest", str(manifest), "plot", str(out)]) == 0
     said = capsys.readouterr().out
     assert "1 model(s)" in said and "left out: tiny-b" in said and out.is_file()
+
+
+def test_derived_models_sit_at_their_parents_latency_over_the_same_run_speedup():
+    rows = [
+        {"name": "root", "method": "fp32", "parent": "root", "test_miou": 0.2, "ort_cpu_ms": 20.0, "speedup": None},
+        # Its own run drifted (30 ms for a 2x speed-up over a 20 ms root): placed at 20 / 2 = 10 ms.
+        {"name": "child", "method": "prune-structured", "parent": "root", "test_miou": 0.19, "ort_cpu_ms": 30.0,
+         "speedup": 2.0},
+        {"name": "grandchild", "method": "int8-ptq", "parent": "child", "test_miou": 0.18, "ort_cpu_ms": 9.0,
+         "speedup": 1.25},
+        # A parent outside the zoo, or no ratio: its own ms.
+        {"name": "orphan", "method": "distill", "parent": "elsewhere", "test_miou": 0.1, "ort_cpu_ms": 7.0,
+         "speedup": 3.0},
+        {"name": "unmeasured", "method": "qat-int8", "parent": "root", "test_miou": None, "ort_cpu_ms": None,
+         "speedup": None},
+    ]
+    points, missing = zoo_points(rows)
+    assert {p.name: p.latency_ms for p in points} == {"root": 20.0, "child": 10.0, "grandchild": 8.0, "orphan": 7.0}
+    assert missing == ["unmeasured"]

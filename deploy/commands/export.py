@@ -152,6 +152,7 @@ def _plot(args) -> int:
     machines = sorted({m.metrics["measured_on"] for m in read_zoo(_manifest(args)).values()
                        if "measured_on" in m.metrics and m.name in {p.name for p in points}})
     lines = [*(f"measured on {m}" for m in machines[:1]),
+             "a model with a parent in the zoo: the parent's ms / its speed-up timed in the same run",
              *([f"not measured, left out: {', '.join(missing)}"] if missing else [])]
     plot_zoo(points, args.out, footnote="\n".join(lines))
     note = "; ".join(lines)
