@@ -156,30 +156,27 @@ def set_weight_levels(proto, weights: dict[str, tuple[np.ndarray, np.ndarray]]) 
     for n in g.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in inits:
             quantised.setdefault(n.input[0], []).append(n)
-    missing, rescaled = [], set()
+    missing, rescaled_biases = [], set()
     for name, (levels, scale) in weights.items():
         q = levels.astype(np.int8)
         scale = scale.astype(np.float32)
         dqs = quantised.get(f"{name}_quantized", [])
-        for dq in dqs:
-            if dq.input[1] in rescaled:  # a scale shared by several DequantizeLinear nodes: already replaced
-                continue
-            old_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-            put(dq.input[0], q)
-            put(dq.input[1], scale)
-            put(dq.input[2], np.zeros(q.shape[0], np.int8))
-            rescaled.add(dq.input[1])
-            for conv in (r for d in dqs for r in readers.get(d.output[0], [])):
-                bias_dq = producer.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-                if bias_dq is None or bias_dq.op_type != "DequantizeLinear" or bias_dq.input[0] in rescaled:
-                    continue
-                b_int = numpy_helper.to_array(inits[bias_dq.input[0]]).astype(np.float64)
-                b_scale = numpy_helper.to_array(inits[bias_dq.input[1]]).astype(np.float64)
-                new_scale = (b_scale / old_scale * scale).astype(np.float32)  # input scale x the new weight scale
-                put(bias_dq.input[0], np.round(b_int * b_scale / new_scale).astype(np.int32))
-                put(bias_dq.input[1], new_scale)
-                rescaled.add(bias_dq.input[0])
         if dqs:
+            old_scale = numpy_helper.to_array(inits[dqs[0].input[1]]).astype(np.float64)
+            put(f"{name}_quantized", q)
+            for dq in dqs:
+                put(dq.input[1], scale)
+                put(dq.input[2], np.zeros(q.shape[0], np.int8))
+                for conv in readers.get(dq.output[0], []):
+                    bias_dq = producer.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+                    if bias_dq is None or bias_dq.op_type != "DequantizeLinear" or bias_dq.input[0] in rescaled_biases:
+                        continue
+                    b_int = numpy_helper.to_array(inits[bias_dq.input[0]]).astype(np.float64)
+                    b_scale = numpy_helper.to_array(inits[bias_dq.input[1]]).astype(np.float64)
+                    new_scale = (b_scale / old_scale * scale).astype(np.float32)  # input scale x new weight scale
+                    put(bias_dq.input[0], np.round(b_int * b_scale / new_scale).astype(np.int32))
+                    put(bias_dq.input[1], new_scale)
+                    rescaled_biases.add(bias_dq.input[0])
             continue
         if name in inits and inits[name].data_type == TensorProto.FLOAT:
             # A layer kept float keeps a float weight (its grid values): behind a DequantizeLinear, onnxruntime

@@ -144,14 +144,12 @@ def plot_zoo(points: Sequence[ZooPoint], out_png: str | Path, title: str = "", f
     cv2.putText(img, "test mIoU", (8, top - 10), font, 0.45, ink, 1, aa)
 
     front = pareto_front(points)
-    for a, b in pairwise(front):  # a staircase: each model holds its mIoU until the next
-        pa, pb = px(a.latency_ms, 100 * a.miou), px(b.latency_ms, 100 * b.miou)
-        cv2.line(img, pa, (pb[0], pa[1]), FRONT, 1, aa)
-        cv2.line(img, (pb[0], pa[1]), pb, FRONT, 1, aa)
     centres = {p.name: px(p.latency_ms, 100 * p.miou) for p in points}
     front_line = []  # points along the staircase, which labels keep off too
-    for a, b in pairwise(front):
-        (ax, ay), (bx, by) = px(a.latency_ms, 100 * a.miou), px(b.latency_ms, 100 * b.miou)
+    for a, b in pairwise(front):  # a staircase: each model holds its mIoU until the next
+        (ax, ay), (bx, by) = centres[a.name], centres[b.name]
+        cv2.line(img, (ax, ay), (bx, ay), FRONT, 1, aa)
+        cv2.line(img, (bx, ay), (bx, by), FRONT, 1, aa)
         front_line += [(int(x), ay) for x in np.arange(ax, bx, 6)] + [(bx, int(y)) for y in np.arange(by, ay, 6)]
     for p in points:
         if p in front:

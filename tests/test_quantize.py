@@ -346,7 +346,7 @@ def test_qat_file_holds_the_learnt_weights_in_the_int8_ptq_graph(world, tmp_path
     quantised = [n for n in adds if all(prod[i].op_type == "DequantizeLinear" for i in n.input)
                  and readers[n.output[0]].op_type == "QuantizeLinear"]
     assert len(quantised) >= 8  # the residual adds of both ResNet-18 encoders
-    assert {n.op_type for n in g.node if n.op_type == "GridSample" for _ in [0]} == {"GridSample"}
+    assert any(n.op_type == "GridSample" for n in g.node)
     assert all(prod[i].op_type != "DequantizeLinear" for n in g.node if n.op_type == "GridSample" for i in n.input[:2])
     # The int32 biases were re-scaled to the new weight scales: onnxruntime's int8 convolution reads them as steps of
     # input scale x weight scale (int4 scales are 127/7 x int8's; on nf-small, unscaled biases left 62 % of the

@@ -201,20 +201,20 @@ def test_bench_ops_profiles_every_model_on_the_same_frames(zoo, night_log, capsy
 
 
 class _Clock:
-    """A fake backend whose run takes its cost (ms) x the shared LOAD, and logs who ran when."""
+    """A fake backend whose run takes COST ms and logs who ran when."""
 
-    def __init__(self, name, cost, load, calls):
-        self.name, self.cost, self.load, self.calls = name, cost, load, calls
+    def __init__(self, name, cost, calls):
+        self.name, self.cost, self.calls = name, cost, calls
         self.input_names = ["x"]
 
     def run(self, feed):
         self.calls.append(self.name)
-        time.sleep(self.cost * self.load[0] / 1000)
+        time.sleep(self.cost / 1000)
 
 
 def test_timing_rounds_alternate_and_the_ratio_cancels_a_load_change():
-    calls, load = [], [1.0]
-    a, b = _Clock("a", 2.0, load, calls), _Clock("b", 4.0, load, calls)
+    calls = []
+    a, b = _Clock("a", 2.0, calls), _Clock("b", 4.0, calls)
     times = time_blocks([a, b], [{"x": 0}, {"x": 1}], rounds=3)
     # An untimed pass each, then blocks a b | b a | a b: neither always runs right after the other.
     assert calls == list("aabb" + "aabb" + "bbaa" + "aabb")
