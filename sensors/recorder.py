@@ -141,8 +141,9 @@ class Recorder(LogWrites):
     def _signals_deferred(self):
         """Hold the handled signals back while the main thread is inside a queue operation: Python runs a signal
         handler between any two bytecodes, and one that ran while put() held the queue's (non-reentrant) mutex
-        deadlocked in its own put(_STOP) (a SIGTERM test hung about one run in six). Blocked, the signal is
-        delivered as soon as the operation is done."""
+        deadlocked in its own put(_STOP) (a SIGTERM test hung in 1 of 27 runs of a stress loop). Blocked, the signal
+        is delivered as soon as the operation is done (for a put that waits on a full queue: once the writer has made
+        room). Two system calls per message, only in the main thread and only with the handlers installed."""
         signals = set(self._previous_handlers)
         if not signals or threading.current_thread() is not threading.main_thread() \
                 or not hasattr(signal, "pthread_sigmask"):
