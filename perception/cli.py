@@ -23,6 +23,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     t.add_argument("--warmup", type=float, help="share of the steps spent warming up (0.05 cosine, 0.3 one-cycle)")
     t.add_argument("--no-augment", action="store_true", help="no photometric jitter or camera/USS dropout")
     t.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm running statistics fixed")
+    t.add_argument("--train-split", nargs="+", default=["train"], metavar="FOLDER",
+                   help="training folders under --data (default: train), e.g. train train-street")
+    t.add_argument("--init", metavar="MODEL|RUN_DIR",
+                   help="fine-tune: start from a trained model's weights (the same network; fresh optimizer)")
+    t.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
+                   help="override a [train] field of the config, e.g. train.lr=5e-4 train.camera_dropout=0.2")
     t.set_defaults(func=_train)
 
     e = commands.add_parser("eval", help="score a trained model on drive logs: IoU, mIoU by condition, recall, "
@@ -48,6 +54,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     r.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
                    help="storage precision of the weights file (loading casts to float32)")
     r.add_argument("--manifest", help="manifest to add it to (default: perception/weights/MODELS.toml)")
+    r.add_argument("--file", metavar="STEM", help="weights and config file names beside the manifest (default: the "
+                   "name; a new revision of a model gets files of its own, e.g. nf-small-r2)")
     r.set_defaults(func=_register_model)
 
     bt = bench.add_parser("train", help="training samples per second (synthetic batches, no data loading)")
@@ -69,17 +77,22 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
 
 def _train(args) -> int:
-    from perception.model import load_model_config
+    from perception.model import load_model_config, override_train
     from perception.train import TrainOptions, init_processes, train_from_dir
     from sensors.errors import ConfigError
 
     if args.config is None and not args.resume:
         raise ConfigError("train: --config is needed for a new run (nf-small, nf-small-camera, ... or a TOML path)")
     config = load_model_config(args.config) if args.config else None
+    if args.set:
+        if config is None:
+            raise ConfigError("train: --set needs --config (a resumed run keeps its own config.toml)")
+        config = override_train(config, args.set)
     options = TrainOptions(device=args.device, epochs=args.epochs, max_steps=args.max_steps, resume=args.resume,
                            threads=args.threads, amp=args.amp, num_workers=args.workers, schedule=args.schedule,
-                           warmup=args.warmup, augment=not args.no_augment, freeze_bn=args.freeze_bn)
-    result = train_from_dir(config, args.data, args.out, options)
+                           warmup=args.warmup, augment=not args.no_augment, freeze_bn=args.freeze_bn,
+                           init=args.init)
+    result = train_from_dir(config, args.data, args.out, options, train_splits=args.train_split)
     if init_processes(args.device).main:
         best = "–" if result.best_miou is None else f"{100 * result.best_miou:.1f}%"
         print(f"{result.run_dir}: {result.steps} steps, best validation mIoU {best}")
@@ -139,7 +152,7 @@ def _register_model(args) -> int:
     from perception.registry import MANIFEST, register_trained
 
     manifest = args.manifest or MANIFEST
-    entry = register_trained(args.run_dir, args.name, args.data, manifest, args.dtype)
+    entry = register_trained(args.run_dir, args.name, args.data, manifest, args.dtype, stem=args.file)
     miou = "–" if entry.val_miou is None else f"{100 * entry.val_miou:.1f}%"
     print(f"{manifest}: {entry.name} -> {entry.weights.name} ({entry.dtype}, sha256 {entry.sha256[:16]}..., "
           f"val mIoU {miou})")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -176,10 +177,17 @@ class DriveDataset(Dataset):
                 log.warning("%s: cache file %s does not load (%s); preprocessing the log again", path, cache, e)
         arrays = read_drive(path, self.config, progress)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".part")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays.to_npz())
-        os.replace(tmp, cache)  # a killed run leaves no half-written cache file under the real name
+        # A temporary name of this writer's own: two runs filling one cache (two trainings on one data folder)
+        # must not rename each other's half-written file. A killed run leaves no half-written cache file under the
+        # real name; the last complete writer wins, and both wrote the same arrays.
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=cache.name + ".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays.to_npz())
+            os.replace(tmp, cache)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return arrays
 
     def __len__(self) -> int:

@@ -180,6 +180,23 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     return ModelConfig.from_file(_resolve(str(name_or_path), Path.cwd()))
 
 
+def override_train(config: ModelConfig, assignments: list[str]) -> ModelConfig:
+    """The config with [train] fields set from `train.KEY=VALUE` strings (`nearfield train --set`); values are
+    read as TOML (2e-3, 0.2, 8), validated like the file's own."""
+    train = dict(config.train)
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key.startswith("train."):
+            raise ConfigError(f"--set {text!r}: expected train.KEY=VALUE, e.g. train.lr=5e-4")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"--set {text!r}: {value.strip()!r} is not a number") from None
+        train[key[len("train."):]] = parsed
+    return config.replace(train=TrainTable(_validate_train(train, "--set")))
+
+
 def list_model_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
@@ -363,4 +380,5 @@ def dummy_inputs(config: ModelConfig, batch: int = 1, cameras: int = 4, seed: in
 
 
 __all__ = ["FUSIONS", "INPUT_NAMES", "MODALITIES", "OUTPUT_NAMES", "TRAIN_DEFAULTS", "FusionNet",
-           "ModelConfig", "count_parameters", "dummy_inputs", "list_model_configs", "load_model_config"]
+           "ModelConfig", "count_parameters", "dummy_inputs", "list_model_configs", "load_model_config",
+           "override_train"]

@@ -100,19 +100,26 @@ def _run_config(run_dir: Path) -> Path:
 
 
 def register_trained(run_dir: str | Path, name: str, data: str, manifest: str | Path = MANIFEST,
-                     dtype: str = SHIPPED_DTYPE) -> TrainedModel:
-    """Add (or replace) NAME in the manifest from a training run: its weights saved as NAME.safetensors in `dtype`
-    beside the manifest, its config copied as NAME.toml, sha256 and validation mIoU recorded."""
+                     dtype: str = SHIPPED_DTYPE, stem: str | None = None) -> TrainedModel:
+    """Add (or replace) NAME in the manifest from a training run: its weights saved as STEM.safetensors in `dtype`
+    beside the manifest, its config copied as STEM.toml (STEM defaults to NAME), sha256 and validation mIoU
+    recorded. A new revision of a shipped model takes a new STEM, so the files of the revision it replaces stay
+    as they are (another entry may still use them)."""
     run_dir, manifest = Path(run_dir), Path(manifest)
-    if not name or any(c in name for c in "/\\ \"'[]"):
-        raise ConfigError(f"model name {name!r} must be non-empty, without spaces, quotes, brackets or slashes")
+    for what, value in (("model name", name), ("file stem", name if stem is None else stem)):
+        if not value or any(c in value for c in "/\\ \"'[]"):
+            raise ConfigError(f"{what} {value!r} must be non-empty, without spaces, quotes, brackets or slashes")
+    stem = name if stem is None else stem
+    used = {e.weights.name for n, e in read_manifest(manifest).items() if n != name}
+    if f"{stem}.safetensors" in used:
+        raise ConfigError(f"{manifest}: {stem}.safetensors belongs to another model; choose another --file")
     model, config = load_trained(run_dir)
     _, _, record = run_weights(run_dir)
     base = manifest.parent
     base.mkdir(parents=True, exist_ok=True)
-    (base / f"{name}.toml").write_text(config.to_toml())
-    sha = save_weights(model, base / f"{name}.safetensors", dtype, metadata={"model": name, "config": config.name})
-    entry = TrainedModel(name, f"{name}.toml", base / f"{name}.safetensors", sha, data, record.get("val_miou"), dtype)
+    (base / f"{stem}.toml").write_text(config.to_toml())
+    sha = save_weights(model, base / f"{stem}.safetensors", dtype, metadata={"model": name, "config": config.name})
+    entry = TrainedModel(name, f"{stem}.toml", base / f"{stem}.safetensors", sha, data, record.get("val_miou"), dtype)
     entries = {**read_manifest(manifest), name: entry}
     _write_manifest(manifest, entries)
     return entry

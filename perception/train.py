@@ -43,11 +43,13 @@ from perception.checkpoint import (
     METRICS_FILE,
     load_training_state,
     read_record,
+    run_weights,
     save_checkpoint,
 )
 from perception.losses import OccupancyLoss, class_weights, occupancy_pos_weight
 from perception.model import FusionNet, ModelConfig, load_model_config
 from sensors.errors import ConfigError, NearfieldError
+from sensors.files import file_sha256
 from sensors.rig import Rig
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class TrainOptions:
     augment: bool = True  # photometric jitter, camera and ultrasonic dropout (the config's probabilities)
     freeze_bn: bool = False  # BatchNorm layers keep their running statistics (fine-tuning with tiny batches)
     val_batch_size: int | None = None  # default: config.train.batch_size
+    init: str | None = None  # fine-tune: start from this trained model's weights (registered name or run dir)
     progress: bool = True
 
     def plan(self, config: ModelConfig) -> dict[str, Any]:
@@ -91,8 +94,11 @@ class TrainOptions:
         epochs = self.epochs if self.epochs is not None else config.train["epochs"]
         if epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {epochs}")
-        return {"epochs": int(epochs), "batch_size": config.train["batch_size"], "schedule": self.schedule,
+        plan = {"epochs": int(epochs), "batch_size": config.train["batch_size"], "schedule": self.schedule,
                 "warmup": float(warmup), "augment": self.augment, "freeze_bn": self.freeze_bn}
+        if self.init is not None:
+            plan["init"] = str(self.init)
+        return plan
 
 
 @dataclass
@@ -369,6 +375,41 @@ def _same(a: ModelConfig, b: ModelConfig) -> bool:
     return a.to_dict() == b.to_dict()
 
 
+def network_fields(config: ModelConfig) -> dict[str, Any]:
+    """What fixes the network's weights: the config less its name and [train] table."""
+    d = config.to_dict()
+    d.pop("name")
+    d.pop("train")
+    return d
+
+
+def load_init_weights(model: FusionNet, source: str) -> str:
+    """Fine-tuning: load a trained model's weights (a registered name or a training run directory) into `model`,
+    checked against their sha256; returns that sha256. The source must be the same network (same fields but the
+    name and [train] table): otherwise a ConfigError naming the fields that differ."""
+    from perception.checkpoint import load_weights
+    from perception.registry import MANIFEST, read_manifest
+
+    path = Path(source)
+    if path.is_dir():
+        weights, sha, _ = run_weights(path)
+        other = _read_run_config(path)
+    else:
+        entries = read_manifest(MANIFEST)
+        if source not in entries:
+            known = ", ".join(sorted(entries)) or "none registered yet"
+            raise ConfigError(f"--init {source!r}: not a registered model ({known}) nor a training run directory")
+        entry = entries[source]
+        weights, sha, other = entry.weights, entry.sha256, entry.model_config(MANIFEST.parent)
+    mine, theirs = network_fields(model.config), network_fields(other)
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise ConfigError(f"--init {source}: a different network from config {model.config.name!r} (differs in "
+                          f"{', '.join(diff)}); fine-tune with the config it was trained with")
+    load_weights(model, weights, sha)
+    return sha if sha is not None else file_sha256(weights)
+
+
 def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | None, out_dir: str | Path,
           options: TrainOptions | None = None, rig: Rig | None = None) -> TrainResult:
     """Train `config` on train_set (items {images, grid, valid, uss, target}; label_counts() for the class
@@ -413,7 +454,16 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    model = FusionNet(config).to(device)
+    model = FusionNet(config)
+    init_sha = None
+    if options.init is not None:
+        # A resume restores the run's own weights below; the source is checked again so that a replaced or
+        # edited source is noticed rather than silently mixed into the record.
+        init_sha = load_init_weights(model, options.init)
+        if options.resume and previous.get("init_sha256") not in (None, init_sha):
+            raise ConfigError(f"{out}: the run started from {options.init} with sha256 "
+                              f"{previous['init_sha256'][:16]}..., which now has {init_sha[:16]}...")
+    model = model.to(device)
     if procs.world > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.AdamW(_param_groups(model, t["weight_decay"]), lr=t["lr"])
@@ -493,6 +543,8 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
                 best = last_miou if improved else best
                 info = {"step": step, "epoch": epoch + 1, "plan": plan, "best_miou": best, "val_miou": last_miou,
                         "config": config.name, "world_size": procs.world}
+                if init_sha is not None:
+                    info["init_sha256"] = init_sha
                 save_checkpoint(out, LAST, model, info, optimizer, scaler)
                 if improved:
                     save_checkpoint(out, BEST, model, info)
@@ -526,14 +578,20 @@ def train_step(net: nn.Module, b: dict[str, Tensor], loss_fn: OccupancyLoss, opt
 
 
 def train_from_dir(config: ModelConfig | None, data_dir: str | Path, out_dir: str | Path,
-                   options: TrainOptions | None = None) -> TrainResult:
-    """`nearfield train`: DATA_DIR/train and DATA_DIR/val hold MCAP drives; preprocessed arrays are cached in
-    DATA_DIR/.cache (rank 0 fills the cache first, the other processes then read it)."""
+                   options: TrainOptions | None = None, train_splits: Sequence[str] = ("train",)) -> TrainResult:
+    """`nearfield train`: the folders DATA_DIR/SPLIT of `train_splits` (default train/) hold the training drives,
+    DATA_DIR/val the validation drives; preprocessed arrays are cached in DATA_DIR/.cache (rank 0 fills the cache
+    first, the other processes then read it)."""
     from perception.dataset import DriveDataset
 
     options = options or TrainOptions()
     data = Path(data_dir)
-    for split in ("train", "val"):
+    splits = tuple(dict.fromkeys(train_splits))
+    if not splits:
+        raise ConfigError("train: at least one training split (folder under --data) is needed")
+    if "val" in splits:
+        raise ConfigError("train: val/ is the validation split; it cannot also be a training split")
+    for split in (*splits, "val"):
         if not (data / split).is_dir():
             raise ConfigError(f"{data}: no {split}/ folder of drive logs; write one with `nearfield simulate "
                               f"--preset {split} --out {data / split}`")
@@ -542,15 +600,17 @@ def train_from_dir(config: ModelConfig | None, data_dir: str | Path, out_dir: st
     sets = {}
     for turn in (True, False):  # rank 0 first, then the others from its cache
         if procs.main == turn:
-            for split in ("train", "val"):
-                sets[split] = DriveDataset([data / split], bev, cache_dir=data / ".cache",
-                                           progress=options.progress and procs.main)
+            for name, folders in (("train", splits), ("val", ("val",))):
+                sets[name] = DriveDataset([data / f for f in folders], bev, cache_dir=data / ".cache",
+                                          progress=options.progress and procs.main)
         procs.barrier()
     if procs.main:
-        log.info("training on %d frames, validating on %d", len(sets["train"]), len(sets["val"]))
+        log.info("training on %d frames (%s), validating on %d", len(sets["train"]), ", ".join(splits),
+                 len(sets["val"]))
     return train(config, sets["train"], sets["val"], out_dir, options)
 
 
 __all__ = ["DEFAULT_CPU_THREADS", "GlobalBatches", "SeededAugment", "TrainOptions", "TrainResult", "UssDropout",
-           "evaluate_dataset", "evaluate_logs", "init_processes", "lr_at", "train",
+           "evaluate_dataset", "evaluate_logs", "init_processes", "load_init_weights", "lr_at", "network_fields",
+           "train",
            "train_from_dir", "write_eval_report"]

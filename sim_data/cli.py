@@ -7,10 +7,11 @@ import argparse
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     from sensors.messages import CONDITIONS
+    from sim_data.simulate import PRESETS
 
     p = commands.add_parser("simulate", help="write simulated drives (MCAP logs with ground truth)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--preset", default="demo", choices=("demo", "train", "val", "test"))
+    p.add_argument("--preset", default="demo", choices=tuple(PRESETS))
     p.add_argument("--frames", type=int, help="frames per drive (10 Hz)")
     p.add_argument("--drives", type=int, help="number of drives (default: the preset's)")
     p.add_argument("--seed", type=int, help="base seed (drive i uses seed + i)")

@@ -56,12 +56,17 @@ class Preset:
     # ego path; only the condition differs), so that conditions are compared on the same scenes and not confounded
     # with them. Drives are then named PRESET-SS-CONDITION.
     paired: bool = False
+    # Scene kinds the drives are drawn from (None: every kind, weighted as scenes.KIND_WEIGHTS).
+    scene_kinds: tuple[str, ...] | None = None
 
 
 # Seeds of the splits are disjoint ranges: the test split never shares a seed with training.
 PRESETS: dict[str, Preset] = {
     "demo": Preset(drives=1, frames=60, seed=7),
     "train": Preset(drives=20, frames=100, seed=100_000),
+    # Kerb-side street drives added to training: `train` draws few streets (scenes.KIND_WEIGHTS), while three of the
+    # four test scenes are streets, and a kerb beside the car is the near obstacle a parking car meets most.
+    "train-street": Preset(drives=10, frames=100, seed=110_000, scene_kinds=("street",)),
     "val": Preset(drives=4, frames=100, seed=200_000),
     # 4 outdoor scenes x 8 conditions x 25 frames = 800 frames (outdoor: glare and rain need the sky).
     "test": Preset(drives=4, frames=25, seed=300_000, condition_cycle=tuple((c,) for c in CONDITIONS), paired=True),
@@ -101,7 +106,9 @@ def plan_drives(preset: str, frames: int | None = None, seed: int | None = None,
         else:
             cond = None
         # Glare and rain need the sky: a drive forced to them is not put in the garage.
-        kinds = OUTDOOR_KINDS if cond and set(cond) & {"glare", "rain"} else None
+        kinds = p.scene_kinds
+        if cond and set(cond) & {"glare", "rain"}:
+            kinds = tuple(k for k in kinds or OUTDOOR_KINDS if k in OUTDOOR_KINDS)
         out.append(DriveSpec(f"{preset}-{i:03d}", base + i, nf, cond, scene_kinds=kinds))
     return out
 

@@ -214,6 +214,29 @@ def test_cache_round_trip_gives_identical_arrays(drives, data, tmp_path, monkeyp
     assert len(list(tmp_path.glob("failed-*.npz"))) == 2
 
 
+def test_two_writers_filling_one_cache_do_not_trip_over_each_other(drives, data, tmp_path, monkeypatch):
+    """Two trainings on one data folder preprocess the same log at once. Interleaved deterministically: while the
+    first writer is inside its savez, the second writes and renames its own file. With one shared temporary name
+    the first writer's rename then finds nothing (FileNotFoundError) after corrupting the second's file."""
+    real_savez = np.savez
+    nested, calls = [], []
+
+    def savez_with_a_second_writer(f, **arrays):
+        calls.append(1)
+        if len(calls) == 1:  # the first writer's call: the second writer runs to the end inside it
+            nested.append(DriveDataset([drives["failed"]], CONFIG, cache_dir=tmp_path, progress=False))
+        real_savez(f, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez_with_a_second_writer)
+    first = DriveDataset([drives["failed"]], CONFIG, cache_dir=tmp_path, progress=False)
+    monkeypatch.setattr(np, "savez", real_savez)
+    assert [p.suffix for p in tmp_path.iterdir()] == [".npz"]  # no temporary file left behind
+    reread = DriveDataset([drives["failed"]], CONFIG, cache_dir=tmp_path, progress=False)
+    for a in (first, nested[0], reread):
+        np.testing.assert_array_equal(a.drives[0].images, data.drives[0].images)
+        np.testing.assert_array_equal(a.drives[0].target, data.drives[0].target)
+
+
 def test_a_corrupt_cache_file_is_rebuilt_with_a_warning(drives, tmp_path, caplog):
     DriveDataset([drives["failed"]], CONFIG, cache_dir=tmp_path, progress=False)
     cache = next(tmp_path.glob("*.npz"))

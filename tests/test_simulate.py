@@ -11,7 +11,7 @@ from sensors.errors import ConfigError
 from sensors.log import LogReader
 from sensors.messages import CONDITIONS
 from sensors.replay import replay_frames
-from sim_data.simulate import PRESETS, DriveSpec, plan_drives, simulate, simulate_drive
+from sim_data.simulate import OUTDOOR_KINDS, PRESETS, DriveSpec, plan_drives, simulate, simulate_drive
 
 
 def _sha(path):
@@ -32,6 +32,25 @@ def test_presets_use_disjoint_seeds_and_the_test_split_covers_every_condition():
     assert len({d.name for d in test}) == len(test) == 32
     assert all("garage" not in d.scene_kinds for d in test)
     assert sum(d.frames for d in plan_drives("train")) == 2000
+    # Every split's seeds apart from every other's (train-street joins training, so it must miss val and test too).
+    names = sorted(seeds)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not seeds[a] & seeds[b], (a, b)
+
+
+def test_train_street_preset_draws_only_kerb_side_streets(rig):
+    from sim_data.scenes import sample_drive
+
+    specs = plan_drives("train-street")
+    assert len(specs) == 10 and sum(d.frames for d in specs) == 1000
+    assert all(d.scene_kinds == ("street",) for d in specs)
+    for d in specs[:3]:  # the scene a drive's seed draws is a street (sample_drive honours scene_kinds)
+        scene = sample_drive(np.random.default_rng(d.seed), rig, 1.0, kinds=d.scene_kinds)
+        assert scene.kind == "street"
+    # A condition that needs the sky keeps the preset's own kinds where they are outdoor.
+    assert all(d.scene_kinds == ("street",) for d in plan_drives("train-street", conditions=["glare"]))
+    assert plan_drives("train", conditions=["rain"])[0].scene_kinds == OUTDOOR_KINDS
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

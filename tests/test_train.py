@@ -191,3 +191,89 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index():
     assert not torch.equal(a["images"], c["images"])
     assert torch.equal(UssDropout(1.0)(a)["uss"], torch.zeros(6, 4, 4))
     assert UssDropout(0.0)(a) is a
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, run, data):
+    from perception.model import FusionNet
+    from perception.train import load_init_weights
+
+    source, _ = load_trained(run[0])
+    fresh = FusionNet(TINY)
+    sha = load_init_weights(fresh, str(run[0]))
+    assert sha == json.loads((run[0] / "best.json").read_text())["weights_sha256"]
+    for k, v in source.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    # One step from the source moves the weights only a little; from scratch they are far from it.
+    tuned = train(TINY.replace(train={**TINY.train, "lr": 1e-5}), data[0], None, tmp_path / "ft",
+                  TrainOptions(max_steps=1, augment=False, init=str(run[0]), **QUIET))
+    record = json.loads((tuned.run_dir / "last.json").read_text())
+    assert record["init_sha256"] == sha and record["plan"]["init"] == str(run[0])
+    after = load_file(str(tuned.run_dir / "last.safetensors"))
+    key = "camera.backbone.stem.0.weight" if "camera.backbone.stem.0.weight" in after else next(
+        k for k, v in after.items() if v.dim() == 4)
+    ref = source.state_dict()[key]
+    assert (after[key] - ref).abs().max() < 0.01 * ref.abs().max()
+    scratch = FusionNet(TINY).state_dict()[key]
+    assert (scratch - ref).abs().max() > 0.1 * ref.abs().max()
+
+
+def test_fine_tuning_refuses_another_network_and_unknown_names(tmp_path, run, data):
+    with pytest.raises(ConfigError, match="differs in bev_channels"):
+        train(TINY.replace(bev_channels=4), data[0], None, tmp_path / "a",
+              TrainOptions(max_steps=1, init=str(run[0]), **QUIET))
+    with pytest.raises(ConfigError, match="not a registered model"):
+        train(TINY, data[0], None, tmp_path / "b", TrainOptions(max_steps=1, init="nf-nonexistent", **QUIET))
+    # The [train] table and the name may differ: they do not change the weights' shapes.
+    other = TINY.replace(name="tiny-ft", train={**TINY.train, "camera_dropout": 0.0})
+    train(other, data[0], None, tmp_path / "c", TrainOptions(max_steps=1, init=str(run[0]), **QUIET))
+
+
+def test_override_train_sets_validated_fields():
+    from perception.model import override_train
+
+    cfg = override_train(TINY, ["train.lr=5e-4", "train.camera_dropout = 0.2", "train.epochs=3"])
+    assert (cfg.train["lr"], cfg.train["camera_dropout"], cfg.train["epochs"]) == (5e-4, 0.2, 3)
+    assert cfg.bev_channels == TINY.bev_channels
+    for bad, message in (("lr=1", "train.KEY=VALUE"), ("train.camera_dropout=2", "camera_dropout"),
+                         ("train.nope=1", "unknown field"), ("train.lr=fast", "not a number")):
+        with pytest.raises(ConfigError, match=message):
+            override_train(TINY, [bad])
+
+
+def test_train_from_dir_joins_several_training_folders(tmp_path, rig, monkeypatch):
+    import perception.train as tr
+
+    root = tmp_path / "data"
+    simulate_drive(DriveSpec("a-0", 10, 2), root / "train", rig, scale=0.25)
+    simulate_drive(DriveSpec("b-0", 20, 3), root / "train-street", rig, scale=0.25)
+    simulate_drive(DriveSpec("v-0", 50, 2), root / "val", rig, scale=0.25)
+    seen = {}
+
+    def fake_train(config, train_set, val_set, out_dir, options=None, rig=None):
+        seen.update(train=sorted({m.drive for m in train_set.meta}), frames=len(train_set), val=len(val_set))
+
+    monkeypatch.setattr(tr, "train", fake_train)
+    tr.train_from_dir(TINY, root, tmp_path / "run", TrainOptions(**QUIET), train_splits=["train", "train-street"])
+    assert seen == {"train": ["a-0", "b-0"], "frames": 5, "val": 2}
+    assert len(list((root / ".cache").glob("*.npz"))) == 3  # one cache for every split
+    with pytest.raises(ConfigError, match="no nope/ folder"):
+        tr.train_from_dir(TINY, root, tmp_path / "run", TrainOptions(**QUIET), train_splits=["train", "nope"])
+    with pytest.raises(ConfigError, match="validation split"):
+        tr.train_from_dir(TINY, root, tmp_path / "run", TrainOptions(**QUIET), train_splits=["val"])
+
+
+def test_a_new_revision_is_registered_beside_the_files_it_replaces(tmp_path, run):
+    manifest = tmp_path / "weights" / "MODELS.toml"
+    old = register_trained(run[0], "nf-tiny", "first", manifest)
+    old_bytes = old.weights.read_bytes()
+    # The old revision keeps its files under a new name (a manifest table renamed, sha256 unchanged).
+    manifest.write_text(manifest.read_text().replace("[nf-tiny]", "[nf-tiny-r1]"))
+    with pytest.raises(ConfigError, match="belongs to another model"):
+        register_trained(run[0], "nf-tiny", "second", manifest)
+    rev = register_trained(run[0], "nf-tiny", "second", manifest, stem="nf-tiny-r2")
+    assert rev.weights.name == "nf-tiny-r2.safetensors" and old.weights.read_bytes() == old_bytes
+    entries = read_manifest(manifest)
+    assert entries["nf-tiny"].weights.name == "nf-tiny-r2.safetensors" and entries["nf-tiny"].config == "nf-tiny-r2.toml"
+    assert entries["nf-tiny-r1"].weights.name == "nf-tiny.safetensors"
+    load_trained("nf-tiny-r1", manifest=manifest)
+    load_trained("nf-tiny", manifest=manifest)
