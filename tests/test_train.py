@@ -273,7 +273,8 @@ def test_a_new_revision_is_registered_beside_the_files_it_replaces(tmp_path, run
     rev = register_trained(run[0], "nf-tiny", "second", manifest, stem="nf-tiny-r2")
     assert rev.weights.name == "nf-tiny-r2.safetensors" and old.weights.read_bytes() == old_bytes
     entries = read_manifest(manifest)
-    assert entries["nf-tiny"].weights.name == "nf-tiny-r2.safetensors" and entries["nf-tiny"].config == "nf-tiny-r2.toml"
+    assert entries["nf-tiny"].weights.name == "nf-tiny-r2.safetensors"
+    assert entries["nf-tiny"].config == "nf-tiny-r2.toml"
     assert entries["nf-tiny-r1"].weights.name == "nf-tiny.safetensors"
     load_trained("nf-tiny-r1", manifest=manifest)
     load_trained("nf-tiny", manifest=manifest)
