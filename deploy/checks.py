@@ -307,9 +307,9 @@ def simulate_parity_log(out_dir: str | Path, frames: int = 3, seed: int = 4242, 
 
 def export_checked(trained: str | Path, out: str | Path | None = None, register_as: str | None = None,
                    manifest: str | Path | None = None, parity_logs: Sequence[str | Path] | None = None,
-                   frames: int = 4) -> tuple[Path, ParityReport]:
+                   frames: int = 4, stem: str | None = None) -> tuple[Path, ParityReport]:
     """`nearfield export`: export a trained model (registered name or run directory) to OUT and/or into the zoo as
-    REGISTER_AS, then check it (check_onnx) and its parity with torch on PARITY_LOGS (default: a small drive
+    REGISTER_AS (in the file STEM.onnx, default REGISTER_AS.onnx), then check it (check_onnx) and its parity with torch on PARITY_LOGS (default: a small drive
     simulated for the purpose). A file that fails is not left behind and not registered: DeployError."""
     import shutil
     import tempfile
@@ -330,7 +330,7 @@ def export_checked(trained: str | Path, out: str | Path | None = None, register_
             return {"parity_max_abs": reports[-1].max_abs, "parity_agreement": reports[-1].agreement}
 
         if register_as:
-            entry = export_trained(trained, register_as, manifest or MANIFEST, check=check)
+            entry = export_trained(trained, register_as, manifest or MANIFEST, check=check, stem=stem)
             path = entry.onnx
             if out is not None:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -61,20 +61,28 @@ def input_shapes(onnx_path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def export_trained(trained: str | Path, name: str | None = None, manifest: str | Path = MANIFEST,
-                   metrics: dict | None = None, check: Callable[[Any, Any, Path], dict | None] | None = None
-                   ) -> ZooModel:
+                   metrics: dict | None = None, check: Callable[[Any, Any, Path], dict | None] | None = None,
+                   stem: str | None = None) -> ZooModel:
     """Export a trained model (a registered name or a run directory) into the zoo as NAME (default: the trained
-    model's name) and register it as method fp32. CHECK(model, config, onnx_path), when given, runs on the new file
-    before it replaces the zoo's; it raises to refuse the file (the zoo then stays as it was) and may return
-    figures to record in the entry's metrics."""
+    model's name) and register it as method fp32, in the file STEM.onnx (default NAME.onnx; a new revision of a
+    model takes a file of its own, so the file of the revision it replaces stays for the entry that keeps it).
+    CHECK(model, config, onnx_path), when given, runs on the new file before it replaces the zoo's; it raises to
+    refuse the file (the zoo then stays as it was) and may return figures to record in the entry's metrics."""
+    from deploy.zoo import read_zoo
     from perception.registry import load_trained
 
     model, config = load_trained(trained)
     name = name or (config.name if Path(str(trained)).is_dir() else str(trained))
     if not name:
         raise ConfigError("export: give --name for the zoo entry")
-    path = Path(manifest).parent / f"{name}.onnx"
-    fresh = path.with_name(f"{name}.new.onnx")
+    stem = stem or name
+    if not stem or any(c in stem for c in "/\\ \"'[]"):
+        raise ConfigError(f"export: file stem {stem!r} must be non-empty, without spaces, quotes or slashes")
+    path = Path(manifest).parent / f"{stem}.onnx"
+    owner = next((n for n, m in read_zoo(manifest).items() if n != name and m.onnx.name == path.name), None)
+    if owner is not None:
+        raise ConfigError(f"export: {path} belongs to zoo model {owner}; give the new file another name (--file)")
+    fresh = path.with_name(f"{stem}.new.onnx")
     export_onnx(model, config, fresh)
     try:
         extra = check(model, config, fresh) if check is not None else None

@@ -193,11 +193,13 @@ def load_training_state(run_dir: str | Path, stem: str, model: nn.Module, optimi
     return {k: v for k, v in record.items() if k != "state"}
 
 
-def run_weights(run_dir: str | Path) -> tuple[Path, str | None, dict[str, Any]]:
-    """The weights a run directory stands for: its best checkpoint (highest validation mIoU), else its last.
-    Returns (path, recorded sha256 or None, record)."""
+def run_weights(run_dir: str | Path, checkpoint: str | None = None) -> tuple[Path, str | None, dict[str, Any]]:
+    """The weights a run directory stands for: its best checkpoint (highest validation mIoU), else its last; or the
+    one named (BEST or LAST). Returns (path, recorded sha256 or None, record)."""
     run_dir = Path(run_dir)
-    for stem in (BEST, LAST):
+    if checkpoint not in (None, BEST, LAST):
+        raise ConfigError(f"checkpoint must be {BEST!r} or {LAST!r}, got {checkpoint!r}")
+    for stem in (BEST, LAST) if checkpoint is None else (checkpoint,):
         record = read_record(run_dir, stem)
         if record is not None:
             return run_dir / f"{stem}.safetensors", record.get("weights_sha256"), record

@@ -54,6 +54,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     r.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
                    help="storage precision of the weights file (loading casts to float32)")
     r.add_argument("--manifest", help="manifest to add it to (default: perception/weights/MODELS.toml)")
+    r.add_argument("--checkpoint", choices=("best", "last"), help="which of the run's checkpoints (default: best "
+                   "by validation mIoU, else last)")
     r.add_argument("--file", metavar="STEM", help="weights and config file names beside the manifest (default: the "
                    "name; a new revision of a model gets files of its own, e.g. nf-small-r2)")
     r.set_defaults(func=_register_model)
@@ -152,7 +154,8 @@ def _register_model(args) -> int:
     from perception.registry import MANIFEST, register_trained
 
     manifest = args.manifest or MANIFEST
-    entry = register_trained(args.run_dir, args.name, args.data, manifest, args.dtype, stem=args.file)
+    entry = register_trained(args.run_dir, args.name, args.data, manifest, args.dtype, stem=args.file,
+                             checkpoint=args.checkpoint)
     miou = "–" if entry.val_miou is None else f"{100 * entry.val_miou:.1f}%"
     print(f"{manifest}: {entry.name} -> {entry.weights.name} ({entry.dtype}, sha256 {entry.sha256[:16]}..., "
           f"val mIoU {miou})")

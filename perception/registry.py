@@ -70,15 +70,15 @@ def list_trained(manifest: str | Path = MANIFEST) -> list[str]:
     return sorted(read_manifest(manifest))
 
 
-def load_trained(name_or_run_dir: str | Path, device: str = "cpu", manifest: str | Path = MANIFEST
-                 ) -> tuple[FusionNet, ModelConfig]:
+def load_trained(name_or_run_dir: str | Path, device: str = "cpu", manifest: str | Path = MANIFEST,
+                 checkpoint: str | None = None) -> tuple[FusionNet, ModelConfig]:
     """(FusionNet in eval mode, float32, on `device`; its ModelConfig) for a registered name or a training run
-    directory (its best checkpoint, else its last). The weights' sha256 is checked first: ChecksumError on a
+    directory (its best checkpoint, else its last; or `checkpoint`). The weights' sha256 is checked first: ChecksumError on a
     mismatch; an unknown name is a ConfigError listing the known ones."""
     path = Path(name_or_run_dir)
     if path.is_dir():
         config = load_model_config(_run_config(path))
-        weights, sha, _ = run_weights(path)
+        weights, sha, _ = run_weights(path, checkpoint)
     else:
         entries = read_manifest(manifest)
         if str(name_or_run_dir) not in entries:
@@ -100,10 +100,11 @@ def _run_config(run_dir: Path) -> Path:
 
 
 def register_trained(run_dir: str | Path, name: str, data: str, manifest: str | Path = MANIFEST,
-                     dtype: str = SHIPPED_DTYPE, stem: str | None = None) -> TrainedModel:
+                     dtype: str = SHIPPED_DTYPE, stem: str | None = None, checkpoint: str | None = None
+                     ) -> TrainedModel:
     """Add (or replace) NAME in the manifest from a training run: its weights saved as STEM.safetensors in `dtype`
     beside the manifest, its config copied as STEM.toml (STEM defaults to NAME), sha256 and validation mIoU
-    recorded. A new revision of a shipped model takes a new STEM, so the files of the revision it replaces stay
+    recorded; `checkpoint` picks the run's best (default, else last) or last. A new revision of a shipped model takes a new STEM, so the files of the revision it replaces stay
     as they are (another entry may still use them)."""
     run_dir, manifest = Path(run_dir), Path(manifest)
     for what, value in (("model name", name), ("file stem", name if stem is None else stem)):
@@ -113,8 +114,8 @@ def register_trained(run_dir: str | Path, name: str, data: str, manifest: str | 
     used = {e.weights.name for n, e in read_manifest(manifest).items() if n != name}
     if f"{stem}.safetensors" in used:
         raise ConfigError(f"{manifest}: {stem}.safetensors belongs to another model; choose another --file")
-    model, config = load_trained(run_dir)
-    _, _, record = run_weights(run_dir)
+    model, config = load_trained(run_dir, checkpoint=checkpoint)
+    _, _, record = run_weights(run_dir, checkpoint)
     base = manifest.parent
     base.mkdir(parents=True, exist_ok=True)
     (base / f"{stem}.toml").write_text(config.to_toml())

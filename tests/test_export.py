@@ -224,6 +224,24 @@ def test_export_command_registers_a_checked_file(run_dir, sim_log, tmp_path, cap
     assert entry.inputs["images"] == (1, 4, 3, 192, 256)
 
 
+def test_a_new_revision_is_exported_into_a_file_of_its_own(run_dir, sim_log, tmp_path, capsys):
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    args = ["export", "--model", str(run_dir), "--manifest", str(manifest), "--parity-data", str(sim_log),
+            "--parity-frames", "1"]
+    assert main([*args, "--register", "m"]) == 0
+    old = read_zoo(manifest)["m"]
+    # The old revision keeps its file under a new name; the new one may not take that file.
+    manifest.write_text(manifest.read_text().replace("[m]", "[m-r1]").replace("[m.", "[m-r1."))
+    assert main([*args, "--register", "m"]) == 2
+    assert "belongs to zoo model m-r1" in capsys.readouterr().err
+    assert main([*args, "--register", "m", "--file", "m-r2"]) == 0
+    zoo = read_zoo(manifest)
+    assert zoo["m"].onnx.name == "m-r2.onnx" and zoo["m-r1"].onnx.name == "m.onnx"
+    assert zoo["m-r1"].verified_onnx() and zoo["m-r1"].sha256 == old.sha256
+    assert main([*args[:3], "--out", str(tmp_path / "x.onnx"), "--file", "y"]) == 2
+    assert "--file names the zoo file" in capsys.readouterr().err
+
+
 def test_a_file_that_fails_a_check_is_neither_registered_nor_left(run_dir, sim_log, tmp_path, capsys, monkeypatch):
     import deploy.checks
 

@@ -278,3 +278,13 @@ def test_a_new_revision_is_registered_beside_the_files_it_replaces(tmp_path, run
     assert entries["nf-tiny-r1"].weights.name == "nf-tiny.safetensors"
     load_trained("nf-tiny-r1", manifest=manifest)
     load_trained("nf-tiny", manifest=manifest)
+    # The last checkpoint instead of the best by validation (a validation split unlike the training data).
+    last = register_trained(run[0], "nf-tiny-last", "last", manifest, checkpoint="last")
+    record = json.loads((run[0] / "last.json").read_text())
+    assert last.val_miou == pytest.approx(record["val_miou"], abs=1e-4)
+    state = load_file(str(run[0] / "last.safetensors"))
+    model, _ = load_trained("nf-tiny-last", manifest=manifest)
+    k = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 4)
+    assert torch.allclose(model.state_dict()[k], state[k].float(), atol=1e-2)
+    with pytest.raises(ConfigError, match="checkpoint must be"):
+        register_trained(run[0], "nf-tiny-x", "x", manifest, checkpoint="middle")

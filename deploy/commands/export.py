@@ -21,6 +21,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     e.add_argument("--out", help="the ONNX file to write")
     e.add_argument("--register", metavar="ZOONAME", help="also put it into the model zoo under this name")
     e.add_argument("--manifest", help="zoo manifest for --register (default: deploy/zoo/ZOO.toml)")
+    e.add_argument("--file", metavar="STEM", help="with --register: the zoo file STEM.onnx (default: the zoo name; a "
+                                                  "new revision of a model gets a file of its own)")
     e.add_argument("--parity-data", nargs="+", help="drive logs for the parity check (default: a small drive "
                                                     "simulated for it)")
     e.add_argument("--parity-frames", type=int, default=4, help="frames compared with torch (default 4)")
@@ -60,8 +62,12 @@ def _export(args) -> int:
         from sensors.errors import ConfigError
 
         raise ConfigError(f"export: --parity-frames must be at least 1, got {args.parity_frames}")
+    if args.file and not args.register:
+        from sensors.errors import ConfigError
+
+        raise ConfigError("export: --file names the zoo file; it needs --register ZOONAME")
     path, report = export_checked(args.model, args.out, args.register, args.manifest, args.parity_data,
-                                  args.parity_frames)
+                                  args.parity_frames, stem=args.file)
     size = path.stat().st_size / 1e6
     print(f"{path}: {size:.1f} MB, opset 17, ONNX checker and TensorRT operators passed")
     print(report)
