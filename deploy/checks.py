@@ -309,8 +309,9 @@ def export_checked(trained: str | Path, out: str | Path | None = None, register_
                    manifest: str | Path | None = None, parity_logs: Sequence[str | Path] | None = None,
                    frames: int = 4, stem: str | None = None) -> tuple[Path, ParityReport]:
     """`nearfield export`: export a trained model (registered name or run directory) to OUT and/or into the zoo as
-    REGISTER_AS (in the file STEM.onnx, default REGISTER_AS.onnx), then check it (check_onnx) and its parity with torch on PARITY_LOGS (default: a small drive
-    simulated for the purpose). A file that fails is not left behind and not registered: DeployError."""
+    REGISTER_AS (in the file STEM.onnx, default REGISTER_AS.onnx), then check it (check_onnx) and its parity with torch
+    on PARITY_LOGS (default: a small drive simulated for the purpose). A file that fails is not left behind and not
+    registered: DeployError."""
     import shutil
     import tempfile
 

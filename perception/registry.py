@@ -72,8 +72,8 @@ def list_trained(manifest: str | Path = MANIFEST) -> list[str]:
 
 def load_trained(name_or_run_dir: str | Path, device: str = "cpu", manifest: str | Path = MANIFEST,
                  checkpoint: str | None = None) -> tuple[FusionNet, ModelConfig]:
-    """(FusionNet in eval mode, float32, on `device`; its ModelConfig) for a registered name or a training run
-    directory (its best checkpoint, else its last; or `checkpoint`). The weights' sha256 is checked first: ChecksumError on a
+    """(FusionNet in eval mode, float32, on `device`; its ModelConfig) for a registered name or a training run directory
+    (its best checkpoint, else its last; or `checkpoint`). The weights' sha256 is checked first: ChecksumError on a
     mismatch; an unknown name is a ConfigError listing the known ones."""
     path = Path(name_or_run_dir)
     if path.is_dir():
@@ -103,9 +103,9 @@ def register_trained(run_dir: str | Path, name: str, data: str, manifest: str | 
                      dtype: str = SHIPPED_DTYPE, stem: str | None = None, checkpoint: str | None = None
                      ) -> TrainedModel:
     """Add (or replace) NAME in the manifest from a training run: its weights saved as STEM.safetensors in `dtype`
-    beside the manifest, its config copied as STEM.toml (STEM defaults to NAME), sha256 and validation mIoU
-    recorded; `checkpoint` picks the run's best (default, else last) or last. A new revision of a shipped model takes a new STEM, so the files of the revision it replaces stay
-    as they are (another entry may still use them)."""
+    beside the manifest, its config copied as STEM.toml (STEM defaults to NAME), sha256 and validation mIoU recorded;
+    `checkpoint` picks the run's best (default, else last) or last. A new revision of a shipped model takes a new STEM,
+    so the files of the revision it replaces stay as they are (another entry may still use them)."""
     run_dir, manifest = Path(run_dir), Path(manifest)
     for what, value in (("model name", name), ("file stem", name if stem is None else stem)):
         if not value or any(c in value for c in "/\\ \"'[]"):
