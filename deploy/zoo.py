@@ -137,9 +137,7 @@ def register(model: ZooModel, manifest: str | Path = MANIFEST) -> ZooModel:
     """Add or replace MODEL in the manifest (its file must already sit beside the manifest). The sha256 is
     computed here from the file, never taken on trust."""
     manifest = Path(manifest)
-    if not model.name or any(c in model.name for c in "/\\ \"'[].="):
-        raise ConfigError(f"zoo model name {model.name!r} must be non-empty, without spaces, quotes, dots, "
-                          "brackets or slashes")
+    check_zoo_name(model.name)
     if model.onnx.parent.resolve() != manifest.parent.resolve():
         raise ConfigError(f"zoo model {model.name}: {model.onnx} must sit beside the manifest {manifest}")
     if model.target not in TARGETS:
@@ -157,6 +155,34 @@ def update_metrics(name: str, metrics: dict[str, Any], manifest: str | Path = MA
     models[name] = replace(model, metrics={**model.metrics, **metrics})
     write_zoo(models, manifest)
     return models[name]
+
+
+def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest: str | Path | None = None) -> None:
+    """Give zoo model OLD the name NEW, keeping its file, checksum and figures (e.g. to keep a model's previous
+    revision when a new one takes its name). Entries whose parent is OLD follow it. With `trained_manifest`, the
+    trained model OLD there (perception/weights/MODELS.toml), if any, is renamed too, so that parent names keep meaning one thing
+    in both manifests."""
+    models = read_zoo(manifest)
+    get_model(old, manifest)
+    if new in models:
+        raise ConfigError(f"zoo rename: {new!r} is already a zoo model ({manifest})")
+    check_zoo_name(new)
+    out = {}
+    for name, m in models.items():
+        m = replace(m, parent=new) if m.parent == old else m
+        out[new if name == old else name] = replace(m, name=new) if name == old else m
+    if trained_manifest is not None:
+        from perception.registry import read_manifest, rename_trained
+
+        if old in read_manifest(trained_manifest):
+            rename_trained(old, new, trained_manifest)
+    write_zoo(out, manifest)
+
+
+def check_zoo_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\ \"'[].="):
+        raise ConfigError(f"zoo model name {name!r} must be non-empty, without spaces, quotes, dots, "
+                          "brackets or slashes")
 
 
 def remove(name: str, manifest: str | Path = MANIFEST) -> None:
@@ -183,4 +209,4 @@ def verify_zoo(manifest: str | Path = MANIFEST) -> dict[str, bool]:
 
 
 __all__ = ["MANIFEST", "TARGETS", "ZOO_DIR", "ZooModel", "get_model", "list_models", "read_zoo",
-           "register", "remove", "unlisted", "update_metrics", "verify_zoo", "write_zoo"]
+           "register", "remove", "rename", "unlisted", "update_metrics", "verify_zoo", "write_zoo"]

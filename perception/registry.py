@@ -4,7 +4,7 @@ data and validation mIoU; load_trained(name | run_dir) checks the file and retur
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,22 @@ def register_trained(run_dir: str | Path, name: str, data: str, manifest: str | 
     return entry
 
 
+def rename_trained(old: str, new: str, manifest: str | Path = MANIFEST) -> TrainedModel:
+    """Give trained model OLD the name NEW, keeping its files and sha256 (a previous revision kept beside the new
+    one that takes its name)."""
+    manifest = Path(manifest)
+    entries = read_manifest(manifest)
+    if old not in entries:
+        raise ConfigError(f"unknown trained model {old!r}; known: {', '.join(sorted(entries)) or 'none'} ({manifest})")
+    if new in entries:
+        raise ConfigError(f"{manifest}: {new!r} is already a trained model")
+    if not new or any(c in new for c in "/\\ \"'[]"):
+        raise ConfigError(f"model name {new!r} must be non-empty, without spaces, quotes, brackets or slashes")
+    out = {(new if n == old else n): (replace(e, name=new) if n == old else e) for n, e in entries.items()}
+    _write_manifest(manifest, out)
+    return out[new]
+
+
 def _write_manifest(manifest: Path, entries: dict[str, TrainedModel]) -> None:
     import tomli_w
 
@@ -145,4 +161,4 @@ def verify_manifest(manifest: str | Path = MANIFEST) -> dict[str, bool]:
 
 
 __all__ = ["MANIFEST", "ChecksumError", "TrainedModel", "list_trained", "load_trained", "read_manifest",
-           "register_trained", "verify_manifest"]
+           "register_trained", "rename_trained", "verify_manifest"]

@@ -226,3 +226,30 @@ def test_timing_rounds_alternate_and_the_ratio_cancels_a_load_change():
     assert block_ratios(ms, parent, 3) == [0.5, 0.5, 0.5]
     with pytest.raises(ValueError, match="rounds"):
         block_ratios(ms, parent[:4], 3)
+
+
+def test_rename_keeps_file_and_figures_and_children_follow(zoo, tmp_path, capsys):
+    from perception.registry import read_manifest
+
+    update_metrics("tiny", {"test_miou": 0.25}, zoo)
+    before = read_zoo(zoo)
+    trained = tmp_path / "weights" / "MODELS.toml"
+    trained.parent.mkdir()
+    trained.write_text('[tiny]\nconfig = "nf-small"\nweights = "tiny.safetensors"\nsha256 = "ab"\n')
+    assert main(["zoo", "--manifest", str(zoo), "rename", "tiny", "tiny-r1"]) == 0
+    after = read_zoo(zoo)
+    assert set(after) == {"tiny-r1", "tiny-copy"}
+    old, new = before["tiny"], after["tiny-r1"]
+    assert (new.onnx, new.sha256, new.metrics, new.parent) == (old.onnx, old.sha256, old.metrics, old.parent)
+    assert after["tiny-copy"].parent == "tiny-r1" and new.verified_onnx()
+    assert main(["zoo", "--manifest", str(zoo), "rename", "tiny-copy", "tiny-r1"]) == 2
+    assert "already a zoo model" in capsys.readouterr().err
+    assert main(["zoo", "--manifest", str(zoo), "rename", "nope", "x"]) == 2
+    from deploy.zoo import rename
+
+    rename("tiny-copy", "tiny-copy-r1", zoo, trained_manifest=trained)  # no trained model of that name
+    assert set(read_manifest(trained)) == {"tiny"}
+    trained.write_text(trained.read_text().replace("[tiny]", "[tiny-r1]"))
+    rename("tiny-r1", "tiny-r0", zoo, trained_manifest=trained)
+    assert set(read_manifest(trained)) == {"tiny-r0"} and read_manifest(trained)["tiny-r0"].sha256 == "ab"
+    assert read_zoo(zoo)["tiny-copy-r1"].parent == "tiny-r0"

@@ -40,6 +40,13 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.set_defaults(func=_plot)
     v = sub.add_parser("verify", help="check every model file against its sha256; exit 2 on a mismatch")
     v.set_defaults(func=_verify)
+    rn = sub.add_parser("rename", help="rename a zoo model (file, checksum and figures kept; its children follow), "
+                                       "e.g. to keep a previous revision when a new one takes the name")
+    rn.add_argument("old")
+    rn.add_argument("new")
+    rn.add_argument("--with-trained", action="store_true", help="rename the trained model of the same name in "
+                                                               "perception/weights/MODELS.toml too")
+    rn.set_defaults(func=_rename)
     m = sub.add_parser("measure", help="test mIoU (overall, night), onnxruntime CPU latency and its ratio to the "
                                        "parent, size; stored in the manifest")
     m.add_argument("name", help="zoo model name")
@@ -177,6 +184,19 @@ def verify(manifest: str | Path) -> dict[str, bool]:
         raise ChecksumError(f"{manifest}: {len(bad)} of {len(result)} model file(s) missing or not matching their "
                             f"sha256: {', '.join(bad)}; restore them from git or re-export them")
     return result
+
+
+def _rename(args) -> int:
+    from deploy.zoo import rename
+
+    trained = None
+    if args.with_trained:
+        from perception.registry import MANIFEST as TRAINED
+
+        trained = TRAINED
+    rename(args.old, args.new, _manifest(args), trained)
+    print(f"{args.old} is now {args.new}" + (" (zoo and trained model)" if trained else ""))
+    return 0
 
 
 def _verify(args) -> int:
