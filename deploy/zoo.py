@@ -158,10 +158,10 @@ def update_metrics(name: str, metrics: dict[str, Any], manifest: str | Path = MA
 
 
 def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest: str | Path | None = None) -> None:
-    """Give zoo model OLD the name NEW, keeping its file, checksum and figures (e.g. to keep a model's previous
-    revision when a new one takes its name). Entries whose parent is OLD follow it. With `trained_manifest`, the
-    trained model OLD there (perception/weights/MODELS.toml), if any, is renamed too, so that parent names keep meaning one thing
-    in both manifests."""
+    """Give zoo model OLD the name NEW, keeping its file, checksum and figures (e.g. to keep a model's previous revision
+    when a new one takes its name). Entries whose parent is OLD follow it. With `trained_manifest`, the trained model
+    OLD there (perception/weights/MODELS.toml), if any, is renamed too, so that parent names keep meaning one thing in
+    both manifests."""
     models = read_zoo(manifest)
     get_model(old, manifest)
     if new in models:
