@@ -37,20 +37,30 @@ def name_list(value: Any) -> list[str]:
 
 # --- data and the fine-tuning loop -------------------------------------------------------------------------------
 
-def training_data(data: str | Path | None, bev: BevConfig, split: str = "train", method_name: str = "compress"):
-    """DriveDataset of DATA (a log or a folder of logs; DATA/SPLIT when that folder exists, as `nearfield simulate`
-    lays out a data set, else DATA/train), preprocessed once and cached in .cache beside the logs."""
+def training_data(data: str | Path | None, bev: BevConfig, split: str | Sequence[str] = "train",
+                  method_name: str = "compress"):
+    """DriveDataset of DATA: a data set laid out as `nearfield simulate` writes it (DATA/SPLIT folders; several
+    splits are joined, e.g. ("train", "train-street"); DATA/train when the one split asked for is absent), or a log
+    or folder of logs. Preprocessed once and cached in DATA/.cache for a data set, the cache `nearfield train` fills
+    (one cache per data set, not one per split), else in .cache beside the logs."""
     from perception.dataset import DriveDataset, find_logs
 
     if data is None:
         raise ConfigError(f"{method_name}: fine-tuning needs --data (drive logs with ground truth), or --steps 0")
     root = Path(data)
-    for sub in (split, "train"):
-        if (root / sub).is_dir():
-            root = root / sub
-            break
-    base = root if root.is_dir() else root.parent
-    return DriveDataset(find_logs([root]), bev, cache_dir=base / ".cache", progress=False)
+    splits = [split] if isinstance(split, str) else list(split)
+    present = [s for s in splits if (root / s).is_dir()]
+    if present:
+        missing = [s for s in splits if s not in present]
+        if missing:
+            raise ConfigError(f"{method_name}: {root} has no {', '.join(f'{s}/' for s in missing)} folder of drive "
+                              f"logs (it has {', '.join(p.name for p in sorted(root.iterdir()) if p.is_dir())})")
+        folders, cache = [root / s for s in present], root / ".cache"
+    elif (root / "train").is_dir():
+        folders, cache = [root / "train"], root / ".cache"
+    else:
+        folders, cache = [root], (root if root.is_dir() else root.parent) / ".cache"
+    return DriveDataset(find_logs(folders), bev, cache_dir=cache, progress=False)
 
 
 def hard_loss(config: ModelConfig, dataset) -> Loss:
@@ -121,10 +131,15 @@ def tune(model: FusionNet, config: ModelConfig, data: str | None, steps: int, op
     config's: the weights are trained already) and seed; nothing when STEPS is 0."""
     if steps == 0:
         return []
-    dataset = training_data(data, config.bev, "train", method_name)
+    dataset = training_data(data, config.bev, train_splits(options), method_name)
     lr = option(options, "lr", config.train["lr"] / 4, float, 1e-12, 10, method_name)
     seed = option(options, "seed", config.train["seed"], int, 0, 2**31, method_name)
     return fine_tune(model, dataset, steps, lr, seed, after_step=after_step, desc=method_name)
+
+
+def train_splits(options: dict[str, Any]) -> list[str]:
+    """The data set folders a method fine-tunes on: --opt train_splits=train,train-street (default train)."""
+    return name_list(options.get("train_splits")) or ["train"]
 
 
 def loss_record(losses: list[float]) -> dict[str, Any]:
@@ -252,7 +267,7 @@ def distill_method(source: str, out: str, data: str | None, options: dict[str, A
     weights = {k: option(options, k, d, float, 0, 1e6, name)
                for k, d in (("kd_weight", 1.0), ("occupancy_weight", 1.0), ("hard_weight", 1.0))}
     balance = str(options.get("balance", True)).lower() not in ("false", "0", "no")
-    train_set = training_data(data, config.bev, "train", name)
+    train_set = training_data(data, config.bev, train_splits(options), name)
     eval_set = training_data(data, config.bev, "val", name)
     from perception.losses import class_weights
 
@@ -290,4 +305,4 @@ def _pct(v: float | None) -> str:
 
 
 __all__ = ["DistillLoss", "Loss", "distill_method", "distill_terms", "ensemble_targets", "fine_tune", "half_width",
-           "hard_loss", "loss_record", "miou", "name_list", "set_threads", "training_data", "tune"]
+           "hard_loss", "loss_record", "miou", "name_list", "set_threads", "train_splits", "training_data", "tune"]

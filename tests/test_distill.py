@@ -126,3 +126,23 @@ def test_class_balanced_soft_terms_weigh_cells_by_their_label():
     assert torch.allclose(out["kd"], cell["kd"]) and torch.allclose(out["occupancy"], cell["occupancy"])
     plain = DistillLoss([Fixed(t, to)], None, temperature=2.0)(INPUTS | {"target": target}, st, so)
     assert not torch.allclose(plain["kd"], out["kd"])
+
+
+def test_fine_tuning_data_joins_splits_in_the_data_sets_one_cache(tmp_path, rig):
+    from deploy.distill import train_splits, training_data
+
+    root = tmp_path / "data"
+    simulate_drive(DriveSpec("a", 10, 2), root / "train", rig, scale=0.25)
+    simulate_drive(DriveSpec("b", 11, 3), root / "train-street", rig, scale=0.25)
+    simulate_drive(DriveSpec("v", 12, 2), root / "val", rig, scale=0.25)
+    splits = train_splits({"train_splits": "train,train-street"})
+    assert splits == ["train", "train-street"] and train_splits({}) == ["train"]
+    both = training_data(root, TINY_BEV, splits)
+    assert len(both) == 5 and {m.drive for m in both.meta} == {"a", "b"}
+    assert len(training_data(root, TINY_BEV, "val")) == 2
+    # One cache for the data set, the one `nearfield train` fills: no second cache inside a split's folder.
+    assert len(list((root / ".cache").glob("*.npz"))) == 3
+    assert not any((root / s / ".cache").exists() for s in ("train", "train-street", "val"))
+    with pytest.raises(ConfigError, match="no nope/ folder"):
+        training_data(root, TINY_BEV, ["train", "nope"])
+    assert len(training_data(root / "train-street", TINY_BEV)) == 3  # a plain folder of logs
