@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -430,6 +430,8 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
             raise ConfigError(f"{out}: --config differs from the run's {CONFIG_FILE}; resume without --config or "
                               "start a new run")
         config = saved
+        if options.init is None and "init" in previous["plan"]:  # a fine-tuning run resumes as one
+            options = replace(options, init=previous["plan"]["init"])
     elif previous is not None:
         raise ConfigError(f"{out} already holds a training run; continue it with --resume or choose another --out")
     if config is None:
@@ -455,14 +457,10 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
     np.random.seed(seed)
     random.seed(seed)
     model = FusionNet(config)
-    init_sha = None
-    if options.init is not None:
-        # A resume restores the run's own weights below; the source is checked again so that a replaced or
-        # edited source is noticed rather than silently mixed into the record.
-        init_sha = load_init_weights(model, options.init)
-        if options.resume and previous.get("init_sha256") not in (None, init_sha):
-            raise ConfigError(f"{out}: the run started from {options.init} with sha256 "
-                              f"{previous['init_sha256'][:16]}..., which now has {init_sha[:16]}...")
+    if options.resume:  # the run's own weights are restored below; the source's sha256 stays in the records
+        init_sha = previous.get("init_sha256")
+    else:
+        init_sha = load_init_weights(model, options.init) if options.init is not None else None
     model = model.to(device)
     if procs.world > 1 and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

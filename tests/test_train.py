@@ -215,6 +215,10 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, ru
     assert (after[key] - ref).abs().max() < 0.01 * ref.abs().max()
     scratch = FusionNet(TINY).state_dict()[key]
     assert (scratch - ref).abs().max() > 0.1 * ref.abs().max()
+    # A resume continues the fine-tuning run without --init again and keeps the source's sha256 in its records.
+    resumed = train(None, data[0], None, tuned.run_dir, TrainOptions(max_steps=2, augment=False, resume=True, **QUIET))
+    record = json.loads((resumed.run_dir / "last.json").read_text())
+    assert resumed.steps == 2 and record["init_sha256"] == sha and record["plan"]["init"] == str(run[0])
 
 
 def test_fine_tuning_refuses_another_network_and_unknown_names(tmp_path, run, data):
