@@ -41,7 +41,8 @@ lint: $(STAMP)
 # `nearfield simulate --preset P --out data/P`). Stage 1, the first revision (nf-small-r1, -camera-r1, -uss-r1): the
 # train preset alone. Stage 2, the shipped nf-small, -camera, -uss: each fine-tuned from its stage-1 weights on train +
 # train-street (kerb-side streets), the fusion model with camera dropout; the last checkpoint is registered (the val
-# split holds no street). Stage 2 took 76 min for the three runs side by side on the 2 CPU cores.
+# split holds no street). Stage 2 of fusion took 76 min and of camera 64 min, the two run side by side on the 2
+# CPU cores (measured 2026-12-06); the USS run is the lightest of the three.
 STAGE2 := --data data --train-split train train-street --epochs 5 --set train.lr=1e-3 --threads 1 --workers 0
 STAGE2_DATA := nearfield simulate --preset train + train-street (20 + 10 drives x 100 frames, seeds 100000-100019 and \
 	110000-110009, scale 0.5); fine-tuned 5 epochs from
