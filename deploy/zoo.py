@@ -169,7 +169,7 @@ def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest
     check_zoo_name(new)
     out = {}
     for name, m in models.items():
-        m = replace(m, parent=new) if m.parent == old else m
+        m = replace(m, parent=new if m.parent == old else m.parent, options=renamed_references(m.options, old, new))
         out[new if name == old else name] = replace(m, name=new) if name == old else m
     if trained_manifest is not None:
         from perception.registry import read_manifest, rename_trained
@@ -177,6 +177,22 @@ def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest
         if old in read_manifest(trained_manifest):
             rename_trained(old, new, trained_manifest)
     write_zoo(out, manifest)
+
+
+# The method options that name other models (distillation teachers, the E2GC baseline, the trained model behind an
+# entry): a rename rewrites them so that they keep meaning the model that was used.
+MODEL_REFERENCE_OPTIONS = ("teachers", "baseline", "trained")
+
+
+def renamed_references(options: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    out = dict(options)
+    for key in MODEL_REFERENCE_OPTIONS:
+        value = out.get(key)
+        if value == old:
+            out[key] = new
+        elif isinstance(value, list):
+            out[key] = [new if v == old else v for v in value]
+    return out
 
 
 def check_zoo_name(name: str) -> None:
