@@ -159,34 +159,39 @@ def update_metrics(name: str, metrics: dict[str, Any], manifest: str | Path = MA
 
 def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest: str | Path | None = None) -> None:
     """Give zoo model OLD the name NEW, keeping its file, checksum and figures (e.g. to keep a model's previous revision
-    when a new one takes its name). Entries whose parent is OLD follow it. With `trained_manifest`, the trained model
-    OLD there (perception/weights/MODELS.toml), if any, is renamed too, so that parent names keep meaning one thing in
-    both manifests."""
+    when a new one takes its name). Entries whose parent is OLD follow it, and so do the options that name it
+    (teachers, baseline). With `trained_manifest`, the trained model OLD there (perception/weights/MODELS.toml), if
+    any, is renamed too, and the `trained` options with it, so that names keep meaning one thing in both manifests."""
     models = read_zoo(manifest)
     get_model(old, manifest)
     if new in models:
         raise ConfigError(f"zoo rename: {new!r} is already a zoo model ({manifest})")
     check_zoo_name(new)
-    out = {}
-    for name, m in models.items():
-        m = replace(m, parent=new if m.parent == old else m.parent, options=renamed_references(m.options, old, new))
-        out[new if name == old else name] = replace(m, name=new) if name == old else m
+    keys = ZOO_REFERENCE_OPTIONS
     if trained_manifest is not None:
         from perception.registry import read_manifest, rename_trained
 
         if old in read_manifest(trained_manifest):
             rename_trained(old, new, trained_manifest)
+            keys += TRAINED_REFERENCE_OPTIONS
+    out = {}
+    for name, m in models.items():
+        options = renamed_references(m.options, old, new, keys)
+        m = replace(m, parent=new if m.parent == old else m.parent, options=options)
+        out[new if name == old else name] = replace(m, name=new) if name == old else m
     write_zoo(out, manifest)
 
 
-# The method options that name other models (distillation teachers, the E2GC baseline, the trained model behind an
-# entry): a rename rewrites them so that they keep meaning the model that was used.
-MODEL_REFERENCE_OPTIONS = ("teachers", "baseline", "trained")
+# The method options that name other models, so that a rename rewrites them and they keep meaning the model that was
+# used: zoo models (distillation teachers, the E2GC baseline; `compress` resolves them in the zoo first) and trained
+# models (the one behind an E2GC entry; rewritten only when the trained model of that name is renamed too).
+ZOO_REFERENCE_OPTIONS = ("teachers", "baseline")
+TRAINED_REFERENCE_OPTIONS = ("trained",)
 
 
-def renamed_references(options: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+def renamed_references(options: dict[str, Any], old: str, new: str, keys: tuple[str, ...]) -> dict[str, Any]:
     out = dict(options)
-    for key in MODEL_REFERENCE_OPTIONS:
+    for key in keys:
         value = out.get(key)
         if value == old:
             out[key] = new

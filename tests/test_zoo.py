@@ -255,15 +255,25 @@ def test_rename_keeps_file_and_figures_and_children_follow(zoo, tmp_path, capsys
     assert read_zoo(zoo)["tiny-copy-r1"].parent == "tiny-r0"
 
 
-def test_rename_rewrites_options_that_name_the_model(zoo):
-    """A distilled entry's teachers and an E2GC entry's baseline keep naming the model that was used."""
+def test_rename_rewrites_options_that_name_the_model(zoo, tmp_path):
+    """A distilled entry's teachers and an E2GC entry's baseline keep naming the model that was used; the trained
+    model behind an entry is rewritten only when the trained model is renamed too."""
     from deploy.zoo import rename, write_zoo
 
     models = read_zoo(zoo)
     models["tiny-copy"] = replace(models["tiny-copy"], options={
-        "teachers": ["tiny", "other"], "baseline": "tiny", "student": "tiny", "steps": 3})
+        "teachers": ["tiny", "other"], "baseline": "tiny", "trained": "tiny", "student": "tiny", "steps": 3})
     write_zoo(models, zoo)
     rename("tiny", "tiny-r1", zoo)
     options = read_zoo(zoo)["tiny-copy"].options
     assert options["teachers"] == ["tiny-r1", "other"] and options["baseline"] == "tiny-r1"
     assert options["student"] == "tiny" and options["steps"] == 3  # a config name and a number are left alone
+    assert options["trained"] == "tiny"  # no trained model was renamed: it still has its old name
+    trained = tmp_path / "MODELS.toml"
+    trained.write_text('[tiny-r1]\nconfig = "nf-small"\nweights = "tiny.safetensors"\nsha256 = "ab"\n')
+    models = read_zoo(zoo)
+    models["tiny-copy"] = replace(models["tiny-copy"], options={**options, "trained": "tiny-r1"})
+    write_zoo(models, zoo)
+    rename("tiny-r1", "tiny-r0", zoo, trained_manifest=trained)
+    options = read_zoo(zoo)["tiny-copy"].options
+    assert options["trained"] == "tiny-r0" and options["baseline"] == "tiny-r0"
