@@ -22,10 +22,14 @@ LIGHTING_MIX = {"day": 0.50, "dusk": 0.15, "night": 0.20, "glare": 0.15}
 EXTRA_MIX = {"rain": 0.15, "soiling": 0.10, "camera_failure": 0.05, "uss_failure": 0.07}
 GLARE_ELEVATION_DEG = (3.0, 10.0)
 GLARE_AZIMUTH_SPREAD_DEG = 30.0  # sun within this of the front or rear camera's axis: well inside its view
+# Outdoor nights whose lamps are out or absent (a dark lot, an unlit street or driveway): the ego's headlights
+# and tail lights are all the camera gets. Drawn from the scene's own seed, not the drive's random stream, so
+# that every other draw of a drive (and so every day drive) is what it was before unlit nights existed.
+UNLIT_NIGHT = 0.5
 
 
 def sample_condition(rng: np.random.Generator, rig: Rig, scene: Scene,
-                     allowed: Sequence[str] | None = None) -> Condition:
+                     allowed: Sequence[str] | None = None, street_lamps: bool | None = None) -> Condition:
     """Draw the conditions of one drive through `scene`.
 
     allowed: names from sensors.messages.CONDITIONS to draw from; None is the training mix. With a list, one of
@@ -33,6 +37,7 @@ def sample_condition(rng: np.random.Generator, rig: Rig, scene: Scene,
     their mix rates. The lighting is always set: from the allowed lightings, or 'day' when the list names none.
     Indoors (a scene with a ceiling) there is no sun and no rain: 'glare' and 'rain' are replaced by another
     allowed condition, or dropped; 'night' there means only the ceiling lamps light the scene.
+    street_lamps: whether an outdoor night's lamps are lit; None draws it (UNLIT_NIGHT, from the scene's seed).
     """
     if allowed is not None:
         allowed = list(dict.fromkeys(allowed))
@@ -80,7 +85,17 @@ def sample_condition(rng: np.random.Generator, rig: Rig, scene: Scene,
         names = [s.name for s in rig.uss]
         for s in rng.choice(names, size=int(rng.integers(1, 3)), replace=False):
             failed_uss[str(s)] = str(rng.choice(["dead", "blocked"]))
-    return Condition(lighting, azimuth, elevation, "rain" in extras, soiling, failed_cameras, failed_uss)
+    lamps = True
+    if lighting == "night" and not indoor:
+        lamps = not street_lamps_off(scene) if street_lamps is None else bool(street_lamps)
+    return Condition(lighting, azimuth, elevation, "rain" in extras, soiling, failed_cameras, failed_uss, lamps)
+
+
+def street_lamps_off(scene: Scene) -> bool:
+    """Whether an outdoor night in SCENE is an unlit one (probability UNLIT_NIGHT, fixed per scene seed)."""
+    from sim_data.effects import stable_seed
+
+    return bool(np.random.default_rng(stable_seed(scene.kind, scene.seed, "unlit")).random() < UNLIT_NIGHT)
 
 
 def _weighted(rng: np.random.Generator, weights: dict[str, float]) -> str:

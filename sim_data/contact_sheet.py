@@ -88,7 +88,10 @@ def contact_sheet(logs: list[str | Path], out: str | Path, frame_index: int = 0)
                 raise LogFormatError(f"{path}: no complete frame to show")
             if frame.index < frame_index:
                 log.warning("%s has %d frames; showing its last, %d", path, frame.index + 1, frame.index)
-            title = f"{Path(path).stem}  frame {frame.index}  [{', '.join(frame.conditions) or 'no labels'}]"
+            labels = ", ".join(frame.conditions) or "no labels"
+            if reader.metadata.get("street_lamps") == "off":
+                labels += ", lamps off"
+            title = f"{Path(path).stem}  frame {frame.index}  [{labels}]"
             rows.append(frame_row(frame, reader.rig, title))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]

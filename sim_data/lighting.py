@@ -49,7 +49,8 @@ def lighting_for(condition: Condition, scene: Scene) -> Lighting:
     lighting = condition.lighting
     if lighting == "night":
         return Lighting(None, a([0, 0, 0], F32), a([0.004, 0.005, 0.008], F32), a([0.0015, 0.002, 0.004], F32),
-                        a([0.010, 0.007, 0.005], F32), True, True, 0.0, wet, 90.0 if wet else 250.0)
+                        a([0.010, 0.007, 0.005], F32), condition.street_lamps, True, 0.0, wet,
+                        90.0 if wet else 250.0)
     if lighting == "dusk":
         sun_rgb, sky = a([0.45, 0.27, 0.15], F32), a([0.07, 0.075, 0.10], F32)
         zenith, horizon = a([0.05, 0.07, 0.14], F32), a([0.35, 0.20, 0.12], F32)

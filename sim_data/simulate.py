@@ -43,6 +43,7 @@ class DriveSpec:
     conditions: tuple[str, ...] | None = None  # None: the realistic training mix
     scene_kinds: tuple[str, ...] | None = None
     motions: tuple[str, ...] | None = None
+    street_lamps: bool | None = None  # an outdoor night's lamps lit or not; None: drawn (conditions.UNLIT_NIGHT)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ PRESETS: dict[str, Preset] = {
     # four test scenes are streets, and a kerb beside the car is the near obstacle a parking car meets most.
     "train-street": Preset(drives=10, frames=100, seed=110_000, scene_kinds=("street",)),
     "val": Preset(drives=4, frames=100, seed=200_000),
-    # 4 outdoor scenes x 8 conditions x 25 frames = 800 frames (outdoor: glare and rain need the sky).
+    # 4 outdoor scenes x 8 conditions x 25 frames = 800 frames (outdoor: glare and rain need the sky). Its nights
+    # alternate between lit (even scenes) and unlit (odd scenes), so both kinds of night are covered equally.
     "test": Preset(drives=4, frames=25, seed=300_000, condition_cycle=tuple((c,) for c in CONDITIONS), paired=True),
 }
 
@@ -96,7 +98,7 @@ def plan_drives(preset: str, frames: int | None = None, seed: int | None = None,
             for cond in p.condition_cycle or ((),):
                 label = "-".join(cond) or "mix"
                 out.append(DriveSpec(f"{preset}-{i:02d}-{label}", base + i, nf, cond or None,
-                                     scene_kinds=OUTDOOR_KINDS))
+                                     scene_kinds=OUTDOOR_KINDS, street_lamps=i % 2 == 0))
         return out
     for i in range(n):
         if conditions:
@@ -128,7 +130,7 @@ def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float 
     duration = spec.frames * FRAME_PERIOD_NS / 1e9
     with maybe_stage(timer, "scene"):
         scene = sample_drive(rng, rig, duration, kinds=spec.scene_kinds, motions=spec.motions)
-        condition = sample_condition(rng, rig, scene, spec.conditions)
+        condition = sample_condition(rng, rig, scene, spec.conditions, spec.street_lamps)
     render_rig = rig.scaled(scale) if not math.isclose(scale, 1.0) else rig
     with maybe_stage(timer, "renderer setup"):
         renderer = FisheyeRenderer(render_rig.cameras, rig.vehicle, scene)
@@ -142,6 +144,8 @@ def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float 
     metadata = {"generator": "nearfield simulate", "drive": spec.name, "seed": str(spec.seed),
                 "scene": scene.kind, "frames": str(spec.frames), "scale": f"{scale:g}",
                 "conditions": ",".join(labels)}
+    if condition.lighting == "night":
+        metadata["street_lamps"] = "on" if condition.street_lamps else "off"
     frozen: dict[str, bytes] = {}
     with LogWriter(tmp, render_rig, metadata=metadata, stamp_creation=False) as writer:
         for k in range(spec.frames):

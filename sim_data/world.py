@@ -245,7 +245,9 @@ class Condition:
     lighting: 'day', 'dusk', 'night' or 'glare' (low sun in view). sun_azimuth is the world-frame direction
     towards the sun (radians), sun_elevation above the horizon. soiling maps a camera to a coverage
     fraction (0..1); failed_cameras maps a camera to 'black' or 'frozen'; failed_uss maps a sensor name to
-    'dead' (no response) or 'blocked' (covered membrane).
+    'dead' (no response) or 'blocked' (covered membrane). street_lamps: whether the scene's lamps are lit after
+    dark (an unlit night is a dark lot, a street with its lamps out, a driveway with the porch light off: only the
+    ego's own lamps light it); a garage's lamps are always on, and by day no lamp matters.
     """
 
     lighting: str = "day"
@@ -255,6 +257,7 @@ class Condition:
     soiling: dict[str, float] = field(default_factory=dict)
     failed_cameras: dict[str, str] = field(default_factory=dict)
     failed_uss: dict[str, str] = field(default_factory=dict)
+    street_lamps: bool = True
 
     def __post_init__(self):
         if self.lighting not in LIGHTING:

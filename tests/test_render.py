@@ -313,6 +313,24 @@ def test_night_is_much_darker_than_day(open_lot):
         assert np.array_equal(day[n].object_id, night[n].object_id)
 
 
+def test_an_unlit_night_leaves_only_the_ego_lamps(small_rig):
+    from sim_data.world import Light
+
+    # Street lamps beside the car on both sides: lit, they light what the mirror cameras see.
+    lamps = tuple(Light(*world(x, y), 5.0) for x in (-3.0, 1.0, 5.0) for y in (-4.0, 4.0))
+    renderer = FisheyeRenderer(small_rig.cameras, small_rig.vehicle, scene(lights=lamps))
+    lit = render(renderer, Condition("night"))
+    unlit = render(renderer, Condition("night", street_lamps=False))
+    sides = ["MVL", "MVR"]
+    assert mean(lit, sides) > 3.0 * mean(unlit, sides)
+    # The headlights still light the ground ahead: the front camera keeps most of its light.
+    assert mean(unlit, ["FV"]) > 0.6 * mean(lit, ["FV"])
+    # Daylight does not depend on the lamps.
+    day = render(renderer, Condition("day"))
+    day_unlit = render(renderer, Condition("day", street_lamps=False))
+    assert all(np.array_equal(day[n].rgb, day_unlit[n].rgb) for n in day)
+
+
 def test_glare_brightens_around_the_projected_sun(open_lot, small_rig):
     fv = small_rig.cameras["FV"]
     az = EGO.yaw  # the sun straight ahead of the car, low

@@ -235,6 +235,27 @@ def test_allowed_lists_are_respected(rig, street):
         sample_condition(rng, rig, street, ["fog"])
 
 
+def test_unlit_nights_are_drawn_per_scene_without_touching_the_drive_stream(rig, scenes, street):
+    from sim_data.conditions import UNLIT_NIGHT, street_lamps_off
+
+    def draw(seed, **kw):
+        rng = np.random.default_rng(seed)
+        return sample_condition(rng, rig, street, ["night"], **kw), rng.random()
+
+    (drawn, after), (forced, after_forced) = draw(5), draw(5, street_lamps=street_lamps_off(street))
+    # Forcing the lamps changes nothing else: the same sun, faults and random stream after the draw.
+    assert drawn.street_lamps != forced.street_lamps and after == after_forced
+    assert (drawn.sun_azimuth, drawn.failed_uss) == (forced.sun_azimuth, forced.failed_uss)
+    assert drawn.street_lamps == (not street_lamps_off(street))  # fixed by the scene, not by the drive's rng
+    assert all(draw(s)[0].street_lamps == drawn.street_lamps for s in range(6))
+    # Across scenes about UNLIT_NIGHT of outdoor nights are unlit; by day the lamps are always on.
+    outdoor = [sc for (kind, _, _), sc in scenes.items() if kind != "garage"]
+    off = np.mean([street_lamps_off(sc) for sc in outdoor])
+    assert 0.0 < off < 1.0 and abs(UNLIT_NIGHT - 0.5) < 1e-9
+    rng = np.random.default_rng(6)
+    assert all(sample_condition(rng, rig, street, ["day"], street_lamps=False).street_lamps for _ in range(5))
+
+
 def test_garage_has_no_glare_and_no_rain(rig, scenes):
     garage = scenes[("garage", "creep_forward", 1)]
     rng = np.random.default_rng(3)
@@ -242,6 +263,7 @@ def test_garage_has_no_glare_and_no_rain(rig, scenes):
     assert mix["glare"] == 0 and mix["day"] > 0
     assert all(sample_condition(rng, rig, garage, ["glare"]).lighting != "glare" for _ in range(20))
     assert all(sample_condition(rng, rig, garage, ["glare", "night"]).lighting == "night" for _ in range(20))
+    assert all(sample_condition(rng, rig, garage, ["night"], street_lamps=False).street_lamps for _ in range(5))
     assert not any(sample_condition(rng, rig, garage, ["rain"]).rain for _ in range(20))
 
 

@@ -1,6 +1,7 @@
 """The simulator end to end: presets, determinism, log content, condition labels, CLI."""
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -150,3 +151,14 @@ def test_paired_test_drives_share_the_scene_and_differ_in_condition(tmp_path, ri
             labels.append(r.metadata.get("conditions", ""))
     assert all((a == b).all() for a, b in zip(*truths, strict=True))  # the same scene, cell for cell
     assert labels == ["day", "night"]
+
+
+def test_the_test_split_covers_lit_and_unlit_nights(tmp_path, rig):
+    nights = [d for d in plan_drives("test") if d.conditions == ("night",)]
+    assert [d.street_lamps for d in nights] == [True, False, True, False]
+    assert all(d.street_lamps is None for d in plan_drives("train"))  # the training mix draws them
+    lamps = []
+    for spec in nights[:2]:
+        with LogReader(simulate_drive(replace(spec, frames=1), tmp_path, rig, scale=0.25)) as r:
+            lamps.append(r.metadata.get("street_lamps"))
+    assert lamps == ["on", "off"]
