@@ -45,12 +45,15 @@ TIMING_ROUNDS = 9
 
 
 def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: int | None = None,
-                  manifest: str | Path = MANIFEST, store: bool = True) -> dict[str, Any]:
+                  manifest: str | Path = MANIFEST, store: bool = True, timing: bool = True) -> dict[str, Any]:
     """Run zoo model NAME over the test drives in DATA through deploy.pipeline.Pipeline (onnxruntime CPU, THREADS
     intra-op threads): test mIoU overall and at night; median ms of backend.run per frame (and the parent's, timed
     in the same run, when the parent is in the zoo too; see TIMING_ROUNDS); size, parameters and FLOPs
     (deploy.flops). Stored into NAME's [metrics] unless store=False; returned either way (keys absent where not
-    measured, e.g. no night frames)."""
+    measured, e.g. no night frames).
+
+    timing=False re-scores accuracy only (after the test split changed, or on a busy machine): the test figures
+    with `accuracy_command` and `accuracy_measured_at`; the stored timings, their machine and command stay."""
     from sensors.log import LogReader
     from sensors.replay import replay_frames
     from sensors.timing import machine_description
@@ -69,7 +72,7 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
                 rig = reader.rig
             if not pipes:
                 pipes.append(Pipeline(model, rig, threads=threads, source=str(path)))
-                if parent is not None:
+                if parent is not None and timing:
                     pipes.append(Pipeline(parent, rig, threads=threads, source=str(path)))
                 evaluator = Evaluator(rig, pipes[0].grid)
             else:
@@ -89,12 +92,27 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
                     taken += 1
         if evaluator is None or not samples:
             raise LogFormatError(f"zoo measure: no frames in {', '.join(map(str, logs))}")
-        times = time_blocks([p.backend for p in pipes], samples)
-        ms, parent_ms = times[0], times[1] if parent is not None else []
+        if timing:
+            times = time_blocks([p.backend for p in pipes], samples)
+            ms, parent_ms = times[0], times[1] if parent is not None else []
     finally:
         for p in pipes:
             p.close()
     scores = evaluator.result()
+    data_args = " ".join(shlex.quote(str(d)) for d in ([data] if isinstance(data, str | Path) else data))
+    if not timing:
+        metrics = {"test_frames": int(scores["frames"])}
+        if scores["miou"] is not None:
+            metrics["test_miou"] = float(scores["miou"])
+        night = scores["by_condition"].get("night", {}).get("miou")
+        if night is not None:
+            metrics["test_miou_night"] = float(night)
+        metrics["accuracy_command"] = f"nearfield zoo measure {name} --data {data_args} --accuracy-only"
+        metrics["accuracy_measured_at"] = time.strftime("%Y-%m-%d")
+        log.info("%s: %s", name, metrics)
+        if store:
+            update_metrics(name, metrics, manifest)
+        return metrics
     metrics: dict[str, Any] = {"test_frames": int(scores["frames"]), "ort_cpu_ms": round(float(np.median(ms)), 3),
                                "size_mb": round(model.size_bytes / 1e6, 3), "params": count_parameters(model.onnx),
                                "gflops": round(onnx_flops(model.onnx) / 1e9, 4)}
@@ -110,7 +128,6 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
         metrics["ort_cpu_parent_ms"] = round(float(np.median(parent_ms)), 3)
     thread_note = f"{threads} onnxruntime threads" if threads else "onnxruntime default threads"
     metrics["measured_on"] = f"{machine_description()}; {thread_note}"
-    data_args = " ".join(shlex.quote(str(d)) for d in ([data] if isinstance(data, str | Path) else data))
     metrics["command"] = (f"nearfield zoo measure {name} --data {data_args}" +
                           (f" --threads {threads}" if threads else ""))
     metrics["measured_at"] = time.strftime("%Y-%m-%d")

@@ -140,6 +140,24 @@ def test_measure_gives_evaluator_miou_latency_ratio_and_size(zoo, night_log, bui
     assert "1 onnxruntime threads" in m["measured_on"] and m["command"].startswith("nearfield zoo measure tiny-copy")
 
 
+def test_measure_accuracy_only_rescores_and_keeps_the_stored_timings(zoo, night_log, capsys):
+    from deploy.zoo import update_metrics
+
+    timed = {"ort_cpu_ms": 9.5, "ort_cpu_ratio": 1.7, "measured_on": "some machine", "command": "earlier",
+             "test_miou": 0.99}
+    update_metrics("tiny-copy", timed, zoo)
+    expected = _expected_scores(zoo.parent / "tiny-copy.onnx", night_log)
+    assert main(["zoo", "--manifest", str(zoo), "measure", "tiny-copy", "--data", str(night_log), "--threads", "1",
+                 "--accuracy-only"]) == 0
+    assert "accuracy only" in capsys.readouterr().out
+    m = read_zoo(zoo)["tiny-copy"].metrics
+    assert m["test_miou"] == pytest.approx(expected["miou"], abs=1e-12)  # re-scored, not the stored 0.99
+    assert m["test_miou_night"] == pytest.approx(expected["by_condition"]["night"]["miou"], abs=1e-12)
+    assert {k: m[k] for k in ("ort_cpu_ms", "ort_cpu_ratio", "measured_on", "command")} == \
+        {k: timed[k] for k in ("ort_cpu_ms", "ort_cpu_ratio", "measured_on", "command")}
+    assert m["accuracy_command"].endswith("--accuracy-only")
+
+
 def test_measure_without_a_parent_in_the_zoo_has_no_ratio(zoo, night_log):
     m = measure_model("tiny", [night_log], threads=1, manifest=zoo, store=False)
     assert "ort_cpu_ratio" not in m and m["test_frames"] == 3
