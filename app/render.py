@@ -13,6 +13,7 @@ import numpy as np
 from perception.postprocess import Sectors
 from sensors.bev import BevGrid
 from sensors.classes import CLASS_COLORS, CLASS_NAMES, IGNORE, SemanticClass, colorize
+from sensors.imaging import outlined_text
 from sensors.messages import UssCycle, UssStatus
 from sensors.rig import Rig, UssSensor
 
@@ -205,7 +206,7 @@ def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers 
             cv2.fillPoly(pic, [_px(view, poly)], LEVEL_COLORS[min(level, 3)], aa, shift=3)
             if level > 0 and math.isfinite(dist):
                 mid = poly[len(poly) // 4 * 3]  # on the outer edge, mid-sector
-                _text(pic, f"{dist:.1f}", view.to_pixel(mid[None])[0] + (-10, 4), 0.38)
+                outlined_text(pic, f"{dist:.1f}", view.to_pixel(mid[None])[0] + (-10, 4), 0.38)
     if uss is not None and layers.uss:
         for direct, pts in echo_curves(uss, rig):
             cv2.polylines(pic, [_px(view, pts)], False, DIRECT_COLOR if direct else CROSS_COLOR, 1, aa, shift=3)
@@ -216,19 +217,13 @@ def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers 
             q = np.round(p).astype(int)
             cv2.line(pic, tuple(q - 5), tuple(q + 5), FAILED_COLOR, 2, aa)
             cv2.line(pic, (q[0] - 5, q[1] + 5), (q[0] + 5, q[1] - 5), FAILED_COLOR, 2, aa)
-            _text(pic, s.name, p + np.array([6, -6]), 0.38, FAILED_COLOR)
+            outlined_text(pic, s.name, p + np.array([6, -6]), 0.38, FAILED_COLOR)
         else:
             cv2.circle(pic, tuple(np.round(p).astype(int)), 2, (240, 240, 240), -1, aa)
     return pic
 
 
 # --- tiles and strips -----------------------------------------------------------------------------------------------
-
-def _text(img: np.ndarray, text: str, org, scale: float = 0.5, color=(255, 255, 255)) -> None:
-    org = tuple(np.round(np.asarray(org, float)).astype(int).tolist())
-    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
-
 
 def camera_tile(rgb: np.ndarray | None, name: str, failure: str | None, size: tuple[int, int]) -> np.ndarray:
     """(h, w, 3) tile of one camera at size (w, h): the image, or a grey panel when it is missing; a failed
@@ -241,9 +236,9 @@ def camera_tile(rgb: np.ndarray | None, name: str, failure: str | None, size: tu
         if failure:
             grey = cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY) // 2 + 40
             tile = np.repeat(grey[..., None], 3, axis=2)
-    _text(tile, name, (8, 20), 0.55)
+    outlined_text(tile, name, (8, 20), 0.55)
     if failure:
-        _text(tile, failure, (8, h // 2), 0.6, FAILED_COLOR)
+        outlined_text(tile, failure, (8, h // 2), 0.6, FAILED_COLOR)
     return tile
 
 
@@ -280,17 +275,17 @@ def uss_strip(cycle: UssCycle | None, rig: Rig, width: int = 720, height: int = 
         cv2.rectangle(strip, (x0, 2), (x1, height - 3), (50, 50, 56), -1)
         if s.id in failed:
             cv2.rectangle(strip, (x0, 2), (x1, height - 3), FAILED_FILL, -1)
-            _text(strip, "X " + failed[s.id].name.lower().replace("_", " ")[:9], (x0 + 2, height - 10), 0.33,
+            outlined_text(strip, "X " + failed[s.id].name.lower().replace("_", " ")[:9], (x0 + 2, height - 10), 0.33,
                   FAILED_COLOR)
         elif math.isfinite(dist[i]):
             share = 1.0 - min(max((dist[i] - s.range_min) / (s.range_max - s.range_min), 0.0), 1.0)
             level = min(int((dist[i] <= np.asarray(levels_m)).sum()), len(LEVEL_COLORS) - 1)
             top = round((height - 22) * (1 - share)) + 18
             cv2.rectangle(strip, (x0 + 4, top), (x1 - 4, height - 4), LEVEL_COLORS[level], -1)
-            _text(strip, f"{dist[i]:.2f}", (x0 + 2, height - 8), 0.38)
+            outlined_text(strip, f"{dist[i]:.2f}", (x0 + 2, height - 8), 0.38)
         else:
-            _text(strip, "-", (x0 + 2, height - 8), 0.38, (150, 150, 150))
-        _text(strip, s.name, (x0 + 2, 14), 0.38)
+            outlined_text(strip, "-", (x0 + 2, height - 8), 0.38, (150, 150, 150))
+        outlined_text(strip, s.name, (x0 + 2, 14), 0.38)
     return strip
 
 
@@ -301,7 +296,7 @@ def legend(width: int, height: int = 26) -> np.ndarray:
     x = 8
     for i, name in enumerate(CLASS_NAMES):
         cv2.rectangle(band, (x, 7), (x + 14, 19), CLASS_COLORS[i], -1)
-        _text(band, name, (x + 19, 18), 0.42)
+        outlined_text(band, name, (x + 19, 18), 0.42)
         x += 34 + 9 * len(name)
     return band
 

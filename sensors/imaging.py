@@ -57,3 +57,16 @@ def write_png(rgb: np.ndarray, out: str | Path, what: str = "picture") -> Path:
     if not ok:
         raise ConfigError(f"{out}: cannot write the {what} (check the folder exists and is writable)")
     return out
+
+
+_HALO = [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy]
+
+
+def outlined_text(img: np.ndarray, text: str, org, scale: float = 0.5, color=(255, 255, 255)) -> None:
+    """Text with a dark 1-px halo, readable on any background, in place. The halo is the text itself shifted by one
+    pixel each way: a thicker stroke would not do, as OpenCV 5's font widens with its thickness and the halo would
+    overhang the text's end."""
+    x, y = (round(float(v)) for v in org)
+    for dx, dy in _HALO:
+        cv2.putText(img, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)

@@ -11,7 +11,7 @@ import numpy as np
 from sensors.bev import BevGrid
 from sensors.classes import CLASS_NAMES, colorize
 from sensors.errors import LogFormatError
-from sensors.imaging import write_png
+from sensors.imaging import outlined_text, write_png
 from sensors.messages import Frame
 from sensors.rig import CAMERA_NAMES, Rig
 
@@ -21,8 +21,7 @@ TILE_H = 240
 
 
 def _label(img: np.ndarray, text: str, scale: float = 0.55) -> None:
-    cv2.putText(img, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(img, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    outlined_text(img, text, (8, 22), scale)
 
 
 def bev_picture(occupancy: np.ndarray, rig: Rig, size: int = TILE_H) -> np.ndarray:
