@@ -68,14 +68,18 @@ def world(tmp_path_factory, rig):
             "config": config, "frames": frames, "float": path}
 
 
-def session(path):
+def session(path, fused: bool = True):
+    """onnxruntime on the CPU; fused=False runs every QuantizeLinear / DequantizeLinear as written (float
+    arithmetic, no int8 kernels): the QDQ graph's own meaning, which TensorRT implements with its kernels."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
+    if not fused:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(path, frames):
-    s = session(path)
+def run_onnx(path, frames, fused: bool = True):
+    s = session(path, fused)
     names = [i.name for i in s.get_inputs()]
     return [s.run(None, {k: f[k] for k in names}) for f in frames]
 
@@ -181,10 +185,13 @@ def test_int8_ptq_registers_a_cpu_and_a_tensorrt_artifact_close_to_float(world, 
     pools = [n for n in g.node if n.op_type == "MaxPool"]
     assert len(pools) == 2 and all(producer[p.input[0]].op_type == "Relu" for p in pools)  # float in, Q after
     reference = run_onnx(world["float"], world["frames"])
-    for entry in (cpu, trt):
+    # The CPU artifact through onnxruntime's int8 kernels, as it is deployed; the TensorRT artifact by its QDQ
+    # semantics. onnxruntime's fused S8S8 kernels are no stand-in for TensorRT's: on a CPU without VNNI (AVX2 only)
+    # they put this model 5.7 % off float, while the same graph's QDQ semantics are 0.3 % off.
+    for entry, fused in ((cpu, True), (trt, False)):
         onnx.checker.check_model(str(entry.verified_onnx()))
         assert entry.size_bytes < 0.5 * world["float"].stat().st_size  # int8 weights: about a quarter
-        close_to(reference, run_onnx(entry.onnx, world["frames"]), rel=0.03)
+        close_to(reference, run_onnx(entry.onnx, world["frames"], fused), rel=0.03)
 
 
 def test_tensorrt_artifact_is_symmetric_and_quantises_residual_adds_and_concats(ptq):
