@@ -90,7 +90,7 @@ models: $(STAMP)
 # registered, then every model measured on data/test one after the other, listed and plotted. About 1.5 h on 2 CPU
 # cores. The E2GC pair it measures comes from `make e2gc` (below).
 COMPRESS := $(BIN)/nearfield compress --from nf-small-r1 --data data --threads 2 --no-measure
-ZOO_MODELS := nf-small nf-small-camera nf-small-uss nf-small-r1 nf-small-camera-r1 nf-small-uss-r1 \
+ZOO_MODELS := nf-small nf-small-camera nf-small-uss nf-small-r2 nf-small-camera-r2 nf-small-r1 nf-small-camera-r1 nf-small-uss-r1 \
 	nf-small-int8 nf-small-pruned50 nf-small-pruned50-int8 \
 	nf-small-distill nf-small-distill-ens \
 	nf-small-qat-int8 nf-small-lowrank nf-small-magnitude50 nf-small-lamp50 nf-small-random50 nf-small-qat-int4 \
@@ -111,9 +111,9 @@ zoo: $(STAMP)
 	$(COMPRESS) --method prune-random --out nf-small-random50 --steps 150 --opt sparsity=0.5
 	$(COMPRESS) --method qat --out nf-small-qat-int4 --steps 200 --opt weights=int4
 	$(COMPRESS) --method qat --out nf-small-qat-ternary --steps 300 --opt weights=ternary
-	$(BIN)/nearfield compress --method distill --from nf-small --out nf-small-distill-r2 --data data --threads 2 \
+	$(BIN)/nearfield compress --method distill --from nf-small-r2 --out nf-small-distill-r2 --data data --threads 2 \
 		--no-measure --steps 600 --opt train_splits=train,train-street --opt lr=0.002
-	$(BIN)/nearfield compress --method int8-ptq --from nf-small --out nf-small-int8-r2 --data data --threads 2 \
+	$(BIN)/nearfield compress --method int8-ptq --from nf-small-r2 --out nf-small-int8-r2 --data data --threads 2 \
 		--no-measure --calib-frames 64
 	for m in $(ZOO_MODELS); do $(BIN)/nearfield zoo measure $$m --data data --threads 2 || exit 1; done
 	$(BIN)/nearfield zoo list

@@ -160,7 +160,8 @@ def update_metrics(name: str, metrics: dict[str, Any], manifest: str | Path = MA
 def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest: str | Path | None = None) -> None:
     """Give zoo model OLD the name NEW, keeping its file, checksum and figures (e.g. to keep a model's previous revision
     when a new one takes its name). Entries whose parent is OLD follow it, and so do the options that name it
-    (teachers, baseline). With `trained_manifest`, the trained model OLD there (perception/weights/MODELS.toml), if
+    (teachers, baseline), and the stored measure commands, so that rerunning them re-measures this model. With
+    `trained_manifest`, the trained model OLD there (perception/weights/MODELS.toml), if
     any, is renamed too, and the `trained` options with it, so that names keep meaning one thing in both manifests."""
     models = read_zoo(manifest)
     get_model(old, manifest)
@@ -178,7 +179,9 @@ def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest
     for name, m in models.items():
         options = renamed_references(m.options, old, new, keys)
         m = replace(m, parent=new if m.parent == old else m.parent, options=options)
-        out[new if name == old else name] = replace(m, name=new) if name == old else m
+        if name == old:
+            m = replace(m, name=new, metrics=renamed_commands(m.metrics, old, new))
+        out[new if name == old else name] = m
     write_zoo(out, manifest)
 
 
@@ -197,6 +200,19 @@ def renamed_references(options: dict[str, Any], old: str, new: str, keys: tuple[
             out[key] = new
         elif isinstance(value, list):
             out[key] = [new if v == old else v for v in value]
+    return out
+
+
+MEASURE_COMMANDS = ("command", "accuracy_command")
+
+
+def renamed_commands(metrics: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """The `nearfield zoo measure OLD ...` commands stored with OLD's figures, naming NEW instead."""
+    out = dict(metrics)
+    for key in MEASURE_COMMANDS:
+        words = str(out.get(key, "")).split(" ")
+        if words[:4] == ["nearfield", "zoo", "measure", old]:
+            out[key] = " ".join(words[:3] + [new] + words[4:])
     return out
 
 

@@ -249,7 +249,8 @@ def test_timing_rounds_alternate_and_the_ratio_cancels_a_load_change():
 def test_rename_keeps_file_and_figures_and_children_follow(zoo, tmp_path, capsys):
     from perception.registry import read_manifest
 
-    update_metrics("tiny", {"test_miou": 0.25}, zoo)
+    update_metrics("tiny", {"test_miou": 0.25, "command": "nearfield zoo measure tiny --data data --threads 2",
+                            "accuracy_command": "nearfield zoo measure tiny --data data --accuracy-only"}, zoo)
     before = read_zoo(zoo)
     trained = tmp_path / "weights" / "MODELS.toml"
     trained.parent.mkdir()
@@ -258,7 +259,9 @@ def test_rename_keeps_file_and_figures_and_children_follow(zoo, tmp_path, capsys
     after = read_zoo(zoo)
     assert set(after) == {"tiny-r1", "tiny-copy"}
     old, new = before["tiny"], after["tiny-r1"]
-    assert (new.onnx, new.sha256, new.metrics, new.parent) == (old.onnx, old.sha256, old.metrics, old.parent)
+    assert (new.onnx, new.sha256, new.parent) == (old.onnx, old.sha256, old.parent)
+    assert new.metrics == {**old.metrics, "command": "nearfield zoo measure tiny-r1 --data data --threads 2",
+                           "accuracy_command": "nearfield zoo measure tiny-r1 --data data --accuracy-only"}
     assert after["tiny-copy"].parent == "tiny-r1" and new.verified_onnx()
     assert main(["zoo", "--manifest", str(zoo), "rename", "tiny-copy", "tiny-r1"]) == 2
     assert "already a zoo model" in capsys.readouterr().err
