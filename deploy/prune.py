@@ -49,10 +49,11 @@ def count_params(model: nn.Module) -> int:
 # --- structured -------------------------------------------------------------------------------------------------
 
 def fixed_channel_layers(model: FusionNet) -> list[nn.Module]:
-    """Layers whose output channels the deploy contract or the graph fixes: the camera neck's output (folded with
-    the heights by the lift, channel c*Z + z), the ultrasonic BEV features (the content-aware dilated convolution's
-    residual and its functional kernel), the gate (its channels are the dilation rates) and the decoders' final
-    classifier convolutions (classes, one occupancy logit)."""
+    """Layers whose output channels torch-pruning must leave alone: the camera neck's output (folded with the
+    heights by the lift, channel c*Z + z, which torch-pruning cannot follow through the GridSample; prune_lift
+    prunes it instead), the ultrasonic BEV features (the content-aware dilated convolution's residual and its
+    functional kernel), the gate (its channels are the dilation rates) and the decoders' final classifier
+    convolutions (classes, one occupancy logit)."""
     fixed: list[nn.Module] = []
     if model.camera is not None:
         fixed.append(model.camera.neck.out)
@@ -91,19 +92,21 @@ class StructuredResult:
     params_before: int
     params_after: int
     channels: dict[str, list[int]] = field(default_factory=dict)  # conv name -> [output channels before, after]
+    lift_channels: list[int] | None = None  # camera features lifted into BEV per height: [before, after]
 
     @property
     def flops_ratio(self) -> float:
         return self.flops_after / self.flops_before
 
 
-def prune_structured(model: FusionNet, flops_ratio: float, resolution: int = 100, round_to: int = 8
-                     ) -> StructuredResult:
+def prune_structured(model: FusionNet, flops_ratio: float, resolution: int = 100, round_to: int = 8,
+                     lift_channels: int | None = None) -> StructuredResult:
     """Remove output channels of MODEL in place (torch-pruning's MetaPruner, L2 magnitude of each coupled channel
     group, every prunable layer at the same ratio) in steps of 1/RESOLUTION of each layer's channels until its
     FLOPs are at most FLOPS_RATIO of the original, keeping channel counts multiples of ROUND_TO. Grouped
-    convolutions lose the same channels in every group; fixed_channel_layers keep theirs. DeployError if the target
-    cannot be reached.
+    convolutions lose the same channels in every group; fixed_channel_layers keep theirs. LIFT_CHANNELS (None:
+    unchanged) first cuts the camera features the lift samples into BEV to that many (prune_lift); the
+    MetaPruner then prunes the rest to the FLOPs target. DeployError if the target cannot be reached.
 
     ROUND_TO 8: onnxruntime's CPU convolutions work on blocks of 8 or 16 channels (NCHWc); nf-small pruned to 0.49
     of its FLOPs with counts like 20 and 41 ran only 1.07x faster than the parent."""
@@ -115,6 +118,10 @@ def prune_structured(model: FusionNet, flops_ratio: float, resolution: int = 100
     model.eval()
     before = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     f0, p0 = count_flops(model, config), count_params(model)
+    lift = None
+    if lift_channels is not None:
+        lift = [model.camera.neck.out[0].out_channels, lift_channels]
+        prune_lift(model, lift_channels)
     unwrapped = []
     if model.uss is not None:  # the dilated convolution's functional kernel: tell torch-pruning its channel axis
         unwrapped = [(model.uss.dilated.weight, 0), (model.uss.dilated.bias, 0)]
@@ -133,13 +140,50 @@ def prune_structured(model: FusionNet, flops_ratio: float, resolution: int = 100
                           f"every prunable channel group at its minimum; ask for flops_ratio >= {flops / f0:.2f}")
     after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     channels = {n: [before[n], after[n]] for n in before if n in after and after[n] != before[n]}
-    return StructuredResult(f0, flops, p0, count_params(model), channels)
+    return StructuredResult(f0, flops, p0, count_params(model), channels, lift)
+
+
+@torch.no_grad()
+def prune_lift(model: FusionNet, keep: int) -> list[int]:
+    """Keep KEEP of the C camera feature channels that the lift samples into BEV, in place: the neck's output
+    convolution and BatchNorm lose output channels, the convolution reading the lifted features the Z input
+    channels c*Z + z of each removed c. The GridSample and the per-camera weighting work on C channels per height,
+    so their time (a quarter of a pruned nf-small's, deploy/docs/int8_cpu.md) falls with C, which the FLOPs
+    count does not see. Channels ranked like torch-pruning's group L2 magnitude: each coupled tensor's squared
+    norm per channel over its mean, summed over the tensors. Returns the kept channels, ascending."""
+    if model.camera_bev is None:
+        # Early fusion joins the lifted features with the ultrasonic raster and reads them twice (the encoder's
+        # stem and its full-resolution skip); that case is not handled.
+        raise ConfigError(f"prune-structured: model {model.config.name} has no camera BEV compressor (camera, "
+                          "middle or late fusion); lift_channels does not apply to it")
+    conv, bn = model.camera.neck.out[0], model.camera.neck.out[1]
+    consumer = model.camera_bev[0][0]
+    C, Z = conv.out_channels, len(model.config.bev.heights)
+    if not 1 <= keep <= C:
+        raise ConfigError(f"prune-structured: lift_channels must lie in 1..{C} (the model lifts {C} per height), "
+                          f"got {keep}")
+    cols = consumer.weight.reshape(consumer.out_channels, C, Z, *consumer.weight.shape[2:])
+    norms = [conv.weight.pow(2).flatten(1).sum(1), bn.weight.pow(2), cols.pow(2).transpose(0, 1).flatten(1).sum(1)]
+    score = sum(n / n.mean().clamp(min=1e-12) for n in norms)
+    kept = sorted(torch.topk(score, keep).indices.tolist())
+    idx = torch.tensor(kept)
+    conv.weight = nn.Parameter(conv.weight[idx].clone())
+    conv.out_channels = keep
+    for name in ("weight", "bias"):
+        setattr(bn, name, nn.Parameter(getattr(bn, name)[idx].clone()))
+    bn.running_mean, bn.running_var = bn.running_mean[idx].clone(), bn.running_var[idx].clone()
+    bn.num_features = keep
+    cols_in = (idx[:, None] * Z + torch.arange(Z)).reshape(-1)
+    consumer.weight = nn.Parameter(consumer.weight[:, cols_in].clone())
+    consumer.in_channels = len(cols_in)
+    return kept
 
 
 @method("prune-structured")
 def structured_method(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
     """`nearfield compress --method prune-structured --opt flops_ratio=0.5`: channel pruning to the FLOPs target,
-    channel counts multiples of round_to (default 8), then --steps of fine-tuning on --data (lr, seed options)."""
+    channel counts multiples of round_to (default 8), the lifted camera features cut to lift_channels first
+    (default_lift_channels), then --steps of fine-tuning on --data (lr, seed options)."""
     name = "prune-structured"
     set_threads(options)
     src = resolve_source(source, manifest)
@@ -148,7 +192,10 @@ def structured_method(source: str, out: str, data: str | None, options: dict[str
     resolution = option(options, "iterative_steps", 100, int, 2, 10_000, name)
     round_to = option(options, "round_to", 8, int, 1, 1024, name)
     steps = option(options, "steps", 20, int, 0, 10**7, name)
-    result = prune_structured(model, ratio, resolution, round_to)
+    lift = None
+    if model.camera_bev is not None:
+        lift = option(options, "lift_channels", default_lift_channels(model, ratio, round_to), int, 1, 1 << 16, name)
+    result = prune_structured(model, ratio, resolution, round_to, lift)
     log.info("%s: FLOPs %.3g -> %.3g (%.2f), parameters %d -> %d", out, result.flops_before, result.flops_after,
              result.flops_ratio, result.params_before, result.params_after)
     losses = tune(model, config, data, steps, options, name)
@@ -161,10 +208,22 @@ def structured_method(source: str, out: str, data: str | None, options: dict[str
                 "gflops_after": round(result.flops_after / 1e9, 4),
                 "params_before": result.params_before, "params_after": result.params_after,
                 "channels": result.channels, **loss_record(losses)}
+    if result.lift_channels is not None:
+        recorded["lift_channels"] = result.lift_channels[1]
+        recorded["lift_channels_before"] = result.lift_channels[0]
     notes = (f"channels removed (torch-pruning, L2 magnitude) to {result.flops_ratio:.2f} of the FLOPs and "
              f"{result.params_after / result.params_before:.2f} of the parameters; the ONNX carries the pruned "
              "shapes, so it runs faster on every backend")
     return register_output(out, path, src, name, "any", recorded, notes, manifest)
+
+
+def default_lift_channels(model: FusionNet, flops_ratio: float, round_to: int) -> int:
+    """The lifted channels kept by default: the fraction of channels a convolution keeps when both its sides shrink
+    to FLOPS_RATIO of its FLOPs (sqrt(flops_ratio)), as the nearest multiple of ROUND_TO, at least ROUND_TO (and at
+    most the model's own count)."""
+    C = model.camera.neck.out[0].out_channels
+    step = max(1, round_to)
+    return min(C, max(step, step * round(math.sqrt(flops_ratio) * C / step)))
 
 
 # --- unstructured -----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from deploy.prune import (  # noqa: E402
     lamp_scores,
     load_sparse,
     prunable_weights,
+    prune_lift,
     prune_structured,
     save_sparse,
     sparsity_of,
@@ -96,6 +97,41 @@ def test_structured_pruning_reaches_the_flops_target_and_keeps_the_contract():
     assert result.channels and all(after < before for before, after in result.channels.values())
 
 
+@torch.no_grad()
+def test_pruning_lift_channels_that_carry_nothing_keeps_the_outputs():
+    # Neck channels 1, 4 and 6 silenced (weights, BatchNorm scale and shift 0: they lift zeros into BEV). Pruning
+    # the lift to the other five must pick exactly those and leave every output as it was: a wrong c*Z + z mapping
+    # of the consumer's input channels (e.g. z*C + c) would feed the 1x1 the wrong heights and change them.
+    model = tiny_model()
+    conv, bn = model.camera.neck.out[0], model.camera.neck.out[1]
+    silent = [1, 4, 6]
+    conv.weight[silent] = 0
+    bn.weight[silent], bn.bias[silent], bn.running_mean[silent] = 0, 0, 0
+    args = dummy_inputs(TINY)
+    before = model(*args)
+    kept = prune_lift(model, 5)
+    assert kept == [0, 2, 3, 5, 7]
+    assert conv.weight.shape[0] == bn.num_features == bn.running_var.shape[0] == 5
+    assert model.camera_bev[0][0].in_channels == 5 * len(TINY.bev.heights)
+    after = model(*args)
+    for b, a in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="lift_channels"):
+        prune_lift(model, 6)  # more than it has now
+
+
+def test_structured_pruning_with_lift_channels_shrinks_the_lift_and_still_meets_the_target():
+    model = tiny_model()
+    result = prune_structured(model, 0.5, resolution=20, round_to=1, lift_channels=4)
+    assert result.lift_channels == [8, 4] and result.flops_ratio <= 0.5
+    assert model.camera.neck.out[0].out_channels == 4
+    classes, _ = model(*dummy_inputs(TINY))
+    assert classes.shape == (1, 5, 40, 40)
+    early = tiny_model(TINY.replace(fusion="early"))
+    with pytest.raises(ConfigError, match="no camera BEV compressor"):
+        prune_lift(early, 4)
+
+
 def test_grouped_convolutions_lose_the_same_channels_in_every_group():
     config = TINY.replace(camera_backbone="resnext50_32x4d", camera_width=0.5)  # 32 groups of 2 channels
     model = tiny_model(config)
@@ -134,6 +170,7 @@ def test_structured_method_makes_a_smaller_onnx_that_runs(tmp_path, source, data
     assert entry.options["params_after"] < entry.options["params_before"]
     assert entry.options["gflops_after"] <= 0.5 * entry.options["gflops_before"] + 1e-4
     assert entry.options["fine_tune_steps"] == 2 and entry.options["channels"]
+    assert (entry.options["lift_channels_before"], entry.options["lift_channels"]) == (8, 6)  # sqrt(0.5) * 8
     classes, occupancy = onnx_outputs(entry.verified_onnx(), TINY)
     assert classes.shape == (1, 5, 40, 40) and np.isfinite(classes).all() and occupancy.shape == (1, 1, 40, 40)
 
