@@ -126,15 +126,30 @@ def fine_tune(model: FusionNet, dataset, steps: int, lr: float, seed: int = 0, b
 
 
 def tune(model: FusionNet, config: ModelConfig, data: str | None, steps: int, options: dict[str, Any],
-         method_name: str, after_step: Callable[[nn.Module], None] | None = None) -> list[float]:
+         method_name: str, after_step: Callable[[nn.Module], None] | None = None,
+         teacher: nn.Module | None = None) -> list[float]:
     """A compression method's fine-tuning: STEPS on DATA's train split at options lr (default a quarter of the
-    config's: the weights are trained already) and seed; nothing when STEPS is 0."""
+    config's: the weights are trained already) and seed; nothing when STEPS is 0. With TEACHER (the uncompressed
+    source, see wants_teacher), the loss adds its soft predictions to the labels (DistillLoss at options
+    kd_temperature, default 1, class-balanced): the compressed network learns back what its source knew."""
     if steps == 0:
         return []
     dataset = training_data(data, config.bev, train_splits(options), method_name)
     lr = option(options, "lr", config.train["lr"] / 4, float, 1e-12, 10, method_name)
     seed = option(options, "seed", config.train["seed"], int, 0, 2**31, method_name)
-    return fine_tune(model, dataset, steps, lr, seed, after_step=after_step, desc=method_name)
+    loss = None
+    if teacher is not None:
+        from perception.losses import class_weights
+
+        temperature = option(options, "kd_temperature", 1.0, float, 1e-3, 100, method_name)
+        loss = DistillLoss([teacher], hard_loss(config, dataset), temperature, hard_weight=1.0,
+                           class_weights=class_weights(dataset.label_counts(), config.train["class_weight_power"]))
+    return fine_tune(model, dataset, steps, lr, seed, loss=loss, after_step=after_step, desc=method_name)
+
+
+def wants_teacher(options: dict[str, Any]) -> bool:
+    """--opt kd=true: fine-tune a compressed model against its uncompressed source's predictions too (tune)."""
+    return str(options.get("kd", False)).lower() in ("true", "1", "yes")
 
 
 def train_splits(options: dict[str, Any]) -> list[str]:
@@ -305,4 +320,5 @@ def _pct(v: float | None) -> str:
 
 
 __all__ = ["DistillLoss", "Loss", "distill_method", "distill_terms", "ensemble_targets", "fine_tune", "half_width",
-           "hard_loss", "loss_record", "miou", "name_list", "set_threads", "train_splits", "training_data", "tune"]
+           "hard_loss", "loss_record", "miou", "name_list", "set_threads", "train_splits", "training_data", "tune",
+           "wants_teacher"]

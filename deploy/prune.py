@@ -4,6 +4,7 @@ sparse weights file, no speed-up: the ONNX holds dense zeros), each followed by 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from deploy.compress import load_torch_model, method, option, output_path, register_output, resolve_source
-from deploy.distill import loss_record, set_threads, tune
+from deploy.distill import loss_record, set_threads, tune, wants_teacher
 from deploy.zoo import ZooModel
 from perception.model import FusionNet, ModelConfig, dummy_inputs
 from sensors.errors import ConfigError, DeployError
@@ -195,10 +196,11 @@ def structured_method(source: str, out: str, data: str | None, options: dict[str
     lift = None
     if model.camera_bev is not None:
         lift = option(options, "lift_channels", default_lift_channels(model, ratio, round_to), int, 1, 1 << 16, name)
+    teacher = copy.deepcopy(model).eval() if wants_teacher(options) else None
     result = prune_structured(model, ratio, resolution, round_to, lift)
     log.info("%s: FLOPs %.3g -> %.3g (%.2f), parameters %d -> %d", out, result.flops_before, result.flops_after,
              result.flops_ratio, result.params_before, result.params_after)
-    losses = tune(model, config, data, steps, options, name)
+    losses = tune(model, config, data, steps, options, name, teacher=teacher)
     from deploy.export import export_onnx
 
     path = export_onnx(model, config, output_path(out, manifest))

@@ -212,7 +212,7 @@ def renamed_commands(metrics: dict[str, Any], old: str, new: str) -> dict[str, A
     for key in MEASURE_COMMANDS:
         words = str(out.get(key, "")).split(" ")
         if words[:4] == ["nearfield", "zoo", "measure", old]:
-            out[key] = " ".join(words[:3] + [new] + words[4:])
+            out[key] = " ".join([*words[:3], new, *words[4:]])
     return out
 
 

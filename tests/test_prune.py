@@ -281,3 +281,24 @@ def test_unstructured_methods_end_to_end(tmp_path, source, data, how):
         expected = model.eval()(*dummy_inputs(TINY))
     np.testing.assert_allclose(classes, expected[0].numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(occupancy, expected[1].numpy(), atol=1e-4, rtol=1e-4)
+
+
+class Certain(nn.Module):
+    """A stand-in teacher sure that every cell holds a structure (class 3), occupied."""
+
+    def forward(self, images, grid, valid, uss):
+        classes = torch.full((uss.shape[0], 5, *uss.shape[-2:]), -10.0)
+        classes[:, 3] = 10.0
+        return classes, torch.full((uss.shape[0], 1, *uss.shape[-2:]), 10.0)
+
+
+def test_fine_tuning_with_a_teacher_adds_its_soft_targets_to_the_loss(data):
+    # The first step's loss is the labelled loss alone without a teacher; a teacher whose predictions the fresh
+    # student does not share adds the KL terms (several nats per cell for this one).
+    from deploy.distill import tune, wants_teacher
+
+    opts = {"threads": 1, "seed": 0}
+    plain = tune(tiny_model(), TINY, data, 1, opts, "t")
+    taught = tune(tiny_model(), TINY, data, 1, opts, "t", teacher=Certain())
+    assert taught[0] > plain[0] + 1.0
+    assert wants_teacher({"kd": "true"}) and not wants_teacher({}) and not wants_teacher({"kd": "false"})
