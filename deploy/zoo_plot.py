@@ -34,7 +34,8 @@ def _label_spot(c: tuple[int, int], tw: int, th: int, boxes: list[tuple[int, int
                 others: list[tuple[int, int]], area: tuple[int, int, int, int]) -> tuple[int, int]:
     """Where to write a TW x TH label for the point at C: the first of right, upper right, lower right, left, upper
     left, lower left, above, below whose box stays in AREA and touches neither a label already written nor another
-    point's marker; the first that stays in AREA when none is free."""
+    point's marker; in a crowd, the first that at least touches no label (a label over a marker stays readable,
+    two labels over each other do not); the first that stays in AREA when none is."""
     x, y = c
     spots = [(x + 15, y + th // 2), (x + 12, y - 12), (x + 12, y + th + 12), (x - 15 - tw, y + th // 2),
              (x - 12 - tw, y - 12), (x - 12 - tw, y + th + 12), (x - tw // 2, y - 15), (x - tw // 2, y + th + 15)]
@@ -42,14 +43,17 @@ def _label_spot(c: tuple[int, int], tw: int, th: int, boxes: list[tuple[int, int
     def inside(sx: int, sy: int) -> bool:
         return area[0] <= sx and sx + tw <= area[2] + 25 and area[1] <= sy - th and sy <= area[3]
 
+    def clear_of_labels(sx: int, sy: int) -> bool:
+        box = (sx - 2, sy - th - 2, sx + tw + 2, sy + 4)
+        return not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes)
+
     def free(sx: int, sy: int) -> bool:
         box = (sx - 2, sy - th - 2, sx + tw + 2, sy + 4)
-        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes):
-            return False
-        return not any(box[0] - 8 < ox < box[2] + 8 and box[1] - 8 < oy < box[3] + 8 for ox, oy in others)
+        return clear_of_labels(sx, sy) and not any(box[0] - 8 < ox < box[2] + 8 and box[1] - 8 < oy < box[3] + 8
+                                                   for ox, oy in others)
 
     fitting = [s for s in spots if inside(*s)] or spots
-    return next((s for s in fitting if free(*s)), fitting[0])
+    return next((s for s in fitting if free(*s)), next((s for s in fitting if clear_of_labels(*s)), fitting[0]))
 
 
 @dataclass(frozen=True)

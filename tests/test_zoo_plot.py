@@ -118,3 +118,16 @@ def test_derived_models_sit_at_their_parents_latency_over_the_same_run_speedup()
     points, missing = zoo_points(rows)
     assert {p.name: p.latency_ms for p in points} == {"root": 20.0, "child": 10.0, "grandchild": 8.0, "orphan": 7.0}
     assert missing == ["unmeasured"]
+
+
+def test_a_label_in_a_crowd_avoids_other_labels_before_markers():
+    from deploy.zoo_plot import _label_spot
+
+    # Markers all around the point leave no spot free of them; the label already written to the right must still
+    # not be written over (it was: both labels drawn on top of each other, 'nf-small-randpm50').
+    centre, tw, th = (300, 200), 80, 10
+    markers = [(300 + dx, 200 + dy) for dx in range(-120, 121, 10) for dy in range(-40, 41, 10) if dx or dy]
+    right = (315 - 2, 205 - th - 2, 315 + tw + 2, 205 + 4)
+    x, y = _label_spot(centre, tw, th, [right], markers, (0, 0, 800, 500))
+    box = (x - 2, y - th - 2, x + tw + 2, y + 4)
+    assert not (box[0] < right[2] and right[0] < box[2] and box[1] < right[3] and right[1] < box[3])
