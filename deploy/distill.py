@@ -205,20 +205,65 @@ def distill_terms(classes: Tensor, occupancy: Tensor, teacher_probs: Tensor, tea
     return {"kd": temperature ** 2 * (kl * m).sum() / cells, "occupancy": (binary_kl * m).sum() / cells}
 
 
+class FeatureMimic:
+    """BEV feature imitation next to the soft predictions: the student's decoder input (its fused BEV features),
+    through a trained 1x1 adapter to the teacher's width, against the first teacher's decoder input on the same
+    batch (the features of an ensemble of different networks do not average). Forward pre-hooks on both decoders
+    catch the features as the models run; `attach(student)` adds the hooks and the adapter (as the student's
+    `distill_adapter`, so the student's optimizer trains it), `detach(student)` removes both before export."""
+
+    def __init__(self, teacher: FusionNet, student: FusionNet) -> None:
+        for model, role in ((teacher, "teacher"), (student, "student")):
+            if getattr(model, "decoder", None) is None:
+                raise ConfigError(f"distill: feature_weight needs a {role} with one decoder (camera, ultrasonic, "
+                                  f"early or middle fusion); {model.config.name} averages two (late fusion)")
+        self.adapter = nn.Conv2d(student.decoder.trunk[0].in_channels, teacher.decoder.trunk[0].in_channels, 1)
+        self.features: dict[str, Tensor] = {}
+        self._hooks = [teacher.decoder.register_forward_pre_hook(self._catch("teacher"))]
+        self._student_hook = None
+
+    def _catch(self, role: str):
+        def hook(module, args):
+            self.features[role] = args[0]
+        return hook
+
+    def attach(self, student: FusionNet) -> None:
+        student.add_module("distill_adapter", self.adapter)
+        self._student_hook = student.decoder.register_forward_pre_hook(self._catch("student"))
+
+    def detach(self, student: FusionNet) -> None:
+        if "distill_adapter" in student._modules:
+            del student._modules["distill_adapter"]
+        for h in [*self._hooks, self._student_hook]:
+            if h is not None:
+                h.remove()
+
+    def term(self, mask: Tensor) -> Tensor:
+        """Mean over the cells of MASK (B, R, W, weights) of the squared error per channel, in units of the
+        teacher features' mean square (the term's scale does not depend on the teacher's)."""
+        teacher = self.features["teacher"].detach()
+        error = (self.adapter(self.features["student"]) - teacher).pow(2).mean(dim=1)
+        scale = teacher.pow(2).mean().clamp(min=1e-6)
+        return (error * mask).sum() / mask.sum().clamp(min=1e-6) / scale
+
+
 class DistillLoss:
-    """total = kd_weight * kd + occupancy_weight * occupancy + hard_weight * (the usual labelled loss), the soft
-    terms against the teachers' averaged predictions on the same batch, over the labelled cells (the ego
-    footprint carries no information). CLASS_WEIGHTS (K,): each cell's soft terms weighted by its labelled class's
-    weight, the hard loss's class balance: unweighted, the ~90 % free cells drown the obstacle cells the mIoU is
-    about (nf-small: a half-width student scored 11.0 val mIoU distilled that way against 15.4 trained alone)."""
+    """total = kd_weight * kd + occupancy_weight * occupancy + hard_weight * (the usual labelled loss)
+    (+ feature_weight * feature with a FeatureMimic), the soft terms against the teachers' averaged predictions on
+    the same batch, over the labelled cells (the ego footprint carries no information). CLASS_WEIGHTS (K,): each
+    cell's soft terms weighted by its labelled class's weight, the hard loss's class balance: unweighted, the ~90 %
+    free cells drown the obstacle cells the mIoU is about (nf-small: a half-width student scored 11.0 val mIoU
+    distilled that way against 15.4 trained alone)."""
 
     def __init__(self, teachers: Sequence[nn.Module], hard: Loss | None, temperature: float = 4.0,
                  kd_weight: float = 1.0, occupancy_weight: float = 1.0, hard_weight: float = 0.5,
-                 class_weights: Tensor | None = None) -> None:
+                 class_weights: Tensor | None = None, mimic: FeatureMimic | None = None,
+                 feature_weight: float = 0.0) -> None:
         self.teachers = [t.eval() for t in teachers]
         self.hard, self.temperature = hard, temperature
         self.kd_weight, self.occupancy_weight, self.hard_weight = kd_weight, occupancy_weight, hard_weight
         self.class_weights = class_weights
+        self.mimic, self.feature_weight = mimic, feature_weight
 
     def __call__(self, batch: dict[str, Tensor], classes: Tensor, occupancy: Tensor) -> dict[str, Tensor]:
         probs, occupied = ensemble_targets(self.teachers, batch, self.temperature)
@@ -228,6 +273,9 @@ class DistillLoss:
             weight = self.class_weights.to(classes.device)[torch.where(labelled, batch["target"], 0).long()]
         out = distill_terms(classes, occupancy, probs, occupied, self.temperature, labelled, weight)
         total = self.kd_weight * out["kd"] + self.occupancy_weight * out["occupancy"]
+        if self.mimic is not None and self.feature_weight > 0:
+            out["feature"] = self.mimic.term(labelled.float() if weight is None else labelled.float() * weight)
+            total = total + self.feature_weight * out["feature"]
         if self.hard is not None and self.hard_weight > 0:
             out["hard"] = self.hard(batch, classes, occupancy)["total"]
             total = total + self.hard_weight * out["hard"]
@@ -254,9 +302,10 @@ def miou(model: FusionNet, dataset) -> float | None:
 def distill_method(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
     """`nearfield compress --method distill`: a student trained from the teachers' soft BEV predictions (options
     teachers=A,B (default: SOURCE), student=CONFIG (default: SOURCE's config at half width), temperature (2),
-    kd_weight (1), occupancy_weight (1), hard_weight (1), balance (true: soft terms class-balanced per cell, see
-    DistillLoss), lr, seed), and the same student trained alone with the same steps and seed; both mIoUs on DATA's
-    val split (else DATA itself) go into the entry."""
+    kd_weight (1), occupancy_weight (1), hard_weight (1), feature_weight (0: off; SOURCE's BEV features imitated,
+    FeatureMimic), balance (true: soft terms class-balanced per cell, see DistillLoss), lr, seed), and the same
+    student trained alone with the same steps and seed; both mIoUs on DATA's val split (else DATA itself) go into
+    the entry."""
     name = "distill"
     set_threads(options)
     src = resolve_source(source, manifest)
@@ -280,7 +329,8 @@ def distill_method(source: str, out: str, data: str | None, options: dict[str, A
     lr = option(options, "lr", student_config.train["lr"], float, 1e-12, 10, name)
     temperature = option(options, "temperature", 2.0, float, 1e-3, 100, name)
     weights = {k: option(options, k, d, float, 0, 1e6, name)
-               for k, d in (("kd_weight", 1.0), ("occupancy_weight", 1.0), ("hard_weight", 1.0))}
+               for k, d in (("kd_weight", 1.0), ("occupancy_weight", 1.0), ("hard_weight", 1.0),
+                            ("feature_weight", 0.0))}
     balance = str(options.get("balance", True)).lower() not in ("false", "0", "no")
     train_set = training_data(data, config.bev, train_splits(options), name)
     eval_set = training_data(data, config.bev, "val", name)
@@ -292,9 +342,16 @@ def distill_method(source: str, out: str, data: str | None, options: dict[str, A
     torch.manual_seed(seed)
     student = FusionNet(student_config)
     alone = copy.deepcopy(student)  # the same initial weights: the comparison isolates the teachers' effect
+    mimic = FeatureMimic(teacher, student) if weights["feature_weight"] > 0 else None
     kd = DistillLoss(teachers, hard_loss(student_config, train_set), temperature, **weights,
-                     class_weights=balanced)
-    fine_tune(student, train_set, steps, lr, seed, loss=kd, desc="distill")
+                     class_weights=balanced, mimic=mimic)
+    if mimic is not None:
+        mimic.attach(student)
+    try:
+        fine_tune(student, train_set, steps, lr, seed, loss=kd, desc="distill")
+    finally:
+        if mimic is not None:
+            mimic.detach(student)
     fine_tune(alone, train_set, steps, lr, seed, desc="student alone")
     scores = {"miou_distilled": miou(student, eval_set), "miou_alone": miou(alone, eval_set)}
     log.info("%s: student %s mIoU %s distilled vs %s alone", out, student_config.name, scores["miou_distilled"],
@@ -319,6 +376,6 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
-__all__ = ["DistillLoss", "Loss", "distill_method", "distill_terms", "ensemble_targets", "fine_tune", "half_width",
-           "hard_loss", "loss_record", "miou", "name_list", "set_threads", "train_splits", "training_data", "tune",
-           "wants_teacher"]
+__all__ = ["DistillLoss", "FeatureMimic", "Loss", "distill_method", "distill_terms", "ensemble_targets", "fine_tune",
+           "half_width", "hard_loss", "loss_record", "miou", "name_list", "set_threads", "train_splits",
+           "training_data", "tune", "wants_teacher"]

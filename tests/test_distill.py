@@ -10,7 +10,7 @@ import torch.nn.functional as F  # noqa: E402, N812
 from torch import nn  # noqa: E402
 
 from deploy.compress import METHODS, load_methods, option  # noqa: E402
-from deploy.distill import DistillLoss, distill_terms, ensemble_targets, half_width  # noqa: E402
+from deploy.distill import DistillLoss, FeatureMimic, distill_terms, ensemble_targets, half_width  # noqa: E402
 from perception.bev_config import BevConfig  # noqa: E402
 from perception.checkpoint import CONFIG_FILE, LAST, save_checkpoint  # noqa: E402
 from perception.model import FusionNet, ModelConfig, count_parameters, dummy_inputs  # noqa: E402
@@ -99,12 +99,12 @@ def test_distill_method_end_to_end(tmp_path, rig):
     torch.manual_seed(0)
     save_checkpoint(run, LAST, FusionNet(TINY), {"step": 0})
     load_methods()
-    entry = METHODS["distill"](str(run), "tiny-student", str(root), {"steps": 2, "threads": 1},
+    entry = METHODS["distill"](str(run), "tiny-student", str(root), {"steps": 2, "threads": 1, "feature_weight": 1},
                                tmp_path / "ZOO.toml")
     assert entry.method == "distill" and entry.options["teachers"] == [str(run)]
     assert entry.options["student"] == "tiny-half" and entry.options["eval_frames"] == 3
     assert {"miou_distilled", "miou_alone"} <= set(entry.metrics)
-    assert entry.options["student_config"]["bev_channels"] == 4
+    assert entry.options["student_config"]["bev_channels"] == 4 and entry.options["feature_weight"] == 1
     assert "trained alone" in entry.notes
     session = ort.InferenceSession(str(entry.verified_onnx()), providers=["CPUExecutionProvider"])
     feeds = dict(zip(("images", "grid", "valid", "uss"), (t.numpy() for t in dummy_inputs(TINY)), strict=True))
@@ -146,3 +146,34 @@ def test_fine_tuning_data_joins_splits_in_the_data_sets_one_cache(tmp_path, rig)
     with pytest.raises(ConfigError, match="no nope/ folder"):
         training_data(root, TINY_BEV, ["train", "nope"])
     assert len(training_data(root / "train-street", TINY_BEV)) == 3  # a plain folder of logs
+
+
+@torch.no_grad()
+def test_feature_mimic_compares_the_decoders_inputs_through_the_adapter():
+    torch.manual_seed(0)
+    teacher, student = FusionNet(TINY).eval(), FusionNet(TINY).eval()
+    student.load_state_dict(teacher.state_dict())  # the same network: its features are the teacher's
+    mimic = FeatureMimic(teacher, student)
+    mimic.attach(student)
+    assert "distill_adapter" in dict(student.named_children())
+    width = teacher.decoder.trunk[0].in_channels
+    mimic.adapter.weight.copy_(torch.eye(width).view(width, width, 1, 1))
+    mimic.adapter.bias.zero_()
+    args = dummy_inputs(TINY)
+    teacher(*args)
+    student(*args)
+    mask = torch.ones(1, 40, 40)
+    assert float(mimic.term(mask)) < 1e-10
+    mimic.adapter.weight.mul_(0.5)  # half the student's features: error (f/2)^2 = a quarter of the mean square
+    assert float(mimic.term(mask)) == pytest.approx(0.25, rel=1e-4)
+    mimic.detach(student)
+    assert "distill_adapter" not in dict(student.named_children())
+    mimic.features.clear()
+    student(*args)
+    assert "student" not in mimic.features  # the hook is gone too
+
+
+def test_feature_mimic_needs_one_decoder():
+    late = FusionNet(TINY.replace(fusion="late"))
+    with pytest.raises(ConfigError, match="late fusion"):
+        FeatureMimic(late, FusionNet(TINY))
