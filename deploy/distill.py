@@ -135,7 +135,7 @@ def tune(model: FusionNet, config: ModelConfig, data: str | None, steps: int, op
     if steps == 0:
         return []
     dataset = training_data(data, config.bev, train_splits(options), method_name)
-    lr = option(options, "lr", config.train["lr"] / 4, float, 1e-12, 10, method_name)
+    lr = option(options, "lr", from_scratch_lr(config) / 4, float, 1e-12, 10, method_name)
     seed = option(options, "seed", config.train["seed"], int, 0, 2**31, method_name)
     loss = None
     if teacher is not None:
@@ -145,6 +145,18 @@ def tune(model: FusionNet, config: ModelConfig, data: str | None, steps: int, op
         loss = DistillLoss([teacher], hard_loss(config, dataset), temperature, hard_weight=1.0,
                            class_weights=class_weights(dataset.label_counts(), config.train["class_weight_power"]))
     return fine_tune(model, dataset, steps, lr, seed, loss=loss, after_step=after_step, desc=method_name)
+
+
+def from_scratch_lr(config: ModelConfig) -> float:
+    """The learning rate CONFIG's network trains at from scratch: that of the config file of its name
+    (perception/configs), as a registered revision's config carries the lr of its last fine-tuning (nf-small r3:
+    5e-4, where nf-small trains at 2e-3, and a quarter of that left a pruned r3 14 mIoU short after 500 steps);
+    the config's own lr when no file has its name."""
+    from perception.model import list_model_configs
+
+    if config.name in list_model_configs():
+        return load_model_config(config.name).train["lr"]
+    return config.train["lr"]
 
 
 def wants_teacher(options: dict[str, Any]) -> bool:
@@ -326,7 +338,8 @@ def distill_method(source: str, out: str, data: str | None, options: dict[str, A
                           f"{source}; give it the teacher's [bev] table (the deploy inputs must not change)")
     steps = option(options, "steps", 20, int, 1, 10**7, name)
     seed = option(options, "seed", student_config.train["seed"], int, 0, 2**31, name)
-    lr = option(options, "lr", student_config.train["lr"], float, 1e-12, 10, name)
+    scratch = student_config.train["lr"] if options.get("student") else from_scratch_lr(config)
+    lr = option(options, "lr", scratch, float, 1e-12, 10, name)
     temperature = option(options, "temperature", 2.0, float, 1e-3, 100, name)
     weights = {k: option(options, k, d, float, 0, 1e6, name)
                for k, d in (("kd_weight", 1.0), ("occupancy_weight", 1.0), ("hard_weight", 1.0),
@@ -377,5 +390,5 @@ def _pct(v: float | None) -> str:
 
 
 __all__ = ["DistillLoss", "FeatureMimic", "Loss", "distill_method", "distill_terms", "ensemble_targets", "fine_tune",
-           "half_width", "hard_loss", "loss_record", "miou", "name_list", "set_threads", "train_splits",
-           "training_data", "tune", "wants_teacher"]
+           "from_scratch_lr", "half_width", "hard_loss", "loss_record", "miou", "name_list", "set_threads",
+           "train_splits", "training_data", "tune", "wants_teacher"]

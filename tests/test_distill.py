@@ -177,3 +177,13 @@ def test_feature_mimic_needs_one_decoder():
     late = FusionNet(TINY.replace(fusion="late"))
     with pytest.raises(ConfigError, match="late fusion"):
         FeatureMimic(late, FusionNet(TINY))
+
+
+def test_the_default_learning_rates_come_from_the_networks_config_file():
+    from deploy.distill import from_scratch_lr
+    from perception.model import load_model_config
+
+    shipped = load_model_config("nf-small")
+    revision = shipped.replace(train={**shipped.train, "lr": 5e-4})  # a fine-tuned revision's registered config
+    assert from_scratch_lr(revision) == shipped.train["lr"] == 2e-3
+    assert from_scratch_lr(TINY.replace(train={**TINY.train, "lr": 3e-3})) == 3e-3  # no file of that name
