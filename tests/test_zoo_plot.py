@@ -131,3 +131,16 @@ def test_a_label_in_a_crowd_avoids_other_labels_before_markers():
     x, y = _label_spot(centre, tw, th, [right], markers, (0, 0, 800, 500))
     box = (x - 2, y - th - 2, x + tw + 2, y + 4)
     assert not (box[0] < right[2] and right[0] < box[2] and box[1] < right[3] and right[1] < box[3])
+
+
+def test_the_plot_names_every_machine_its_models_were_timed_on():
+    from types import SimpleNamespace
+
+    from deploy.commands.export import machine_lines
+
+    def model(name, machine):
+        return SimpleNamespace(name=name, metrics={"measured_on": machine} if machine else {})
+
+    models = {n: model(n, m) for n, m in (("a", "Xeon"), ("b", "Xeon"), ("c", "EPYC"), ("d", None), ("e", "Arm"))}
+    assert machine_lines(models, {"a", "b"}) == ["measured on Xeon"] and machine_lines(models, {"d"}) == []
+    assert machine_lines(models, {"a", "b", "c", "d"}) == ["measured on Xeon: 2 models", "measured on EPYC: c"]

@@ -164,15 +164,27 @@ def _plot(args) -> int:
     from deploy.zoo_plot import plot_zoo, zoo_points
 
     points, missing = zoo_points(zoo_rows(_manifest(args)))
-    machines = sorted({m.metrics["measured_on"] for m in read_zoo(_manifest(args)).values()
-                       if "measured_on" in m.metrics and m.name in {p.name for p in points}})
-    lines = [*(f"measured on {m}" for m in machines[:1]),
+    lines = [*machine_lines(read_zoo(_manifest(args)), {p.name for p in points}),
              "a model with a parent in the zoo: the parent's ms / its speed-up timed in the same run",
              *([f"not measured, left out: {', '.join(missing)}"] if missing else [])]
     plot_zoo(points, args.out, footnote="\n".join(lines))
     note = "; ".join(lines)
     print(f"{args.out}: {len(points)} model(s)" + (f"; {note}" if note else ""))
     return 0
+
+
+def machine_lines(models: dict, names: set[str]) -> list[str]:
+    """Where the plotted models (NAMES) were timed: one line per machine, the one most were timed on first; a
+    machine that timed only some of them names them."""
+    by_machine: dict[str, list[str]] = {}
+    for m in models.values():
+        if m.name in names and "measured_on" in m.metrics:
+            by_machine.setdefault(m.metrics["measured_on"], []).append(m.name)
+    ranked = sorted(by_machine.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    if len(ranked) <= 1:
+        return [f"measured on {machine}" for machine, _ in ranked]
+    return [f"measured on {ranked[0][0]}: {len(ranked[0][1])} models"] + [
+        f"measured on {machine}: {', '.join(sorted(models_))}" for machine, models_ in ranked[1:]]
 
 
 def verify(manifest: str | Path) -> dict[str, bool]:
