@@ -4,6 +4,7 @@ both make the convolutions themselves cheaper rather than removing whole channel
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from deploy.compress import Source, load_torch_model, method, option, output_path, register_output, resolve_source
-from deploy.distill import loss_record, set_threads, tune
+from deploy.distill import loss_record, set_threads, tune, wants_teacher
 from deploy.zoo import MANIFEST, ZooModel, read_zoo
 from perception.model import FusionNet
 from sensors.errors import ConfigError
@@ -167,12 +168,13 @@ def lowrank_method(source: str, out: str, data: str | None, options: dict[str, A
     ratio = option(options, "rank_ratio", None if energy is not None else 0.5, float, 1e-6, 1, name)
     steps = option(options, "steps", 20, int, 0, 10**7, name)
     flops_before = count_flops(model, config)
+    teacher = copy.deepcopy(model).eval() if wants_teacher(options) else None
     result = factorise_model(model, ratio, energy)
     if not result.layers:
         raise ConfigError(f"lowrank: no convolution of {source} gets cheaper at rank_ratio={ratio} energy={energy}; "
                           "lower it")
     flops_after = count_flops(model, config)
-    losses = tune(model, config, data, steps, options, name)
+    losses = tune(model, config, data, steps, options, name, teacher=teacher)
     path = export_onnx(model, config, output_path(out, manifest))
     recorded = {**options, "rank_ratio": ratio, "energy": energy, "params_before": result.params_before,
                 "params_after": result.params_after, "gflops_before": round(flops_before / 1e9, 4),

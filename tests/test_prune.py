@@ -173,6 +173,10 @@ def test_structured_method_makes_a_smaller_onnx_that_runs(tmp_path, source, data
     assert (entry.options["lift_channels_before"], entry.options["lift_channels"]) == (8, 6)  # sqrt(0.5) * 8
     classes, occupancy = onnx_outputs(entry.verified_onnx(), TINY)
     assert classes.shape == (1, 5, 40, 40) and np.isfinite(classes).all() and occupancy.shape == (1, 1, 40, 40)
+    # The same with the unpruned source as teacher: its predictions, which pruning moved the student off, add a KL.
+    taught = METHODS["prune-structured"](source, "tiny-pruned-kd", data, {**QUIET, "flops_ratio": 0.5, "steps": 2,
+                                                                          "kd": "true"}, manifest)
+    assert taught.options["loss_first"] > entry.options["loss_first"]
 
 
 def test_compress_dispatches_without_data_when_no_fine_tuning(tmp_path, source):
