@@ -129,9 +129,10 @@ def tune(model: FusionNet, config: ModelConfig, data: str | None, steps: int, op
          method_name: str, after_step: Callable[[nn.Module], None] | None = None,
          teacher: nn.Module | None = None) -> list[float]:
     """A compression method's fine-tuning: STEPS on DATA's train split at options lr (default a quarter of the
-    config's: the weights are trained already) and seed; nothing when STEPS is 0. With TEACHER (the uncompressed
-    source, see wants_teacher), the loss adds its soft predictions to the labels (DistillLoss at options
-    kd_temperature, default 1, class-balanced): the compressed network learns back what its source knew."""
+    network's from-scratch lr, from_scratch_lr: the weights are trained already) and seed; nothing when STEPS is 0.
+    With TEACHER (the uncompressed source, see wants_teacher), the loss adds its soft predictions to the labels
+    (DistillLoss at options kd_temperature, default 1, class-balanced): the compressed network learns back what its
+    source knew."""
     if steps == 0:
         return []
     dataset = training_data(data, config.bev, train_splits(options), method_name)

@@ -121,8 +121,9 @@ def prune_structured(model: FusionNet, flops_ratio: float, resolution: int = 100
     f0, p0 = count_flops(model, config), count_params(model)
     lift = None
     if lift_channels is not None:
-        lift = [model.camera.neck.out[0].out_channels, lift_channels]
-        prune_lift(model, lift_channels)
+        before_lift = model.camera.neck.out[0].out_channels if model.camera_bev is not None else None
+        prune_lift(model, lift_channels)  # a ConfigError for a network without the camera BEV compressor
+        lift = [before_lift, lift_channels]
     unwrapped = []
     if model.uss is not None:  # the dilated convolution's functional kernel: tell torch-pruning its channel axis
         unwrapped = [(model.uss.dilated.weight, 0), (model.uss.dilated.bias, 0)]

@@ -130,6 +130,8 @@ def test_structured_pruning_with_lift_channels_shrinks_the_lift_and_still_meets_
     early = tiny_model(TINY.replace(fusion="early"))
     with pytest.raises(ConfigError, match="no camera BEV compressor"):
         prune_lift(early, 4)
+    with pytest.raises(ConfigError, match="no camera BEV compressor"):  # not an AttributeError on the missing neck
+        prune_structured(tiny_model(TINY.replace(modality="uss")), 0.5, resolution=20, round_to=1, lift_channels=4)
 
 
 def test_grouped_convolutions_lose_the_same_channels_in_every_group():
