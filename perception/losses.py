@@ -93,11 +93,14 @@ class OccupancyLoss(nn.Module):
     cells. dice: 1 - soft dice of the softmax on the obstacle classes (1..C-1) over the batch, present classes
     only; it scores a class by overlap, not per-cell, so a small class counts as much as a large one. It is off
     by default (dice_weight 0): turn it on when small-class IoU lags after balancing by weights alone.
+    cell_weights: an optional (R, W) map of per-cell weights for both stages (near_field_weights: cells near the
+    car body weigh more, for recall where a miss matters most); every mean above becomes a mean weighted by it.
     A batch whose cells are all IGNORE gives 0 losses (with gradients), not NaN.
     """
 
     def __init__(self, class_weights: Tensor | None = None, pos_weight: float = 1.0, stage1_weight: float = 0.5,
-                 dice_weight: float = 0.0, num_classes: int = NUM_CLASSES) -> None:
+                 dice_weight: float = 0.0, num_classes: int = NUM_CLASSES,
+                 cell_weights: Tensor | np.ndarray | None = None) -> None:
         super().__init__()
         w = torch.ones(num_classes) if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         if w.shape != (num_classes,) or not torch.all(torch.isfinite(w) & (w >= 0)):
@@ -106,6 +109,11 @@ class OccupancyLoss(nn.Module):
         for name, v in (("pos_weight", pos_weight), ("stage1_weight", stage1_weight), ("dice_weight", dice_weight)):
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0) or (name == "pos_weight" and v == 0):
                 raise ConfigError(f"OccupancyLoss: {name} must be a finite number >= 0 (pos_weight > 0), got {v!r}")
+        cw = None if cell_weights is None else torch.as_tensor(cell_weights, dtype=torch.float32)
+        if cw is not None and (cw.dim() != 2 or not torch.all(torch.isfinite(cw) & (cw > 0))):
+            raise ConfigError(f"OccupancyLoss: cell_weights must be an (R, W) map of finite numbers > 0, got shape "
+                              f"{tuple(cw.shape)}")
+        self.register_buffer("cell_weights", cw)
         self.register_buffer("class_weights", w)
         self.register_buffer("pos_weight", torch.tensor([float(pos_weight)]))
         self.stage1_weight = float(stage1_weight)
@@ -123,8 +131,11 @@ class OccupancyLoss(nn.Module):
         if torch.any((target[labelled] < 0) | (target[labelled] >= C)):
             bad = target[labelled & ((target < 0) | (target >= C))][0].item()
             raise ValueError(f"OccupancyLoss: target holds label {bad}; labels are 0..{C - 1} and {IGNORE} (ignore)")
+        if self.cell_weights is not None and self.cell_weights.shape != (R, W):
+            raise ValueError(f"OccupancyLoss: cell_weights of shape {tuple(self.cell_weights.shape)} do not match the "
+                             f"BEV grid ({R}, {W})")
         safe = torch.where(labelled, target, torch.zeros_like(target))
-        m = labelled.float()
+        m = labelled.float() if self.cell_weights is None else labelled.float() * self.cell_weights
 
         # Stage 2: per-cell weighted CE, divided by the labelled cells' total weight (= torch's weighted mean).
         ce = F.cross_entropy(class_logits, safe, weight=self.class_weights, reduction="none") * m
@@ -134,7 +145,7 @@ class OccupancyLoss(nn.Module):
         occupied = (safe != SemanticClass.FREE).float()
         bce = F.binary_cross_entropy_with_logits(occupancy_logits[:, 0], occupied, pos_weight=self.pos_weight,
                                                  reduction="none")
-        occupancy = (bce * m).sum() / m.sum().clamp(min=1.0)
+        occupancy = (bce * m).sum() / m.sum().clamp(min=1e-6)
 
         out = {"classes": classes, "occupancy": occupancy}
         total = classes + self.stage1_weight * occupancy
@@ -153,3 +164,15 @@ class OccupancyLoss(nn.Module):
         present = onehot.sum(dim=(0, 2, 3)) > 0
         dice = 1 - (2 * inter + 1) / (denom + 1)
         return (dice * present).sum() / present.sum().clamp(min=1)
+
+
+def near_field_weights(rig, grid, near_weight: float, near_m: float = 1.0) -> np.ndarray | None:
+    """(R, W) float32 loss weights: near_weight on cells whose centre lies within near_m of the car body outline
+    (the ego footprint included: its cells are IGNORE in the targets anyway), 1 elsewhere; None when near_weight is
+    1 (nothing to weigh). A parking system's worst error is a miss next to the car; eval's recall_1m measures it."""
+    if near_weight == 1:
+        return None
+    if not (np.isfinite(near_weight) and near_weight > 0 and np.isfinite(near_m) and near_m >= 0):
+        raise ConfigError(f"near_field_weights: near_weight must be > 0 and near_m >= 0, got {near_weight}, {near_m}")
+    near = rig.vehicle.distance_to_body(grid.cell_centres()) <= near_m
+    return np.where(near, near_weight, 1.0).astype(np.float32)

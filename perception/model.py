@@ -47,6 +47,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_clip": 5.0,  # max gradient norm (0 = no clipping)
     "camera_dropout": 0.0,  # probability that a camera's valid is zeroed for a training sample (robustness)
     "uss_dropout": 0.0,  # probability that the ultrasonic raster is zeroed for a training sample
+    "near_weight": 1.0,  # loss weight of cells within near_m of the car body, against 1 elsewhere (1 = off)
+    "near_m": 1.0,  # the near band of near_weight, metres from the body outline (eval's recall_1m band: 1.0)
     "num_workers": 2,  # data loader processes
 }
 _TRAIN_RANGES: dict[str, tuple[float, float]] = {
@@ -54,6 +56,7 @@ _TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "weight_decay": (0, float("inf")), "seed": (0, float("inf")), "stage1_weight": (0, float("inf")),
     "dice_weight": (0, float("inf")), "class_weight_power": (0, 2), "grad_clip": (0, float("inf")),
     "camera_dropout": (0, 1), "uss_dropout": (0, 1), "num_workers": (0, 256),
+    "near_weight": (1, 100), "near_m": (0, 10),
 }
 
 

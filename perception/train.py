@@ -46,7 +46,7 @@ from perception.checkpoint import (
     run_weights,
     save_checkpoint,
 )
-from perception.losses import OccupancyLoss, class_weights, occupancy_pos_weight
+from perception.losses import OccupancyLoss, class_weights, near_field_weights, occupancy_pos_weight
 from perception.model import FusionNet, ModelConfig, load_model_config
 from sensors.errors import ConfigError, NearfieldError
 from sensors.files import file_sha256
@@ -469,8 +469,10 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     counts = train_set.label_counts()
     power = t["class_weight_power"]
+    rig = rig if rig is not None else dataset_rig(val_set if val_set is not None else train_set)
+    near = near_field_weights(rig, config.bev.grid(rig), t["near_weight"], t["near_m"])
     loss_fn = OccupancyLoss(class_weights(counts, power), occupancy_pos_weight(counts, power), t["stage1_weight"],
-                            t["dice_weight"]).to(device)
+                            t["dice_weight"], cell_weights=near).to(device)
 
     step, best = 0, None
     if options.resume:
@@ -487,7 +489,6 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    rig = rig if rig is not None else (dataset_rig(val_set) if val_set is not None else None)
     view = SeededAugment(train_set, seed, training_augments(config) if plan["augment"] else ())
     workers = t["num_workers"] if options.num_workers is None else options.num_workers
     history: list[dict[str, Any]] = []

@@ -5,7 +5,13 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402, N812
 
 from perception.bev_config import BevConfig  # noqa: E402
-from perception.losses import OccupancyLoss, class_counts, class_weights, occupancy_pos_weight  # noqa: E402
+from perception.losses import (  # noqa: E402
+    OccupancyLoss,
+    class_counts,
+    class_weights,
+    near_field_weights,
+    occupancy_pos_weight,
+)
 from perception.model import FusionNet, ModelConfig, dummy_inputs  # noqa: E402
 from sensors.classes import IGNORE, NUM_CLASSES  # noqa: E402
 from sensors.errors import ConfigError  # noqa: E402
@@ -116,6 +122,53 @@ def test_class_weights_shift_the_loss_towards_the_weighted_class():
     p_ped = torch.softmax(cls[0, :, 0, 0], 0)[2]
     assert torch.allclose(flat, (-15 * torch.log(p_free) - torch.log(p_ped)) / 16)
     assert torch.allclose(weighted, (-15 * torch.log(p_free) - 15 * torch.log(p_ped)) / 30)
+
+
+def test_cell_weights_make_a_miss_near_the_car_cost_more():
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 0, 0] = 1  # a vehicle cell next to the car, missed; every other cell free and right
+    cls = torch.zeros(1, NUM_CLASSES, 4, 4)
+    cls[:, 0] = 3.0
+    occ = torch.full((1, 1, 4, 4), -2.0)  # "free" everywhere
+    near = torch.ones(4, 4)
+    near[0, :] = 5.0  # the first row is the near band
+    flat = OccupancyLoss()(cls, occ, target)
+    weighted = OccupancyLoss(cell_weights=near)(cls, occ, target)
+    p_free = torch.softmax(cls[0, :, 1, 1], 0)[0]
+    p_veh = torch.softmax(cls[0, :, 0, 0], 0)[1]
+    # weighted mean: (5 * miss + 3 * 5 * right-near + 12 * right-far) / (4 * 5 + 12)
+    assert torch.allclose(weighted["classes"], (-5 * torch.log(p_veh) - 27 * torch.log(p_free)) / 32)
+    assert weighted["classes"] > flat["classes"] and weighted["occupancy"] > flat["occupancy"]
+    bce_miss = F.softplus(torch.tensor(2.0))  # -log sigmoid(-2) on the occupied cell
+    bce_right = F.softplus(torch.tensor(-2.0))
+    assert torch.allclose(weighted["occupancy"], (5 * bce_miss + 27 * bce_right) / 32)
+    # all ones is no weighting at all
+    cls_r, occ_r, t_r = torch.randn(2, NUM_CLASSES, 16, 16), torch.randn(2, 1, 16, 16), labels(3)
+    a = OccupancyLoss(class_weights(COUNTS), 2.0)(cls_r, occ_r, t_r)
+    b = OccupancyLoss(class_weights(COUNTS), 2.0, cell_weights=torch.ones(16, 16))(cls_r, occ_r, t_r)
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="do not match the BEV grid"):
+        OccupancyLoss(cell_weights=torch.ones(8, 8))(cls_r, occ_r, t_r)
+    with pytest.raises(ConfigError, match="cell_weights"):
+        OccupancyLoss(cell_weights=torch.zeros(16, 16))
+
+
+def test_near_field_weights_mark_the_band_round_the_body():
+    from sensors.rig import load_rig
+
+    rig = load_rig()
+    grid = BevConfig(extent=16.0, cell=0.2).grid(rig)
+    assert near_field_weights(rig, grid, 1.0) is None
+    w = near_field_weights(rig, grid, 4.0, near_m=1.0)
+    assert w.shape == grid.shape and set(np.unique(w)) == {1.0, 4.0}
+    d = rig.vehicle.distance_to_body(grid.cell_centres())
+    assert np.array_equal(w == 4.0, d <= 1.0)
+    body = rig.vehicle
+    front = np.array([[body.x_max + 0.5, 0.0], [body.x_max + 1.5, 0.0]])  # 0.5 m and 1.5 m ahead of the bumper
+    (r0, c0), (r1, c1) = grid.to_cell(front).astype(int)
+    assert w[r0, c0] == 4.0 and w[r1, c1] == 1.0
+    wide = near_field_weights(rig, grid, 4.0, near_m=2.0)
+    assert (wide == 4.0).sum() > (w == 4.0).sum()
 
 
 def test_soft_dice_is_zero_for_a_perfect_prediction_and_bad_input_is_named():

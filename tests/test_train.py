@@ -244,6 +244,27 @@ def test_override_train_sets_validated_fields():
             override_train(TINY, [bad])
 
 
+def test_near_weight_weighs_the_loss_in_the_band_round_the_body(tmp_path, data, rig, monkeypatch):
+    import perception.train as tr
+
+    seen = []
+    real = tr.OccupancyLoss
+    monkeypatch.setattr(tr, "OccupancyLoss", lambda *a, **kw: seen.append(kw.get("cell_weights")) or real(*a, **kw))
+    cfg = TINY.replace(train={**TINY.train, "near_weight": 3.0, "near_m": 0.8})
+    train(cfg, data[0], None, tmp_path / "near", TrainOptions(max_steps=1, **QUIET))
+    train(TINY, data[0], None, tmp_path / "plain", TrainOptions(max_steps=1, **QUIET))
+    near, plain = seen
+    assert plain is None
+    grid = TINY_BEV.grid(rig)
+    assert near.shape == grid.shape
+    assert np.array_equal(near == 3.0, rig.vehicle.distance_to_body(grid.cell_centres()) <= 0.8)
+    assert np.all((near == 3.0) | (near == 1.0)) and 0 < (near == 3.0).mean() < 0.2
+    with pytest.raises(ConfigError, match="near_weight"):
+        from perception.model import override_train
+
+        override_train(TINY, ["train.near_weight=0.5"])  # below 1 would weigh the near band down
+
+
 def test_train_from_dir_joins_several_training_folders(tmp_path, rig, monkeypatch):
     import perception.train as tr
 
