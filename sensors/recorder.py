@@ -45,6 +45,8 @@ class Recorder(LogWrites):
         self._closed = False
         self._error: BaseException | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self._queue_ops = 0  # queue operations the main thread is inside (see _signals_deferred)
+        self._pending_signal: int | None = None
         self._thread = threading.Thread(target=self._run, name=f"recorder {self.path.name}", daemon=True)
         self._thread.start()
 
@@ -139,23 +141,32 @@ class Recorder(LogWrites):
 
     @contextlib.contextmanager
     def _signals_deferred(self):
-        """Hold the handled signals back while the main thread is inside a queue operation: Python runs a signal
-        handler between any two bytecodes, and one that ran while put() held the queue's (non-reentrant) mutex
-        deadlocked in its own put(_STOP) (a SIGTERM test hung in 1 of 27 runs of a stress loop). Blocked, the signal
-        is delivered as soon as the operation is done (for a put that waits on a full queue: once the writer has made
-        room). Two system calls per message, only in the main thread and only with the handlers installed."""
-        signals = set(self._previous_handlers)
-        if not signals or threading.current_thread() is not threading.main_thread() \
-                or not hasattr(signal, "pthread_sigmask"):
+        """Run a queue operation with the handled signals put off until it is done. Python runs a signal handler
+        in the main thread between two bytecodes, and one that ran while put() held the queue's (non-reentrant)
+        mutex deadlocked in its own put(_STOP). Blocking the signals in the main thread was not enough: the
+        kernel then hands them to another thread (the writer, a driver's), whose C handler trips the flag all the
+        same, and the main thread ran the Python handler inside put() (a SIGINT test hung in the full suite). Now
+        the handler only notes a signal that lands inside a queue operation, and the operation acts on it when it
+        is done (for a put that waits on a full queue: once the writer has made room)."""
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        self._queue_ops += 1
         try:
             yield
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            self._queue_ops -= 1
+        if not self._queue_ops and self._pending_signal is not None:
+            signum, self._pending_signal = self._pending_signal, None
+            self._finish_on_signal(signum)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._queue_ops:  # inside a queue operation, whose mutex it may hold: finish once it is done
+            self._pending_signal = self._pending_signal or signum
+            return
+        self._finish_on_signal(signum)
+
+    def _finish_on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         logger.warning("%s received: finishing %s", name, self.path)
         self.close()
