@@ -134,3 +134,16 @@ def test_e2gc_entry_is_compared_with_its_fixed_group_count_baseline(tmp_path):
     other = e2gc.replace(bev=BevConfig(extent=16.0, cell=0.8, heights=(0.25, 0.75), image_size=(64, 48)))
     with pytest.raises(ConfigError, match="same inputs"):
         METHODS["e2gc"](str(run_dir(tmp_path / "other", other)), "x", None, {"baseline": "tiny-fixed"}, manifest)
+
+
+def test_lowrank_fine_tuning_learns_from_its_source_with_kd(tmp_path, rig):
+    from sim_data.simulate import DriveSpec, simulate_drive
+
+    load_methods()
+    simulate_drive(DriveSpec("tune", 10, 3), tmp_path / "drives" / "train", rig, scale=0.25)
+    source, data = str(run_dir(tmp_path / "run")), str(tmp_path / "drives")
+    common = {"rank_ratio": "0.25", "steps": 2, "threads": 1}
+    alone = METHODS["lowrank"](source, "tiny-lr", data, common, tmp_path / "ZOO.toml")
+    taught = METHODS["lowrank"](source, "tiny-lr-kd", data, {**common, "kd": "true"}, tmp_path / "ZOO.toml")
+    # The same first batch and weights: the teacher's term (factorisation moved the student off it) adds to the loss.
+    assert taught.options["loss_first"] > alone.options["loss_first"]
