@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,12 @@ def hard_loss(config: ModelConfig, dataset) -> Loss:
 
 def fine_tune(model: FusionNet, dataset, steps: int, lr: float, seed: int = 0, batch_size: int | None = None,
               loss: Loss | None = None, after_step: Callable[[nn.Module], None] | None = None,
-              desc: str = "fine-tune", progress: bool = False) -> list[float]:
+              desc: str = "fine-tune", progress: bool | None = None) -> list[float]:
     """STEPS AdamW steps of MODEL on DATASET (seeded order, cosine schedule from LR, gradient clipping of the
     config); `after_step(model)` runs after every optimizer step (pruning masks). Returns the losses per step; the
-    model is left in eval mode."""
+    model is left in eval mode. A progress bar where stderr is a terminal (PROGRESS None) or as PROGRESS says; and
+    whatever the bar, an INFO line at every tenth of the steps (mean loss since the last line, rate, time left), so
+    that a run in the background (`nohup nearfield -v compress …`) shows where it is."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -99,8 +102,9 @@ def fine_tune(model: FusionNet, dataset, steps: int, lr: float, seed: int = 0, b
     torch.manual_seed(seed)
     order = torch.Generator().manual_seed(seed)  # its own generator: the global RNG stays the caller's
     losses: list[float] = []
+    every, start, last = max(1, steps // 10), time.perf_counter(), 0
     model.train()
-    with tqdm(total=steps, desc=desc, unit="step", disable=not progress) as bar:
+    with tqdm(total=steps, desc=desc, unit="step", disable=None if progress is None else not progress) as bar:
         while len(losses) < steps:
             for b in DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, generator=order):
                 for g in optimizer.param_groups:
@@ -119,10 +123,20 @@ def fine_tune(model: FusionNet, dataset, steps: int, lr: float, seed: int = 0, b
                 losses.append(total.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if len(losses) % every == 0 or len(losses) == steps:
+                    last = _log_progress(desc, losses, last, steps, time.perf_counter() - start)
                 if len(losses) >= steps:
                     break
     model.eval()
     return losses
+
+
+def _log_progress(desc: str, losses: list[float], last: int, steps: int, seconds: float) -> int:
+    done = len(losses)
+    rate = done / seconds if seconds > 0 else float("inf")
+    log.info("%s: step %d of %d, loss %.4f (mean of the last %d), %.2f steps/s, %.0f s left", desc, done, steps,
+             sum(losses[last:]) / (done - last), done - last, rate, (steps - done) / rate)
+    return done
 
 
 def tune(model: FusionNet, config: ModelConfig, data: str | None, steps: int, options: dict[str, Any],

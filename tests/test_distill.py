@@ -187,3 +187,23 @@ def test_the_default_learning_rates_come_from_the_networks_config_file():
     revision = shipped.replace(train={**shipped.train, "lr": 5e-4})  # a fine-tuned revision's registered config
     assert from_scratch_lr(revision) == shipped.train["lr"] == 2e-3
     assert from_scratch_lr(TINY.replace(train={**TINY.train, "lr": 3e-3})) == 3e-3  # no file of that name
+
+
+def test_fine_tuning_logs_its_progress_at_every_tenth_of_the_steps(caplog):
+    from deploy.distill import fine_tune
+
+    torch.manual_seed(0)
+    frame = dict(zip(("images", "grid", "valid", "uss"), (t[0] for t in dummy_inputs(TINY)), strict=True))
+    frames = [frame, frame]
+
+    def loss(batch, classes, occupancy):
+        return {"total": classes.square().mean() + occupancy.square().mean()}
+
+    with caplog.at_level("INFO", logger="deploy.distill"):
+        losses = fine_tune(FusionNet(TINY), frames, 20, 1e-3, loss=loss, batch_size=1, desc="tiny")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tiny: step")]
+    assert len(losses) == 20 and len(lines) == 10
+    assert lines[0].startswith("tiny: step 2 of 20") and lines[-1].startswith("tiny: step 20 of 20")
+    # each line's loss is the mean over the steps since the line before
+    assert f"loss {sum(losses[18:]) / 2:.4f} (mean of the last 2)" in lines[-1]
+    assert lines[-1].endswith(", 0 s left")
