@@ -264,18 +264,23 @@ class PhotometricJitter:
 
 class CameraDropout:
     """Training augmentation: with probability p one random camera is lost (its image and valid slice zeroed), so
-    the network learns to lean on the other cameras and the ultrasonic branch."""
+    the network learns to lean on the other cameras and the ultrasonic branch; with probability `blackout` every
+    camera is lost (drawn first), so a fusion network's ultrasonic branch must learn the scene on its own."""
 
-    def __init__(self, p: float = 0.1):
-        if not 0 <= p <= 1:
-            raise ConfigError(f"CameraDropout: p must be a probability in [0, 1], got {p}")
-        self.p = p
+    def __init__(self, p: float = 0.1, blackout: float = 0.0):
+        for name, value in (("p", p), ("blackout", blackout)):
+            if not 0 <= value <= 1:
+                raise ConfigError(f"CameraDropout: {name} must be a probability in [0, 1], got {value}")
+        self.p, self.blackout = p, blackout
 
     def __call__(self, item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if torch.rand(()) >= self.p:
+        if self.blackout > 0 and torch.rand(()) < self.blackout:
+            lost = slice(None)
+        elif torch.rand(()) < self.p:
+            lost = int(torch.randint(item["images"].shape[0], ()))
+        else:
             return item
-        k = int(torch.randint(item["images"].shape[0], ()))
         images, valid = item["images"].clone(), item["valid"].clone()
-        images[k] = 0
-        valid[k] = 0
+        images[lost] = 0
+        valid[lost] = 0
         return {**item, "images": images, "valid": valid}

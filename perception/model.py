@@ -46,6 +46,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "class_weight_power": 0.5,  # class weight = frequency ** -power (0.5: inverse square root; class_weights)
     "grad_clip": 5.0,  # max gradient norm (0 = no clipping)
     "camera_dropout": 0.0,  # probability that a camera's valid is zeroed for a training sample (robustness)
+    "camera_blackout": 0.0,  # probability that every camera's valid is zeroed for a training sample (fusion only)
     "uss_dropout": 0.0,  # probability that the ultrasonic raster is zeroed for a training sample
     "near_weight": 1.0,  # loss weight of cells within near_m of the car body, against 1 elsewhere (1 = off)
     "near_m": 1.0,  # the near band of near_weight, metres from the body outline (eval's recall_1m band: 1.0)
@@ -55,7 +56,7 @@ _TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "epochs": (1, float("inf")), "batch_size": (1, float("inf")), "lr": (0, float("inf")),
     "weight_decay": (0, float("inf")), "seed": (0, float("inf")), "stage1_weight": (0, float("inf")),
     "dice_weight": (0, float("inf")), "class_weight_power": (0, 2), "grad_clip": (0, float("inf")),
-    "camera_dropout": (0, 1), "uss_dropout": (0, 1), "num_workers": (0, 256),
+    "camera_dropout": (0, 1), "camera_blackout": (0, 1), "uss_dropout": (0, 1), "num_workers": (0, 256),
     "near_weight": (1, 100), "near_m": (0, 10),
 }
 

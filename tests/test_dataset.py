@@ -328,6 +328,18 @@ def test_camera_dropout_zeroes_one_camera(data):
         CameraDropout(1.5)
 
 
+def test_camera_blackout_zeroes_every_camera_at_its_own_rate(data):
+    item = data[0]
+    out = CameraDropout(0.0, blackout=1.0)(item)
+    assert out["valid"].sum() == 0 and out["images"].sum() == 0
+    assert out["uss"] is item["uss"] and item["valid"].sum() > 0  # the ultrasonic raster stays, the item is kept
+    torch.manual_seed(0)
+    blind = sum(int(CameraDropout(0.5, blackout=0.25)(item)["valid"].sum() == 0) for _ in range(2000))
+    assert 430 < blind < 570  # 500 expected: a single dropped camera never blanks the whole rig
+    with pytest.raises(ConfigError, match="blackout"):
+        CameraDropout(0.1, blackout=-0.1)
+
+
 def test_augment_hook_runs_on_items(drives):
     calls = []
 

@@ -244,6 +244,24 @@ def test_override_train_sets_validated_fields():
             override_train(TINY, [bad])
 
 
+def test_training_augments_follow_the_config():
+    from perception.dataset import CameraDropout, PhotometricJitter
+    from perception.model import override_train
+    from perception.train import UssDropout, training_augments
+
+    def kinds(cfg):
+        return [type(a) for a in training_augments(cfg)]
+
+    plain = TINY.replace(train={**TINY.train, "camera_dropout": 0.0, "uss_dropout": 0.0})
+    assert kinds(plain) == [PhotometricJitter]
+    blind = override_train(plain, ["train.camera_blackout=0.3"])
+    (drop,) = [a for a in training_augments(blind) if isinstance(a, CameraDropout)]
+    assert (drop.p, drop.blackout) == (0.0, 0.3)
+    assert kinds(override_train(TINY, ["train.camera_blackout=0.3"])) == [PhotometricJitter, CameraDropout, UssDropout]
+    with pytest.raises(ConfigError, match="camera_blackout is for fusion"):
+        training_augments(blind.replace(modality="camera"))
+
+
 def test_near_weight_weighs_the_loss_in_the_band_round_the_body(tmp_path, data, rig, monkeypatch):
     import perception.train as tr
 
