@@ -39,6 +39,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--no-cache", action="store_true", help="do not cache preprocessed frames in .cache/")
+    e.add_argument("--blind-cameras", action="store_true",
+                   help="score a fusion model as if every camera had failed: what its ultrasonic branch finds alone")
     e.set_defaults(func=_eval)
 
     rp = commands.add_parser("report", help="modality x condition tables and chart from several `eval --json` files")
@@ -107,8 +109,10 @@ def _eval(args) -> int:
     from perception.train import evaluate_logs, write_eval_report
 
     model, config = load_trained(args.model)
-    result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size)
+    result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size,
+                           blind_cameras=args.blind_cameras)
     title = f"{args.model} ({config.name})" if args.model != config.name else config.name
+    title += ", cameras blinded" if args.blind_cameras else ""
     print(markdown_table(result, title))
     if args.json:
         for path in write_eval_report(result, args.json, title):

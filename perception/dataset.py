@@ -262,6 +262,21 @@ class PhotometricJitter:
         return {**item, "images": out.round().clamp(0, 255).to(torch.uint8)}
 
 
+class BlindCameras(Dataset):
+    """A DriveDataset's frames with every camera failed (images and validity zeroed), the rest as recorded: what a
+    fusion network's ultrasonic branch finds alone (`nearfield eval --blind-cameras`). Keeps the frames' meta."""
+
+    def __init__(self, dataset: DriveDataset):
+        self.dataset, self.meta = dataset, dataset.meta
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self.dataset[index]
+        return {**item, "images": torch.zeros_like(item["images"]), "valid": torch.zeros_like(item["valid"])}
+
+
 class CameraDropout:
     """Training augmentation: with probability p one random camera is lost (its image and valid slice zeroed), so
     the network learns to lean on the other cameras and the ultrasonic branch; with probability `blackout` every

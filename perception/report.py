@@ -52,6 +52,11 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
     lines.append(row("**all**", result, result["recall_1m"]))
     for c in _conditions({"": result}):
         lines.append(row(c, result["by_condition"][c], result["recall_1m_by_condition"].get(c)))
+    by_class, cells = result.get("recall_1m_by_class", {}), result.get("near_cells_by_class", {})
+    counted = [c for c in by_class if cells.get(c)]
+    if counted:
+        lines += ["", "Recall within 1 m by true class: " + ", ".join(
+            f"{c} {_pct(by_class[c])} % of {cells[c]:,} cells" for c in counted) + "."]
     sector = result.get("sector_error_m", {})
     if sector.get("sectors"):
         lines += ["", f"Sector distance error: median {sector['median']:.2f} m, p95 {sector['p95']:.2f} m over "

@@ -336,10 +336,16 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
 
 
 def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = True,
-                  device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True) -> dict[str, Any]:
+                  device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True,
+                  blind_cameras: bool = False) -> dict[str, Any]:
     """`nearfield eval`: the model's scores on drive logs (files or directories of *.mcap). Preprocessed arrays
-    are cached in .cache beside the logs unless cache=False."""
-    from perception.dataset import DriveDataset, find_logs
+    are cached in .cache beside the logs unless cache=False. BLIND_CAMERAS scores a fusion model as if every camera
+    had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone."""
+    from perception.dataset import BlindCameras, DriveDataset, find_logs
+
+    if blind_cameras and not (model.config.uses_camera and model.config.uses_uss):
+        raise ConfigError(f"{model.config.name}: blind cameras are for fusion models; a {model.config.modality} model "
+                          "would be scored on blank inputs")
 
     logs = find_logs(paths)
     cache_dir = None
@@ -347,9 +353,11 @@ def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = T
         first = Path(paths[0])
         cache_dir = (first if first.is_dir() else first.parent) / ".cache"
     dataset = DriveDataset(logs, model.config.bev, cache_dir=cache_dir, progress=progress)
+    rig = dataset_rig(dataset)
+    if blind_cameras:
+        dataset = BlindCameras(dataset)
     device = resolve_device(str(device))
-    return evaluate_dataset(model.to(device), dataset, dataset_rig(dataset), device, batch_size,
-                            amp_dtype("auto", device), progress)
+    return evaluate_dataset(model.to(device), dataset, rig, device, batch_size, amp_dtype("auto", device), progress)
 
 
 def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:

@@ -146,6 +146,8 @@ def test_recall_within_1m_counted_by_hand(rig, grid):
     assert r["recall_1m_by_class"] == {"vehicle": 1.0, "pedestrian": None, "structure": None,
                                        "low_obstacle": pytest.approx(1 / 2)}
     assert r["near_cells_by_class"] == {"vehicle": 4, "pedestrian": 0, "structure": 0, "low_obstacle": 2}
+    assert ("Recall within 1 m by true class: vehicle 100.0 % of 4 cells, low_obstacle 50.0 % of 2 cells."
+            in markdown_table(r).splitlines())
 
 
 def test_sector_error_is_zero_for_identical_maps_and_the_shift_otherwise(rig, grid):
@@ -214,6 +216,7 @@ def test_markdown_table_rows_and_values(results):
     assert rows["day"][0] == "–"  # undefined, not 0
     assert rows["**all**"][-1] == "2"
     assert "| uss_failure | 65.0 |" in text
+    assert "by true class" not in text  # no obstacle within 1 m of the body on this grid: no line
 
 
 def test_modality_table(results):

@@ -88,6 +88,32 @@ def test_eval_writes_json_markdown_and_chart(setup, run_dir, tmp_path, capsys):
     assert "| **all** |" in capsys.readouterr().out
 
 
+def test_eval_with_blind_cameras_feeds_the_network_no_camera(setup, run_dir, tmp_path, capsys, monkeypatch):
+    import perception.train as tr
+
+    root, _ = setup
+    seen = []
+    real = tr.evaluate_dataset
+    monkeypatch.setattr(tr, "evaluate_dataset", lambda model, data, *a, **kw: seen.append(data) or real(model, data,
+                                                                                                        *a, **kw))
+    assert main(["eval", "--model", str(run_dir), "--data", str(root / "data" / "val"), "--blind-cameras"]) == 0
+    assert "cameras blinded" in capsys.readouterr().out
+    (data,) = seen
+    item = data[1]
+    assert item["images"].abs().sum() == 0 and item["valid"].abs().sum() == 0
+    recorded = data.dataset[1]
+    assert recorded["valid"].sum() > 0 and (item["uss"] == recorded["uss"]).all()
+    assert (item["target"] == recorded["target"]).all() and data.meta[1].conditions == ("night",)
+    camera = tmp_path / "camera.toml"
+    camera.write_text(TINY_TOML.replace('name = "tiny-cli"', 'name = "tiny-cam"\nmodality = "camera"'))
+    cam_run = tmp_path / "cam-run"
+    assert main(["train", "--config", str(camera), "--data", str(root / "data"), "--out", str(cam_run), "--threads",
+                 "1", "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(cam_run), "--data", str(root / "data" / "val"), "--blind-cameras"]) == 2
+    assert "blind cameras are for fusion models" in capsys.readouterr().err
+
+
 def test_register_model_writes_the_manifest_entry(setup, run_dir, tmp_path, capsys):
     manifest = tmp_path / "weights" / "MODELS.toml"
     assert main(["register-model", str(run_dir), "--name", "nf-tiny", "--data", "one 4-frame drive",
