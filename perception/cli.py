@@ -4,6 +4,7 @@ model`: thin wrappers over perception.train and perception.registry (torch is im
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -110,7 +111,7 @@ def _eval(args) -> int:
 
     model, config = load_trained(args.model)
     result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size,
-                           blind_cameras=args.blind_cameras)
+                           progress=sys.stderr.isatty(), blind_cameras=args.blind_cameras)
     title = f"{args.model} ({config.name})" if args.model != config.name else config.name
     title += ", cameras blinded" if args.blind_cameras else ""
     print(markdown_table(result, title))
