@@ -127,6 +127,9 @@ class ModelConfig:
         if not isinstance(self.bev, BevConfig):
             raise ConfigError(f"{where} 'bev' must be a BevConfig, got {type(self.bev).__name__}")
         object.__setattr__(self, "train", TrainTable(_validate_train(dict(self.train), self.source)))
+        if self.train["camera_blackout"] > 0 and self.modality != "fusion":
+            raise ConfigError(f"{self.source}: train.camera_blackout is for fusion models (it leaves the ultrasonic "
+                              f"branch alone); a {self.modality} model would learn from blank inputs")
 
     @property
     def uses_camera(self) -> bool:

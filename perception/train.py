@@ -170,9 +170,6 @@ def training_augments(config: ModelConfig) -> list:
     from perception.dataset import CameraDropout, PhotometricJitter
 
     out: list = [PhotometricJitter()]
-    if config.train["camera_blackout"] > 0 and not (config.uses_camera and config.uses_uss):
-        raise ConfigError(f"{config.name}: train.camera_blackout is for fusion models (it leaves the ultrasonic "
-                          f"branch alone); a {config.modality} model would learn from blank inputs")
     if (config.train["camera_dropout"] > 0 or config.train["camera_blackout"] > 0) and config.uses_camera:
         out.append(CameraDropout(config.train["camera_dropout"], config.train["camera_blackout"]))
     if config.train["uss_dropout"] > 0 and config.uses_uss:

@@ -258,8 +258,8 @@ def test_training_augments_follow_the_config():
     (drop,) = [a for a in training_augments(blind) if isinstance(a, CameraDropout)]
     assert (drop.p, drop.blackout) == (0.0, 0.3)
     assert kinds(override_train(TINY, ["train.camera_blackout=0.3"])) == [PhotometricJitter, CameraDropout, UssDropout]
-    with pytest.raises(ConfigError, match="camera_blackout is for fusion"):
-        training_augments(blind.replace(modality="camera"))
+    with pytest.raises(ConfigError, match="camera_blackout is for fusion"):  # refused with the config itself
+        blind.replace(modality="camera")
 
 
 def test_near_weight_weighs_the_loss_in_the_band_round_the_body(tmp_path, data, rig, monkeypatch):
