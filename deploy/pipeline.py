@@ -13,7 +13,7 @@ import numpy as np
 from deploy.backends import Backend, create_backend
 from deploy.zoo import ZooModel, get_model, unlisted
 from perception.bev_config import ego_mask
-from perception.postprocess import SectorLayout, Sectors, class_map
+from perception.postprocess import SectorLayout, Sectors, check_free_confidence, class_map, near_mask
 from perception.preprocess import FramePreprocessor
 from sensors.bev import BevGrid
 from sensors.errors import DeployError
@@ -41,10 +41,17 @@ class FrameResult:
 
 class Pipeline:
     """A deploy model bound to one rig calibration. Sampling tables and the ultrasonic rasteriser are built from
-    the rig once (set_rig rebuilds them when the calibration changes); the backend is built once."""
+    the rig once (set_rig rebuilds them when the calibration changes); the backend is built once.
+
+    free_confidence: the near-field bias of postprocess.class_map. Within NEAR_M of the body a cell is called free
+    only where the network gives FREE at least this probability (a parking display that would rather warn falsely
+    than miss); None, the default, takes the argmax everywhere."""
 
     def __init__(self, model: ZooModel | str, rig: Rig, backend: str | Backend = "ort", threads: int | None = None,
-                 device: str = "cpu", keep_logits: bool = False, source: str = "<frames>"):
+                 device: str = "cpu", keep_logits: bool = False, source: str = "<frames>",
+                 free_confidence: float | None = None, near_m: float = 1.0):
+        self.free_confidence = None if free_confidence is None else check_free_confidence(free_confidence)
+        self.near_m = float(near_m)
         self.model = get_model(model) if isinstance(model, str) else model
         self.bev = self.model.bev
         self.keep_logits = keep_logits
@@ -64,6 +71,7 @@ class Pipeline:
         self.prep = FramePreprocessor(rig, self.bev, source)
         self.grid: BevGrid = self.bev.grid(rig)
         self.ego = ego_mask(rig.vehicle, self.grid)
+        self.near = near_mask(rig.vehicle, self.grid, self.near_m)
         self.sectors = SectorLayout(rig, self.grid)
         self.decode_scale = self.prep.reduction
 
@@ -78,7 +86,7 @@ class Pipeline:
         except KeyError:
             raise DeployError(f"model {self.model.name}: outputs {', '.join(outputs)}; expected class_logits and "
                               "occupancy_logits (the deploy contract)") from None
-        classes = class_map(logits[0], self.ego)
+        classes = class_map(logits[0], self.ego, self.near, self.free_confidence)
         occupancy = (1.0 / (1.0 + np.exp(-occ[0, 0].astype(np.float32)))).astype(np.float32)
         sectors = self.sectors(classes)
         t3 = time.perf_counter()

@@ -19,6 +19,7 @@ import numpy as np
 from deploy.pipeline import Pipeline
 from deploy.results import LATENCY_STAGES, ResultRecord, ResultsWriter
 from deploy.zoo import ZooModel
+from perception.postprocess import check_free_confidence
 from sensors.errors import ConfigError, LogFormatError
 from sensors.messages import Frame
 from sensors.replay import decode_frame
@@ -261,28 +262,34 @@ def _stop_on_signals(stop: threading.Event, caught: list[str]):
 
 def run(model: ZooModel | str, source, out: str | Path, backend: str = "ort", threads: int | None = None,
         deadline_ms: float | None = None, late_policy: str = "keep", progress: bool = True,
-        stop_event: threading.Event | None = None, device: str = "cpu") -> RunStats:
+        stop_event: threading.Event | None = None, device: str = "cpu",
+        free_confidence: float | None = None) -> RunStats:
     """Run MODEL (zoo name or ZooModel) over SOURCE (drive .mcap, LIVE_CONFIG .toml, LiveConfig) into the results
     file OUT, one record per input frame, until the source ends, `stop_event` is set or SIGINT/SIGTERM arrives.
-    The source and the model (its checksum) are checked before OUT is created: a bad one leaves no file."""
+    The source and the model (its checksum) are checked before OUT is created: a bad one leaves no file.
+    free_confidence: the near-field bias (Pipeline), recorded in the results' metadata."""
     monitor = DeadlineMonitor(deadline_ms, late_policy)
     stop = stop_event or threading.Event()
     caught: list[str] = []
     with _stop_on_signals(stop, caught):  # from the start: a signal during set-up still ends cleanly
-        return _run(model, source, out, backend, threads, device, monitor, progress, stop, caught)
+        return _run(model, source, out, backend, threads, device, monitor, progress, stop, caught, free_confidence)
 
 
-def _run(model, source, out, backend, threads, device, monitor, progress, stop, caught) -> RunStats:
+def _run(model, source, out, backend, threads, device, monitor, progress, stop, caught, free_confidence) -> RunStats:
+    if free_confidence is not None:
+        check_free_confidence(free_confidence)  # before the source is opened
     src = open_source(source, stop)
     pipeline = None
     try:
-        pipeline = Pipeline(model, src.rig, backend=backend, threads=threads, device=device, source=src.name)
+        pipeline = Pipeline(model, src.rig, backend=backend, threads=threads, device=device, source=src.name,
+                            free_confidence=free_confidence)
         runtime = Runtime(pipeline, monitor, live=src.live)
         m = pipeline.model
         stats = RunStats(Path(out), m.name, backend, src.name)
         meta = {"model": m.name, "model_sha256": m.sha256, "model_parent": m.parent, "model_method": m.method,
                 "backend": backend, "threads": str(threads or "default"), "source": src.name,
-                "deadline_ms": str(monitor.deadline_ms or ""), "late_policy": monitor.policy}
+                "deadline_ms": str(monitor.deadline_ms or ""), "late_policy": monitor.policy,
+                "free_confidence": "" if free_confidence is None else f"{free_confidence:g}"}
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         with ResultsWriter(out, src.rig, pipeline.grid, meta) as writer, _progress(progress, src.total) as bar:

@@ -42,6 +42,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     e.add_argument("--no-cache", action="store_true", help="do not cache preprocessed frames in .cache/")
     e.add_argument("--blind-cameras", action="store_true",
                    help="score a fusion model as if every camera had failed: what its ultrasonic branch finds alone")
+    e.add_argument("--free-confidence", type=float, metavar="P",
+                   help="near-field bias: within 1 m of the body call a cell free only where the network gives FREE "
+                        "at least P (0.5..1; default: the argmax); trades precision within 1 m for recall")
     e.set_defaults(func=_eval)
 
     rp = commands.add_parser("report", help="modality x condition tables and chart from several `eval --json` files")
@@ -111,9 +114,11 @@ def _eval(args) -> int:
 
     model, config = load_trained(args.model)
     result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size,
-                           progress=sys.stderr.isatty(), blind_cameras=args.blind_cameras)
+                           progress=sys.stderr.isatty(), blind_cameras=args.blind_cameras,
+                           free_confidence=args.free_confidence)
     title = f"{args.model} ({config.name})" if args.model != config.name else config.name
     title += ", cameras blinded" if args.blind_cameras else ""
+    title += f", free within 1 m only at P(free) ≥ {args.free_confidence:g}" if args.free_confidence is not None else ""
     print(markdown_table(result, title))
     if args.json:
         for path in write_eval_report(result, args.json, title):
@@ -143,6 +148,9 @@ def _report(args) -> int:
                               "`nearfield eval --json`")
     text = (modality_table(results, "miou", "mIoU over the obstacle classes (%)") + "\n"
             + modality_table(results, "recall_1m", "Recall of obstacle cells within 1 m of the car body (%)"))
+    if any("precision_1m" in r for r in results.values()):
+        text += "\n" + modality_table(results, "precision_1m", "Precision of the obstacle calls within 1 m of the car "
+                                                                "body (%)")
     by_class = class_recall_table(results, "Recall within 1 m of the car body by true class (%)")
     if by_class:
         text += "\n" + by_class

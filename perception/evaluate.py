@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from perception.bev_config import ego_mask
-from perception.postprocess import SectorLayout
+from perception.postprocess import SectorLayout, near_mask
 from sensors.bev import BevGrid
 from sensors.classes import CLASS_NAMES, IGNORE, NUM_CLASSES, SemanticClass
 from sensors.errors import ConfigError
@@ -34,7 +33,9 @@ class Evaluator:
     - recall_1m: of the ground-truth obstacle cells whose centre lies within near_m of the body outline, the
       share predicted as any obstacle class (the class may be wrong: what matters near the car is "something");
       recall_1m_by_class: the same per true class over the whole set (which obstacles near the car are missed),
-      near_cells_by_class: how many such cells each class had.
+      near_cells_by_class: how many such cells each class had. precision_1m: of the labelled cells within near_m
+      that the prediction calls an obstacle, the share that are one in truth (the price of a near-field bias,
+      postprocess.class_map's free_confidence, in false warnings).
     - sector_error_m: per sector of SectorLayout where the truth has an obstacle on the grid, |predicted - true|
       nearest-obstacle distance. A sector the prediction leaves clear counts as if it reported the grid's edge:
       the distance from the body to the nearest border cell of that sector, the farthest a clear display can
@@ -51,8 +52,7 @@ class Evaluator:
                                                                              range(1, num_classes)))
         self.near_m = float(near_m)
         self.layout = SectorLayout(rig, grid, count=sectors)
-        self._ego = ego_mask(rig.vehicle, grid)
-        self._near = (rig.vehicle.distance_to_body(grid.cell_centres()) <= self.near_m) & ~self._ego
+        self._near = near_mask(rig.vehicle, grid, self.near_m)
         border = np.zeros(grid.shape, np.uint8)
         border[[0, -1], :] = border[:, [0, -1]] = 1
         self.edge_m = self.layout(border).distance.astype(np.float64)
@@ -62,7 +62,8 @@ class Evaluator:
         k = self.num_classes
         # Rows: true class; columns: predicted class, the last column a prediction of IGNORE ("void").
         self._confusion: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((k, k + 1), np.int64))
-        self._near_hits: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(2, np.int64))  # hit, total
+        # hit, true obstacle cells, cells predicted as obstacle, of them true
+        self._near_hits: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4, np.int64))
         self._near_by_class = np.zeros((k, 2), np.int64)  # per true class: hit, total (whole set)
         self._sector_errors: dict[str, list[np.ndarray]] = defaultdict(list)
         self._frames: dict[str, int] = defaultdict(int)
@@ -80,8 +81,9 @@ class Evaluator:
         confusion = np.bincount(t * (k + 1) + p, minlength=k * (k + 1)).reshape(k, k + 1)
 
         near = self._near & labelled & (target != SemanticClass.FREE)
-        hit = near & (pred != SemanticClass.FREE) & (pred != IGNORE)
-        near_counts = np.array([hit.sum(), near.sum()], np.int64)
+        called = self._near & labelled & (pred != SemanticClass.FREE) & (pred != IGNORE)
+        hit = near & called
+        near_counts = np.array([hit.sum(), near.sum(), called.sum(), hit.sum()], np.int64)
         true_near = target[near].astype(np.int64)
         self._near_by_class[:, 0] += np.bincount(target[hit].astype(np.int64), minlength=k)[:k]
         self._near_by_class[:, 1] += np.bincount(true_near, minlength=k)[:k]
@@ -120,6 +122,8 @@ class Evaluator:
         out["by_condition"] = {g: {**self._scores(g), "frames": self._frames[g]} for g in groups}
         out["recall_1m"] = self._recall(OVERALL)
         out["recall_1m_by_condition"] = {g: self._recall(g) for g in groups}
+        out["precision_1m"] = self._precision(OVERALL)
+        out["precision_1m_by_condition"] = {g: self._precision(g) for g in groups}
         near = list(zip(self.names, self._near_by_class.tolist(), strict=True))[1:]
         out["recall_1m_by_class"] = {name: float(h / n) if n else None for name, (h, n) in near}
         out["near_cells_by_class"] = {name: int(n) for name, (_, n) in near}
@@ -137,8 +141,12 @@ class Evaluator:
                 "iou": {name: _value(v) for name, v in zip(self.names, iou, strict=True)}}
 
     def _recall(self, group: str) -> float | None:
-        hit, total = self._near_hits.get(group, (0, 0))
+        hit, total, _, _ = self._near_hits.get(group, (0, 0, 0, 0))
         return float(hit / total) if total else None
+
+    def _precision(self, group: str) -> float | None:
+        _, _, called, true = self._near_hits.get(group, (0, 0, 0, 0))
+        return float(true / called) if called else None
 
     def _sector_stats(self, group: str) -> dict[str, Any]:
         errors = np.concatenate(self._sector_errors[group]) if self._sector_errors.get(group) else np.zeros(0)

@@ -12,12 +12,17 @@ from perception.bev_config import ego_mask
 from sensors.bev import BevGrid
 from sensors.classes import IGNORE, SemanticClass
 from sensors.errors import ConfigError
-from sensors.rig import Rig
+from sensors.rig import Rig, VehicleBody
 
 
-def class_map(logits: np.ndarray, ego: np.ndarray) -> np.ndarray:
+def class_map(logits: np.ndarray, ego: np.ndarray, near: np.ndarray | None = None,
+              free_confidence: float | None = None) -> np.ndarray:
     """(C, rows, cols) or (B, C, rows, cols) logits -> (rows, cols) / (B, rows, cols) uint8 argmax, with the
-    ego footprint (ego: (rows, cols) bool, perception.bev_config.ego_mask) set to IGNORE."""
+    ego footprint (ego: (rows, cols) bool, perception.bev_config.ego_mask) set to IGNORE.
+
+    The near-field bias of a parking system, which would rather warn falsely than miss an obstacle beside the car:
+    with FREE_CONFIDENCE, a cell of NEAR ((rows, cols) bool, e.g. near_mask) is called free only where the softmax
+    gives FREE at least that probability, and otherwise its most likely obstacle class. None: the plain argmax."""
     logits = np.asarray(logits)
     if logits.ndim not in (3, 4) or logits.shape[-3] < 2 or logits.shape[-3] > IGNORE:
         raise ConfigError(f"class_map: logits must be (C, rows, cols) or (B, C, rows, cols) with 2..{IGNORE} "
@@ -26,8 +31,37 @@ def class_map(logits: np.ndarray, ego: np.ndarray) -> np.ndarray:
         raise ConfigError(f"class_map: logits of BEV shape {logits.shape[-2:]} do not match the ego mask "
                           f"{np.shape(ego)}; the model config's [bev] table and the grid disagree")
     out = np.argmax(logits, axis=-3).astype(np.uint8)
+    if free_confidence is not None:
+        check_free_confidence(free_confidence)
+        if near is None or np.shape(near) != np.shape(ego):
+            raise ConfigError(f"class_map: free_confidence needs a near mask of the grid's shape {np.shape(ego)}, "
+                              f"got {None if near is None else np.shape(near)}")
+        x = logits.astype(np.float32)
+        obstacle = np.argmax(x[..., 1:, :, :], axis=-3).astype(np.uint8) + 1
+        # P(free) = 1 / sum_k exp(x_k - x_free), computed without overflow.
+        shifted = x - x.max(axis=-3, keepdims=True)
+        p_free = np.exp(shifted[..., 0, :, :]) / np.exp(shifted).sum(axis=-3)
+        doubtful = np.asarray(near, bool) & (p_free < free_confidence)
+        out = np.where(doubtful, obstacle, out).astype(np.uint8)
     out[..., np.asarray(ego, bool)] = IGNORE
     return out
+
+
+def check_free_confidence(value: float) -> float:
+    """The near-field free confidence: a probability in [0.5, 1) (below 0.5 the argmax already decides; 1 would
+    never call a near cell free). Returns it; a ConfigError otherwise."""
+    if not (isinstance(value, int | float) and np.isfinite(value) and 0.5 <= value < 1):
+        raise ConfigError(f"free confidence must be a probability in [0.5, 1), got {value!r} (0.9: a cell within the "
+                          "near field is called free only when the network gives FREE at least 90 %)")
+    return float(value)
+
+
+def near_mask(body: VehicleBody, grid: BevGrid, near_m: float = 1.0) -> np.ndarray:
+    """(rows, cols) bool: the cells outside the ego footprint whose centre lies within near_m of the body outline
+    (the near field that eval's recall_1m scores)."""
+    if not (np.isfinite(near_m) and near_m >= 0):
+        raise ConfigError(f"near_mask: near_m must be a distance >= 0, got {near_m}")
+    return (body.distance_to_body(grid.cell_centres()) <= near_m) & ~ego_mask(body, grid)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from sensors.errors import ConfigError
 from sensors.imaging import write_png
 from sensors.messages import CONDITIONS
 
-METRICS = ("miou", "miou_all", "recall_1m")
+METRICS = ("miou", "miou_all", "recall_1m", "precision_1m")
 # Bar colours (RGB), distinguishable in print and for the common colour-vision deficiencies (Okabe-Ito).
 PALETTE = ((0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0),
            (240, 228, 66), (0, 0, 0))
@@ -31,27 +31,28 @@ def _conditions(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def _metric(result: Mapping[str, Any], metric: str, condition: str | None) -> float | None:
-    if metric == "recall_1m":
-        return result["recall_1m"] if condition is None else result["recall_1m_by_condition"].get(condition)
+    if metric in ("recall_1m", "precision_1m"):  # precision_1m is missing from JSONs written before it existed
+        return result.get(metric) if condition is None else result.get(f"{metric}_by_condition", {}).get(condition)
     group = result if condition is None else result["by_condition"].get(condition)
     return None if group is None else group[metric]
 
 
 def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
-    """One model's result: the overall row, then one row per condition; IoUs and recall in percent."""
+    """One model's result: the overall row, then one row per condition; IoUs, recall and precision in percent."""
     names = list(result["iou"])
-    head = ["condition", "mIoU", *names, "recall ≤1 m", "frames"]
+    head = ["condition", "mIoU", *names, "recall ≤1 m", "precision ≤1 m", "frames"]
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
 
-    def row(label: str, group: Mapping[str, Any], recall: float | None) -> str:
-        cells = [label, _pct(group["miou"]), *(_pct(group["iou"].get(n)) for n in names), _pct(recall),
+    def row(label: str, group: Mapping[str, Any], condition: str | None) -> str:
+        cells = [label, _pct(group["miou"]), *(_pct(group["iou"].get(n)) for n in names),
+                 _pct(_metric(result, "recall_1m", condition)), _pct(_metric(result, "precision_1m", condition)),
                  str(group["frames"])]
         return "| " + " | ".join(cells) + " |"
 
-    lines.append(row("**all**", result, result["recall_1m"]))
+    lines.append(row("**all**", result, None))
     for c in _conditions({"": result}):
-        lines.append(row(c, result["by_condition"][c], result["recall_1m_by_condition"].get(c)))
+        lines.append(row(c, result["by_condition"][c], c))
     by_class, cells = result.get("recall_1m_by_class", {}), result.get("near_cells_by_class", {})
     counted = [c for c in by_class if cells.get(c)]
     if counted:
@@ -65,7 +66,7 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
 
 
 def modality_table(results: Mapping[str, Mapping[str, Any]], metric: str = "miou", title: str = "") -> str:
-    """Models (e.g. camera only, USS only, fusion) x conditions: `metric` (miou, miou_all or recall_1m) in %."""
+    """Models (e.g. camera only, USS only, fusion) x conditions: `metric` (one of METRICS) in %."""
     if metric not in METRICS:
         raise ConfigError(f"modality_table: metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if not results:
@@ -118,7 +119,8 @@ def plot_by_condition(results: Mapping[str, Mapping[str, Any]], out_png: str | P
     font, aa, ink, grey = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (30, 30, 30), (215, 215, 215)
     y0 = top + plot_h  # the 0 % line
 
-    label = {"miou": "mIoU (obstacle classes)", "miou_all": "mIoU (all classes)", "recall_1m": "recall within 1 m"}
+    label = {"miou": "mIoU (obstacle classes)", "miou_all": "mIoU (all classes)", "recall_1m": "recall within 1 m",
+             "precision_1m": "precision within 1 m"}
     cv2.putText(img, title or f"{label[metric]} by condition", (left, 30), font, 0.6, ink, 1, aa)
     for pct in range(0, 101, 20):
         y = y0 - round(plot_h * pct / 100)

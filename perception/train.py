@@ -299,17 +299,22 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 @torch.no_grad()
 def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str | torch.device = "cpu",
                      batch_size: int = 4, amp: torch.dtype | None = None, progress: bool = False,
-                     desc: str = "eval") -> dict[str, Any]:
-    """Evaluator.result() of the model's class maps (argmax, ego footprint IGNORE) over a dataset of items
+                     desc: str = "eval", free_confidence: float | None = None) -> dict[str, Any]:
+    """Evaluator.result() of the model's class maps (argmax, ego footprint IGNORE; with free_confidence the
+    near-field bias of postprocess.class_map over the evaluator's near field) over a dataset of items
     {images, grid, valid, uss, target}; conditions from dataset.meta[i].conditions where it has them."""
     from perception.bev_config import ego_mask
     from perception.evaluate import Evaluator
-    from perception.postprocess import class_map
+    from perception.postprocess import check_free_confidence, class_map, near_mask
 
     device = torch.device(device)
     grid = model.config.bev.grid(rig)
     ego = ego_mask(rig.vehicle, grid)
     evaluator = Evaluator(rig, grid)
+    near = None
+    if free_confidence is not None:
+        check_free_confidence(free_confidence)
+        near = near_mask(rig.vehicle, grid, evaluator.near_m)
     meta = getattr(dataset, "meta", None)
     was_training = model.training
     model.eval()
@@ -321,7 +326,7 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
             b = _to(batch, device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits, _ = model(b["images"], b["grid"], b["valid"], b["uss"])
-            maps = class_map(logits.float().cpu().numpy(), ego)
+            maps = class_map(logits.float().cpu().numpy(), ego, near, free_confidence)
             for k in range(len(maps)):
                 m = meta[i] if meta is not None else None
                 where = f"{m.drive} frame {m.index}" if m is not None else f"sample {i}"
@@ -334,12 +339,16 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
 
 def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = True,
                   device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True,
-                  blind_cameras: bool = False) -> dict[str, Any]:
+                  blind_cameras: bool = False, free_confidence: float | None = None) -> dict[str, Any]:
     """`nearfield eval`: the model's scores on drive logs (files or directories of *.mcap). Preprocessed arrays
     are cached in .cache beside the logs unless cache=False. BLIND_CAMERAS scores a fusion model as if every camera
-    had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone."""
+    had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone.
+    FREE_CONFIDENCE: the near-field bias of postprocess.class_map (checked before any log is read)."""
     from perception.dataset import BlindCameras, DriveDataset, find_logs
+    from perception.postprocess import check_free_confidence
 
+    if free_confidence is not None:
+        check_free_confidence(free_confidence)
     if blind_cameras and not (model.config.uses_camera and model.config.uses_uss):
         raise ConfigError(f"{model.config.name}: blind cameras are for fusion models; a {model.config.modality} model "
                           "would be scored on blank inputs")
@@ -354,7 +363,8 @@ def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = T
     if blind_cameras:
         dataset = BlindCameras(dataset)
     device = resolve_device(str(device))
-    return evaluate_dataset(model.to(device), dataset, rig, device, batch_size, amp_dtype("auto", device), progress)
+    return evaluate_dataset(model.to(device), dataset, rig, device, batch_size, amp_dtype("auto", device), progress,
+                            free_confidence=free_confidence)
 
 
 def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:

@@ -148,6 +148,33 @@ def test_recall_within_1m_counted_by_hand(rig, grid):
     assert r["near_cells_by_class"] == {"vehicle": 4, "pedestrian": 0, "structure": 0, "low_obstacle": 2}
     assert ("Recall within 1 m by true class: vehicle 100.0 % of 4 cells, low_obstacle 50.0 % of 2 cells."
             in markdown_table(r).splitlines())
+    # Precision: every near cell called an obstacle was one (the far false alarm at (10, 10) is not near).
+    assert r["precision_1m"] == 1.0 and r["precision_1m_by_condition"]["night"] == 1.0
+
+
+def test_precision_within_1m_counts_near_false_alarms_only(rig, grid):
+    target = _empty(grid, rig)
+    target[28, 39] = 1  # 0.1 m ahead of the bumper
+    pred = target.copy()
+    pred[24, 39] = pred[39, 46] = 4  # two false alarms within 1 m (0.9 m ahead, 0.4 m off the right flank)
+    pred[23, 39] = 2  # 1.1 m ahead: not near, not counted
+    pred[39, 31] = 3  # x 1.5, y 1.7: 0.8 m off the left flank, a third near false alarm
+    assert float(rig.vehicle.distance_to_body(grid.cell_centres()[39, 31])) == pytest.approx(0.8)
+    unlabelled = target.copy()
+    ev = Evaluator(rig, grid)
+    ev.update(pred, target, ["night"])
+    unlabelled[24, 39] = IGNORE  # an unlabelled cell's call does not count either way
+    ev.update(pred, unlabelled, ["day"])
+    r = ev.result()
+    assert r["recall_1m"] == 1.0
+    assert r["precision_1m_by_condition"]["night"] == pytest.approx(1 / 4)
+    assert r["precision_1m_by_condition"]["day"] == pytest.approx(1 / 3)
+    assert r["precision_1m"] == pytest.approx(2 / 7)
+    assert "| night | " in markdown_table(r) and "| 25.0 | 1 |" in markdown_table(r)
+    # Nothing called within 1 m: undefined, not 0 or 1.
+    ev.reset()
+    ev.update(_empty(grid, rig), target)
+    assert ev.result()["precision_1m"] is None and ev.result()["recall_1m"] == 0.0
 
 
 def test_sector_error_is_zero_for_identical_maps_and_the_shift_otherwise(rig, grid):
@@ -209,7 +236,7 @@ def test_markdown_table_rows_and_values(results):
     lines = text.splitlines()
     assert lines[0] == "### Camera only"
     assert lines[2] == ("| condition | mIoU | free | vehicle | pedestrian | structure | low_obstacle | recall ≤1 m "
-                        "| frames |")
+                        "| precision ≤1 m | frames |")
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[4:7]}
     assert list(rows) == ["**all**", "day", "night"]
     assert rows["night"][0] == "65.0" and rows["night"][2] == "60.0" and rows["night"][-1] == "1"

@@ -114,6 +114,30 @@ def test_eval_with_blind_cameras_feeds_the_network_no_camera(setup, run_dir, tmp
     assert "blind cameras are for fusion models" in capsys.readouterr().err
 
 
+def test_eval_free_confidence_reaches_the_class_map_over_the_near_field(setup, run_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    import perception.postprocess as post
+
+    root, _ = setup
+    val = str(root / "data" / "val")
+    plain, biased = tmp_path / "plain.json", tmp_path / "biased.json"
+    assert main(["eval", "--model", str(run_dir), "--data", val, "--json", str(plain)]) == 0
+    calls = []
+    real = post.class_map
+    monkeypatch.setattr(post, "class_map", lambda logits, ego, *a: calls.append(a) or real(logits, ego, *a))
+    assert main(["eval", "--model", str(run_dir), "--data", val, "--json", str(biased), "--free-confidence",
+                 "0.9999"]) == 0
+    assert "free within 1 m only at P(free) ≥ 0.9999" in capsys.readouterr().out
+    near, confidence = calls[0]
+    assert confidence == 0.9999 and near.any() and near.sum() < near.size / 4  # a band around the body
+    p, b = json.loads(plain.read_text()), json.loads(biased.read_text())
+    assert b["recall_1m"] == 1.0 >= p["recall_1m"]  # a 3-step network is never that sure a near cell is free
+    assert 0 < b["precision_1m"] <= p["precision_1m"] and set(b["precision_1m_by_condition"]) == {"night"}
+    for bad in ("0.2", "1"):
+        assert main(["eval", "--model", str(run_dir), "--data", val, "--free-confidence", bad]) == 2
+        assert "free confidence must be a probability in [0.5, 1)" in capsys.readouterr().err
+
+
 def test_register_model_writes_the_manifest_entry(setup, run_dir, tmp_path, capsys):
     manifest = tmp_path / "weights" / "MODELS.toml"
     assert main(["register-model", str(run_dir), "--name", "nf-tiny", "--data", "one 4-frame drive",

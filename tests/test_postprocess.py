@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from perception.bev_config import BevConfig, ego_mask
-from perception.postprocess import SectorLayout, class_map
+from perception.postprocess import SectorLayout, class_map, near_mask
 from sensors.classes import IGNORE, NUM_CLASSES, SemanticClass
 from sensors.errors import ConfigError
 from sensors.geometry import Pose2D
@@ -41,6 +41,35 @@ def test_class_map_is_the_argmax_with_the_ego_footprint_ignored(rig, grid):
         class_map(logits[:, :-1], ego)
     with pytest.raises(ConfigError, match="shape"):
         class_map(logits[0], ego)
+
+
+def test_free_confidence_calls_doubtful_near_cells_obstacles(rig, grid):
+    ego = ego_mask(rig.vehicle, grid)
+    near = near_mask(rig.vehicle, grid, 1.0)
+    d = rig.vehicle.distance_to_body(grid.cell_centres())
+    assert near.any() and not (near & ego).any() and np.all(d[near] <= 1.0) and np.all(d[~near & ~ego] > 1.0)
+    probs = np.zeros((NUM_CLASSES, *grid.shape), np.float32)
+    probs[:] = np.array([0.95, 0.01, 0.01, 0.01, 0.02])[:, None, None]  # confidently free everywhere
+    doubtful = np.array([0.85, 0.02, 0.03, 0.04, 0.06])  # free by the argmax, but only at 85 %
+    (r_near, c_near), (r_far, c_far) = np.argwhere(near)[0], np.argwhere(~near & ~ego)[0]
+    probs[:, r_near, c_near] = probs[:, r_far, c_far] = doubtful
+    logits = np.log(probs) + 7.0  # softmax is shift-invariant
+    plain = class_map(logits, ego)
+    assert np.all(plain[~ego] == SemanticClass.FREE)
+    biased = class_map(logits, ego, near, 0.9)
+    assert biased[r_near, c_near] == 4  # its most likely obstacle class
+    assert biased[r_far, c_far] == SemanticClass.FREE  # beyond the near field: the argmax
+    assert np.sum(biased != plain) == 1 and np.all(biased[ego] == IGNORE)
+    assert np.array_equal(class_map(logits, ego, near, 0.8), plain)  # 85 % is enough at 0.8
+    batch = class_map(np.stack([logits, logits]), ego, near, 0.9)
+    assert np.array_equal(batch[0], biased) and np.array_equal(batch[1], biased)
+    big = logits * 1e4  # no overflow in the softmax
+    assert class_map(big, ego, near, 0.99)[r_near, c_near] == SemanticClass.FREE
+    for bad in (0.3, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="free confidence"):
+            class_map(logits, ego, near, bad)
+    with pytest.raises(ConfigError, match="near mask"):
+        class_map(logits, ego, None, 0.9)
 
 
 def test_layout_is_four_by_four_around_the_body(layout, grid, rig):

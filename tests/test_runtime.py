@@ -145,6 +145,53 @@ def test_one_result_per_frame_equal_to_torch(world, tmp_path):
         assert r.metadata["model_sha256"] == world["model"].sha256
 
 
+class _FixedOutputs:
+    """A backend whose every cell is free at 85 % and otherwise most likely a low obstacle."""
+
+    name, input_names, output_names = "fixed", (), ("class_logits", "occupancy_logits")
+
+    def __init__(self, shape):
+        probs = np.array([0.85, 0.02, 0.03, 0.04, 0.06], np.float32)
+        self.logits = np.broadcast_to(np.log(probs)[None, :, None, None], (1, 5, *shape)).copy()
+
+    def run(self, inputs):
+        return {"class_logits": self.logits, "occupancy_logits": np.zeros((1, 1, *self.logits.shape[2:]), np.float32)}
+
+    def close(self):
+        pass
+
+
+def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_path, capsys):
+    from app.cli import main
+    from deploy.pipeline import Pipeline
+    from perception.postprocess import near_mask
+
+    with LogReader(world["drive"]) as r:
+        rig = r.rig
+    grid = world["config"].bev.grid(rig)
+    frame = next(iter(replay_frames(world["drive"], decode_scale=2)))
+    near = near_mask(rig.vehicle, grid, 1.0)
+    plain = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape)).process(frame)
+    biased = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape), free_confidence=0.9).process(frame)
+    assert np.all((plain.class_map == 0) | (plain.class_map == IGNORE)) and np.isinf(plain.sectors.distance).all()
+    assert np.all(biased.class_map[near] == 4)  # its most likely obstacle class
+    assert np.array_equal(biased.class_map[~near], plain.class_map[~near])  # beyond 1 m: the argmax
+    assert np.all(biased.sectors.distance <= 1.0) and np.all(biased.sectors.level >= 1)  # the display warns
+    sure = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape), free_confidence=0.8).process(frame)
+    assert np.array_equal(sure.class_map, plain.class_map)  # 85 % free is enough at 0.8
+
+    out = tmp_path / "biased.mcap"
+    assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--free-confidence", "0.9",
+                     manifest=world["manifest"])) == 0
+    with LogReader(out) as r:
+        assert r.metadata["free_confidence"] == "0.9"
+    capsys.readouterr()
+    never = tmp_path / "never.mcap"
+    assert main(_cli("--source", str(world["drive"]), "--out", str(never), "--free-confidence", "1.5",
+                     manifest=world["manifest"])) == 2
+    assert "free confidence must be a probability" in capsys.readouterr().err and not never.exists()
+
+
 def test_the_runtime_imports_neither_torch_nor_qt(world, tmp_path):
     out = tmp_path / "blocked.mcap"
     code = _blocking_prelude() + textwrap.dedent(f"""

@@ -26,6 +26,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     r.add_argument("--deadline-ms", type=float, help="frame deadline: capture to results ready (default: none)")
     r.add_argument("--late-policy", default="keep", choices=LATE_POLICIES,
                    help="keep: publish late frames, flagged; drop: withhold their maps (always recorded)")
+    r.add_argument("--free-confidence", type=float, metavar="P",
+                   help="near-field bias: within 1 m of the body call a cell free only where the model gives FREE at "
+                        "least P (0.5..1; default: the argmax); more warnings, fewer misses beside the car")
     r.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_run)
@@ -91,7 +94,7 @@ def _run(args) -> int:
     model = _zoo_model(args.model, args.manifest)
     stats = run(model, args.source, args.out, backend=args.backend, threads=args.threads,
                 deadline_ms=args.deadline_ms, late_policy=args.late_policy, progress=not args.no_progress,
-                device=args.device)
+                device=args.device, free_confidence=args.free_confidence)
     print(stats.format())
     if stats.stopped_by in ("SIGINT", "SIGTERM"):
         return 128 + signal.Signals[stats.stopped_by].value
