@@ -319,8 +319,9 @@ def half_width(config: ModelConfig) -> ModelConfig:
 
 
 def miou(model: FusionNet, dataset) -> float | None:
-    """The obstacle-class mIoU of MODEL on DATASET (perception.train.evaluate_dataset)."""
-    from perception.train import dataset_rig, evaluate_dataset
+    """The obstacle-class mIoU of MODEL on DATASET (perception.model_eval.evaluate_dataset)."""
+    from perception.dataset import dataset_rig
+    from perception.model_eval import evaluate_dataset
 
     return evaluate_dataset(model, dataset, dataset_rig(dataset))["miou"]
 

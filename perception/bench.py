@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
+from perception.devices import amp_dtype, resolve_device
 from perception.losses import OccupancyLoss
 from perception.model import FusionNet, ModelConfig, dummy_inputs
-from perception.train import amp_dtype, resolve_device, train_step
+from perception.train import train_step
 from sensors.classes import NUM_CLASSES
 
 

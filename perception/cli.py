@@ -1,5 +1,6 @@
 """`nearfield train`, `nearfield eval`, `nearfield register-model`, `nearfield bench train` and `nearfield bench
-model`: thin wrappers over perception.train and perception.registry (torch is imported only when one runs)."""
+model`: thin wrappers over perception.train, perception.model_eval and perception.registry (torch is imported only
+when one runs)."""
 
 from __future__ import annotations
 
@@ -85,8 +86,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
 
 def _train(args) -> int:
+    from perception.devices import init_processes
     from perception.model import load_model_config, override_train
-    from perception.train import TrainOptions, init_processes, train_from_dir
+    from perception.train import TrainOptions, train_from_dir
     from sensors.errors import ConfigError
 
     if args.config is None and not args.resume:
@@ -108,9 +110,9 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    from perception.model_eval import evaluate_logs, write_eval_report
     from perception.registry import load_trained
     from perception.report import markdown_table
-    from perception.train import evaluate_logs, write_eval_report
 
     model, config = load_trained(args.model)
     result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size,

@@ -24,7 +24,7 @@ from perception.uss_raster import USS_CHANNELS
 from sensors.classes import IGNORE, NUM_CLASSES
 from sensors.errors import ConfigError, LogFormatError
 from sensors.files import file_sha256, find_logs
-from sensors.rig import CAMERA_NAMES
+from sensors.rig import CAMERA_NAMES, Rig
 from sensors.schemas import GT_OCCUPANCY_TOPIC
 
 log = logging.getLogger(__name__)
@@ -299,3 +299,16 @@ class CameraDropout:
         images[lost] = 0
         valid[lost] = 0
         return {**item, "images": images, "valid": valid}
+
+
+def dataset_rig(dataset: Dataset) -> Rig:
+    """The rig a dataset's drives were recorded with (the first log's; DriveDataset), else the shipped rig."""
+    logs = getattr(dataset, "logs", None)
+    if logs:
+        from sensors.log import LogReader
+
+        with LogReader(logs[0]) as reader:
+            return reader.rig
+    from sensors.rig import load_rig
+
+    return load_rig()

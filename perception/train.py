@@ -1,7 +1,7 @@
 """Training of the fusion network: seeded data order and augmentation, AdamW with a warmed-up schedule,
-class-balanced losses for both decoder stages, validation mIoU every epoch with the best checkpoint kept, an
-exact resume, mixed precision on CUDA and data-parallel training under torchrun; plus the evaluation loop and
-the training / inference benchmarks.
+class-balanced losses for both decoder stages, validation mIoU every epoch with the best checkpoint kept
+(perception.model_eval), an exact resume, mixed precision on CUDA and data-parallel training under torchrun
+(perception.devices).
 
 Reproducibility: the data order of epoch e is a permutation seeded by (seed, e) and each sample's augmentation
 draws from a generator seeded by (seed, e, sample index), so neither depends on workers, ranks or where a run
@@ -46,8 +46,11 @@ from perception.checkpoint import (
     run_weights,
     save_checkpoint,
 )
+from perception.dataset import dataset_rig
+from perception.devices import amp_dtype, init_processes, resolve_device, to_device
 from perception.losses import OccupancyLoss, class_weights, near_field_weights, occupancy_pos_weight
 from perception.model import FusionNet, ModelConfig, load_model_config
+from perception.model_eval import evaluate_dataset
 from sensors.errors import ConfigError, NearfieldError
 from sensors.files import file_sha256
 from sensors.rig import Rig
@@ -59,7 +62,6 @@ log = logging.getLogger(__name__)
 # convolution to use every core, so the default is all of them, shared among the processes of a torchrun.
 DEFAULT_CPU_THREADS = os.cpu_count() or 1
 SCHEDULES = ("cosine", "onecycle")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 _WARMUP = {"cosine": 0.05, "onecycle": 0.3}  # default share of the steps spent warming up
 _FINAL = {"cosine": 0.01, "onecycle": 1 / 25 / 1e4}  # final learning rate / peak
 _START = {"cosine": 0.0, "onecycle": 1 / 25}  # warm-up start / peak (cosine: linear from 0, first step > 0)
@@ -205,80 +207,6 @@ class GlobalBatches(Sampler[list[tuple[int, int]]]):
             yield [(int(i), self.epoch) for i in indices[k * b:(k + 1) * b]]
 
 
-def dataset_rig(dataset: Dataset) -> Rig:
-    """The rig a dataset's drives were recorded with (the first log's; DriveDataset), else the shipped rig."""
-    logs = getattr(dataset, "logs", None)
-    if logs:
-        from sensors.log import LogReader
-
-        with LogReader(logs[0]) as reader:
-            return reader.rig
-    from sensors.rig import load_rig
-
-    return load_rig()
-
-
-# --- devices and processes ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Processes:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def init_processes(device: str = "auto") -> Processes:
-    """Under torchrun (WORLD_SIZE > 1) join the process group: nccl on CUDA, gloo on CPU. Idempotent."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Processes()
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        if cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if cuda else "gloo")
-        log.info("rank %d of %d joined the process group (%s)", rank, world, dist.get_backend())
-    return Processes(rank, world, local)
-
-
-def resolve_device(name: str, procs: Processes = Processes()) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: this torch build or machine has no CUDA; use --device cpu")
-        return torch.device("cuda", procs.local_rank) if procs.world > 1 or name == "cuda" else torch.device(name)
-    if name != "cpu":
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    return torch.device("cpu")
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: float32). AMP runs on CUDA only: CPU autocast is slower than float32 there."""
-    if mode not in AMP_MODES:
-        raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}, got {mode!r}")
-    if device.type != "cuda" or mode == "off":
-        if mode in ("bf16", "fp16"):
-            log.warning("--amp %s: mixed precision runs on CUDA only; training in float32 on %s", mode, device)
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
-def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
     model.train()
     if freeze_bn:
@@ -292,92 +220,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
     other = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
-
-
-# --- evaluation ---------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str | torch.device = "cpu",
-                     batch_size: int = 4, amp: torch.dtype | None = None, progress: bool = False,
-                     desc: str = "eval", free_confidence: float | None = None) -> dict[str, Any]:
-    """Evaluator.result() of the model's class maps (argmax, ego footprint IGNORE; with free_confidence the
-    near-field bias of postprocess.class_map over the evaluator's near field) over a dataset of items
-    {images, grid, valid, uss, target}; conditions from dataset.meta[i].conditions where it has them."""
-    from perception.bev_config import ego_mask
-    from perception.evaluate import Evaluator
-    from perception.postprocess import check_free_confidence, class_map, near_mask
-
-    device = torch.device(device)
-    grid = model.config.bev.grid(rig)
-    ego = ego_mask(rig.vehicle, grid)
-    evaluator = Evaluator(rig, grid)
-    near = None
-    if free_confidence is not None:
-        check_free_confidence(free_confidence)
-        near = near_mask(rig.vehicle, grid, evaluator.near_m)
-    meta = getattr(dataset, "meta", None)
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
-                        generator=torch.Generator())  # leaves the global RNG alone (a resume restores it)
-    i = 0
-    try:
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-            b = _to(batch, device)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits, _ = model(b["images"], b["grid"], b["valid"], b["uss"])
-            maps = class_map(logits.float().cpu().numpy(), ego, near, free_confidence)
-            for k in range(len(maps)):
-                m = meta[i] if meta is not None else None
-                where = f"{m.drive} frame {m.index}" if m is not None else f"sample {i}"
-                evaluator.update(maps[k], batch["target"][k].numpy(), m.conditions if m is not None else (), where)
-                i += 1
-    finally:
-        model.train(was_training)
-    return evaluator.result()
-
-
-def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = True,
-                  device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True,
-                  blind_cameras: bool = False, free_confidence: float | None = None) -> dict[str, Any]:
-    """`nearfield eval`: the model's scores on drive logs (files or directories of *.mcap). Preprocessed arrays
-    are cached in .cache beside the logs unless cache=False. BLIND_CAMERAS scores a fusion model as if every camera
-    had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone.
-    FREE_CONFIDENCE: the near-field bias of postprocess.class_map (checked before any log is read)."""
-    from perception.dataset import BlindCameras, DriveDataset, find_logs
-    from perception.postprocess import check_free_confidence
-
-    if free_confidence is not None:
-        check_free_confidence(free_confidence)
-    if blind_cameras and not (model.config.uses_camera and model.config.uses_uss):
-        raise ConfigError(f"{model.config.name}: blind cameras are for fusion models; a {model.config.modality} model "
-                          "would be scored on blank inputs")
-
-    logs = find_logs(paths)
-    cache_dir = None
-    if cache:
-        first = Path(paths[0])
-        cache_dir = (first if first.is_dir() else first.parent) / ".cache"
-    dataset = DriveDataset(logs, model.config.bev, cache_dir=cache_dir, progress=progress)
-    rig = dataset_rig(dataset)
-    if blind_cameras:
-        dataset = BlindCameras(dataset)
-    device = resolve_device(str(device))
-    return evaluate_dataset(model.to(device), dataset, rig, device, batch_size, amp_dtype("auto", device), progress,
-                            free_confidence=free_confidence)
-
-
-def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:
-    """OUT.json (the result), OUT.md (Markdown table) and OUT.png (mIoU by condition) beside each other."""
-    from perception.report import markdown_table, plot_by_condition
-
-    path = Path(json_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    md, png = path.with_suffix(".md"), path.with_suffix(".png")
-    path.write_text(json.dumps({"model": title, **result}, indent=1) + "\n")
-    md.write_text(markdown_table(result, title))
-    plot_by_condition({title: result}, png)
-    return [path, md, png]
 
 
 # --- training -----------------------------------------------------------------------------------------------------
@@ -527,7 +369,7 @@ def train(config: ModelConfig | None, train_set: Dataset, val_set: Dataset | Non
                 lr = lr_at(step, total, t["lr"], plan["schedule"], plan["warmup"])
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                losses = train_step(net, _to(batch, device), loss_fn, optimizer, scaler, dtype, t["grad_clip"])
+                losses = train_step(net, to_device(batch, device), loss_fn, optimizer, scaler, dtype, t["grad_clip"])
                 values = [float(losses[k]) for k in ("total", "classes", "occupancy")]
                 if not math.isfinite(values[0]) and dtype != torch.float16:
                     raise NearfieldError(f"{out}: loss is {values[0]} at step {step}; lower train.lr or set "
@@ -628,6 +470,4 @@ def train_from_dir(config: ModelConfig | None, data_dir: str | Path, out_dir: st
 
 
 __all__ = ["DEFAULT_CPU_THREADS", "GlobalBatches", "SeededAugment", "TrainOptions", "TrainResult", "UssDropout",
-           "evaluate_dataset", "evaluate_logs", "init_processes", "load_init_weights", "lr_at", "network_fields",
-           "train",
-           "train_from_dir", "write_eval_report"]
+           "load_init_weights", "lr_at", "network_fields", "train", "train_from_dir", "train_step"]

@@ -89,12 +89,12 @@ def test_eval_writes_json_markdown_and_chart(setup, run_dir, tmp_path, capsys):
 
 
 def test_eval_with_blind_cameras_feeds_the_network_no_camera(setup, run_dir, tmp_path, capsys, monkeypatch):
-    import perception.train as tr
+    import perception.model_eval as me
 
     root, _ = setup
     seen = []
-    real = tr.evaluate_dataset
-    monkeypatch.setattr(tr, "evaluate_dataset", lambda model, data, *a, **kw: seen.append(data) or real(model, data,
+    real = me.evaluate_dataset
+    monkeypatch.setattr(me, "evaluate_dataset", lambda model, data, *a, **kw: seen.append(data) or real(model, data,
                                                                                                         *a, **kw))
     assert main(["eval", "--model", str(run_dir), "--data", str(root / "data" / "val"), "--blind-cameras"]) == 0
     assert "cameras blinded" in capsys.readouterr().out

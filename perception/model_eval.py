@@ -1,0 +1,105 @@
+"""A torch model scored on data (`nearfield eval`, and validation during training): its class maps over a dataset or
+drive logs through perception.evaluate.Evaluator, and the report files (JSON, Markdown, PNG)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from perception.devices import amp_dtype, resolve_device, to_device
+from perception.model import FusionNet
+from sensors.errors import ConfigError
+from sensors.rig import Rig
+
+
+@torch.no_grad()
+def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str | torch.device = "cpu",
+                     batch_size: int = 4, amp: torch.dtype | None = None, progress: bool = False,
+                     desc: str = "eval", free_confidence: float | None = None) -> dict[str, Any]:
+    """Evaluator.result() of the model's class maps (argmax, ego footprint IGNORE; with free_confidence the
+    near-field bias of postprocess.class_map over the evaluator's near field) over a dataset of items
+    {images, grid, valid, uss, target}; conditions from dataset.meta[i].conditions where it has them."""
+    from perception.bev_config import ego_mask
+    from perception.evaluate import Evaluator
+    from perception.postprocess import check_free_confidence, class_map, near_mask
+
+    device = torch.device(device)
+    grid = model.config.bev.grid(rig)
+    ego = ego_mask(rig.vehicle, grid)
+    evaluator = Evaluator(rig, grid)
+    near = None
+    if free_confidence is not None:
+        check_free_confidence(free_confidence)
+        near = near_mask(rig.vehicle, grid, evaluator.near_m)
+    meta = getattr(dataset, "meta", None)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                        generator=torch.Generator())  # leaves the global RNG alone (a resume restores it)
+    i = 0
+    try:
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            b = to_device(batch, device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits, _ = model(b["images"], b["grid"], b["valid"], b["uss"])
+            maps = class_map(logits.float().cpu().numpy(), ego, near, free_confidence)
+            for k in range(len(maps)):
+                m = meta[i] if meta is not None else None
+                where = f"{m.drive} frame {m.index}" if m is not None else f"sample {i}"
+                evaluator.update(maps[k], batch["target"][k].numpy(), m.conditions if m is not None else (), where)
+                i += 1
+    finally:
+        model.train(was_training)
+    return evaluator.result()
+
+
+def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = True,
+                  device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True,
+                  blind_cameras: bool = False, free_confidence: float | None = None) -> dict[str, Any]:
+    """`nearfield eval`: the model's scores on drive logs (files or directories of *.mcap). Preprocessed arrays
+    are cached in .cache beside the logs unless cache=False. BLIND_CAMERAS scores a fusion model as if every camera
+    had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone.
+    FREE_CONFIDENCE: the near-field bias of postprocess.class_map (checked before any log is read)."""
+    from perception.dataset import BlindCameras, DriveDataset, dataset_rig, find_logs
+    from perception.postprocess import check_free_confidence
+
+    if free_confidence is not None:
+        check_free_confidence(free_confidence)
+    if blind_cameras and not (model.config.uses_camera and model.config.uses_uss):
+        raise ConfigError(f"{model.config.name}: blind cameras are for fusion models; a {model.config.modality} model "
+                          "would be scored on blank inputs")
+
+    logs = find_logs(paths)
+    cache_dir = None
+    if cache:
+        first = Path(paths[0])
+        cache_dir = (first if first.is_dir() else first.parent) / ".cache"
+    dataset = DriveDataset(logs, model.config.bev, cache_dir=cache_dir, progress=progress)
+    rig = dataset_rig(dataset)
+    if blind_cameras:
+        dataset = BlindCameras(dataset)
+    device = resolve_device(str(device))
+    return evaluate_dataset(model.to(device), dataset, rig, device, batch_size, amp_dtype("auto", device), progress,
+                            free_confidence=free_confidence)
+
+
+def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:
+    """OUT.json (the result), OUT.md (Markdown table) and OUT.png (mIoU by condition) beside each other."""
+    from perception.report import markdown_table, plot_by_condition
+
+    path = Path(json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    md, png = path.with_suffix(".md"), path.with_suffix(".png")
+    path.write_text(json.dumps({"model": title, **result}, indent=1) + "\n")
+    md.write_text(markdown_table(result, title))
+    plot_by_condition({title: result}, png)
+    return [path, md, png]
+
+
+__all__ = ["evaluate_dataset", "evaluate_logs", "write_eval_report"]
