@@ -35,7 +35,9 @@ class Evaluator:
       recall_1m_by_class: the same per true class over the whole set (which obstacles near the car are missed),
       near_cells_by_class: how many such cells each class had. precision_1m: of the labelled cells within near_m
       that the prediction calls an obstacle, the share that are one in truth (the price of a near-field bias,
-      postprocess.class_map's free_confidence, in false warnings).
+      postprocess.class_map's free_confidence, in false warnings). recall_1m_by_uss_coverage: recall_1m split by
+      whether an ultrasonic beam reached the cell in that frame (`covered`, the raster's coverage channel), with
+      near_cells_by_uss_coverage: where the misses lie that the ultrasonic sensors could not have seen (mid-flank).
     - sector_error_m: per sector of SectorLayout where the truth has an obstacle on the grid, |predicted - true|
       nearest-obstacle distance. A sector the prediction leaves clear counts as if it reported the grid's edge:
       the distance from the body to the nearest border cell of that sector, the farthest a clear display can
@@ -65,14 +67,19 @@ class Evaluator:
         # hit, true obstacle cells, cells predicted as obstacle, of them true
         self._near_hits: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4, np.int64))
         self._near_by_class = np.zeros((k, 2), np.int64)  # per true class: hit, total (whole set)
+        self._near_by_coverage = np.zeros((2, 2), np.int64)  # [uncovered, covered]: hit, total (frames with covered)
         self._sector_errors: dict[str, list[np.ndarray]] = defaultdict(list)
         self._frames: dict[str, int] = defaultdict(int)
 
     def update(self, pred_class_map: np.ndarray, target: np.ndarray, conditions: list[str] | tuple[str, ...] = (),
-               where: str = "frame") -> None:
+               where: str = "frame", covered: np.ndarray | None = None) -> None:
         """Add one frame: pred_class_map and target (rows, cols) integer class maps on the grid (IGNORE allowed
-        in both), conditions the frame's labels. `where` names the frame in error messages."""
+        in both), conditions the frame's labels, covered (rows, cols) bool the cells an ultrasonic beam reached
+        (optional). `where` names the frame in error messages."""
         pred, target = self._checked(pred_class_map, "prediction", where), self._checked(target, "target", where)
+        if covered is not None and np.shape(covered) != self.grid.shape:
+            raise ConfigError(f"Evaluator: {where}: the coverage mask must have the grid's shape {self.grid.shape}, "
+                              f"got {np.shape(covered)}")
         k = self.num_classes
         labelled = target != IGNORE
         t = target[labelled].astype(np.int64)
@@ -87,6 +94,10 @@ class Evaluator:
         true_near = target[near].astype(np.int64)
         self._near_by_class[:, 0] += np.bincount(target[hit].astype(np.int64), minlength=k)[:k]
         self._near_by_class[:, 1] += np.bincount(true_near, minlength=k)[:k]
+        if covered is not None:
+            c = np.asarray(covered, bool)
+            for j, part in enumerate((~c, c)):
+                self._near_by_coverage[j] += (int((hit & part).sum()), int((near & part).sum()))
 
         true_d = self.layout(target).distance.astype(np.float64)
         pred_d = self.layout(pred).distance.astype(np.float64)
@@ -127,6 +138,9 @@ class Evaluator:
         near = list(zip(self.names, self._near_by_class.tolist(), strict=True))[1:]
         out["recall_1m_by_class"] = {name: float(h / n) if n else None for name, (h, n) in near}
         out["near_cells_by_class"] = {name: int(n) for name, (_, n) in near}
+        parts = list(zip(("uncovered", "covered"), self._near_by_coverage.tolist(), strict=True))
+        out["recall_1m_by_uss_coverage"] = {name: float(h / n) if n else None for name, (h, n) in parts}
+        out["near_cells_by_uss_coverage"] = {name: int(n) for name, (_, n) in parts}
         out["sector_error_m"] = self._sector_stats(OVERALL)
         out["sector_error_m_by_condition"] = {g: self._sector_stats(g) for g in groups}
         return out

@@ -24,10 +24,12 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
                      desc: str = "eval", free_confidence: float | None = None) -> dict[str, Any]:
     """Evaluator.result() of the model's class maps (argmax, ego footprint IGNORE; with free_confidence the
     near-field bias of postprocess.class_map over the evaluator's near field) over a dataset of items
-    {images, grid, valid, uss, target}; conditions from dataset.meta[i].conditions where it has them."""
+    {images, grid, valid, uss, target}; conditions from dataset.meta[i].conditions where it has them, the cells an
+    ultrasonic beam reached from the raster's coverage channel."""
     from perception.bev_config import ego_mask
     from perception.evaluate import Evaluator
     from perception.postprocess import check_free_confidence, class_map, near_mask
+    from perception.uss_raster import COVERAGE
 
     device = torch.device(device)
     grid = model.config.bev.grid(rig)
@@ -52,7 +54,8 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
             for k in range(len(maps)):
                 m = meta[i] if meta is not None else None
                 where = f"{m.drive} frame {m.index}" if m is not None else f"sample {i}"
-                evaluator.update(maps[k], batch["target"][k].numpy(), m.conditions if m is not None else (), where)
+                evaluator.update(maps[k], batch["target"][k].numpy(), m.conditions if m is not None else (), where,
+                                 covered=batch["uss"][k, COVERAGE].numpy() > 0.5)
                 i += 1
     finally:
         model.train(was_training)

@@ -58,6 +58,10 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
     if counted:
         lines += ["", "Recall within 1 m by true class: " + ", ".join(
             f"{c} {_pct(by_class[c])} % of {cells[c]:,} cells" for c in counted) + "."]
+    by_cover, cover_cells = result.get("recall_1m_by_uss_coverage", {}), result.get("near_cells_by_uss_coverage", {})
+    if any(cover_cells.values()):
+        lines += ["", "Recall within 1 m where an ultrasonic beam reached the cell: " + ", ".join(
+            f"{c} {_pct(by_cover[c])} % of {cover_cells[c]:,} cells" for c in ("covered", "uncovered")) + "."]
     sector = result.get("sector_error_m", {})
     if sector.get("sectors"):
         lines += ["", f"Sector distance error: median {sector['median']:.2f} m, p95 {sector['p95']:.2f} m over "

@@ -135,9 +135,17 @@ def test_recall_within_1m_counted_by_hand(rig, grid):
     pred[right_04] = 1  # a hit; ahead_09 is missed; ahead_11 does not count
     pred[10, 10] = 2  # a false alarm far away does not change recall
     ev = Evaluator(rig, grid)
-    ev.update(pred, target, ["night", "camera_failure:FV"])
-    ev.update(target, target, ["day"])
+    covered = np.zeros(grid.shape, bool)
+    covered[20:30, 35:45] = True  # a front beam: the two cells ahead, not the right flank
+    ev.update(pred, target, ["night", "camera_failure:FV"], covered=covered)
+    ev.update(target, target, ["day"])  # no coverage given: left out of the coverage split
     r = ev.result()
+    assert r["recall_1m_by_uss_coverage"] == {"uncovered": 1.0, "covered": 0.5}
+    assert r["near_cells_by_uss_coverage"] == {"uncovered": 1, "covered": 2}
+    assert ("Recall within 1 m where an ultrasonic beam reached the cell: covered 50.0 % of 2 cells, uncovered "
+            "100.0 % of 1 cells." in markdown_table(r).splitlines())
+    with pytest.raises(ConfigError, match="coverage mask"):
+        ev.update(pred, target, covered=covered[:-1])
     assert r["recall_1m_by_condition"]["night"] == pytest.approx(2 / 3)
     assert r["recall_1m_by_condition"]["camera_failure"] == pytest.approx(2 / 3)
     assert r["recall_1m_by_condition"]["day"] == 1.0

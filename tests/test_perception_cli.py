@@ -81,6 +81,9 @@ def test_eval_writes_json_markdown_and_chart(setup, run_dir, tmp_path, capsys):
     assert result["by_condition"]["night"]["frames"] == 2
     assert set(result["by_condition"]["night"]) >= {"miou", "frames"}
     assert set(result["sector_error_m"]) >= {"median", "p95"}
+    cells = result["near_cells_by_uss_coverage"]  # the raster's coverage channel reaches the evaluator
+    assert cells["covered"] > 0 and cells["uncovered"] > 0
+    assert sum(cells.values()) == sum(result["near_cells_by_class"].values())
     md = out.with_suffix(".md").read_text()
     assert "| **all** |" in md and "| night |" in md
     png = cv2.imread(str(out.with_suffix(".png")))
