@@ -131,7 +131,7 @@ def _eval(args) -> int:
 def _report(args) -> int:
     import json
 
-    from perception.report import class_recall_table, modality_table, plot_by_condition
+    from perception.report import modality_table, plot_by_condition, split_recall_table
     from sensors.errors import ConfigError
 
     results = {}
@@ -153,9 +153,11 @@ def _report(args) -> int:
     if any("precision_1m" in r for r in results.values()):
         text += "\n" + modality_table(results, "precision_1m", "Precision of the obstacle calls within 1 m of the car "
                                                                 "body (%)")
-    by_class = class_recall_table(results, "Recall within 1 m of the car body by true class (%)")
-    if by_class:
-        text += "\n" + by_class
+    for by, title in (("class", "Recall within 1 m of the car body by true class (%)"),
+                      ("uss_coverage", "Recall within 1 m of the car body, where an ultrasonic beam reached the cell "
+                                       "and where none did (%)")):
+        table = split_recall_table(results, by, title)
+        text += "\n" + table if table else ""
     print(text)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

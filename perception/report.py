@@ -85,21 +85,29 @@ def modality_table(results: Mapping[str, Mapping[str, Any]], metric: str = "miou
     return "\n".join(lines) + "\n"
 
 
-def class_recall_table(results: Mapping[str, Mapping[str, Any]], title: str = "") -> str:
-    """Models x true obstacle classes: recall within 1 m of the car body in % and the cells it counts ("–" for a model
-    whose JSON predates recall_1m_by_class or has no such cells); "" when no model has it."""
-    classes: list[str] = []
+SPLITS = {"class": ("recall_1m_by_class", "near_cells_by_class"),
+          "uss_coverage": ("recall_1m_by_uss_coverage", "near_cells_by_uss_coverage")}
+
+
+def split_recall_table(results: Mapping[str, Mapping[str, Any]], by: str = "class", title: str = "") -> str:
+    """Models x parts of the near field: recall within 1 m of the car body in % and the cells it counts, split BY
+    "class" (true obstacle class) or "uss_coverage" (cells an ultrasonic beam reached or not); "–" for a model
+    whose JSON predates that split or has no such cells; "" when no model has it."""
+    if by not in SPLITS:
+        raise ConfigError(f"split_recall_table: by must be one of {', '.join(SPLITS)}, got {by!r}")
+    recall_key, cells_key = SPLITS[by]
+    parts: list[str] = []
     for r in results.values():
-        classes += [c for c in r.get("recall_1m_by_class", {}) if c not in classes]
-    if not classes:
+        parts += [c for c in r.get(recall_key, {}) if c not in parts]
+    if not parts:
         return ""
-    head = ["model", *classes]
+    head = ["model", *parts]
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for name, r in results.items():
-        by_class, cells = r.get("recall_1m_by_class", {}), r.get("near_cells_by_class", {})
-        lines.append("| " + " | ".join([name, *(_pct(by_class.get(c)) + (f" ({cells[c]:,} cells)" if cells.get(c)
-                                                                          else "") for c in classes)]) + " |")
+        recall, cells = r.get(recall_key, {}), r.get(cells_key, {})
+        lines.append("| " + " | ".join([name, *(_pct(recall.get(c)) + (f" ({cells[c]:,} cells)" if cells.get(c)
+                                                                       else "") for c in parts)]) + " |")
     return "\n".join(lines) + "\n"
 
 

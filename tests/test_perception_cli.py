@@ -199,6 +199,22 @@ def test_report_tabulates_models_by_condition(tmp_path, capsys):
                  str(md)]) == 0
     rows = md.read_text().split("by true class")[1].splitlines()
     assert "| fusion | 75.0 | 1.0 |" in rows and "| camera | – | – |" in rows
+    assert "ultrasonic beam" not in md.read_text()
+    (tmp_path / "c.json").write_text(json.dumps(result(0.4, 0.125, 0.6) | {
+        "recall_1m_by_uss_coverage": {"uncovered": 0.25, "covered": 0.5},
+        "near_cells_by_uss_coverage": {"uncovered": 40, "covered": 1200}}))
+    assert main(["report", f"fusion={tmp_path / 'f.json'}", f"camera={tmp_path / 'c.json'}", "--markdown",
+                 str(md)]) == 0
+    rows = md.read_text().split("ultrasonic beam")[1].splitlines()
+    assert "| model | uncovered | covered |" in rows
+    assert "| camera | 25.0 (40 cells) | 50.0 (1,200 cells) |" in rows and "| fusion | – | – |" in rows
+    assert "Precision" not in md.read_text()  # no JSON has precision within 1 m
+    (tmp_path / "f.json").write_text(json.dumps(result(0.5, 0.45, 0.97) | {
+        "precision_1m": 0.8, "precision_1m_by_condition": {"day": 0.9, "night": 0.7}}))
+    assert main(["report", f"fusion={tmp_path / 'f.json'}", f"camera={tmp_path / 'c.json'}", "--markdown",
+                 str(md)]) == 0
+    rows = md.read_text().split("Precision")[1].splitlines()
+    assert "| fusion | 80.0 | 90.0 | 70.0 |" in rows and "| camera | – | – | – |" in rows
     assert cv2.imread(str(png)) is not None
     assert main(["report", "nolabel.json"]) == 2
     assert "NAME=JSON" in capsys.readouterr().err
