@@ -14,6 +14,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     v.add_argument("--frame", type=int, default=0, help="frame to show first (0-based)")
     v.add_argument("--screenshot", metavar="OUT.png", help="draw --frame offscreen, save the window as a PNG, exit")
     v.add_argument("--threads", type=int, help="inference threads (default: onnxruntime's)")
+    v.add_argument("--free-confidence", type=float, metavar="P",
+                   help="near-field bias of the model's map and sectors: within 1 m of the body a cell is free only "
+                        "where the model gives FREE at least P (0.5..1; default: the argmax)")
     v.add_argument("--settings", metavar="FILE.ini", help="settings file instead of the user's (layout, recent files)")
     v.set_defaults(func=_view)
 
@@ -23,7 +26,7 @@ def _view(args) -> int:
     from deploy.zoo import MANIFEST
 
     code = launch(args.log, args.model, args.frame, args.screenshot, args.manifest or MANIFEST, args.settings,
-                  args.threads)
+                  args.threads, args.free_confidence)
     if args.screenshot:
         print(args.screenshot)
     return code

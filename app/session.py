@@ -59,8 +59,9 @@ class DriveSession:
     """A log and a model. Every method runs on one thread (the viewer's worker): LogReader and the inference
     backend are not thread-safe."""
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, free_confidence: float | None = None):
         self.threads = threads
+        self.free_confidence = free_confidence  # the pipeline's near-field bias (None: the argmax)
         self.source: FrameSource | None = None
         self.model: ZooModel | None = None
         self.pipeline: Pipeline | None = None
@@ -86,7 +87,8 @@ class DriveSession:
             return
         if self.source is None:
             raise ConfigError(f"model {model.name}: open a log first (the model is bound to the log's calibration)")
-        pipeline = Pipeline(model, self.source.rig, threads=self.threads, source=str(self.source.path))
+        pipeline = Pipeline(model, self.source.rig, threads=self.threads, source=str(self.source.path),
+                            free_confidence=self.free_confidence)
         self._close_pipeline()
         self.pipeline, self.model, self._evaluator = pipeline, model, None
 

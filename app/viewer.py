@@ -18,9 +18,14 @@ SCREENSHOT_SIZE = (1600, 1000)  # a saved window geometry is clamped to the offs
 
 def launch(log_path: str | Path | None = None, model: str | None = None, frame: int = 0,
            screenshot: str | Path | None = None, manifest: str | Path = MANIFEST, settings: str | Path | None = None,
-           threads: int | None = None) -> int:
+           threads: int | None = None, free_confidence: float | None = None) -> int:
     """Open the viewer on LOG_PATH (None: the demo drive) with MODEL at FRAME. With SCREENSHOT: draw that frame
-    offscreen, save the window as a PNG and return 0, or raise ConfigError with what went wrong."""
+    offscreen, save the window as a PNG and return 0, or raise ConfigError with what went wrong. free_confidence:
+    the near-field bias of the model's class map (deploy.pipeline.Pipeline)."""
+    from perception.postprocess import check_free_confidence
+
+    if free_confidence is not None:
+        check_free_confidence(free_confidence)
     if screenshot is not None:
         if Path(screenshot).suffix.lower() != ".png":
             raise ConfigError(f"--screenshot {screenshot}: give a .png path")
@@ -39,7 +44,7 @@ def launch(log_path: str | Path | None = None, model: str | None = None, frame: 
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     qsettings = QSettings(str(settings), QSettings.Format.IniFormat) if settings else None
-    win = ViewerWindow(qsettings, manifest, threads, dialogs=screenshot is None)
+    win = ViewerWindow(qsettings, manifest, threads, dialogs=screenshot is None, free_confidence=free_confidence)
     if screenshot is not None:
         win.resize(*SCREENSHOT_SIZE)
     win.open_log(log_path)

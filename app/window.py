@@ -50,7 +50,7 @@ class ViewerWindow(QMainWindow):
     view_shown = pyqtSignal(int)  # a frame's panels were drawn
 
     def __init__(self, settings: QSettings | None = None, manifest: str | Path = MANIFEST, threads: int | None = None,
-                 demo_cache: str | Path | None = None, dialogs: bool = True):
+                 demo_cache: str | Path | None = None, dialogs: bool = True, free_confidence: float | None = None):
         super().__init__()
         self.setWindowTitle("nearfield viewer")
         self.settings = settings or QSettings("nearfield", "viewer")
@@ -68,7 +68,8 @@ class ViewerWindow(QMainWindow):
         self.loop_range = (0, 0)
         self._message_box: QMessageBox | None = None
 
-        self.worker = Worker(threads, demo_cache)
+        self.free_confidence = free_confidence
+        self.worker = Worker(threads, demo_cache, free_confidence)
         self.worker.opened.connect(self._on_opened)
         self.worker.model_changed.connect(self._on_model_changed)
         self.worker.frame_ready.connect(self._on_frame)
@@ -430,6 +431,8 @@ class ViewerWindow(QMainWindow):
             self.info.setText("")
             return
         parts = [f"frame {view.index + 1}/{len(self.source)}", f"model {view.model or '-'}"]
+        if view.model and self.free_confidence is not None:
+            parts.append(f"free within 1 m at P ≥ {self.free_confidence:g}")
         if view.miou is not None:
             parts.append(f"mIoU {100 * view.miou:.0f}%")
         if view.sectors_of:

@@ -30,9 +30,10 @@ class Worker(QThread):
     video_progress = pyqtSignal(int, int)
     video_done = pyqtSignal(str)
 
-    def __init__(self, threads: int | None = None, demo_cache: str | Path | None = None):
+    def __init__(self, threads: int | None = None, demo_cache: str | Path | None = None,
+                 free_confidence: float | None = None):
         super().__init__()
-        self.session = DriveSession(threads)
+        self.session = DriveSession(threads, free_confidence)
         self.demo_cache = demo_cache
         self._jobs: deque[tuple] = deque()
         self._cv = threading.Condition()

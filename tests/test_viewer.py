@@ -274,3 +274,19 @@ def test_view_command_screenshot(qtbot, drives, zoo, tmp_path, capsys):
     assert main(["view", str(drives["ok"]), "--model", "nope", "--manifest", str(zoo), "--screenshot",
                  str(out), "--settings", str(tmp_path / "cli.ini")]) == 2
     assert "unknown deploy model 'nope'" in capsys.readouterr().err
+    assert main([*argv, "--free-confidence", "1.5"]) == 2
+    assert "free confidence must be a probability" in capsys.readouterr().err
+
+
+def test_the_near_field_bias_reaches_the_pipeline_and_the_info_line(qtbot, drives, zoo, tmp_path):
+    settings = QSettings(str(tmp_path / "bias.ini"), QSettings.Format.IniFormat)
+    win = ViewerWindow(settings, zoo, threads=1, demo_cache=tmp_path / "demo", free_confidence=0.9)
+    qtbot.addWidget(win)
+    win.show()
+    win.open_log(drives["ok"])
+    wait_shown(qtbot, win, 0)
+    assert "free within 1 m" not in win.info.text()  # no model, no bias to speak of
+    win.select_model("tiny-structure")
+    wait_shown(qtbot, win, 0)
+    assert win.worker.session.pipeline.free_confidence == 0.9
+    assert "free within 1 m at P ≥ 0.9" in win.info.text()
