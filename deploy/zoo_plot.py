@@ -104,6 +104,19 @@ def zoo_points(rows: Sequence[dict]) -> tuple[list[ZooPoint], list[str]]:
     return points, missing
 
 
+def _wrap(text: str, max_px: int, scale: float) -> list[str]:
+    """TEXT broken at spaces into lines no wider than MAX_PX in OpenCV's plain font at SCALE (a single word wider
+    than that stays whole)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and cv2.getTextSize(candidate, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= max_px:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
 def _nice_step(span: float, ticks: int = 6) -> float:
     raw = max(span, 1e-9) / ticks
     mag = 10 ** np.floor(np.log10(raw))
@@ -116,8 +129,9 @@ def plot_zoo(points: Sequence[ZooPoint], out_png: str | Path, title: str = "", f
     if not points:
         raise ConfigError("zoo plot: no model has both a test mIoU and a latency; run `nearfield zoo measure NAME "
                           "--data DATA` first")
-    notes = [n for n in footnote.splitlines() if n]
-    width, height = 900, 560 + 16 * max(len(notes) - 1, 0)
+    width = 900
+    notes = [part for n in footnote.splitlines() if n for part in _wrap(n, width - 70 - 10, 0.38)]
+    height = 560 + 16 * max(len(notes) - 1, 0)
     left, right, top, bottom = 70, 30, 50, 90 + 16 * max(len(notes) - 1, 0)
     img = np.full((height, width, 3), 255, np.uint8)
     font, aa, ink, grey = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA, (30, 30, 30), (220, 220, 220)

@@ -144,3 +144,18 @@ def test_the_plot_names_every_machine_its_models_were_timed_on():
     models = {n: model(n, m) for n, m in (("a", "Xeon"), ("b", "Xeon"), ("c", "EPYC"), ("d", None), ("e", "Arm"))}
     assert machine_lines(models, {"a", "b"}) == ["measured on Xeon"] and machine_lines(models, {"d"}) == []
     assert machine_lines(models, {"a", "b", "c", "d"}) == ["measured on Xeon: 2 models", "measured on EPYC: c"]
+
+
+def test_a_long_footnote_wraps_inside_the_picture(tmp_path):
+    from deploy.zoo_plot import _wrap
+
+    long = "measured on AMD EPYC: " + ", ".join(f"nf-small-model-{k}" for k in range(30))
+    lines = _wrap(long, 820, 0.38)
+    assert len(lines) > 2 and " ".join(lines) == long
+    assert all(cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, 0.38, 1)[0][0] <= 820 for n in lines)
+    pts = [ZooPoint("a", "fp32", 10.0, 0.3), ZooPoint("b", "int8-ptq", 5.0, 0.29)]
+    short = plot_zoo(pts, tmp_path / "short.png", footnote="one line")
+    wrapped = plot_zoo(pts, tmp_path / "long.png", footnote=long)
+    assert wrapped.shape[0] == short.shape[0] + 16 * (len(lines) - 1)  # room for every wrapped line
+    ink = np.any(wrapped < 128, axis=-1)
+    assert not ink[:, -8:].any()  # nothing runs off the right edge
