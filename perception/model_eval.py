@@ -1,5 +1,8 @@
 """A torch model scored on data (`nearfield eval`, and validation during training): its class maps over a dataset or
-drive logs through perception.evaluate.Evaluator, and the report files (JSON, Markdown, PNG)."""
+drive logs through perception.evaluate.Evaluator, and the report files (JSON, Markdown, PNG).
+
+What validation needs is imported with this module, which training imports at its start: a run that takes hours
+does not import code at its first validation, when the working tree may have changed under it."""
 
 from __future__ import annotations
 
@@ -12,8 +15,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from perception.bev_config import ego_mask
+from perception.dataset import BlindCameras, DriveDataset, dataset_rig, find_logs
 from perception.devices import amp_dtype, resolve_device, to_device
+from perception.evaluate import Evaluator
 from perception.model import FusionNet
+from perception.postprocess import check_free_confidence, class_map, near_mask
+from perception.uss_raster import COVERAGE
 from sensors.errors import ConfigError
 from sensors.rig import Rig
 
@@ -26,11 +34,6 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
     near-field bias of postprocess.class_map over the evaluator's near field) over a dataset of items
     {images, grid, valid, uss, target}; conditions from dataset.meta[i].conditions where it has them, the cells an
     ultrasonic beam reached from the raster's coverage channel."""
-    from perception.bev_config import ego_mask
-    from perception.evaluate import Evaluator
-    from perception.postprocess import check_free_confidence, class_map, near_mask
-    from perception.uss_raster import COVERAGE
-
     device = torch.device(device)
     grid = model.config.bev.grid(rig)
     ego = ego_mask(rig.vehicle, grid)
@@ -69,8 +72,6 @@ def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = T
     are cached in .cache beside the logs unless cache=False. BLIND_CAMERAS scores a fusion model as if every camera
     had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone.
     FREE_CONFIDENCE: the near-field bias of postprocess.class_map (checked before any log is read)."""
-    from perception.dataset import BlindCameras, DriveDataset, dataset_rig, find_logs
-    from perception.postprocess import check_free_confidence
 
     if free_confidence is not None:
         check_free_confidence(free_confidence)

@@ -119,15 +119,15 @@ def test_eval_with_blind_cameras_feeds_the_network_no_camera(setup, run_dir, tmp
 
 def test_eval_free_confidence_reaches_the_class_map_over_the_near_field(setup, run_dir, tmp_path, capsys,
                                                                          monkeypatch):
-    import perception.postprocess as post
+    import perception.model_eval as me
 
     root, _ = setup
     val = str(root / "data" / "val")
     plain, biased = tmp_path / "plain.json", tmp_path / "biased.json"
     assert main(["eval", "--model", str(run_dir), "--data", val, "--json", str(plain)]) == 0
     calls = []
-    real = post.class_map
-    monkeypatch.setattr(post, "class_map", lambda logits, ego, *a: calls.append(a) or real(logits, ego, *a))
+    real = me.class_map
+    monkeypatch.setattr(me, "class_map", lambda logits, ego, *a: calls.append(a) or real(logits, ego, *a))
     assert main(["eval", "--model", str(run_dir), "--data", val, "--json", str(biased), "--free-confidence",
                  "0.9999"]) == 0
     assert "free within 1 m only at P(free) ≥ 0.9999" in capsys.readouterr().out
