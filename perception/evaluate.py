@@ -64,8 +64,8 @@ class Evaluator:
         k = self.num_classes
         # Rows: true class; columns: predicted class, the last column a prediction of IGNORE ("void").
         self._confusion: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((k, k + 1), np.int64))
-        # hit, true obstacle cells, cells predicted as obstacle, of them true
-        self._near_hits: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4, np.int64))
+        # within near_m: hits (true obstacle cells called an obstacle), true obstacle cells, cells called an obstacle
+        self._near_hits: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3, np.int64))
         self._near_by_class = np.zeros((k, 2), np.int64)  # per true class: hit, total (whole set)
         self._near_by_coverage = np.zeros((2, 2), np.int64)  # [uncovered, covered]: hit, total (frames with covered)
         self._sector_errors: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -90,7 +90,7 @@ class Evaluator:
         near = self._near & labelled & (target != SemanticClass.FREE)
         called = self._near & labelled & (pred != SemanticClass.FREE) & (pred != IGNORE)
         hit = near & called
-        near_counts = np.array([hit.sum(), near.sum(), called.sum(), hit.sum()], np.int64)
+        near_counts = np.array([hit.sum(), near.sum(), called.sum()], np.int64)
         true_near = target[near].astype(np.int64)
         self._near_by_class[:, 0] += np.bincount(target[hit].astype(np.int64), minlength=k)[:k]
         self._near_by_class[:, 1] += np.bincount(true_near, minlength=k)[:k]
@@ -155,12 +155,12 @@ class Evaluator:
                 "iou": {name: _value(v) for name, v in zip(self.names, iou, strict=True)}}
 
     def _recall(self, group: str) -> float | None:
-        hit, total, _, _ = self._near_hits.get(group, (0, 0, 0, 0))
+        hit, total, _ = self._near_hits.get(group, (0, 0, 0))
         return float(hit / total) if total else None
 
     def _precision(self, group: str) -> float | None:
-        _, _, called, true = self._near_hits.get(group, (0, 0, 0, 0))
-        return float(true / called) if called else None
+        hit, _, called = self._near_hits.get(group, (0, 0, 0))
+        return float(hit / called) if called else None
 
     def _sector_stats(self, group: str) -> dict[str, Any]:
         errors = np.concatenate(self._sector_errors[group]) if self._sector_errors.get(group) else np.zeros(0)
