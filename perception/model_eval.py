@@ -72,7 +72,6 @@ def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = T
     are cached in .cache beside the logs unless cache=False. BLIND_CAMERAS scores a fusion model as if every camera
     had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone.
     FREE_CONFIDENCE: the near-field bias of postprocess.class_map (checked before any log is read)."""
-
     if free_confidence is not None:
         check_free_confidence(free_confidence)
     if blind_cameras and not (model.config.uses_camera and model.config.uses_uss):

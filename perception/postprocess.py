@@ -48,8 +48,9 @@ def class_map(logits: np.ndarray, ego: np.ndarray, near: np.ndarray | None = Non
 
 
 def check_free_confidence(value: float) -> float:
-    """The near-field free confidence: a probability in [0.5, 1) (below 0.5 the argmax already decides; 1 would
-    never call a near cell free). Returns it; a ConfigError otherwise."""
+    """The near-field free confidence: a probability in [0.5, 1). Below a half the bias would call a cell free
+    that the network finds more likely occupied than free, the opposite of what it is for; 1 would never call a near
+    cell free. Returns it as a float; a ConfigError otherwise."""
     if not (isinstance(value, int | float) and np.isfinite(value) and 0.5 <= value < 1):
         raise ConfigError(f"free confidence must be a probability in [0.5, 1), got {value!r} (0.9: a cell within the "
                           "near field is called free only when the network gives FREE at least 90 %)")

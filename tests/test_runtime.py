@@ -161,7 +161,7 @@ class _FixedOutputs:
         pass
 
 
-def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_path, capsys):
+def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_path, capsys, monkeypatch):
     from app.cli import main
     from deploy.pipeline import Pipeline
     from perception.postprocess import near_mask
@@ -180,9 +180,20 @@ def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_pat
     sure = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape), free_confidence=0.8).process(frame)
     assert np.array_equal(sure.class_map, plain.class_map)  # 85 % free is enough at 0.8
 
+    import deploy.runtime as rt
+
+    built = []
+
+    class Spy(Pipeline):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            built.append(self.free_confidence)
+
+    monkeypatch.setattr(rt, "Pipeline", Spy)
     out = tmp_path / "biased.mcap"
     assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--free-confidence", "0.9",
                      manifest=world["manifest"])) == 0
+    assert built == [0.9]  # `nearfield run` hands the bias to the pipeline that makes the maps and sectors
     with LogReader(out) as r:
         assert r.metadata["free_confidence"] == "0.9"
     capsys.readouterr()
