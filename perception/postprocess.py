@@ -36,15 +36,24 @@ def class_map(logits: np.ndarray, ego: np.ndarray, near: np.ndarray | None = Non
         if near is None or np.shape(near) != np.shape(ego):
             raise ConfigError(f"class_map: free_confidence needs a near mask of the grid's shape {np.shape(ego)}, "
                               f"got {None if near is None else np.shape(near)}")
-        x = logits.astype(np.float32)
-        obstacle = np.argmax(x[..., 1:, :, :], axis=-3).astype(np.uint8) + 1
-        # P(free) = 1 / sum_k exp(x_k - x_free), computed without overflow.
-        shifted = x - x.max(axis=-3, keepdims=True)
-        p_free = np.exp(shifted[..., 0, :, :]) / np.exp(shifted).sum(axis=-3)
+        obstacle = obstacle_class(logits)
+        p_free = free_probability(logits)
         doubtful = np.asarray(near, bool) & (p_free < free_confidence)
         out = np.where(doubtful, obstacle, out).astype(np.uint8)
     out[..., np.asarray(ego, bool)] = IGNORE
     return out
+
+
+def free_probability(logits: np.ndarray) -> np.ndarray:
+    """The softmax's FREE probability of (..., C, rows, cols) logits, (..., rows, cols) float32, without overflow."""
+    x = np.asarray(logits, np.float32)
+    shifted = x - x.max(axis=-3, keepdims=True)
+    return np.exp(shifted[..., 0, :, :]) / np.exp(shifted).sum(axis=-3)
+
+
+def obstacle_class(logits: np.ndarray) -> np.ndarray:
+    """The most likely obstacle class (1..C-1) of (..., C, rows, cols) logits, (..., rows, cols) uint8."""
+    return (np.argmax(np.asarray(logits)[..., 1:, :, :], axis=-3) + 1).astype(np.uint8)
 
 
 def check_free_confidence(value: float) -> float:
