@@ -15,6 +15,12 @@ def vector_norm(v) -> float:
     return math.sqrt(math.fsum(float(x) * float(x) for x in v))
 
 
+def wrap_angle(a: float) -> float:
+    """An angle in radians wrapped to (-pi, pi]."""
+    w = math.atan2(math.sin(a), math.cos(a))
+    return math.pi if w <= -math.pi else w
+
+
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     """Unit quaternion [x, y, z, w] -> 3x3 rotation matrix."""
     x, y, z, w = (float(v) for v in q)
@@ -104,3 +110,9 @@ class Pose2D:
         """self ∘ other: `other` given in this pose's frame, returned in the world frame."""
         x, y = self.to_world(np.array([other.x, other.y]))
         return Pose2D(float(x), float(y), self.yaw + other.yaw)
+
+    def relative(self, other: Pose2D) -> Pose2D:
+        """`other` (a pose in the world frame) seen from this pose's frame: the inverse of compose, so that
+        self.compose(self.relative(other)) == other."""
+        x, y = self.to_local(np.array([other.x, other.y]))
+        return Pose2D(float(x), float(y), other.yaw - self.yaw)

@@ -13,8 +13,8 @@ from sensors.bev import BevGrid
 
 @dataclass(frozen=True)
 class LogMessage:
-    """One message in nearfield types: CameraImage (JPEG, rgb None), FisheyeCamera, UssCycle, GroundTruth,
-    list[ObjectBox], ConditionRecord; the raw protobuf message on other topics. `grid`: the BevGrid of grid
+    """One message in nearfield types: CameraImage (JPEG, rgb None), FisheyeCamera, UssCycle, Odometry,
+    GroundTruth, list[ObjectBox], ConditionRecord; the raw protobuf message on other topics. `grid`: the BevGrid of grid
     topics (/gt/occupancy)."""
 
     topic: str

@@ -20,12 +20,13 @@ from mcap_protobuf.schema import register_schema
 from sensors.bev import BevGrid
 from sensors.calibration import FisheyeCamera
 from sensors.errors import ConfigError, LogFormatError
-from sensors.messages import CameraImage, GroundTruth, UssCycle
+from sensors.messages import CameraImage, GroundTruth, Odometry, UssCycle
 from sensors.rig import Rig
 from sensors.schemas import (
     CONDITION_TOPIC,
     GT_OBJECTS_TOPIC,
     GT_OCCUPANCY_TOPIC,
+    ODOMETRY_TOPIC,
     USS_TOPIC,
     ConditionRecord,
     calibration_to_proto,
@@ -34,6 +35,7 @@ from sensors.schemas import (
     image_to_proto,
     image_topic,
     objects_to_proto,
+    odometry_to_proto,
     topic_spec,
     truth_to_proto,
     uss_to_proto,
@@ -97,6 +99,10 @@ class LogWrites:
 
     def write_uss(self, cycle: UssCycle) -> None:
         self.write_message(USS_TOPIC, uss_to_proto(cycle), cycle.stamp_ns)
+
+    def write_odometry(self, odo: Odometry) -> None:
+        """/odometry: the vehicle's pose in the odom frame as a foxglove.PoseInFrame."""
+        self.write_message(ODOMETRY_TOPIC, odometry_to_proto(odo), odo.stamp_ns)
 
     def write_truth(self, truth: GroundTruth, grid: BevGrid) -> None:
         """/gt/occupancy (the class map as a foxglove.Grid) and /gt/objects (the boxes as a SceneUpdate)."""

@@ -1,4 +1,5 @@
-"""Message types that flow from sensors to perception: camera images, ultrasonic cycles, ground truth, frames.
+"""Message types that flow from sensors to perception: camera images, ultrasonic cycles, odometry, ground truth,
+frames.
 
 Images in memory are RGB uint8 (H, W, 3). Times are integer nanoseconds on the log's one clock.
 """
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
+
+from sensors.geometry import Pose2D
 
 # The vocabulary of /meta/condition labels. Fault labels carry the sensor: "soiling:FV",
 # "camera_failure:RV", "uss_failure:FSL"; the part before the colon is the condition.
@@ -74,6 +77,16 @@ class UssCycle:
 
 
 @dataclass(frozen=True)
+class Odometry:
+    """The vehicle's dead-reckoned pose at `stamp_ns`: the vehicle frame's origin (ISO 8855, the middle of the rear
+    axle) in the local "odom" frame, as wheel speeds and yaw rate integrate it. It drifts: only the motion between
+    nearby stamps is meaningful, never the absolute pose."""
+
+    stamp_ns: int
+    pose: Pose2D
+
+
+@dataclass(frozen=True)
 class ObjectBox:
     """A ground-truth object: an oriented box in the vehicle frame."""
 
@@ -97,10 +110,11 @@ class GroundTruth:
 
 @dataclass
 class Frame:
-    """The four camera images of one instant with the ultrasonic cycle that belongs to it.
+    """The four camera images of one instant with the ultrasonic cycle that belongs to it, and the odometry pose
+    at the frame's stamp (sensors.sync interpolates it; None when the stream carries no odometry).
 
     A missing or late sensor leaves its slot None and adds a reason to `degraded` ("camera FV missing",
-    "uss FSL no response"); the stream goes on.
+    "uss FSL no response", "odometry missing"); the stream goes on.
     """
 
     index: int
@@ -110,6 +124,7 @@ class Frame:
     degraded: list[str] = field(default_factory=list)
     conditions: list[str] = field(default_factory=list)
     truth: GroundTruth | None = None
+    odometry: Pose2D | None = None
 
     @property
     def is_degraded(self) -> bool:

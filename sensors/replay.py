@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sensors.errors import ConfigError, SensorError
 from sensors.imaging import decode_jpeg
-from sensors.messages import CameraImage, Frame, GroundTruth, UssCycle
+from sensors.messages import CameraImage, Frame, GroundTruth, Odometry, UssCycle
 from sensors.sync import Synchroniser
 
 SPEED_RANGE = (0.25, 4.0)
@@ -91,6 +91,8 @@ def replay_frames(path: str | Path, speed: float | None = None, decode: bool = T
                 sync.push_image(v)
             elif isinstance(v, UssCycle):
                 sync.push_uss(v)
+            elif isinstance(v, Odometry):
+                sync.push_odometry(v)
             elif isinstance(v, GroundTruth):
                 sync.push_truth(v)
             elif isinstance(v, ConditionRecord):

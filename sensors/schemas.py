@@ -17,6 +17,7 @@ import numpy as np
 from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
 from foxglove_schemas_protobuf.Grid_pb2 import Grid
 from foxglove_schemas_protobuf.PackedElementField_pb2 import PackedElementField
+from foxglove_schemas_protobuf.PoseInFrame_pb2 import PoseInFrame
 from foxglove_schemas_protobuf.SceneEntityDeletion_pb2 import SceneEntityDeletion
 from foxglove_schemas_protobuf.SceneUpdate_pb2 import SceneUpdate
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
@@ -25,7 +26,8 @@ from sensors.bev import BevGrid
 from sensors.calibration import FisheyeCamera, camera_from_dict
 from sensors.classes import CLASS_COLORS, CLASS_NAMES
 from sensors.errors import LogFormatError
-from sensors.messages import CameraImage, GroundTruth, ObjectBox, UssCycle, UssStatus
+from sensors.geometry import Pose2D, wrap_angle
+from sensors.messages import CameraImage, GroundTruth, ObjectBox, Odometry, UssCycle, UssStatus
 
 PACKAGE = "nearfield"
 FILE_NAME = "nearfield/sensors.proto"
@@ -120,6 +122,8 @@ USS_TOPIC = "/uss/echoes"
 GT_OCCUPANCY_TOPIC = "/gt/occupancy"
 GT_OBJECTS_TOPIC = "/gt/objects"
 CONDITION_TOPIC = "/meta/condition"
+ODOMETRY_TOPIC = "/odometry"
+ODOM_FRAME_ID = "odom"  # the frame the odometry poses are given in (sensors.messages.Odometry)
 
 
 def image_topic(camera: str) -> str:
@@ -378,6 +382,41 @@ def objects_from_proto(msg: SceneUpdate, topic: str) -> list[ObjectBox]:
     return boxes
 
 
+# --- odometry ----------------------------------------------------------------------------------------------------
+
+# How far a stored orientation may be from a unit quaternion about z: float32 writers and normalisation round-off
+# pass, a roll or pitch of 1e-4 rad (a pose from a 3-D estimator) does not.
+_QUAT_TOLERANCE = 1e-6
+
+
+def odometry_to_proto(odo: Odometry) -> PoseInFrame:
+    """sensors.messages.Odometry -> foxglove.PoseInFrame in the "odom" frame, the yaw as a quaternion about z."""
+    pose = odo.pose
+    if not all(math.isfinite(v) for v in (pose.x, pose.y, pose.yaw)):
+        raise LogFormatError(f"{ODOMETRY_TOPIC} at {odo.stamp_ns} ns: pose ({pose.x}, {pose.y}, {pose.yaw}) is not "
+                             "finite")
+    msg = PoseInFrame(frame_id=ODOM_FRAME_ID)
+    set_stamp(msg.timestamp, odo.stamp_ns)
+    msg.pose.position.x, msg.pose.position.y = pose.x, pose.y
+    msg.pose.orientation.z, msg.pose.orientation.w = math.sin(pose.yaw / 2), math.cos(pose.yaw / 2)
+    return msg
+
+
+def odometry_from_proto(msg: PoseInFrame, topic: str) -> Odometry:
+    """foxglove.PoseInFrame -> Odometry; the orientation must be a rotation about z (the pose is planar)."""
+    stamp = stamp_of(msg.timestamp)
+    where = f"{topic} at {stamp} ns"
+    p, o = msg.pose.position, msg.pose.orientation
+    values = (p.x, p.y, p.z, o.x, o.y, o.z, o.w)
+    if not all(math.isfinite(v) for v in values):
+        raise LogFormatError(f"{where}: pose position {p.x, p.y, p.z} / orientation {o.x, o.y, o.z, o.w} is not "
+                             "finite")
+    if max(abs(o.x), abs(o.y), abs(math.hypot(o.z, o.w) - 1.0)) > _QUAT_TOLERANCE:
+        raise LogFormatError(f"{where}: orientation [x, y, z, w] = {[o.x, o.y, o.z, o.w]} is not a unit rotation "
+                             "about z; odometry is a planar pose (x, y, yaw)")
+    return Odometry(stamp, Pose2D(p.x, p.y, wrap_angle(2 * math.atan2(o.z, o.w))))
+
+
 # --- conditions ---------------------------------------------------------------------------------------------------
 
 def condition_to_proto(record: ConditionRecord) -> Any:
@@ -412,6 +451,7 @@ TOPICS: list[TopicSpec] = [
     TopicSpec(re.escape(GT_OCCUPANCY_TOPIC), Grid, truth_from_proto),
     TopicSpec(re.escape(GT_OBJECTS_TOPIC), SceneUpdate, objects_from_proto),
     TopicSpec(re.escape(CONDITION_TOPIC), Condition, condition_from_proto),
+    TopicSpec(re.escape(ODOMETRY_TOPIC), PoseInFrame, odometry_from_proto),
 ]
 
 

@@ -1,14 +1,16 @@
-"""Time synchronisation: camera images and ultrasonic cycles in, `Frame`s out.
+"""Time synchronisation: camera images, ultrasonic cycles and odometry in, `Frame`s out.
 
 A frame is anchored on the earliest pending camera image; it takes from every camera the image nearest to the
-anchor within the rig's camera tolerance and the newest ultrasonic cycle no older than the rig's maximum age. It is
-emitted once the stream has moved past the anchor (so nothing that belongs to it can still arrive), or after a
-latency allowance with the missing sensors flagged. Faults are counted, never raised: late or out-of-order
-messages, duplicates, rate mismatches (a camera faster than the others has its extra images dropped) and clock jumps.
+anchor within the rig's camera tolerance, the newest ultrasonic cycle no older than the rig's maximum age and the
+odometry pose interpolated at the anchor. It is emitted once the stream has moved past the anchor (so nothing that
+belongs to it can still arrive), or after a latency allowance with the missing sensors flagged. Faults are counted,
+never raised: late or out-of-order messages, duplicates, rate mismatches (a camera faster than the others has its
+extra images dropped) and clock jumps.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -16,12 +18,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sensors.messages import CameraImage, Frame, GroundTruth, ObjectBox, UssCycle, UssStatus
+from sensors.geometry import Pose2D, wrap_angle
+from sensors.messages import CameraImage, Frame, GroundTruth, ObjectBox, Odometry, UssCycle, UssStatus
 from sensors.rig import Rig
 
 log = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
+# Odometry is interpolated between two samples at most this far apart (a car sends it at 20-100 Hz; a longer gap is
+# a dropout, across which the motion is unknown).
+ODOMETRY_MAX_GAP_NS = _NS // 2
+# Samples kept at most: at 100 Hz, 2.5 s, well beyond the latency allowance a pending frame can wait.
+_ODOMETRY_KEEP = 256
 
 
 @dataclass
@@ -34,7 +42,7 @@ class SyncStats:
     clock_jumps: int = 0
     uss_reused: int = 0  # an ultrasonic cycle attached to more than one frame (cameras faster than the USS)
     bad_echoes: int = 0  # NaN / negative / absurd distances, bad amplitudes, unknown sensor ids: dropped
-    missing: Counter = field(default_factory=Counter)  # "camera FV", "uss" -> frames without it
+    missing: Counter = field(default_factory=Counter)  # "camera FV", "uss", "odometry" -> frames without it
 
     def as_dict(self) -> dict[str, object]:
         d = {k: v for k, v in self.__dict__.items() if k != "missing"}
@@ -62,6 +70,8 @@ class Synchroniser:
         self._conditions: deque[tuple[int, list[str]]] = deque(maxlen=16)
         self._truth: dict[int, GroundTruth] = {}
         self._objects: dict[int, list[ObjectBox]] = {}
+        self._odometry: list[Odometry] = []  # sorted by stamp
+        self._odometry_seen = False  # a stream without odometry (older logs) neither waits for it nor flags it
         self._watermark: int | None = None
         self._emitted_until: int | None = None  # anchor + tolerance of the last frame
         self._index = 0
@@ -76,6 +86,7 @@ class Synchroniser:
             self.stats.clock_jumps += 1
             self._flush_all()
             self._emitted_until = None
+            self._odometry.clear()  # poses from before the jump would bracket the new stamps
             self._watermark = stamp
         elif wm is not None and stamp > wm + self.jump:
             log.warning("clock jumped forward by %.3f s at %d ns", (stamp - wm) / _NS, stamp)
@@ -134,6 +145,20 @@ class Synchroniser:
             self._bad_echoes[cycle.stamp_ns] = bad
         return cycle
 
+    def push_odometry(self, odo: Odometry) -> None:
+        """One odometry sample. From the first one on, a frame waits (within the latency allowance) for the sample
+        after its anchor, and one that gets no pose is flagged "odometry missing"."""
+        self._odometry_seen = True
+        if not self._advance(odo.stamp_ns):
+            return
+        i = bisect.bisect_left(self._odometry, odo.stamp_ns, key=lambda o: o.stamp_ns)
+        if i < len(self._odometry) and self._odometry[i].stamp_ns == odo.stamp_ns:
+            self.stats.duplicates += 1
+            return
+        self._odometry.insert(i, odo)
+        del self._odometry[:-_ODOMETRY_KEEP]
+        self._collect()
+
     def push_condition(self, stamp_ns: int, labels: list[str]) -> None:
         self._conditions.append((stamp_ns, list(labels)))
 
@@ -168,8 +193,8 @@ class Synchroniser:
             if not final and wm < anchor + self.tol:
                 return  # images of this instant may still arrive
             near = {c: self._nearest(c, anchor) for c in self.cameras}
-            complete = all(v is not None for v in near.values())
-            if not complete and not final and wm < anchor + self.tol + self.latency:
+            waiting = any(v is None for v in near.values()) or self._awaiting_odometry(anchor)
+            if waiting and not final and wm < anchor + self.tol + self.latency:
                 return  # give late sensors their latency allowance
             missing = [c for c, v in near.items() if v is None]
             if missing and all(self._alive_and_slower(c, anchor) for c in missing):
@@ -180,6 +205,11 @@ class Synchroniser:
                         self.stats.rate_excess += 1
                 continue
             self._emit(anchor, near)
+
+    def _awaiting_odometry(self, anchor: int) -> bool:
+        """The stream has carried odometry, but no sample at or after the anchor has come yet (the one that makes
+        the pose at the anchor an interpolation)."""
+        return self._odometry_seen and (not self._odometry or self._odometry[-1].stamp_ns < anchor)
 
     def _nearest(self, camera: str, anchor: int) -> int | None:
         buf = self._images[camera]
@@ -236,12 +266,16 @@ class Synchroniser:
                 if status != UssStatus.OK:
                     name = self._uss_name(sid)
                     degraded.append(f"uss {name} {'no response' if status == UssStatus.NO_RESPONSE else 'blocked'}")
+        odometry = self._pick_odometry(anchor)
+        if odometry is None and self._odometry_seen:
+            degraded.append("odometry missing")
+            self.stats.missing["odometry"] += 1
         conditions = [lab for s, lab in self._conditions if s <= limit][-1:] or [[]]
         truth = self._pick_stamped(self._truth, anchor)
         objects = self._pick_stamped(self._objects, anchor)
         if truth is not None and objects is not None:
             truth.objects = objects
-        frame = Frame(self._index, anchor, images, uss, degraded, list(conditions[0]), truth)
+        frame = Frame(self._index, anchor, images, uss, degraded, list(conditions[0]), truth, odometry)
         self._index += 1
         self.stats.frames += 1
         self.stats.degraded_frames += bool(degraded)
@@ -259,6 +293,26 @@ class Synchroniser:
         if len(self._uss_used) > 64:
             self._uss_used = {s for s in self._uss_used if s >= anchor - self.uss_max_age}
         return cycle
+
+    def _pick_odometry(self, anchor: int) -> Pose2D | None:
+        """The pose at the anchor: interpolated between the samples that bracket it when they are at most
+        ODOMETRY_MAX_GAP_NS apart, else the nearest sample within the camera tolerance, else None."""
+        samples = self._odometry
+        i = bisect.bisect_right(samples, anchor, key=lambda o: o.stamp_ns)  # samples[:i] are at or before the anchor
+        before = samples[i - 1] if i else None
+        after = samples[i] if i < len(samples) else None
+        # A later frame's anchor lies after anchor - tol (earlier images are late): keep the sample before that.
+        del samples[:max(bisect.bisect_right(samples, anchor - self.tol, key=lambda o: o.stamp_ns) - 1, 0)]
+        if before is not None and after is not None and after.stamp_ns - before.stamp_ns <= ODOMETRY_MAX_GAP_NS:
+            f = (anchor - before.stamp_ns) / (after.stamp_ns - before.stamp_ns)
+            a, b = before.pose, after.pose
+            pose = Pose2D(a.x + f * (b.x - a.x), a.y + f * (b.y - a.y), a.yaw + f * wrap_angle(b.yaw - a.yaw))
+        else:
+            near = [o for o in (before, after) if o is not None and abs(o.stamp_ns - anchor) <= self.tol]
+            if not near:
+                return None
+            pose = min(near, key=lambda o: abs(o.stamp_ns - anchor)).pose
+        return Pose2D(pose.x, pose.y, wrap_angle(pose.yaw))
 
     def _pick_stamped(self, table: dict[int, object], anchor: int):
         if not table:
@@ -282,13 +336,16 @@ class Synchroniser:
 
 def synchronise(rig: Rig, messages: Iterable[tuple[str, object]], latency_ns: int = 100_000_000) -> Iterator[Frame]:
     """Frames from a stream of (kind, value) pairs: kind 'image' (CameraImage), 'uss' (UssCycle),
-    'condition' ((stamp_ns, labels)), 'truth' (GroundTruth), 'objects' ((stamp_ns, [ObjectBox]))."""
+    'odometry' (Odometry), 'condition' ((stamp_ns, labels)), 'truth' (GroundTruth), 'objects' ((stamp_ns,
+    [ObjectBox]))."""
     sync = Synchroniser(rig, latency_ns)
     for kind, value in messages:
         if kind == "image":
             sync.push_image(value)
         elif kind == "uss":
             sync.push_uss(value)
+        elif kind == "odometry":
+            sync.push_odometry(value)
         elif kind == "condition":
             sync.push_condition(*value)
         elif kind == "truth":

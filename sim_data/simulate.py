@@ -1,4 +1,5 @@
-"""Simulated drives written as MCAP logs: scene → per frame camera images, ultrasonic cycle, ground truth.
+"""Simulated drives written as MCAP logs: scene → per frame camera images, ultrasonic cycle, ground truth; wheel
+odometry at its own rate (sim_data.odometry).
 
 A drive is a pure function of (rig, preset entry, seed): the same arguments give the same log content.
 """
@@ -18,9 +19,10 @@ import numpy as np
 
 from sensors.bev import BevGrid
 from sensors.errors import ConfigError
-from sensors.messages import CONDITIONS, CameraImage
+from sensors.messages import CONDITIONS, CameraImage, Odometry
 from sensors.rig import Rig, load_rig
 from sensors.timing import StageTimer, maybe_stage
+from sim_data.odometry import ODOMETRY_PERIOD_NS, OdometryErrors, dead_reckon, odometry_rng
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,12 @@ def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float 
     uss = UltrasonicSimulator(rig, scene.kind)
     grid = BevGrid.around(rig.vehicle)
     labels = condition.labels()
+    with maybe_stage(timer, "odometry"):
+        # Over every frame, and past the last one so that its pose is interpolated too; never from `rng`.
+        odometry_per_frame = FRAME_PERIOD_NS // ODOMETRY_PERIOD_NS
+        odometry_stamps = [j * ODOMETRY_PERIOD_NS for j in range(spec.frames * odometry_per_frame)]
+        odometry = dead_reckon(scene.ego, [s / 1e9 for s in odometry_stamps],
+                               OdometryErrors.draw(odometry_rng(spec.seed)))
 
     path = Path(out_dir) / f"{spec.name}.mcap"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +185,8 @@ def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float 
                 writer.write_uss(cycle)
                 writer.write_truth(truth, grid)
                 writer.write_condition(stamp, labels, scene.kind)
+                for j in range(k * odometry_per_frame, (k + 1) * odometry_per_frame):
+                    writer.write_odometry(Odometry(START_NS + odometry_stamps[j], odometry[j]))
             if progress:
                 progress(1)
     os.replace(tmp, path)

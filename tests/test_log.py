@@ -12,17 +12,26 @@ import numpy as np
 import pytest
 from foxglove_schemas_protobuf.Grid_pb2 import Grid
 from foxglove_schemas_protobuf.Log_pb2 import Log
+from foxglove_schemas_protobuf.PoseInFrame_pb2 import PoseInFrame
 from mcap.reader import make_reader
 
 from sensors.bev import BevGrid
 from sensors.calibration import FisheyeCamera
 from sensors.errors import ConfigError, LogFormatError
-from sensors.geometry import quat_to_matrix
+from sensors.geometry import Pose2D, quat_to_matrix
 from sensors.imaging import encode_jpeg
 from sensors.log import ConditionRecord, LogReader
 from sensors.log_writer import LogWriter
-from sensors.messages import CameraImage, GroundTruth, ObjectBox, UssCycle, UssStatus
-from sensors.schemas import UltrasonicCycle, grid_to_proto, truth_to_proto
+from sensors.messages import CameraImage, GroundTruth, ObjectBox, Odometry, UssCycle, UssStatus
+from sensors.schemas import (
+    ODOMETRY_TOPIC,
+    UltrasonicCycle,
+    grid_to_proto,
+    odometry_from_proto,
+    odometry_to_proto,
+    set_stamp,
+    truth_to_proto,
+)
 
 MS = 1_000_000
 T0 = 5_000 * MS
@@ -212,6 +221,69 @@ def test_rig_travels_in_the_log(drive, rig, tmp_path):
         assert r.rig.cameras["MVL"].width == other.width != rig.cameras["MVL"].width
         assert r.rig.cameras["FV"].width == rig.cameras["FV"].width
         assert len(r.index("/camera/MVL/calibration")) == 1
+
+
+def test_odometry_round_trip(rig, tmp_path):
+    p = tmp_path / "odo.mcap"
+    # Yaws beyond pi come back wrapped to (-pi, pi]; x and y exactly.
+    sent = [Odometry(T0 + k * 20 * MS, Pose2D(0.37 * k - 1.0, -0.011 * k * k, -3.0 + 1.3 * k)) for k in range(6)]
+    with LogWriter(p, rig) as w:
+        for odo in sent:
+            w.write_odometry(odo)
+    with LogReader(p, strict=True) as r:
+        got = [(m.topic, m.stamp_ns, m.value) for m in r.messages()]
+        summary = r.summary()
+    odometry = [(t, s, v) for t, s, v in got if t == ODOMETRY_TOPIC]
+    assert [(t, s) for t, s, _ in odometry] == [(ODOMETRY_TOPIC, o.stamp_ns) for o in sent]
+    for (_, _, back), o in zip(odometry, sent, strict=True):
+        assert isinstance(back, Odometry) and back.stamp_ns == o.stamp_ns
+        assert (back.pose.x, back.pose.y) == (o.pose.x, o.pose.y)
+        assert -math.pi < back.pose.yaw <= math.pi
+        assert math.remainder(back.pose.yaw - o.pose.yaw, 2 * math.pi) == pytest.approx(0.0, abs=1e-12)
+    assert odometry[5][2].pose.yaw == pytest.approx(3.5 - 2 * math.pi)
+    t = summary.topics[ODOMETRY_TOPIC]
+    assert (t.schema, t.count, t.rate_hz) == ("foxglove.PoseInFrame", 6, pytest.approx(50.0))
+    # Foxglove draws it in the odom frame, the yaw a rotation about z.
+    proto = odometry_to_proto(sent[1])
+    assert proto.frame_id == "odom"
+    q = proto.pose.orientation
+    assert (q.x, q.y, q.z, q.w) == pytest.approx((0.0, 0.0, math.sin(-1.7 / 2), math.cos(-1.7 / 2)))
+    # Another writer's -q is the same rotation as q.
+    flipped = odometry_from_proto(_pose_msg(q=(0.0, 0.0, -math.sin(0.3), -math.cos(0.3))), ODOMETRY_TOPIC)
+    assert flipped.pose == Pose2D(1.0, 2.0, pytest.approx(0.6))
+
+
+def _pose_msg(x=1.0, y=2.0, q=(0.0, 0.0, 0.0, 1.0)):
+    msg = PoseInFrame(frame_id="odom")
+    set_stamp(msg.timestamp, T0)
+    msg.pose.position.x, msg.pose.position.y = x, y
+    o = msg.pose.orientation
+    o.x, o.y, o.z, o.w = q
+    return msg
+
+
+@pytest.mark.parametrize(("msg", "message"), [
+    (_pose_msg(x=float("nan")), "not finite"),
+    (_pose_msg(q=(0.0, 0.0, float("inf"), 1.0)), "not finite"),
+    (_pose_msg(q=(math.sin(0.05), 0.0, 0.0, math.cos(0.05))), "not a unit rotation about z"),  # rolled 0.1 rad
+    (_pose_msg(q=(0.0, 1e-4, 0.0, 1.0)), "not a unit rotation about z"),
+    (_pose_msg(q=(0.0, 0.0, 0.0, 0.9)), "not a unit rotation about z"),
+])
+def test_odometry_decoder_refuses_what_is_not_a_planar_pose(msg, message):
+    with pytest.raises(LogFormatError, match=f"/odometry at {T0} ns: .*{message}"):
+        odometry_from_proto(msg, ODOMETRY_TOPIC)
+
+
+def test_undecodable_odometry_is_damage_with_topic_and_time(rig, tmp_path):
+    p = tmp_path / "bad-odo.mcap"
+    with LogWriter(p, rig) as w:
+        w.write_odometry(Odometry(T0, Pose2D(0.0, 0.0, 0.0)))
+        w.write_message(ODOMETRY_TOPIC, _pose_msg(q=(0.0, 0.5, 0.0, math.sqrt(0.75))), T0 + MS)
+        with pytest.raises(LogFormatError, match=f"/odometry at {T0 + 2 * MS} ns: pose .* is not finite"):
+            w.write_odometry(Odometry(T0 + 2 * MS, Pose2D(0.0, float("inf"), 0.0)))
+    with LogReader(p) as r:
+        assert [m.stamp_ns for m in r.messages(ODOMETRY_TOPIC)] == [T0]
+        assert (r.damage.kind, r.damage.topic, r.damage.stamp_ns) == ("undecodable", ODOMETRY_TOPIC, T0 + MS)
 
 
 def test_grid_pose_puts_cells_where_bev_grid_says(rig):

@@ -162,3 +162,89 @@ def test_the_test_split_covers_lit_and_unlit_nights(tmp_path, rig):
         with LogReader(simulate_drive(replace(spec, frames=1), tmp_path, rig, scale=0.25)) as r:
             lamps.append(r.metadata.get("street_lamps"))
     assert lamps == ["on", "off"]
+
+
+def _ego_of(spec, rig):
+    from sim_data.scenes import sample_drive
+    from sim_data.simulate import FRAME_PERIOD_NS
+
+    rng = np.random.default_rng(spec.seed)
+    return sample_drive(rng, rig, spec.frames * FRAME_PERIOD_NS / 1e9, kinds=spec.scene_kinds,
+                        motions=spec.motions).ego
+
+
+def test_dead_reckoning_without_errors_is_the_true_motion_and_its_errors_drift_as_modelled():
+    from sensors.geometry import Pose2D
+    from sim_data.odometry import OdometryErrors, dead_reckon
+    from sim_data.world import EgoPath
+
+    # A quarter circle of radius 5 m driven in 4 s, starting away from the origin and facing +y.
+    ts = [0.1 * k for k in range(41)]
+    arc = EgoPath(tuple(ts), tuple(Pose2D(3 + 5 * np.cos(t * np.pi / 8), 2 + 5 * np.sin(t * np.pi / 8),
+                                          np.pi / 2 + t * np.pi / 8) for t in ts))
+    exact = dead_reckon(arc, ts)
+    assert exact[0] == Pose2D(0.0, 0.0, 0.0)
+    for t, p in zip(ts, exact, strict=True):
+        truth = arc.pose(0.0).relative(arc.pose(t))
+        assert p.x == pytest.approx(truth.x, abs=1e-9) and p.y == pytest.approx(truth.y, abs=1e-9)
+        assert p.yaw == pytest.approx(truth.yaw, abs=1e-9)
+    # The end of a quarter circle of radius 5 seen from its start: 5 m ahead, 5 m to the left, turned 90°.
+    assert (exact[-1].x, exact[-1].y, exact[-1].yaw) == pytest.approx((5.0, 5.0, np.pi / 2), abs=1e-9)
+    long = dead_reckon(arc, ts, OdometryErrors(scale=1.02))
+    assert np.hypot(long[-1].x, long[-1].y) == pytest.approx(1.02 * np.hypot(5, 5), rel=1e-9)
+    assert long[-1].yaw == pytest.approx(np.pi / 2)  # the scale lengthens the path, it does not turn it
+    biased = dead_reckon(arc, ts, OdometryErrors(yaw_bias=0.01))
+    assert biased[-1].yaw - exact[-1].yaw == pytest.approx(0.04)  # 0.01 rad/s over 4 s
+    still = EgoPath((0.0, 1.0), (Pose2D(1, 1, 0.3), Pose2D(1, 1, 0.3)))
+    parked = dead_reckon(still, [0.0, 0.5, 1.0], OdometryErrors(scale=1.1, yaw_bias=0.01))
+    assert [(p.x, p.y) for p in parked] == [(0.0, 0.0)] * 3 and parked[-1].yaw == pytest.approx(0.01)
+
+
+def test_simulated_odometry_follows_the_drive_at_50_hz_within_its_drift(tmp_path, rig):
+    from sim_data.simulate import FRAME_PERIOD_NS, START_NS
+
+    spec = DriveSpec("moving", 300_001, 6, ("day",))
+    path = simulate_drive(spec, tmp_path, rig, scale=0.25)
+    with LogReader(path) as reader:
+        samples = [m.value for m in reader.messages() if m.topic == "/odometry"]
+    assert [o.stamp_ns for o in samples] == [START_NS + 20_000_000 * j for j in range(6 * 5)]
+    frames = list(replay_frames(path))
+    tol = rig.sync.camera_tolerance_ns
+    assert [round((f.stamp_ns - START_NS) / FRAME_PERIOD_NS) for f in frames] == list(range(6))
+    assert all(abs(f.stamp_ns - START_NS - FRAME_PERIOD_NS * k) < tol for k, f in enumerate(frames))  # camera jitter
+    assert all(f.odometry is not None and "odometry missing" not in f.degraded for f in frames)
+    ego = _ego_of(spec, rig)
+    start = ego.pose(0.0)
+    travelled = 0.0
+    for k, f in enumerate(frames):
+        truth = start.relative(ego.pose((f.stamp_ns - START_NS) / 1e9))  # the pose at the frame's own stamp
+        travelled = max(travelled, np.hypot(truth.x, truth.y))
+        # 1 % scale error at 3 sigma, 0.002 rad/s yaw bias at 3 sigma over 0.6 s, times the distance.
+        assert np.hypot(f.odometry.x - truth.x, f.odometry.y - truth.y) <= 0.03 * np.hypot(truth.x, truth.y) + 1e-6
+        assert abs(f.odometry.yaw - truth.yaw) <= 0.006 * (k + 1) * FRAME_PERIOD_NS / 1e9
+    assert travelled > 0.5  # the drive moves, so the comparison means something
+
+
+def test_odometry_left_every_other_message_of_a_drive_as_it_was(tmp_path, rig):
+    """The odometry errors come from their own generator: messages on the other topics are the same whatever it
+    draws (here: whatever the odometry generator is seeded with)."""
+    import sim_data.simulate as sim
+
+    spec = DriveSpec("d", 7, 3, ("rain",))
+    a = simulate_drive(spec, tmp_path / "a", rig, scale=0.25)
+    real = sim.odometry_rng
+    try:
+        sim.odometry_rng = lambda seed: real(seed + 1)
+        b = simulate_drive(spec, tmp_path / "b", rig, scale=0.25)
+    finally:
+        sim.odometry_rng = real
+
+    def by_topic(path):
+        from mcap.reader import make_reader
+
+        with open(path, "rb") as f:
+            return [(c.topic, m.log_time, m.data) for _, c, m in make_reader(f).iter_messages()]
+
+    ma, mb = by_topic(a), by_topic(b)
+    assert [m for m in ma if m[0] != "/odometry"] == [m for m in mb if m[0] != "/odometry"]
+    assert [m for m in ma if m[0] == "/odometry"] != [m for m in mb if m[0] == "/odometry"]

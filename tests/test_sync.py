@@ -1,10 +1,13 @@
+import math
+
 import numpy as np
 import pytest
 
 from sensors.errors import ConfigError
-from sensors.messages import CameraImage, GroundTruth, UssCycle, UssStatus
+from sensors.geometry import Pose2D
+from sensors.messages import CameraImage, GroundTruth, Odometry, UssCycle, UssStatus
 from sensors.replay import Pacer
-from sensors.sync import Synchroniser, synchronise
+from sensors.sync import ODOMETRY_MAX_GAP_NS, Synchroniser, synchronise
 
 MS = 1_000_000
 CAMS = ("FV", "RV", "MVL", "MVR")
@@ -29,7 +32,7 @@ def _stream(n=10, period=100 * MS, jitter=(0, 2, -3, 4), uss_offset=15 * MS, ski
 
 
 def _run(rig, msgs):
-    """Push camera images and USS cycles through a fresh synchroniser; return it and every frame it made."""
+    """Push camera images, USS cycles and odometry through a fresh synchroniser; return it and every frame it made."""
     sync = Synchroniser(rig)
     frames = []
     for kind, v in msgs:
@@ -37,6 +40,8 @@ def _run(rig, msgs):
             sync.push_image(v)
         elif kind == "uss":
             sync.push_uss(v)
+        elif kind == "odometry":
+            sync.push_odometry(v)
         frames += sync.pop_frames()
     return sync, frames + sync.flush()
 
@@ -204,3 +209,103 @@ def test_corrupt_jpeg_flags_the_frame(rig):
     assert f.images["RV"] is None and f.images["MVL"] is None
     assert f.images["FV"].rgb.shape == (8, 8, 3)
     assert sorted(f.degraded) == ["camera MVL corrupt image", "camera RV corrupt image"]
+
+
+# --- odometry -----------------------------------------------------------------------------------------------------
+# _stream's frames are anchored on MVL's image, 3 ms before each 100 ms tick: 997, 1097, 1197, ... ms.
+
+def _with_odometry(msgs, samples):
+    """The stream with odometry samples {stamp_ms: (x, y, yaw)} merged in time order."""
+    odo = [("odometry", Odometry(ms * MS, Pose2D(*pose))) for ms, pose in samples.items()]
+    return sorted(msgs + odo, key=lambda m: m[1].stamp_ns if hasattr(m[1], "stamp_ns") else m[1][0])
+
+
+def test_odometry_is_interpolated_at_the_anchor_along_the_shorter_arc(rig):
+    samples = {980: (0.0, 0.0, 3.1), 1000: (1.0, 2.0, -3.1), 1080: (2.0, 0.0, 0.0), 1100: (3.0, -1.0, 0.2)}
+    frames = list(synchronise(rig, _with_odometry(_stream(n=2), samples)))
+    assert [f.stamp_ns for f in frames] == [997 * MS, 1_097 * MS]
+    # 997 ms is 17/20 of the way from 980 to 1000 ms. The yaw turns +0.083 rad across pi (3.1 -> -3.1 + 2 pi),
+    # not -6.2 rad the long way round: 3.1 + 0.85 * (2 pi - 6.2) = 3.1707, wrapped to 3.1707 - 2 pi = -3.1125.
+    a, b = frames[0].odometry, frames[1].odometry
+    assert (a.x, a.y) == pytest.approx((0.85, 1.7))
+    assert a.yaw == pytest.approx(3.1 + 0.85 * (2 * math.pi - 6.2) - 2 * math.pi) and -math.pi < a.yaw <= math.pi
+    assert (b.x, b.y, b.yaw) == pytest.approx((2.85, -0.85, 0.17))
+    assert not any(f.degraded for f in frames)
+
+
+def test_odometry_across_a_gap_is_the_nearest_sample_within_tolerance_or_none(rig):
+    # 1000 -> 1700 ms is longer than the 0.5 s interpolation limit.
+    samples = {1000: (1.0, 0.0, 0.5), 1700: (8.0, 0.0, 0.9)}
+    sync, frames = _run(rig, _with_odometry(_stream(n=10), samples))
+    got = [f.odometry for f in frames]
+    assert got[0] == Pose2D(1.0, 0.0, 0.5)  # 3 ms before the first sample: the nearest, within the 20 ms tolerance
+    assert got[7] == Pose2D(8.0, 0.0, 0.9)  # 1697 ms: 3 ms before the sample after the gap
+    assert all(got[k] is None and "odometry missing" in frames[k].degraded for k in (1, 2, 3, 4, 5, 6, 8, 9))
+    assert sync.stats.missing["odometry"] == 8 and sync.stats.degraded_frames == 8
+    # A gap of exactly the limit is still interpolated.
+    samples = {1000: (1.0, 0.0, 0.0), 1000 + ODOMETRY_MAX_GAP_NS // MS: (6.0, 0.0, 0.0)}
+    frames = list(synchronise(rig, _with_odometry(_stream(n=2), samples)))
+    assert frames[1].odometry.x == pytest.approx(1.0 + 5.0 * 97 / 500)
+
+
+def test_odometry_missing_is_flagged_only_once_the_stream_has_carried_odometry(rig):
+    # Odometry starts at 1200 ms (after the first two frames) and stops after 1300 ms.
+    samples = {ms: (ms / 1000, 0.0, 0.0) for ms in range(1_200, 1_301, 20)}
+    frames = list(synchronise(rig, _with_odometry(_stream(n=6), samples)))
+    assert [f.odometry is None for f in frames] == [True, True, False, False, True, True]
+    assert [f.degraded for f in frames] == [[], [], [], [], ["odometry missing"], ["odometry missing"]]
+    assert frames[2].odometry == Pose2D(1.2, 0.0, 0.0)  # 1197 ms: before the first sample, 3 ms from it
+    assert frames[3].odometry.x == pytest.approx(1.297)
+
+
+def test_a_stream_without_odometry_is_unchanged(rig):
+    sync, frames = _run(rig, _stream())
+    assert len(frames) == 10
+    assert all(f.odometry is None and not f.degraded for f in frames)
+    assert "odometry" not in sync.stats.missing
+    # Nothing waits for odometry: the frame is out as soon as the stream passes anchor + tolerance (1017 ms).
+    sync = Synchroniser(rig)
+    for cam, ms in (("MVL", 997), ("FV", 1_000), ("RV", 1_002), ("MVR", 1_004)):
+        sync.push_image(CameraImage(cam, ms * MS, b"x"))
+    sync.push_uss(_cycle(1_015 * MS))
+    assert sync.pop_frames() == []
+    sync.push_uss(_cycle(1_030 * MS))
+    assert [f.stamp_ns for f in sync.pop_frames()] == [997 * MS]
+
+
+def test_a_frame_waits_for_the_odometry_sample_after_its_anchor(rig):
+    sync = Synchroniser(rig)
+    sync.push_odometry(Odometry(980 * MS, Pose2D(0.0, 0.0, 0.0)))
+    for cam, ms in (("MVL", 997), ("FV", 1_000), ("RV", 1_002), ("MVR", 1_004)):
+        sync.push_image(CameraImage(cam, ms * MS, b"x"))
+    sync.push_uss(_cycle(1_015 * MS))
+    sync.push_uss(_cycle(1_030 * MS))  # past anchor + tolerance: without odometry the frame would be out
+    assert sync.pop_frames() == []
+    sync.push_odometry(Odometry(1_040 * MS, Pose2D(6.0, 0.0, 0.0)))
+    (frame,) = sync.pop_frames()
+    assert frame.odometry.x == pytest.approx(6.0 * 17 / 60) and not frame.degraded
+    # When the sample after the anchor never comes, the frame goes out once the stream is the latency allowance
+    # (100 ms) past anchor + tolerance, with the nearest sample within tolerance: none (1040 ms is 57 ms away).
+    for cam, ms in (("MVL", 1_097), ("FV", 1_100), ("RV", 1_102), ("MVR", 1_104)):
+        sync.push_image(CameraImage(cam, ms * MS, b"x"))
+    sync.push_uss(_cycle(1_115 * MS))
+    sync.push_uss(_cycle(1_210 * MS))
+    assert sync.pop_frames() == []
+    sync.push_uss(_cycle(1_217 * MS))  # 1097 + 20 + 100 ms
+    (frame,) = sync.pop_frames()
+    assert frame.odometry is None and frame.degraded == ["odometry missing"]
+
+
+def test_the_odometry_buffer_stays_bounded(rig):
+    sync = Synchroniser(rig)
+    for k in range(200):  # 20 s: cameras at 10 Hz, odometry at 100 Hz
+        t = 1_000 * MS + k * 100 * MS
+        for cam in CAMS:
+            sync.push_image(CameraImage(cam, t + 3 * MS, b"x"))
+        sync.push_uss(_cycle(t + 15 * MS))
+        for j in range(10):
+            sync.push_odometry(Odometry(t + j * 10 * MS, Pose2D(k + j / 10, 0.0, 0.0)))
+    frames = sync.pop_frames() + sync.flush()
+    assert len(frames) == 200 and not any(f.degraded for f in frames)
+    assert frames[150].odometry.x == pytest.approx(150.03)
+    assert len(sync._odometry) <= 20  # about one frame period: what the next anchor can still need
