@@ -6,6 +6,8 @@ import argparse
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    from perception.temporal import DEFAULT_DECAY, MEMORY_HELP
+
     v = commands.add_parser("view", help="play a drive log: cameras, ultrasonics, ground truth and a zoo model's "
                                          "predictions on one timeline")
     v.add_argument("log", nargs="?", help="MCAP drive log (default: the simulated demo drive, made on first use)")
@@ -17,6 +19,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     v.add_argument("--free-confidence", type=float, metavar="P",
                    help="near-field bias of the model's map and sectors: within 1 m of the body a cell is free only "
                         "where the model gives FREE at least P (0.5..1; default: the argmax)")
+    v.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
     v.add_argument("--settings", metavar="FILE.ini", help="settings file instead of the user's (layout, recent files)")
     v.set_defaults(func=_view)
 
@@ -26,7 +29,7 @@ def _view(args) -> int:
     from deploy.zoo import MANIFEST
 
     code = launch(args.log, args.model, args.frame, args.screenshot, args.manifest or MANIFEST, args.settings,
-                  args.threads, args.free_confidence)
+                  args.threads, args.free_confidence, args.memory)
     if args.screenshot:
         print(args.screenshot)
     return code

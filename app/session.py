@@ -59,9 +59,11 @@ class DriveSession:
     """A log and a model. Every method runs on one thread (the viewer's worker): LogReader and the inference
     backend are not thread-safe."""
 
-    def __init__(self, threads: int | None = None, free_confidence: float | None = None):
+    def __init__(self, threads: int | None = None, free_confidence: float | None = None,
+                 memory_decay: float | None = None):
         self.threads = threads
         self.free_confidence = free_confidence  # the pipeline's near-field bias (None: the argmax)
+        self.memory_decay = memory_decay  # the pipeline's near-field memory (None: off)
         self.source: FrameSource | None = None
         self.model: ZooModel | None = None
         self.pipeline: Pipeline | None = None
@@ -88,7 +90,7 @@ class DriveSession:
         if self.source is None:
             raise ConfigError(f"model {model.name}: open a log first (the model is bound to the log's calibration)")
         pipeline = Pipeline(model, self.source.rig, threads=self.threads, source=str(self.source.path),
-                            free_confidence=self.free_confidence)
+                            free_confidence=self.free_confidence, memory_decay=self.memory_decay)
         self._close_pipeline()
         self.pipeline, self.model, self._evaluator = pipeline, model, None
 

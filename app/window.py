@@ -50,7 +50,8 @@ class ViewerWindow(QMainWindow):
     view_shown = pyqtSignal(int)  # a frame's panels were drawn
 
     def __init__(self, settings: QSettings | None = None, manifest: str | Path = MANIFEST, threads: int | None = None,
-                 demo_cache: str | Path | None = None, dialogs: bool = True, free_confidence: float | None = None):
+                 demo_cache: str | Path | None = None, dialogs: bool = True, free_confidence: float | None = None,
+                 memory_decay: float | None = None):
         super().__init__()
         self.setWindowTitle("nearfield viewer")
         self.settings = settings or QSettings("nearfield", "viewer")
@@ -69,7 +70,8 @@ class ViewerWindow(QMainWindow):
         self._message_box: QMessageBox | None = None
 
         self.free_confidence = free_confidence
-        self.worker = Worker(threads, demo_cache, free_confidence)
+        self.memory_decay = memory_decay
+        self.worker = Worker(threads, demo_cache, free_confidence, memory_decay)
         self.worker.opened.connect(self._on_opened)
         self.worker.model_changed.connect(self._on_model_changed)
         self.worker.frame_ready.connect(self._on_frame)
@@ -433,6 +435,10 @@ class ViewerWindow(QMainWindow):
         parts = [f"frame {view.index + 1}/{len(self.source)}", f"model {view.model or '-'}"]
         if view.model and self.free_confidence is not None:
             parts.append(f"free within 1 m at P ≥ {self.free_confidence:g}")
+        if view.result is not None and view.result.recalled is not None:
+            restarted = [d for d in view.result.degraded if d.startswith("near-field memory restarted")]
+            parts.append(f"near-field memory (decay {self.memory_decay:g}): {int(view.result.recalled.sum())} cells "
+                         f"recalled" + (f", {restarted[0][len('near-field memory '):]}" if restarted else ""))
         if view.miou is not None:
             parts.append(f"mIoU {100 * view.miou:.0f}%")
         if view.sectors_of:

@@ -15,6 +15,8 @@ from deploy.zoo import ZooModel, get_model, unlisted
 from perception.bev_config import ego_mask
 from perception.postprocess import SectorLayout, Sectors, check_free_confidence, class_map, near_mask
 from perception.preprocess import FramePreprocessor
+from perception.temporal import NearFieldMemory, check_decay
+from perception.uss_raster import COVERAGE
 from sensors.bev import BevGrid
 from sensors.errors import DeployError
 from sensors.messages import Frame
@@ -37,6 +39,7 @@ class FrameResult:
     degraded: list[str] = field(default_factory=list)  # the synchroniser's reasons ("camera FV missing", ...)
     conditions: list[str] = field(default_factory=list)  # labels of simulated drives, passed through
     class_logits: np.ndarray | None = None  # (C, R, W) float32, kept when the pipeline is asked to (parity)
+    recalled: np.ndarray | None = None  # (R, W) bool: obstacle cells the near-field memory added (None: memory off)
 
 
 class Pipeline:
@@ -45,12 +48,18 @@ class Pipeline:
 
     free_confidence: the near-field bias of postprocess.class_map. Within NEAR_M of the body a cell is called free
     only where the network gives FREE at least this probability (a parking display that would rather warn falsely
-    than miss); None, the default, takes the argmax everywhere."""
+    than miss); None, the default, takes the argmax everywhere.
+
+    memory_decay: the near-field memory of perception.temporal with this decay per frame: obstacles seen earlier are
+    carried with the frames' odometry into the cells no sensor sees now. Frames must then come in time order; a
+    frame without odometry, a gap or a jump restarts the memory and says so in the result's `degraded`. None, the
+    default: every frame stands alone."""
 
     def __init__(self, model: ZooModel | str, rig: Rig, backend: str | Backend = "ort", threads: int | None = None,
                  device: str = "cpu", keep_logits: bool = False, source: str = "<frames>",
-                 free_confidence: float | None = None, near_m: float = 1.0):
+                 free_confidence: float | None = None, near_m: float = 1.0, memory_decay: float | None = None):
         self.free_confidence = None if free_confidence is None else check_free_confidence(free_confidence)
+        self.memory_decay = None if memory_decay is None else check_decay(memory_decay)
         self.near_m = float(near_m)
         self.model = get_model(model) if isinstance(model, str) else model
         self.bev = self.model.bev
@@ -74,6 +83,13 @@ class Pipeline:
         self.near = near_mask(rig.vehicle, self.grid, self.near_m)
         self.sectors = SectorLayout(rig, self.grid)
         self.decode_scale = self.prep.reduction
+        self.memory = (NearFieldMemory(self.grid, self.near, self.ego, self.memory_decay)
+                       if self.memory_decay is not None else None)
+
+    def reset_memory(self) -> None:
+        """Forget the near-field memory (a new drive, a seek backwards); nothing without one."""
+        if self.memory is not None:
+            self.memory.reset()
 
     def process(self, frame: Frame) -> FrameResult:
         t0 = time.perf_counter()
@@ -87,13 +103,20 @@ class Pipeline:
             raise DeployError(f"model {self.model.name}: outputs {', '.join(outputs)}; expected class_logits and "
                               "occupancy_logits (the deploy contract)") from None
         classes = class_map(logits[0], self.ego, self.near, self.free_confidence)
+        degraded, recalled = list(frame.degraded), None
+        if self.memory is not None:
+            covered = inputs["uss"][0, COVERAGE] > 0.5
+            classes, recall = self.memory.step(logits[0], classes, covered, frame.odometry, frame.stamp_ns)
+            recalled = recall.cells
+            if recall.reset:
+                degraded.append(f"near-field memory restarted: {recall.reset}")
         occupancy = (1.0 / (1.0 + np.exp(-occ[0, 0].astype(np.float32)))).astype(np.float32)
         sectors = self.sectors(classes)
         t3 = time.perf_counter()
         latency = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
         return FrameResult(frame.index, frame.stamp_ns, classes, occupancy, sectors, latency, present,
-                           list(frame.degraded), list(frame.conditions),
-                           np.array(logits[0], np.float32) if self.keep_logits else None)
+                           degraded, list(frame.conditions),
+                           np.array(logits[0], np.float32) if self.keep_logits else None, recalled)
 
     def close(self) -> None:
         self.backend.close()

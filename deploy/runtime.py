@@ -20,6 +20,7 @@ from deploy.pipeline import Pipeline
 from deploy.results import LATENCY_STAGES, ResultRecord, ResultsWriter
 from deploy.zoo import ZooModel
 from perception.postprocess import check_free_confidence
+from perception.temporal import check_decay
 from sensors.errors import ConfigError, LogFormatError
 from sensors.messages import Frame
 from sensors.replay import decode_frame
@@ -231,7 +232,8 @@ class Runtime:
         return ResultRecord(frame.index, frame.stamp_ns, None if result is None else result.class_map,
                             None if result is None else result.occupancy, None if s is None else s.distance,
                             None if s is None else s.level, () if s is None else tuple(s.names), latency,
-                            list(frame.degraded), present, list(frame.conditions), late, dropped,
+                            list(frame.degraded if result is None else result.degraded), present,
+                            list(frame.conditions), late, dropped,
                             self.monitor.counters, self.monitor.deadline_ms)
 
     def written(self, record: ResultRecord) -> None:
@@ -263,33 +265,38 @@ def _stop_on_signals(stop: threading.Event, caught: list[str]):
 def run(model: ZooModel | str, source, out: str | Path, backend: str = "ort", threads: int | None = None,
         deadline_ms: float | None = None, late_policy: str = "keep", progress: bool = True,
         stop_event: threading.Event | None = None, device: str = "cpu",
-        free_confidence: float | None = None) -> RunStats:
+        free_confidence: float | None = None, memory_decay: float | None = None) -> RunStats:
     """Run MODEL (zoo name or ZooModel) over SOURCE (drive .mcap, LIVE_CONFIG .toml, LiveConfig) into the results
     file OUT, one record per input frame, until the source ends, `stop_event` is set or SIGINT/SIGTERM arrives.
     The source and the model (its checksum) are checked before OUT is created: a bad one leaves no file.
-    free_confidence: the near-field bias (Pipeline), recorded in the results' metadata."""
+    free_confidence, memory_decay: the near-field bias and memory (Pipeline), recorded in the results' metadata."""
     monitor = DeadlineMonitor(deadline_ms, late_policy)
     stop = stop_event or threading.Event()
     caught: list[str] = []
     with _stop_on_signals(stop, caught):  # from the start: a signal during set-up still ends cleanly
-        return _run(model, source, out, backend, threads, device, monitor, progress, stop, caught, free_confidence)
+        return _run(model, source, out, backend, threads, device, monitor, progress, stop, caught, free_confidence,
+                    memory_decay)
 
 
-def _run(model, source, out, backend, threads, device, monitor, progress, stop, caught, free_confidence) -> RunStats:
+def _run(model, source, out, backend, threads, device, monitor, progress, stop, caught, free_confidence,
+         memory_decay) -> RunStats:
     if free_confidence is not None:
         check_free_confidence(free_confidence)  # before the source is opened
+    if memory_decay is not None:
+        check_decay(memory_decay)
     src = open_source(source, stop)
     pipeline = None
     try:
         pipeline = Pipeline(model, src.rig, backend=backend, threads=threads, device=device, source=src.name,
-                            free_confidence=free_confidence)
+                            free_confidence=free_confidence, memory_decay=memory_decay)
         runtime = Runtime(pipeline, monitor, live=src.live)
         m = pipeline.model
         stats = RunStats(Path(out), m.name, backend, src.name)
         meta = {"model": m.name, "model_sha256": m.sha256, "model_parent": m.parent, "model_method": m.method,
                 "backend": backend, "threads": str(threads or "default"), "source": src.name,
                 "deadline_ms": str(monitor.deadline_ms or ""), "late_policy": monitor.policy,
-                "free_confidence": "" if free_confidence is None else f"{free_confidence:g}"}
+                "free_confidence": "" if free_confidence is None else f"{free_confidence:g}",
+                "memory_decay": "" if memory_decay is None else f"{memory_decay:g}"}
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         with ResultsWriter(out, src.rig, pipeline.grid, meta) as writer, _progress(progress, src.total) as bar:

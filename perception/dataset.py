@@ -24,6 +24,7 @@ from perception.uss_raster import USS_CHANNELS
 from sensors.classes import IGNORE, NUM_CLASSES
 from sensors.errors import ConfigError, LogFormatError
 from sensors.files import file_sha256, find_logs
+from sensors.geometry import Pose2D
 from sensors.rig import CAMERA_NAMES, Rig
 from sensors.schemas import GT_OCCUPANCY_TOPIC
 
@@ -42,6 +43,7 @@ class FrameMeta:
     index: int
     stamp_ns: int
     conditions: tuple[str, ...]
+    odometry: Pose2D | None = None  # the vehicle's odometry pose at stamp_ns, where the log records one
 
 
 @dataclass
@@ -59,6 +61,14 @@ class DriveArrays:
     stamp: np.ndarray  # (F,) int64 ns
     conditions: list[tuple[str, ...]]
     damage: str = ""  # the reader's damage report, "" for an intact log
+    # (F, 3) float64 odometry pose (x, y, yaw) per frame, NaN where a frame had none; None: the log records no odometry
+    odometry: np.ndarray | None = None
+
+    def pose(self, f: int) -> Pose2D | None:
+        """Frame f's odometry pose, None where it has none."""
+        if self.odometry is None or not np.all(np.isfinite(self.odometry[f])):
+            return None
+        return Pose2D(*(float(v) for v in self.odometry[f]))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -67,13 +77,15 @@ class DriveArrays:
         return {"version": np.array(CACHE_VERSION), "name": np.array(self.name), "grid": self.grid,
                 "valid": self.valid, "present": self.present, "images": self.images, "uss": self.uss,
                 "target": self.target, "index": self.index, "stamp": self.stamp, "damage": np.array(self.damage),
-                "conditions": np.array([_SEP.join(c) for c in self.conditions], dtype=str)}
+                "conditions": np.array([_SEP.join(c) for c in self.conditions], dtype=str),
+                **({} if self.odometry is None else {"odometry": self.odometry})}
 
     @classmethod
     def from_npz(cls, z) -> DriveArrays:
         conditions = [tuple(s.split(_SEP)) if s else () for s in z["conditions"].tolist()]
         return cls(str(z["name"]), z["grid"], z["valid"], z["present"], z["images"], z["uss"], z["target"],
-                   z["index"], z["stamp"], conditions, str(z["damage"]))
+                   z["index"], z["stamp"], conditions, str(z["damage"]),
+                   z["odometry"] if "odometry" in z.files else None)
 
 
 def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> DriveArrays:
@@ -87,7 +99,7 @@ def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> Dr
         rig = reader.rig
         prep = FramePreprocessor(rig, config, str(path))
         total = reader.summary().topics.get(GT_OCCUPANCY_TOPIC)
-        images, present, uss, target, index, stamp, conditions = [], [], [], [], [], [], []
+        images, present, uss, target, index, stamp, conditions, odometry = [], [], [], [], [], [], [], []
         unlabelled = 0
         frames = replay_frames(path, decode=True, decode_scale=prep.reduction, reader=reader)
         for frame in tqdm(frames, desc=path.stem, unit="frame", total=total.count if total else None,
@@ -103,6 +115,8 @@ def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> Dr
             index.append(s.index)
             stamp.append(s.stamp_ns)
             conditions.append(tuple(s.conditions))
+            pose = frame.odometry
+            odometry.append((np.nan,) * 3 if pose is None else (pose.x, pose.y, pose.yaw))
         damage = "; ".join(str(d) for d in reader.damages)
     if not index:
         raise LogFormatError(f"{path}: no frame with ground truth ({GT_OCCUPANCY_TOPIC}) among its {unlabelled} "
@@ -116,7 +130,13 @@ def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> Dr
                     unlabelled + len(index), GT_OCCUPANCY_TOPIC)
     return DriveArrays(path.stem, prep.tables.grid, prep.tables.valid, np.stack(present), np.stack(images),
                        np.stack(uss), np.stack(target), np.array(index, np.int64), np.array(stamp, np.int64),
-                       conditions, damage)
+                       conditions, damage, _odometry_array(odometry))
+
+
+def _odometry_array(rows: list[tuple[float, float, float]]) -> np.ndarray | None:
+    """(F, 3) float64 poses, or None when no frame had odometry (a log that records none)."""
+    a = np.array(rows, np.float64).reshape(-1, 3)
+    return a if np.isfinite(a).all(axis=1).any() else None
 
 
 
@@ -155,7 +175,7 @@ class DriveDataset(Dataset):
                                                               disable=not progress or len(self.logs) < 2)]
         self._drive = np.concatenate([np.full(len(d), k) for k, d in enumerate(self.drives)])
         self._frame = np.concatenate([np.arange(len(d)) for d in self.drives])
-        self.meta = [FrameMeta(d.name, int(d.index[f]), int(d.stamp[f]), d.conditions[f])
+        self.meta = [FrameMeta(d.name, int(d.index[f]), int(d.stamp[f]), d.conditions[f], d.pose(f))
                      for d in self.drives for f in range(len(d))]
         self.cameras = CAMERA_NAMES
 

@@ -21,6 +21,7 @@ from perception.devices import amp_dtype, resolve_device, to_device
 from perception.evaluate import Evaluator
 from perception.model import FusionNet
 from perception.postprocess import check_free_confidence, class_map, near_mask
+from perception.temporal import NearFieldMemory, check_decay
 from perception.uss_raster import COVERAGE
 from sensors.errors import ConfigError
 from sensors.rig import Rig
@@ -29,20 +30,26 @@ from sensors.rig import Rig
 @torch.no_grad()
 def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str | torch.device = "cpu",
                      batch_size: int = 4, amp: torch.dtype | None = None, progress: bool = False,
-                     desc: str = "eval", free_confidence: float | None = None) -> dict[str, Any]:
+                     desc: str = "eval", free_confidence: float | None = None,
+                     memory_decay: float | None = None) -> dict[str, Any]:
     """Evaluator.result() of the model's class maps (argmax, ego footprint IGNORE; with free_confidence the
     near-field bias of postprocess.class_map over the evaluator's near field) over a dataset of items
     {images, grid, valid, uss, target}; conditions from dataset.meta[i].conditions where it has them, the cells an
-    ultrasonic beam reached from the raster's coverage channel."""
+    ultrasonic beam reached from the raster's coverage channel.
+
+    memory_decay: the near-field memory (perception.temporal) with this decay, run over each drive's frames in
+    order with the odometry of dataset.meta; the result then has "memory" (decay, frames without odometry, cells
+    recalled). A dataset without odometry is refused: there would be nothing to carry the memory with."""
     device = torch.device(device)
     grid = model.config.bev.grid(rig)
     ego = ego_mask(rig.vehicle, grid)
     evaluator = Evaluator(rig, grid)
-    near = None
+    near = near_mask(rig.vehicle, grid, evaluator.near_m)
     if free_confidence is not None:
         check_free_confidence(free_confidence)
-        near = near_mask(rig.vehicle, grid, evaluator.near_m)
     meta = getattr(dataset, "meta", None)
+    memory = _memory(meta, grid, near, ego, memory_decay)
+    drive, no_odometry, recalled = None, 0, 0
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
@@ -53,27 +60,56 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
             b = to_device(batch, device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits, _ = model(b["images"], b["grid"], b["valid"], b["uss"])
-            maps = class_map(logits.float().cpu().numpy(), ego, near, free_confidence)
+            logits = logits.float().cpu().numpy()
+            maps = class_map(logits, ego, near if free_confidence is not None else None, free_confidence)
             for k in range(len(maps)):
                 m = meta[i] if meta is not None else None
                 where = f"{m.drive} frame {m.index}" if m is not None else f"sample {i}"
-                evaluator.update(maps[k], batch["target"][k].numpy(), m.conditions if m is not None else (), where,
-                                 covered=batch["uss"][k, COVERAGE].numpy() > 0.5)
+                covered = batch["uss"][k, COVERAGE].numpy() > 0.5
+                out = maps[k]
+                if memory is not None:
+                    if m.drive != drive:
+                        memory.reset()
+                        drive = m.drive
+                    out, recall = memory.step(logits[k], out, covered, m.odometry, m.stamp_ns)
+                    no_odometry += m.odometry is None
+                    recalled += int(recall.cells.sum())
+                evaluator.update(out, batch["target"][k].numpy(), m.conditions if m is not None else (), where,
+                                 covered=covered)
                 i += 1
     finally:
         model.train(was_training)
-    return evaluator.result()
+    result = evaluator.result()
+    if memory is not None:
+        result["memory"] = {"decay": memory.decay, "frames_without_odometry": no_odometry, "recalled_cells": recalled}
+    return result
+
+
+def _memory(meta, grid, near, ego, decay: float | None) -> NearFieldMemory | None:
+    """The near-field memory for evaluate_dataset, or None without a decay; a ConfigError when the dataset has no
+    odometry to run it with."""
+    if decay is None:
+        return None
+    check_decay(decay)
+    if meta is None or not any(m.odometry is not None for m in meta):
+        raise ConfigError("the near-field memory needs odometry, and these drives record none (logs simulated "
+                          "before odometry was added to the log format: simulate them again)")
+    return NearFieldMemory(grid, near, ego, decay)
 
 
 def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = True,
                   device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True,
-                  blind_cameras: bool = False, free_confidence: float | None = None) -> dict[str, Any]:
+                  blind_cameras: bool = False, free_confidence: float | None = None,
+                  memory_decay: float | None = None) -> dict[str, Any]:
     """`nearfield eval`: the model's scores on drive logs (files or directories of *.mcap). Preprocessed arrays
     are cached in .cache beside the logs unless cache=False. BLIND_CAMERAS scores a fusion model as if every camera
     had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone.
-    FREE_CONFIDENCE: the near-field bias of postprocess.class_map (checked before any log is read)."""
+    FREE_CONFIDENCE: the near-field bias of postprocess.class_map, MEMORY_DECAY the near-field memory of
+    perception.temporal (both checked before any log is read)."""
     if free_confidence is not None:
         check_free_confidence(free_confidence)
+    if memory_decay is not None:
+        check_decay(memory_decay)
     if blind_cameras and not (model.config.uses_camera and model.config.uses_uss):
         raise ConfigError(f"{model.config.name}: blind cameras are for fusion models; a {model.config.modality} model "
                           "would be scored on blank inputs")
@@ -89,7 +125,7 @@ def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = T
         dataset = BlindCameras(dataset)
     device = resolve_device(str(device))
     return evaluate_dataset(model.to(device), dataset, rig, device, batch_size, amp_dtype("auto", device), progress,
-                            free_confidence=free_confidence)
+                            free_confidence=free_confidence, memory_decay=memory_decay)
 
 
 def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:

@@ -141,6 +141,46 @@ def test_eval_free_confidence_reaches_the_class_map_over_the_near_field(setup, r
         assert "free confidence must be a probability in [0.5, 1)" in capsys.readouterr().err
 
 
+def test_eval_memory_steps_each_drive_in_time_order_with_its_odometry(setup, run_dir, tmp_path, capsys, monkeypatch):
+    from dataclasses import replace
+
+    import perception.model_eval as me
+    from perception.dataset import DriveDataset, dataset_rig
+    from perception.registry import load_trained
+    from perception.temporal import NearFieldMemory
+    from sensors.errors import ConfigError
+
+    root, _ = setup
+    steps, resets = [], []
+    real_step, real_reset = NearFieldMemory.step, NearFieldMemory.reset
+    monkeypatch.setattr(NearFieldMemory, "step", lambda self, logits, classes, covered, pose, stamp: steps.append(
+        (pose, stamp)) or real_step(self, logits, classes, covered, pose, stamp))
+    monkeypatch.setattr(NearFieldMemory, "reset", lambda self: resets.append(len(steps)) or real_reset(self))
+    drives = [str(root / "data" / "train"), str(root / "data" / "val")]
+    out = tmp_path / "memory.json"
+    assert main(["eval", "--model", str(run_dir), "--data", *drives, "--json", str(out), "--memory"]) == 0
+    assert "near-field memory (decay 0.9)" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["memory"]["decay"] == 0.9 and result["memory"]["frames_without_odometry"] == 0
+    assert len(steps) == result["frames"] == 6  # the 4-frame drive and the 2-frame one
+    model, config = load_trained(run_dir)
+    data = DriveDataset(drives, config.bev, cache_dir=root / "data" / ".cache", progress=False)
+    assert [p for p, _ in steps] == [m.odometry for m in data.meta] and all(p is not None for p, _ in steps)
+    assert [s for _, s in steps] == [m.stamp_ns for m in data.meta]
+    first_of_drive = [i for i, m in enumerate(data.meta) if i == 0 or m.drive != data.meta[i - 1].drive]
+    assert first_of_drive == [0, 4] and set(first_of_drive) <= set(resets)  # a fresh memory for every drive
+    plain = tmp_path / "plain.json"
+    assert main(["eval", "--model", str(run_dir), "--data", *drives, "--json", str(plain)]) == 0
+    p = json.loads(plain.read_text())
+    assert "memory" not in p and result["recall_1m"] >= p["recall_1m"]  # the memory only adds obstacles
+    data.meta = [replace(m, odometry=None) for m in data.meta]
+    with pytest.raises(ConfigError, match="odometry"):
+        me.evaluate_dataset(model, data, dataset_rig(data), memory_decay=0.9)
+    capsys.readouterr()
+    assert main(["eval", "--model", str(run_dir), "--data", *drives, "--memory", "1.5"]) == 2
+    assert "memory decay must be in (0, 1]" in capsys.readouterr().err
+
+
 def test_register_model_writes_the_manifest_entry(setup, run_dir, tmp_path, capsys):
     manifest = tmp_path / "weights" / "MODELS.toml"
     assert main(["register-model", str(run_dir), "--name", "nf-tiny", "--data", "one 4-frame drive",

@@ -203,6 +203,78 @@ def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_pat
     assert "free confidence must be a probability" in capsys.readouterr().err and not never.exists()
 
 
+class _Sequence:
+    """A backend that sees a low obstacle at CELL in its first frame and nothing (free at 99 %) after it."""
+
+    name, input_names, output_names = "sequence", (), ("class_logits", "occupancy_logits")
+
+    def __init__(self, shape, cell):
+        self.free = np.zeros((1, 5, *shape), np.float32)
+        self.free[0, 0] = np.log(99.0 * 4)  # P(free) = 0.99
+        self.first = self.free.copy()
+        self.first[0, :, cell[0], cell[1]] = [0.0, 0.0, 0.0, 0.0, 8.0]
+        self.calls = 0
+
+    def run(self, inputs):
+        self.calls += 1
+        logits = self.first if self.calls == 1 else self.free
+        return {"class_logits": logits, "occupancy_logits": np.zeros((1, 1, *logits.shape[2:]), np.float32)}
+
+    def close(self):
+        pass
+
+
+def test_the_near_field_memory_recalls_an_obstacle_the_car_has_driven_past(world, tmp_path, capsys, monkeypatch):
+    from app.cli import main
+    from deploy.pipeline import Pipeline
+    from sensors.geometry import Pose2D
+
+    with LogReader(world["drive"]) as r:
+        rig = r.rig
+    grid = world["config"].bev.grid(rig)
+    frames = list(replay_frames(world["drive"], decode_scale=2))[:3]
+    # An obstacle 0.5 m beside the left flank, a little ahead of the mirror; the car then creeps 0.4 m forwards.
+    body = rig.vehicle
+    x_mid = (body.footprint()[0][0] + body.footprint()[2][0]) / 2
+    y_left = body.footprint()[0][1]
+    seen = tuple(int(v) for v in np.floor(grid.to_cell(np.array([x_mid + 0.4, y_left + 0.5]))))
+    later = tuple(int(v) for v in np.floor(grid.to_cell(np.array([x_mid, y_left + 0.5]))))
+    for k, f in enumerate(frames):
+        f.odometry = Pose2D(0.4 * min(k, 1), 0.0, 0.0)
+    pipe = Pipeline(world["model"], rig, backend=_Sequence(grid.shape, seen), memory_decay=0.9)
+    first, second = pipe.process(frames[0]), pipe.process(frames[1])
+    assert first.class_map[seen] == 4 and not first.recalled.any()
+    assert second.class_map[later] == 4 and second.recalled[later] and second.recalled.sum() == 1
+    assert second.sectors.distance.min() <= 0.6  # the parking display warns of it
+    plain = Pipeline(world["model"], rig, backend=_Sequence(grid.shape, seen))
+    plain.process(frames[0])
+    assert plain.process(frames[1]).class_map[later] == 0 and plain.process(frames[1]).recalled is None
+    frames[2].odometry = None
+    third = pipe.process(frames[2])
+    assert "near-field memory restarted: no odometry" in third.degraded and not third.recalled.any()
+
+    import deploy.runtime as rt
+
+    built = []
+
+    class Spy(Pipeline):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            built.append(self.memory_decay)
+
+    monkeypatch.setattr(rt, "Pipeline", Spy)
+    out = tmp_path / "memory.mcap"
+    assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--memory", manifest=world["manifest"])) == 0
+    assert built == [0.9]
+    with LogReader(out) as r:
+        assert r.metadata["memory_decay"] == "0.9"
+    capsys.readouterr()
+    never = tmp_path / "never.mcap"
+    assert main(_cli("--source", str(world["drive"]), "--out", str(never), "--memory", "0",
+                     manifest=world["manifest"])) == 2
+    assert "memory decay must be in (0, 1]" in capsys.readouterr().err and not never.exists()
+
+
 def test_the_runtime_imports_neither_torch_nor_qt(world, tmp_path):
     out = tmp_path / "blocked.mcap"
     code = _blocking_prelude() + textwrap.dedent(f"""

@@ -276,17 +276,31 @@ def test_view_command_screenshot(qtbot, drives, zoo, tmp_path, capsys):
     assert "unknown deploy model 'nope'" in capsys.readouterr().err
     assert main([*argv, "--free-confidence", "1.5"]) == 2
     assert "free confidence must be a probability" in capsys.readouterr().err
+    assert main([*argv, "--memory", "2"]) == 2
+    assert "memory decay must be in (0, 1]" in capsys.readouterr().err
 
 
-def test_the_near_field_bias_reaches_the_pipeline_and_the_info_line(qtbot, drives, zoo, tmp_path):
-    settings = QSettings(str(tmp_path / "bias.ini"), QSettings.Format.IniFormat)
-    win = ViewerWindow(settings, zoo, threads=1, demo_cache=tmp_path / "demo", free_confidence=0.9)
+def _window_with_option(qtbot, drives, zoo, tmp_path, absent, **option):
+    """A viewer started with a post-processing option; the info line names it only once a model runs."""
+    settings = QSettings(str(tmp_path / "option.ini"), QSettings.Format.IniFormat)
+    win = ViewerWindow(settings, zoo, threads=1, demo_cache=tmp_path / "demo", **option)
     qtbot.addWidget(win)
     win.show()
     win.open_log(drives["ok"])
     wait_shown(qtbot, win, 0)
-    assert "free within 1 m" not in win.info.text()  # no model, no bias to speak of
+    assert absent not in win.info.text()  # no model, nothing to speak of
     win.select_model("tiny-structure")
     wait_shown(qtbot, win, 0)
+    return win
+
+
+def test_the_near_field_bias_reaches_the_pipeline_and_the_info_line(qtbot, drives, zoo, tmp_path):
+    win = _window_with_option(qtbot, drives, zoo, tmp_path, "free within 1 m", free_confidence=0.9)
     assert win.worker.session.pipeline.free_confidence == 0.9
     assert "free within 1 m at P ≥ 0.9" in win.info.text()
+
+
+def test_the_near_field_memory_reaches_the_pipeline_and_the_info_line(qtbot, drives, zoo, tmp_path):
+    win = _window_with_option(qtbot, drives, zoo, tmp_path, "near-field memory", memory_decay=0.8)
+    assert win.worker.session.pipeline.memory_decay == 0.8
+    assert "near-field memory (decay 0.8): " in win.info.text() and " cells recalled" in win.info.text()

@@ -12,6 +12,7 @@ from pathlib import Path
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     from deploy.backends import BACKENDS
     from deploy.runtime import LATE_POLICIES
+    from perception.temporal import DEFAULT_DECAY, MEMORY_HELP
 
     r = commands.add_parser("run", help="run a deploy model over a drive log or live sensors into a results MCAP",
                             description="Exit status: 0 done; 1 the input log was damaged (every readable frame "
@@ -29,6 +30,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     r.add_argument("--free-confidence", type=float, metavar="P",
                    help="near-field bias: within 1 m of the body call a cell free only where the model gives FREE at "
                         "least P (0.5..1; default: the argmax); more warnings, fewer misses beside the car")
+    r.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
     r.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_run)
@@ -94,7 +96,7 @@ def _run(args) -> int:
     model = _zoo_model(args.model, args.manifest)
     stats = run(model, args.source, args.out, backend=args.backend, threads=args.threads,
                 deadline_ms=args.deadline_ms, late_policy=args.late_policy, progress=not args.no_progress,
-                device=args.device, free_confidence=args.free_confidence)
+                device=args.device, free_confidence=args.free_confidence, memory_decay=args.memory)
     print(stats.format())
     if stats.stopped_by in ("SIGINT", "SIGTERM"):
         return 128 + signal.Signals[stats.stopped_by].value
