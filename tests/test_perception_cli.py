@@ -147,7 +147,7 @@ def test_eval_memory_steps_each_drive_in_time_order_with_its_odometry(setup, run
     import perception.model_eval as me
     from perception.dataset import DriveDataset, dataset_rig
     from perception.registry import load_trained
-    from perception.temporal import NearFieldMemory
+    from perception.temporal import DEFAULT_DECAY, NearFieldMemory
     from sensors.errors import ConfigError
 
     root, _ = setup
@@ -159,9 +159,9 @@ def test_eval_memory_steps_each_drive_in_time_order_with_its_odometry(setup, run
     drives = [str(root / "data" / "train"), str(root / "data" / "val")]
     out = tmp_path / "memory.json"
     assert main(["eval", "--model", str(run_dir), "--data", *drives, "--json", str(out), "--memory"]) == 0
-    assert "near-field memory (decay 0.9)" in capsys.readouterr().out
+    assert f"near-field memory (decay {DEFAULT_DECAY:g})" in capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert result["memory"]["decay"] == 0.9 and result["memory"]["frames_without_odometry"] == 0
+    assert result["memory"]["decay"] == DEFAULT_DECAY and result["memory"]["frames_without_odometry"] == 0
     assert len(steps) == result["frames"] == 6  # the 4-frame drive and the 2-frame one
     model, config = load_trained(run_dir)
     data = DriveDataset(drives, config.bev, cache_dir=root / "data" / ".cache", progress=False)

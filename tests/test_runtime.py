@@ -254,6 +254,7 @@ def test_the_near_field_memory_recalls_an_obstacle_the_car_has_driven_past(world
     assert "near-field memory restarted: no odometry" in third.degraded and not third.recalled.any()
 
     import deploy.runtime as rt
+    from perception.temporal import DEFAULT_DECAY
 
     built = []
 
@@ -265,9 +266,9 @@ def test_the_near_field_memory_recalls_an_obstacle_the_car_has_driven_past(world
     monkeypatch.setattr(rt, "Pipeline", Spy)
     out = tmp_path / "memory.mcap"
     assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--memory", manifest=world["manifest"])) == 0
-    assert built == [0.9]
+    assert built == [DEFAULT_DECAY]  # `--memory` without a value
     with LogReader(out) as r:
-        assert r.metadata["memory_decay"] == "0.9"
+        assert r.metadata["memory_decay"] == f"{DEFAULT_DECAY:g}"
     capsys.readouterr()
     never = tmp_path / "never.mcap"
     assert main(_cli("--source", str(world["drive"]), "--out", str(never), "--memory", "0",
@@ -448,6 +449,10 @@ def test_live_video_files_and_can_log(world, tmp_path, rig):
     # Live frames are stamped at capture on the monotonic clock: their age when taken is measured.
     assert all(r.latency["total"] >= r.latency["age"] > 0 for r in records)
     assert any("uss missing" not in r.degraded for r in records)  # the CAN ultrasonics arrived alongside
+    never = tmp_path / "memory.mcap"
+    with pytest.raises(ConfigError, match="delivers no odometry"):  # live sources carry none yet
+        run(world["model"], config, never, threads=1, progress=False, memory_decay=0.9)
+    assert not never.exists()
 
 
 def test_live_config_is_validated(tmp_path):
