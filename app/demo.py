@@ -30,7 +30,24 @@ def demo_log(directory: str | Path | None = None, frames: int | None = None, sca
     spec = plan_drives(DEMO_PRESET, frames=frames)[0]
     path = directory / f"{spec.name}.mcap"
     if path.is_file():
-        return path
-    log.warning("simulating the demo drive into %s (first use only; about a second a frame)", directory)
+        if _current(path):
+            return path
+        log.warning("the demo drive in %s predates odometry in the log format: simulating it again", directory)
+    else:
+        log.warning("simulating the demo drive into %s (first use only; about a second a frame)", directory)
     # simulate_drive writes NAME.mcap.part and renames it when complete: an interrupted run is never reused.
     return simulate_drive(spec, directory, load_rig(), scale if scale is not None else DEFAULT_SCALE)
+
+
+def _current(path: Path) -> bool:
+    """A cached demo log written by this simulator: readable, with every topic it writes now (odometry came last;
+    an older cache would leave the viewer's near-field memory with nothing to carry it)."""
+    from sensors.errors import NearfieldError
+    from sensors.log import LogReader
+    from sensors.schemas import ODOMETRY_TOPIC
+
+    try:
+        with LogReader(path) as reader:
+            return reader.damage is None and ODOMETRY_TOPIC in reader.topics
+    except (NearfieldError, OSError):
+        return False

@@ -291,5 +291,15 @@ def test_the_demo_drive_is_simulated_once_and_reused(tmp_path, monkeypatch):
     first = demo.demo_log(tmp_path / "cache", frames=2, scale=0.2)
     again = demo.demo_log(tmp_path / "cache", frames=2, scale=0.2)
     assert first == again and first.is_file() and calls == ["demo-000"]
+    from sensors.log_writer import LogWriter
+    from sensors.rig import load_rig
+
+    with LogWriter(first, load_rig()):  # a demo cached before the logs had odometry (or any other topic)
+        pass
+    assert demo.demo_log(tmp_path / "cache", frames=2, scale=0.2) == first and calls == ["demo-000"] * 2
+    first.write_bytes(b"not an mcap file")
+    assert demo.demo_log(tmp_path / "cache", frames=2, scale=0.2) == first and calls == ["demo-000"] * 3
+    demo.demo_log(tmp_path / "cache", frames=2, scale=0.2)
+    assert calls == ["demo-000"] * 3  # and the new one is kept
     monkeypatch.setenv("NEARFIELD_CACHE", str(tmp_path / "elsewhere"))
     assert demo.cache_dir() == tmp_path / "elsewhere"
