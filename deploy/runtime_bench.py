@@ -82,6 +82,7 @@ class RuntimeBench:
     latency_ms: dict[str, dict[str, float]]
     torch_ms: float | None = None  # torch eager forward, median over the same inputs
     torch_skipped: str = ""  # why there is no torch column
+    memory_decay: float | None = None  # the near-field memory ran in the postprocess stage
 
     @property
     def fps(self) -> float:
@@ -96,11 +97,14 @@ class RuntimeBench:
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "backend": self.backend, "threads": self.threads, "frames": self.frames,
                 "seconds": self.seconds, "fps": self.fps, "latency_ms": self.latency_ms, "torch_ms": self.torch_ms,
-                "torch_vs_backend": self.ratio, "torch_skipped": self.torch_skipped or None}
+                "torch_vs_backend": self.ratio, "torch_skipped": self.torch_skipped or None,
+                "memory_decay": self.memory_decay}
 
     def format(self) -> str:
+        memory = ("" if self.memory_decay is None
+                  else f", near-field memory (decay {self.memory_decay:g}) in postprocess")
         lines = [f"{self.model}: {self.frames} frames, backend {self.backend}, threads "
-                 f"{self.threads or 'default'}", f"{'stage':<12} {'mean':>8} {'p50':>8} {'p95':>8} {'max':>8}  ms"]
+                 f"{self.threads or 'default'}{memory}", f"{'stage':<12} {'mean':>8} {'p50':>8} {'p95':>8} {'max':>8}  ms"]
         lines += [f"{s:<12} {v['mean']:>8.2f} {v['p50']:>8.2f} {v['p95']:>8.2f} {v['max']:>8.2f}"
                   for s, v in self.latency_ms.items()]
         lines.append(f"end to end   {self.fps:.1f} frames/s (log reading and synchronisation included)")
@@ -114,16 +118,17 @@ class RuntimeBench:
 
 def bench_runtime(model: ZooModel, log: str | Path | None = None, frames: int = 100, threads: int | None = None,
                   onnx: str | Path | None = None, torch_model: str | Path | None = None,
-                  backend: str = "ort") -> RuntimeBench:
+                  backend: str = "ort", memory_decay: float | None = None) -> RuntimeBench:
     """Time the runtime's stages over FRAMES frames of a drive (looped; results written to a temporary file) and
     the same network in torch eager on the same inputs: `torch_model` (a run directory or trained name), else the
-    zoo model's parent when that is a trained model; otherwise the torch column is skipped with the reason."""
+    zoo model's parent when that is a trained model; otherwise the torch column is skipped with the reason.
+    memory_decay: run the near-field memory (its cost lands in the postprocess stage)."""
     if frames < 1:
         raise ConfigError(f"bench runtime: --frames must be at least 1, got {frames}")
     with bench_drive(log) as drive, tempfile.TemporaryDirectory(prefix="nearfield-bench-") as tmp:
         rig = _rig_of(drive)
-        pipeline = (Pipeline.from_onnx(onnx, model, rig, backend=backend, threads=threads) if onnx
-                    else Pipeline(model, rig, backend=backend, threads=threads))
+        kw = {"backend": backend, "threads": threads, "memory_decay": memory_decay}
+        pipeline = Pipeline.from_onnx(onnx, model, rig, **kw) if onnx else Pipeline(model, rig, **kw)
         try:
             runtime = Runtime(pipeline, DeadlineMonitor())
             samples = []  # network inputs of a few frames, for torch
@@ -140,7 +145,8 @@ def bench_runtime(model: ZooModel, log: str | Path | None = None, frames: int = 
                 seconds = time.perf_counter() - t0
         finally:
             pipeline.close()
-        result = RuntimeBench(pipeline.model.name, backend, threads, frames, seconds, runtime.stats.summary())
+        result = RuntimeBench(pipeline.model.name, backend, threads, frames, seconds, runtime.stats.summary(),
+                              memory_decay=memory_decay)
         result.torch_ms, result.torch_skipped = _torch_eager_ms(model, torch_model, samples, threads)
     return result
 

@@ -19,7 +19,7 @@ from sensors.classes import IGNORE
 from sensors.errors import ConfigError
 from sensors.log import ConditionRecord, LogReader
 from sensors.log_writer import LogWriter
-from sensors.messages import CameraImage, GroundTruth, UssCycle
+from sensors.messages import CameraImage, GroundTruth, Odometry, UssCycle
 from sensors.replay import replay_frames
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -51,6 +51,8 @@ def _rewrite(src: Path, dst: Path, loops: int = 1, chunk_size: int = 1 << 20, dr
                     w.write_truth(GroundTruth(t, v.occupancy, v.cell, []), grid)
                 elif isinstance(v, ConditionRecord):
                     w.write_condition(t, v.labels, v.scene)
+                elif isinstance(v, Odometry):
+                    w.write_odometry(Odometry(t, v.pose))
     return dst
 
 
@@ -477,8 +479,9 @@ def test_live_config_is_validated(tmp_path):
 
 # --- benchmarks ---------------------------------------------------------------------------------------------------
 
-def test_bench_runtime_times_every_stage_and_torch(world, tmp_path):
+def test_bench_runtime_times_every_stage_and_torch(world, tmp_path, monkeypatch):
     from deploy.runtime_bench import bench_runtime
+    from perception.temporal import NearFieldMemory
 
     run_dir = tmp_path / "run"
     _save_run(world, run_dir)
@@ -489,6 +492,13 @@ def test_bench_runtime_times_every_stage_and_torch(world, tmp_path):
     assert b.torch_ms > 0 and b.ratio == pytest.approx(b.torch_ms / b.latency_ms["inference"]["p50"])
     skipped = bench_runtime(world["model"], log=world["drive"], frames=2, threads=1)
     assert skipped.torch_ms is None and "untrained" in skipped.torch_skipped and "--torch-model" in skipped.format()
+    steps = []
+    real = NearFieldMemory.step
+    monkeypatch.setattr(NearFieldMemory, "step", lambda self, *a: steps.append(a[3]) or real(self, *a))
+    remembering = bench_runtime(world["model"], log=world["drive"], frames=3, threads=1, memory_decay=0.9)
+    assert len(steps) >= 3 and all(p is not None for p in steps)  # every timed frame, with the drive's odometry
+    assert "near-field memory (decay 0.9) in postprocess" in remembering.format()
+    assert remembering.as_dict()["memory_decay"] == 0.9 and skipped.as_dict()["memory_decay"] is None
 
 
 def _save_run(world, run_dir: Path) -> None:

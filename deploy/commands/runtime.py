@@ -44,6 +44,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     b.add_argument("--threads", type=int, help="inference threads of both backends (default: onnxruntime's)")
     b.add_argument("--torch-model", metavar="RUN_DIR|NAME",
                    help="the torch model to compare (default: the zoo model's parent, when it is a trained model)")
+    b.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY",
+                   help="run the near-field memory too (its cost is part of the postprocess stage)")
     b.add_argument("--json", help="write the figures to this JSON file")
     b.set_defaults(func=_bench_runtime)
 
@@ -108,7 +110,7 @@ def _bench_runtime(args) -> int:
 
     model = _zoo_model(args.model, args.manifest)
     result = bench_runtime(model, log=args.log, frames=args.frames, threads=args.threads, onnx=args.onnx,
-                           torch_model=args.torch_model)
+                           torch_model=args.torch_model, memory_decay=args.memory)
     print(result.format())
     _write_json(args.json, result.as_dict())
     return 0
