@@ -104,7 +104,8 @@ class RuntimeBench:
         memory = ("" if self.memory_decay is None
                   else f", near-field memory (decay {self.memory_decay:g}) in postprocess")
         lines = [f"{self.model}: {self.frames} frames, backend {self.backend}, threads "
-                 f"{self.threads or 'default'}{memory}", f"{'stage':<12} {'mean':>8} {'p50':>8} {'p95':>8} {'max':>8}  ms"]
+                 f"{self.threads or 'default'}{memory}",
+                 f"{'stage':<12} {'mean':>8} {'p50':>8} {'p95':>8} {'max':>8}  ms"]
         lines += [f"{s:<12} {v['mean']:>8.2f} {v['p50']:>8.2f} {v['p95']:>8.2f} {v['max']:>8.2f}"
                   for s, v in self.latency_ms.items()]
         lines.append(f"end to end   {self.fps:.1f} frames/s (log reading and synchronisation included)")
