@@ -1,6 +1,8 @@
 """Replay-based regression tests, after openpilot's process replay: short reference drives (tests/replay/drives)
-run through the deploy runtime, and their outputs compared with pinned references (tests/replay/refs/MODEL.npz +
-MODEL.json, keyed to the model's and the drives' sha256). Torch-free."""
+run through the deploy runtime, and their outputs compared with pinned references (tests/replay/refs/NAME.npz +
+NAME.json, keyed to the model's and the drives' sha256). A reference set is a model with the runtime options it ran
+with: NAME is the model's name, plus "+memory0.95" for one made with the near-field memory at that decay (the
+options are recorded in the JSON and replayed by the check). Torch-free."""
 
 from __future__ import annotations
 
@@ -37,6 +39,10 @@ REFERENCE_DRIVES: tuple[DriveSpec, ...] = (
     DriveSpec("glare", 9_000_003, DRIVE_FRAMES, ("glare",), scene_kinds=OUTDOOR_KINDS),
     DriveSpec("camera_failure", 9_000_004, DRIVE_FRAMES, ("camera_failure",)),
     DriveSpec("uss_failure", 9_000_005, DRIVE_FRAMES, ("uss_failure",)),
+    # Creeping along a kerbed street at night, long enough for the near-field memory to carry kerb cells from the
+    # corner sensors' beams into the flanks (21 cells with nf-small at decay 0.95): the memory's reference sets
+    # pin what it recalls, not only that it adds nothing.
+    DriveSpec("street_night_creep", 9_000_007, 10, ("night",), scene_kinds=("street",), motions=("creep_forward",)),
 )
 
 # The runtime's result topics (deploy.runtime writes them to its results MCAP) and the fields compared in each.
@@ -67,6 +73,31 @@ class Tolerance:
 
     def ignores(self, topic: str, name: str) -> bool:
         return topic in self.ignore or f"{topic}:{name}" in self.ignore
+
+
+# --- reference sets: a model and its runtime options ----------------------------------------------------------
+
+_MEMORY = "+memory"
+
+
+def refs_name(model: str, memory_decay: float | None = None) -> str:
+    """The name of MODEL's reference set with these runtime options: "nf-small", "nf-small+memory0.95"."""
+    return model if memory_decay is None else f"{model}{_MEMORY}{memory_decay:g}"
+
+
+def parse_refs_name(name: str) -> tuple[str, float | None]:
+    """(model, memory_decay) of a reference set's name; the inverse of refs_name."""
+    model, plus, option = name.partition("+")
+    if not plus:
+        return name, None
+    try:
+        decay = float(option[len(_MEMORY) - 1:]) if option.startswith(_MEMORY[1:]) else None
+    except ValueError:
+        decay = None
+    if decay is None or refs_name(model, decay) != name:
+        raise ConfigError(f"reference set {name!r}: expected MODEL or MODEL{_MEMORY}DECAY (e.g. "
+                          f"nf-small{_MEMORY}0.95)")
+    return model, decay
 
 
 # --- outputs of one replay ------------------------------------------------------------------------------------
@@ -117,9 +148,10 @@ def find_drives(drives_dir: str | Path = DRIVES_DIR) -> list[Path]:
 
 
 def replay_model(model: ZooModel, drives: Sequence[Path], threads: int | None = 1,
-                 progress: bool = False) -> list[DriveOutput]:
-    """Every drive through the embedded runtime (deploy.runtime.run, as `nearfield run` does it), its results file
-    read back (deploy.results.read_results): what is compared is what the runtime really wrote."""
+                 progress: bool = False, memory_decay: float | None = None) -> list[DriveOutput]:
+    """Every drive through the embedded runtime (deploy.runtime.run, as `nearfield run` does it, with the near-field
+    memory at MEMORY_DECAY where given), its results file read back (deploy.results.read_results): what is compared
+    is what the runtime really wrote."""
     import tempfile
 
     from tqdm import tqdm
@@ -139,7 +171,7 @@ def replay_model(model: ZooModel, drives: Sequence[Path], threads: int | None = 
                 expected = int(frames_meta)
                 conditions = [c for c in reader.metadata.get("conditions", "").split(",") if c]
             results = Path(tmp) / f"{path.stem}.results.mcap"
-            stats = run(model, path, results, threads=threads, progress=False)
+            stats = run(model, path, results, threads=threads, progress=False, memory_decay=memory_decay)
             frames = [frame_output(r) for r in read_results(results, strict=True)]
             if expected < 0:  # not a simulated drive: the frames the runtime took are all there is
                 expected = stats.frames
@@ -151,12 +183,17 @@ def replay_model(model: ZooModel, drives: Sequence[Path], threads: int | None = 
 
 @dataclass
 class References:
-    """Pinned outputs of one model: per drive, stacked per field over frames."""
+    """Pinned outputs of one model with its runtime options: per drive, stacked per field over frames."""
 
     model: str
     model_sha256: str
     drives: dict[str, dict]  # name -> {"sha256", "frames", "conditions", ...summary}
     arrays: dict[str, np.ndarray]  # "drive:topic:field" and "drive::stamp_ns" -> (frames, ...) arrays
+    memory_decay: float | None = None  # the runtime ran with the near-field memory at this decay
+
+    @property
+    def name(self) -> str:
+        return refs_name(self.model, self.memory_decay)
 
     def field(self, drive: str, topic: str, name: str) -> np.ndarray | None:
         return self.arrays.get(f"{drive}:{topic}:{name}")
@@ -198,18 +235,20 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp.replace(path)
 
 
-def refs_paths(model: str, refs_dir: str | Path = REFS_DIR) -> tuple[Path, Path]:
-    return Path(refs_dir) / f"{model}.json", Path(refs_dir) / f"{model}.npz"
+def refs_paths(name: str, refs_dir: str | Path = REFS_DIR) -> tuple[Path, Path]:
+    """NAME.json and NAME.npz of a reference set (refs_name)."""
+    return Path(refs_dir) / f"{name}.json", Path(refs_dir) / f"{name}.npz"
 
 
 def write_refs(model: ZooModel, outputs: Sequence[DriveOutput], refs_dir: str | Path = REFS_DIR,
-               tol: Tolerance = Tolerance()) -> Path:
-    """Write MODEL.npz (arrays, no pickles) and MODEL.json (sha256 keys and a readable summary)."""
-    meta_path, npz_path = refs_paths(model.name, refs_dir)
+               tol: Tolerance = Tolerance(), memory_decay: float | None = None) -> Path:
+    """Write NAME.npz (arrays, no pickles) and NAME.json (sha256 keys, the runtime options and a readable summary),
+    NAME = refs_name(model, memory_decay)."""
+    meta_path, npz_path = refs_paths(refs_name(model.name, memory_decay), refs_dir)
     npz_path.parent.mkdir(parents=True, exist_ok=True)
     _write_npz(npz_path, _stack(outputs, tol))
     meta = {"format": FORMAT, "model": model.name, "model_sha256": model.sha256, "onnx": model.onnx.name,
-            "method": model.method, "refs_sha256": file_sha256(npz_path),
+            "method": model.method, "runtime": {"memory_decay": memory_decay}, "refs_sha256": file_sha256(npz_path),
             "written_by": "nearfield replay update-refs", "drives": {d.name: _summary(d) for d in outputs}}
     tmp = meta_path.with_suffix(".json.part")
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
@@ -217,19 +256,24 @@ def write_refs(model: ZooModel, outputs: Sequence[DriveOutput], refs_dir: str | 
     return meta_path
 
 
-def read_refs(model: str, refs_dir: str | Path = REFS_DIR) -> References:
-    """The references of MODEL; ConfigError if there are none or the summary is unreadable, ChecksumError if the
-    array file is missing or does not match the sha256 the summary records."""
-    meta_path, npz_path = refs_paths(model, refs_dir)
-    fix = f"run `nearfield replay update-refs --model {model}` (or restore {refs_dir} from git)"
+def read_refs(name: str, refs_dir: str | Path = REFS_DIR) -> References:
+    """The reference set NAME (refs_name); ConfigError if there is none or the summary is unreadable or names
+    another model or other options, ChecksumError if the array file is missing or does not match the sha256 the
+    summary records."""
+    model, memory_decay = parse_refs_name(name)
+    meta_path, npz_path = refs_paths(name, refs_dir)
+    memory = "" if memory_decay is None else f" --memory {memory_decay:g}"
+    fix = f"run `nearfield replay update-refs --model {model}{memory}` (or restore {refs_dir} from git)"
     if not meta_path.is_file():
         raise ConfigError(f"{meta_path}: no replay references for model {model}; {fix}")
     try:
         meta = json.loads(meta_path.read_text())
         drives = meta["drives"]
         expected = meta["refs_sha256"]
-        if meta.get("format") != FORMAT or meta.get("model") != model or not isinstance(drives, dict):
-            raise ValueError(f"format {meta.get('format')!r}, model {meta.get('model')!r}")
+        recorded = meta.get("runtime", {}).get("memory_decay")
+        if meta.get("format") != FORMAT or meta.get("model") != model or not isinstance(drives, dict) \
+                or recorded != memory_decay:
+            raise ValueError(f"format {meta.get('format')!r}, model {meta.get('model')!r}, memory decay {recorded!r}")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{meta_path}: unreadable replay references ({type(e).__name__}: {e}); {fix}") from None
     if not npz_path.is_file():
@@ -243,10 +287,11 @@ def read_refs(model: str, refs_dir: str | Path = REFS_DIR) -> References:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise ChecksumError(f"{npz_path}: the reference arrays do not load ({e}); {fix}") from None
-    return References(model, str(meta.get("model_sha256", "")), drives, arrays)
+    return References(model, str(meta.get("model_sha256", "")), drives, arrays, memory_decay)
 
 
 def models_with_refs(refs_dir: str | Path = REFS_DIR) -> list[str]:
+    """The names of the reference sets in REFS_DIR (refs_name: a model, or a model with runtime options)."""
     return sorted(p.stem for p in Path(refs_dir).glob("*.json"))
 
 
@@ -341,7 +386,7 @@ def _compare(kind: str, old: np.ndarray, new: np.ndarray, tol: Tolerance) -> tup
 def compare(refs: References, outputs: Sequence[DriveOutput], tol: Tolerance = Tolerance(),
             model_sha256: str | None = None) -> ReplayReport:
     """Compare a replay with the references, field by field and frame by frame."""
-    report = ReplayReport(refs.model, drives=len(outputs), frames=sum(len(d.frames) for d in outputs))
+    report = ReplayReport(refs.name, drives=len(outputs), frames=sum(len(d.frames) for d in outputs))
     if model_sha256 and refs.model_sha256 and model_sha256 != refs.model_sha256:
         report.notes.append(f"model file sha256 {model_sha256[:16]}... differs from the references' "
                             f"{refs.model_sha256[:16]}... (a new build or a changed model)")
@@ -403,8 +448,8 @@ def _check_coverage(d: DriveOutput, ref_frames: int, tol: Tolerance, report: Rep
 # --- the commands' library functions ---------------------------------------------------------------------------
 
 def _model_and_outputs(model: str | ZooModel, onnx: str | Path | None, manifest: str | Path,
-                       drives_dir: str | Path, threads: int | None,
-                       progress: bool) -> tuple[ZooModel, list[DriveOutput]]:
+                       drives_dir: str | Path, threads: int | None, progress: bool,
+                       memory_decay: float | None) -> tuple[ZooModel, list[DriveOutput]]:
     from dataclasses import replace
 
     entry = get_model(model, manifest) if isinstance(model, str) else model
@@ -413,17 +458,20 @@ def _model_and_outputs(model: str | ZooModel, onnx: str | Path | None, manifest:
         if not Path(onnx).is_file():
             raise ConfigError(f"--onnx {onnx}: no such file")
         entry = replace(entry, onnx=Path(onnx), sha256=file_sha256(onnx))
-    return entry, replay_model(entry, find_drives(drives_dir), threads=threads, progress=progress)
+    return entry, replay_model(entry, find_drives(drives_dir), threads=threads, progress=progress,
+                               memory_decay=memory_decay)
 
 
 def check(model: str | ZooModel, onnx: str | Path | None = None, manifest: str | Path = MANIFEST,
           drives_dir: str | Path = DRIVES_DIR, refs_dir: str | Path = REFS_DIR, tol: Tolerance = Tolerance(),
           threads: int | None = 1, progress: bool = False) -> ReplayReport:
     """Replay the reference drives through MODEL (or through ONNX, a new build of MODEL) and compare with
-    MODEL's references."""
+    MODEL's references. MODEL may name a reference set with runtime options ("nf-small+memory0.95"): the replay
+    runs with the options its references were made with."""
     name = model if isinstance(model, str) else model.name
     refs = read_refs(name, refs_dir)  # before the replay: a missing reference fails fast
-    entry, outputs = _model_and_outputs(model, onnx, manifest, drives_dir, threads, progress)
+    entry, outputs = _model_and_outputs(refs.model if isinstance(model, str) else model, onnx, manifest, drives_dir,
+                                        threads, progress, refs.memory_decay)
     report = compare(refs, outputs, tol, entry.sha256)
     log.info("%s", report.format())
     return report
@@ -431,15 +479,21 @@ def check(model: str | ZooModel, onnx: str | Path | None = None, manifest: str |
 
 def update_refs(model: str | ZooModel, manifest: str | Path = MANIFEST, drives_dir: str | Path = DRIVES_DIR,
                 refs_dir: str | Path = REFS_DIR, tol: Tolerance = Tolerance(),
-                threads: int | None = 1, progress: bool = False) -> ReplayReport | None:
-    """Replay and write MODEL's references. Returns what changed against the previous references (None when there
-    were none, or they were unreadable)."""
-    name = model if isinstance(model, str) else model.name
+                threads: int | None = 1, progress: bool = False,
+                memory_decay: float | None = None) -> ReplayReport | None:
+    """Replay and write MODEL's references with the runtime options (the near-field memory at MEMORY_DECAY, or
+    none), as the reference set refs_name(MODEL, MEMORY_DECAY). Returns what changed against the previous references
+    (None when there were none, or they were unreadable)."""
+    if memory_decay is not None:
+        from perception.temporal import check_decay
+
+        check_decay(memory_decay)
+    name = refs_name(model if isinstance(model, str) else model.name, memory_decay)
     try:
         previous = read_refs(name, refs_dir)
     except (ConfigError, ChecksumError):
         previous = None
-    entry, outputs = _model_and_outputs(model, None, manifest, drives_dir, threads, progress)
+    entry, outputs = _model_and_outputs(model, None, manifest, drives_dir, threads, progress, memory_decay)
     report = compare(previous, outputs, tol, entry.sha256) if previous else None
     coverage = ReplayReport(name)
     for d in outputs:
@@ -449,7 +503,7 @@ def update_refs(model: str | ZooModel, manifest: str | Path = MANIFEST, drives_d
     if coverage.problems:
         raise LogFormatError(f"model {name}: the replay did not exercise everything ({'; '.join(coverage.problems)});"
                              " references are not written from an incomplete replay")
-    write_refs(entry, outputs, refs_dir, tol)
+    write_refs(entry, outputs, refs_dir, tol, memory_decay)
     return report
 
 
@@ -465,5 +519,5 @@ def make_drives(out_dir: str | Path = DRIVES_DIR, specs: Iterable[DriveSpec] = R
 
 __all__ = ["DRIVES_DIR", "DRIVE_SCALE", "EXPECTED_TOPICS", "FIELDS", "REFERENCE_DRIVES", "REFS_DIR", "DriveOutput",
            "FieldChange", "FrameOutput", "References", "ReplayReport", "Tolerance", "check", "compare",
-           "find_drives", "frame_output", "make_drives", "models_with_refs", "read_refs", "refs_paths",
-           "replay_model", "update_refs", "write_refs"]
+           "find_drives", "frame_output", "make_drives", "models_with_refs", "parse_refs_name", "read_refs",
+           "refs_name", "refs_paths", "replay_model", "update_refs", "write_refs"]

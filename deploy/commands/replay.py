@@ -9,6 +9,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p = commands.add_parser("replay", help="replay the reference drives through the runtime and compare the outputs "
                                            "with pinned references (regression tests)")
     sub = p.add_subparsers(dest="replay", metavar="ACTION", required=True)
+    from perception.temporal import DEFAULT_DECAY
 
     m = sub.add_parser("make-drives", help="simulate the reference drives (day, night, glare, failed camera, failed "
                                            "ultrasonic sensor) into tests/replay/drives")
@@ -20,7 +21,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
             ("check", _check, "replay and compare with the references; exit 1 on any change beyond tolerance"),
             ("update-refs", _update_refs, "replay and rewrite the references (the one way to refresh them)")):
         c = sub.add_parser(name, help=helptext)
-        c.add_argument("--model", help="zoo model name (default: every model that has references)")
+        c.add_argument("--model", help="zoo model name (default: every reference set; with check, every set of "
+                                        "that model, or one set by its name, e.g. nf-small+memory0.95)")
         if name == "check":
             c.add_argument("--onnx", help="a newly built ONNX file, checked against the references of --model (or of "
                                           "the model named like the file)")
@@ -28,6 +30,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
             c.add_argument("--rtol", type=float, help="relative tolerance on floats (default 1e-3)")
             c.add_argument("--ignore", nargs="*", default=None,
                            help="topics or topic:field to leave out (default: /perception/latency)")
+        else:
+            c.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY",
+                           help="with --model: the reference set of the runtime with the near-field memory at DECAY "
+                                f"({DEFAULT_DECAY:g} without a value), named MODEL+memoryDECAY")
         c.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
         c.add_argument("--drives", help="reference drives (default: tests/replay/drives)")
         c.add_argument("--refs", help="reference outputs (default: tests/replay/refs)")
@@ -47,12 +53,19 @@ def _defaults(args) -> None:
 def _targets(args) -> list[str]:
     from pathlib import Path
 
-    from deploy.replay import models_with_refs
+    from deploy.replay import models_with_refs, parse_refs_name, refs_name
     from sensors.errors import ConfigError
 
     _defaults(args)
+    memory = getattr(args, "memory", None)
+    if memory is not None and not args.model:
+        raise ConfigError("--memory: give --model NAME, the model whose reference set with the memory to write")
+    if args.model and "+" in args.model:
+        return [args.model]  # one reference set by its name
+    if args.model and not hasattr(args, "memory"):  # check: every reference set of the model
+        return [n for n in models_with_refs(args.refs) if parse_refs_name(n)[0] == args.model] or [args.model]
     if args.model:
-        return [args.model]
+        return [refs_name(args.model, memory)]
     if getattr(args, "onnx", None):
         stem = Path(args.onnx).stem
         if stem in models_with_refs(args.refs):
@@ -92,10 +105,12 @@ def _check(args) -> int:
 
 
 def _update_refs(args) -> int:
-    from deploy.replay import refs_paths, update_refs
+    from deploy.replay import parse_refs_name, refs_paths, update_refs
 
     for name in _targets(args):
-        report = update_refs(name, args.manifest, args.drives, args.refs, threads=args.threads, progress=True)
+        model, memory_decay = parse_refs_name(name)
+        report = update_refs(model, args.manifest, args.drives, args.refs, threads=args.threads, progress=True,
+                             memory_decay=memory_decay)
         path = refs_paths(name, args.refs)[0]
         if report is None:
             print(f"{path}: new references for {name}")
