@@ -1,6 +1,6 @@
-"""Live sources for the runtime: a TOML file naming the cameras (sensors.drivers.camera) and the CAN ultrasonics
-(sensors.drivers.can_uss), opened up front and pumped by one thread each into the synchroniser, which hands Frames
-to the runtime in the order it assembles them."""
+"""Live sources for the runtime: a TOML file naming the cameras (sensors.drivers.camera) and the CAN bus of the
+ultrasonics and the vehicle's motion (sensors.drivers.can_uss, sensors.drivers.can_odometry), opened up front and
+pumped by one thread each into the synchroniser, which hands Frames to the runtime in the order it assembles them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensors.errors import ConfigError, NearfieldError
-from sensors.messages import Frame
+from sensors.messages import Frame, Odometry, UssCycle
 from sensors.rig import Rig, load_rig
 from sensors.sync import Synchroniser
 
@@ -30,7 +30,7 @@ rig = "my-car.toml"            # optional: the rig file (default: the shipped ri
 [cameras]                      # rig camera = video file, /dev/videoN or index, or a GStreamer pipeline
 FV = "/dev/video0"
 RV = "nvarguscamerasrc sensor-id=1 ! ... ! appsink drop=true max-buffers=1"
-[can]                          # optional: the ultrasonic ECU
+[can]                          # optional: the ultrasonic ECU (and the vehicle's VEH_Motion odometry frames)
 channel = "can0"               # a CAN channel, or a CAN log file (.log/.asc/.blf) replayed in real time
 interface = "socketcan"        # python-can interface of a channel
 bitrate = 500000               # optional
@@ -147,7 +147,7 @@ class LiveSource:
                     from sensors.drivers.can_uss import CanUssSource
 
                     self._sources.append(("uss", CanUssSource(config.can, config.can_interface, config.can_bitrate,
-                                                              clock=clock)))
+                                                              clock=clock, odometry=True)))
         except NearfieldError:
             self.close()
             raise
@@ -195,7 +195,12 @@ class LiveSource:
                 if self._halted:
                     break
                 with lock:
-                    (sync.push_image if kind == "image" else sync.push_uss)(item)
+                    if isinstance(item, UssCycle):
+                        sync.push_uss(item)
+                    elif isinstance(item, Odometry):  # VEH_Motion on the ultrasonics' bus
+                        sync.push_odometry(item)
+                    else:
+                        sync.push_image(item)
                     ready = sync.pop_frames()
                 for frame in ready:
                     self._put(frame)

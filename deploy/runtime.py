@@ -287,10 +287,6 @@ def _run(model, source, out, backend, threads, device, monitor, progress, stop, 
     src = open_source(source, stop)
     pipeline = None
     try:
-        if memory_decay is not None and src.live:
-            raise ConfigError(f"--memory: the live source {src.name} delivers no odometry (the car's wheel speeds and "
-                              "yaw rate are not read from CAN yet), and the near-field memory has nothing to carry "
-                              "its obstacles with; run without --memory")
         pipeline = Pipeline(model, src.rig, backend=backend, threads=threads, device=device, source=src.name,
                             free_confidence=free_confidence, memory_decay=memory_decay)
         runtime = Runtime(pipeline, monitor, live=src.live)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensors.errors import ConfigError, NearfieldError, SensorError
-from sensors.messages import CameraImage
+from sensors.messages import CameraImage, Odometry
 from sensors.rig import load_rig
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_
             else:
                 from sensors.drivers.can_uss import CanUssSource
 
-                sources.append(("uss", can, CanUssSource(can, can_interface, clock=clock)))
+                sources.append(("uss", can, CanUssSource(can, can_interface, clock=clock, odometry=True)))
     except NearfieldError:
         for _, _, s in sources:
             s.close()
@@ -89,6 +89,9 @@ def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_
                 if kind == "camera":
                     recorder.write_camera(CameraImage(name, item.stamp_ns, jpeg=encode_jpeg(item.rgb, jpeg_quality)))
                     topic = f"/camera/{name}/image"
+                elif isinstance(item, Odometry):  # the vehicle's motion frames on the ultrasonics' bus
+                    recorder.write_odometry(item)
+                    topic = "/odometry"
                 else:
                     recorder.write_uss(item)
                     topic = "/uss/echoes"
@@ -123,13 +126,14 @@ def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_
 
 
 class _CanFileReplay:
-    """A CAN log file played like a live bus: cycles restamped onto the recorder's clock, in real time."""
+    """A CAN log file played like a live bus: cycles and odometry restamped onto the recorder's clock, in real
+    time."""
 
     def __init__(self, path: str, clock):
         from sensors.drivers.can_uss import read_can_log
 
         self.path, self.clock = path, clock
-        self._cycles = read_can_log(path)
+        self._cycles = read_can_log(path, odometry=True)
 
     def __iter__(self):
         origin = None
@@ -140,8 +144,11 @@ class _CanFileReplay:
             delay = due - self.clock()
             if delay > 0:
                 time.sleep(delay / 1e9)
-            cycle.stamp_ns = int(due)
-            yield cycle
+            if isinstance(cycle, Odometry):
+                yield Odometry(int(due), cycle.pose)
+            else:
+                cycle.stamp_ns = int(due)
+                yield cycle
 
     def close(self) -> None:
         close = getattr(self._cycles, "close", None)

@@ -43,13 +43,15 @@ def test_record_videos_and_virtual_can(tmp_path, small_rig):
     stop = threading.Event()
 
     def ecu():
-        enc = UssCanEncoder()
+        from sensors.drivers.can_odometry import OdometryCanEncoder
+
+        enc, motion = UssCanEncoder(), OdometryCanEncoder()
         with can.Bus(channel=channel, interface="virtual") as bus:
             k = 0
             while not stop.is_set():
                 cycle = UssCycle(k * 100_000_000, k, [0, 1], [0, 2], [1.25, 2.5], [0.8, 0.3],
                                  {i: UssStatus.OK for i in range(12)})
-                for msg in enc.encode(cycle):
+                for msg in [*enc.encode(cycle), motion.frame(k * 100_000_000, 1.0, 0.0)]:  # the car at 1 m/s
                     bus.send(msg)
                 k += 1
                 time.sleep(0.1)
@@ -72,6 +74,13 @@ def test_record_videos_and_virtual_can(tmp_path, small_rig):
         assert reader.damage is None
         assert reader.rig.cameras["FV"].width == size[0]
     assert s.topics["/uss/echoes"].count == result.counts["/uss/echoes"]
+    # The vehicle's motion frames on the same bus are integrated and recorded as /odometry, on the same clock.
+    assert s.topics["/odometry"].count == result.counts["/odometry"] >= 5
+    with LogReader(out) as reader:
+        odo = [m.value for m in reader.messages(topics=["/odometry"])]
+    steps = np.diff([o.pose.x for o in odo])
+    gaps = np.diff([o.stamp_ns for o in odo]) / 1e9
+    assert np.allclose(steps, gaps, atol=2e-3) and all(o.pose.y == 0 for o in odo)  # 1 m/s straight on
     frames = list(replay_frames(out))
     assert len(frames) == 8
     # Video frames were filled with 30*i + 5*k: the decoded images keep camera order and time order.

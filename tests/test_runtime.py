@@ -451,10 +451,20 @@ def test_live_video_files_and_can_log(world, tmp_path, rig):
     # Live frames are stamped at capture on the monotonic clock: their age when taken is measured.
     assert all(r.latency["total"] >= r.latency["age"] > 0 for r in records)
     assert any("uss missing" not in r.degraded for r in records)  # the CAN ultrasonics arrived alongside
-    never = tmp_path / "memory.mcap"
-    with pytest.raises(ConfigError, match="delivers no odometry"):  # live sources carry none yet
-        run(world["model"], config, never, threads=1, progress=False, memory_decay=0.9)
-    assert not never.exists()
+    # The CAN log carries the drive's odometry as VEH_Motion frames: the near-field memory runs on the live frames.
+    remembered = read_results(tmp_path / "memory.mcap") if run(
+        world["model"], config, tmp_path / "memory.mcap", threads=1, progress=False, memory_decay=0.9) else []
+    restarted = [r for r in remembered if any(d.startswith("near-field memory restarted") for d in r.degraded)]
+    assert len(remembered) >= 6 and len(restarted) <= len(remembered) // 2, [r.degraded for r in remembered]
+    # Without VEH_Motion frames on the bus every frame says that the memory had nothing to carry it.
+    from sensors.drivers.can_uss import read_can_log, write_can_log
+
+    write_can_log(list(read_can_log(tmp_path / "uss.log")), tmp_path / "uss-only.log")
+    (tmp_path / "no-odometry.toml").write_text(config.read_text().replace('"uss.log"', '"uss-only.log"'))
+    run(world["model"], tmp_path / "no-odometry.toml", tmp_path / "plain.mcap", threads=1, progress=False,
+        memory_decay=0.9)
+    plain = read_results(tmp_path / "plain.mcap")
+    assert plain and all("near-field memory restarted: no odometry" in r.degraded for r in plain)
 
 
 def test_live_config_is_validated(tmp_path):

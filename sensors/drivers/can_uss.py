@@ -41,16 +41,22 @@ _LOUD_PROBLEMS = 20  # problems logged as warnings before the decoder drops to d
 
 def load_dbc(path: str | Path | None = None) -> cantools.database.can.Database:
     """The USS database shipped with the package, or another DBC with the same three messages."""
-    path = Path(path) if path is not None else DBC_PATH
+    return load_database(path if path is not None else DBC_PATH, (START, ECHO, END), "ultrasonic", DBC_PATH)
+
+
+def load_database(path: str | Path, messages: Iterable[str], what: str, template: Path):
+    """A DBC that must define MESSAGES; SensorError naming the file otherwise."""
+    path = Path(path)
     try:
         db = cantools.database.load_file(str(path))
     except (OSError, cantools.database.UnsupportedDatabaseFormatError) as e:
-        raise SensorError(f"{path}: cannot load the ultrasonic CAN database ({e})") from None
-    for name in (START, ECHO, END):
+        raise SensorError(f"{path}: cannot load the {what} CAN database ({e})") from None
+    for name in messages:
         try:
             db.get_message_by_name(name)
         except KeyError:
-            raise SensorError(f"{path}: DBC has no message {name!r}; use sensors/can/uss.dbc as the template") from None
+            raise SensorError(f"{path}: DBC has no message {name!r}; use sensors/can/{template.name} as the "
+                              "template") from None
     return db
 
 
@@ -77,6 +83,18 @@ def crc8_j1850(data: bytes | bytearray, crc: int = 0xFF) -> int:
 def frame_crc(arbitration_id: int, data: bytes | bytearray) -> int:
     """The CRC byte of a USS frame: over the identifier's low byte (the data ID) and data bytes 1..7."""
     return crc8_j1850(bytes([arbitration_id & 0xFF]) + bytes(data[1:8]))
+
+
+def e2e_problem(message, msg: can.Message) -> tuple[str, str] | None:
+    """("bad_frames" or "bad_checksum", why) when a frame with MESSAGE's (a cantools message's) id is not a classic
+    data frame of its length or fails its CRC byte; None when it passes."""
+    if msg.is_remote_frame or msg.is_fd or len(msg.data) != message.length:
+        return "bad_frames", (f"{len(msg.data)}-byte {'remote ' if msg.is_remote_frame else ''}frame, expected "
+                              f"{message.length} data bytes")
+    data = bytes(msg.data)
+    if data[0] != frame_crc(message.frame_id, data):
+        return "bad_checksum", f"CRC {data[0]:#04x} != {frame_crc(message.frame_id, data):#04x}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -229,15 +247,11 @@ class UssCanDecoder:
             self.stats["unknown_id"] += 1
             return []
         where = f"{message.name} at {msg.timestamp:.6f} s"
-        if msg.is_remote_frame or msg.is_fd or len(msg.data) != message.length:
-            self._problem("bad_frames", f"{where}: {len(msg.data)}-byte {'remote ' if msg.is_remote_frame else ''}"
-                          f"frame, expected {message.length} data bytes")
+        problem = e2e_problem(message, msg)
+        if problem:
+            self._problem(problem[0], f"{where}: {problem[1]}")
             return []
-        data = bytes(msg.data)
-        if data[0] != frame_crc(message.frame_id, data):
-            self._problem("bad_checksum", f"{where}: CRC {data[0]:#04x} != {frame_crc(message.frame_id, data):#04x}")
-            return []
-        sig = message.decode(data, decode_choices=False, scaling=False)
+        sig = message.decode(bytes(msg.data), decode_choices=False, scaling=False)
         self._check_counter(message, int(sig["AliveCounter"]), where)
         if message is self.layout.start:
             return self._on_start(msg, sig, where)
@@ -376,8 +390,10 @@ def _open_reader(path: Path, suffix: str):
 
 
 def read_can_log(path: str | Path, db=None, decoder: UssCanDecoder | None = None,
-                 errors: str = "raise") -> Iterator[UssCycle]:
-    """The complete USS cycles of a candump .log, Vector .asc or .blf file, in file order.
+                 errors: str = "raise", odometry=None) -> Iterator[UssCycle]:
+    """The complete USS cycles of a candump .log, Vector .asc or .blf file, in file order; with `odometry` (True,
+    or an OdometryCanDecoder of sensors.drivers.can_odometry) also the Odometry poses of its VEH_Motion frames,
+    interleaved in file order.
 
     A line or record that does not parse ends the stream after the cycles before it: `errors="raise"` then raises
     LogFormatError naming file and line (byte offset for .blf); `errors="skip"` logs a warning and, for candump
@@ -396,6 +412,7 @@ def read_can_log(path: str | Path, db=None, decoder: UssCanDecoder | None = None
     if not path.is_file():
         raise LogFormatError(f"{path}: no such CAN log file")
     decoder = decoder if decoder is not None else UssCanDecoder(db)
+    motion = _motion_decoder(odometry)
     try:
         reader, position = _open_reader(path, suffix)
     except _READ_ERRORS as e:
@@ -419,7 +436,10 @@ def read_can_log(path: str | Path, db=None, decoder: UssCanDecoder | None = None
                 decoder.finish(where)  # a cycle spanning a garbage line cannot be trusted whole
                 records = iter(reader)  # the reader's generator died; a new one goes on from the next line
                 continue
-            yield from decoder.feed(msg)
+            if motion is not None and msg.arbitration_id in motion.frame_ids:
+                yield from motion.feed(msg)
+            else:
+                yield from decoder.feed(msg)
     finally:
         reader.stop()
     _check_blf_size(reader, path, errors)
@@ -440,19 +460,33 @@ def _check_blf_size(reader, path: Path, errors: str) -> None:
     log.warning("%s", text)
 
 
-def write_can_log(cycles: Iterable[UssCycle], path: str | Path, db=None, channel: str = "can0") -> int:
-    """Write cycles as a CAN log (.log candump by default; .asc and .blf by suffix); returns the frame count."""
+def _motion_decoder(odometry):
+    """The OdometryCanDecoder that VEH_Motion frames go to (odometry: None/False, True or a decoder), or None."""
+    if odometry is None or odometry is False:
+        return None
+    from sensors.drivers.can_odometry import OdometryCanDecoder
+
+    return OdometryCanDecoder() if odometry is True else odometry
+
+
+def write_can_log(cycles: Iterable, path: str | Path, db=None, channel: str = "can0") -> int:
+    """Write cycles (UssCycle) as a CAN log (.log candump by default; .asc and .blf by suffix), and Odometry samples
+    among them as VEH_Motion frames (sensors/can/vehicle.dbc), in the order given; returns the frame count."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in CAN_LOG_SUFFIXES:
         raise LogFormatError(f"{path}: cannot write a CAN log with suffix {suffix!r}; use one of "
                              f"{', '.join(CAN_LOG_SUFFIXES)}")
+    from sensors.drivers.can_odometry import OdometryCanEncoder
+    from sensors.messages import Odometry
+
     encoder = UssCanEncoder(db, channel=channel)
+    motion = OdometryCanEncoder(channel=channel)
     count = 0
     writer = can.Logger(str(path))
     try:
         for cycle in cycles:
-            for msg in encoder.encode(cycle):
+            for msg in [motion.encode(cycle)] if isinstance(cycle, Odometry) else encoder.encode(cycle):
                 msg.is_rx = False  # this host did not receive them; candump marks transmitted frames " T"
                 writer.on_message_received(msg)
                 count += 1
@@ -463,7 +497,8 @@ def write_can_log(cycles: Iterable[UssCycle], path: str | Path, db=None, channel
 
 def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str = "can0") -> tuple[int, int]:
     """Write the ultrasonic cycles of a nearfield log (MCAP) as a CAN log (.log candump, .asc, .blf) encoded with
-    the USS DBC, so standard CAN tools can read them; returns (cycles, frames). The output appears only whole."""
+    the USS DBC, and its odometry as the vehicle DBC's VEH_Motion frames, in time order, so standard CAN tools can
+    read them; returns (cycles, frames). The output appears only whole."""
     log_path, out_path = Path(log_path), Path(out_path)
     if not log_path.is_file():
         raise LogFormatError(f"{log_path}: no such log file")
@@ -472,14 +507,14 @@ def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str
                              f"{', '.join(CAN_LOG_SUFFIXES)}")
     # The MCAP layer is only needed for this conversion.
     from sensors.log import LogReader
-    from sensors.schemas import USS_TOPIC
+    from sensors.schemas import ODOMETRY_TOPIC, USS_TOPIC
 
     counted = {"cycles": 0}
 
-    def cycles() -> Iterator[UssCycle]:
+    def cycles() -> Iterator:
         with LogReader(log_path) as reader:
-            for record in reader.messages(topics=[USS_TOPIC]):
-                counted["cycles"] += 1
+            for record in reader.messages(topics=[USS_TOPIC, ODOMETRY_TOPIC]):
+                counted["cycles"] += record.topic == USS_TOPIC
                 yield record.value
 
     partial = out_path.with_name(f"{out_path.stem}.partial{out_path.suffix}")
@@ -520,16 +555,20 @@ class CanUssSource:
     `CanUssSource("test", interface="virtual")`; pass `bus` to use a bus you opened yourself (not shut down here).
 
     Stamps are the bus's receive time of the cycle-start frame (SocketCAN: kernel time); pass `clock`
-    (e.g. time.monotonic_ns) to restamp frames on arrival with the clock the cameras use. No frame for
-    `timeout` seconds raises SensorError: a silent USS bus is a fault, not the end of a drive.
+    (e.g. time.monotonic_ns) to restamp frames on arrival with the clock the cameras use. No ultrasonic frame for
+    `timeout` seconds raises SensorError: a silent USS bus is a fault, not the end of a drive. With `odometry` the
+    vehicle's VEH_Motion frames on the same bus (sensors/can/vehicle.dbc) come out too, as Odometry poses
+    (sensors.drivers.can_odometry; their problems in `motion.stats`).
     """
 
     def __init__(self, channel: str, interface: str = "socketcan", bitrate: int | None = None, bus=None,
-                 timeout: float = 1.0, db=None, num_sensors: int = 12, clock: Callable[[], int] | None = None):
+                 timeout: float = 1.0, db=None, num_sensors: int = 12, clock: Callable[[], int] | None = None,
+                 odometry: bool = False):
         self.name = f"{interface}:{channel}"
         self.timeout = timeout
         self.clock = clock
         self.decoder = UssCanDecoder(db, num_sensors)
+        self.motion = _motion_decoder(odometry)
         self._owns_bus = bus is None
         if bus is None:
             kwargs = {"bitrate": bitrate} if bitrate is not None else {}
@@ -540,15 +579,17 @@ class CanUssSource:
                                   f"`ip link set {channel} up type can bitrate 500000`") from None
         self.bus = bus
         lay = self.decoder.layout
-        # Only the three USS ids reach us; SocketCAN filters in the kernel, so a busy vehicle bus costs nothing.
-        self.bus.set_filters([{"can_id": m.frame_id, "can_mask": 0x7FF, "extended": False}
-                              for m in (lay.start, lay.echo, lay.end)])
+        # Only the three USS ids (and VEH_Motion's) reach us; SocketCAN filters in the kernel, so a busy vehicle bus
+        # costs nothing.
+        ids = [m.frame_id for m in (lay.start, lay.echo, lay.end)]
+        ids += sorted(self.motion.frame_ids) if self.motion is not None else []
+        self.bus.set_filters([{"can_id": i, "can_mask": 0x7FF, "extended": False} for i in ids])
 
     @property
     def stats(self) -> dict[str, int]:
         return self.decoder.stats
 
-    def __iter__(self) -> Iterator[UssCycle]:
+    def __iter__(self) -> Iterator:
         last = time.monotonic()
         while True:
             try:
@@ -560,9 +601,12 @@ class CanUssSource:
                     raise SensorError(f"USS CAN bus {self.name}: no ultrasonic frame for {self.timeout:g} s; "
                                       "is the ECU powered and the bus up?")
                 continue
-            last = time.monotonic()
             if self.clock is not None:
                 msg.timestamp = self.clock() / 1e9
+            if self.motion is not None and msg.arbitration_id in self.motion.frame_ids:
+                yield from self.motion.feed(msg)  # odometry does not show that the ultrasonic ECU is alive
+                continue
+            last = time.monotonic()
             yield from self.decoder.feed(msg)
 
     def close(self) -> None:
