@@ -91,7 +91,8 @@ class LayerControls(QWidget):
             legend.addLayout(row)
         self.echo_key = QLabel('<span style="color:#00e6ff">&#9644; direct echo (arc)</span><br>'
                                '<span style="color:#ff50ff">&#9644; cross echo (ellipse)</span><br>'
-                               '<span style="color:#ff2828">&#10005; failed sensor</span>')
+                               '<span style="color:#ff2828">&#10005; failed sensor</span><br>'
+                               '<span style="color:#6e6e6e">&#9636; hatched: recalled by the near-field memory</span>')
         outer = QVBoxLayout(self)
         outer.addLayout(form)
         outer.addLayout(legend)

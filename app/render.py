@@ -22,6 +22,7 @@ DIRECT_COLOR = (0, 230, 255)  # direct echoes: cyan arcs
 CROSS_COLOR = (255, 80, 255)  # cross echoes: magenta ellipse arcs
 LEVEL_COLORS = ((70, 150, 70), (250, 220, 40), (255, 140, 20), (255, 30, 30))  # clear, caution, warning, stop
 FAILED_COLOR = (255, 40, 40)
+RECALLED_COLOR = (235, 235, 235)  # stripes over cells the near-field memory recalled
 FAILED_FILL = (110, 20, 20)  # a failed sensor's cell in the ultrasonic strip
 
 
@@ -124,15 +125,8 @@ def paint_layer(canvas: np.ndarray, view: BevGrid, class_map: np.ndarray, grid: 
     outline=True only the borders of its obstacle regions, in their class colours."""
     if opacity <= 0:
         return
-    s = grid.cell / view.cell
-    origin = np.zeros((1, 2))
-    t = view.to_pixel(origin)[0] - s * grid.to_pixel(origin)[0]
-    # Cell centres map to cell centres; nearest-neighbour sampling then fills each cell's whole square.
-    M = np.array([[s, 0, t[0]], [0, s, t[1]]], np.float64)
-    size = (canvas.shape[1], canvas.shape[0])
-    warp = {"dsize": size, "flags": cv2.INTER_NEAREST, "borderMode": cv2.BORDER_CONSTANT}
-    classes = cv2.warpAffine(class_map, M, borderValue=SemanticClass.FREE, **warp)
-    cover = cv2.warpAffine(np.ones(class_map.shape, np.uint8), M, **warp).astype(bool)
+    classes = _on_view(class_map, grid, view, canvas.shape[:2], SemanticClass.FREE)
+    cover = _on_view(np.ones(class_map.shape, np.uint8), grid, view, canvas.shape[:2], 0).astype(bool)
     if outline:
         obstacle = (classes != SemanticClass.FREE) & (classes != IGNORE) & cover
         inner = cv2.erode(obstacle.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # 2 px borders
@@ -140,6 +134,26 @@ def paint_layer(canvas: np.ndarray, view: BevGrid, class_map: np.ndarray, grid: 
     rgb = colorize(classes)
     a = float(min(max(opacity, 0.0), 1.0))
     canvas[cover] = (canvas[cover] * (1 - a) + rgb[cover] * a).round().astype(np.uint8)
+
+
+def _on_view(cells: np.ndarray, grid: BevGrid, view: BevGrid, shape: tuple[int, int], border: int) -> np.ndarray:
+    """A uint8 array on GRID resampled onto the picture's VIEW grid (same orientation, square cells): cell centres
+    map to cell centres and nearest-neighbour sampling fills each cell's whole square; BORDER outside the grid."""
+    s = grid.cell / view.cell
+    origin = np.zeros((1, 2))
+    t = view.to_pixel(origin)[0] - s * grid.to_pixel(origin)[0]
+    M = np.array([[s, 0, t[0]], [0, s, t[1]]], np.float64)
+    return cv2.warpAffine(np.ascontiguousarray(cells, np.uint8), M, dsize=(shape[1], shape[0]),
+                          flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+
+
+def hatch_cells(canvas: np.ndarray, view: BevGrid, mask: np.ndarray, grid: BevGrid) -> None:
+    """Diagonal light stripes over the cells of MASK (on GRID) in place: what the near-field memory recalled,
+    told apart from what the network saw in this frame while keeping the class colour beneath visible."""
+    cells = _on_view(mask, grid, view, canvas.shape[:2], 0).astype(bool)
+    rows, cols = np.indices(canvas.shape[:2])
+    stripes = cells & ((rows + cols) % 6 < 2)
+    canvas[stripes] = RECALLED_COLOR
 
 
 def _px(view: BevGrid, xy: np.ndarray) -> np.ndarray:
@@ -174,9 +188,11 @@ def sector_polygons(sectors: Sectors, rig: Rig, inner: float = 0.12, width: floa
 
 def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers | None = None,
                 truth: tuple[np.ndarray, BevGrid] | None = None, prediction: tuple[np.ndarray, BevGrid] | None = None,
-                uss: UssCycle | None = None, sectors: Sectors | None = None) -> np.ndarray:
-    """(size, size, 3) RGB picture of the BEV view, car driving up: the prediction filled, the ground truth filled
-    or, over a prediction, outlined; then the sector ring, echo arcs and ellipses, and the sensors."""
+                uss: UssCycle | None = None, sectors: Sectors | None = None,
+                recalled: tuple[np.ndarray, BevGrid] | None = None) -> np.ndarray:
+    """(size, size, 3) RGB picture of the BEV view, car driving up: the prediction filled (the cells the near-field
+    memory recalled, RECALLED, hatched), the ground truth filled or, over a prediction, outlined; then the sector
+    ring, echo arcs and ellipses, and the sensors."""
     layers = layers or Layers()
     view = view_grid(rig, extent, size)
     pic = np.empty((size, size, 3), np.uint8)
@@ -192,6 +208,8 @@ def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers 
     over = prediction is not None and layers.prediction
     if over:
         paint_layer(pic, view, prediction[0], prediction[1], layers.prediction_opacity)
+        if recalled is not None and layers.prediction_opacity > 0:
+            hatch_cells(pic, view, recalled[0], recalled[1])
     if truth is not None and layers.truth:
         paint_layer(pic, view, truth[0], truth[1], layers.truth_opacity, outline=over)
     aa = cv2.LINE_AA
@@ -301,5 +319,6 @@ def legend(width: int, height: int = 26) -> np.ndarray:
     return band
 
 
-__all__ = ["Layers", "bev_picture", "camera_failures", "camera_tile", "echo_curves", "failed_sensors", "legend",
-           "nearest_direct", "paint_layer", "sector_polygons", "uss_strip", "view_grid"]
+__all__ = ["RECALLED_COLOR", "Layers", "bev_picture", "camera_failures", "camera_tile", "echo_curves",
+           "failed_sensors", "hatch_cells", "legend", "nearest_direct", "paint_layer", "sector_polygons", "uss_strip",
+           "view_grid"]

@@ -55,6 +55,11 @@ def truth_grid(frame: Frame, source: FrameSource) -> BevGrid | None:
     return BevGrid(occ.shape[0], occ.shape[1], frame.truth.cell, *source.rig.vehicle.centre)
 
 
+# Frames the viewer replays at most to rebuild the near-field memory after a jump (10 s at 10 Hz); the default decay
+# needs 13.
+MEMORY_CATCH_UP = 100
+
+
 class DriveSession:
     """A log and a model. Every method runs on one thread (the viewer's worker): LogReader and the inference
     backend are not thread-safe."""
@@ -69,6 +74,7 @@ class DriveSession:
         self.pipeline: Pipeline | None = None
         self._evaluator: Evaluator | None = None
         self._truth_sectors: dict[tuple, SectorLayout] = {}
+        self._last: int | None = None  # the frame the pipeline processed last (the near-field memory's place)
 
     def open(self, path: str | Path) -> FrameSource:
         source = FrameSource(path)  # raises before the current log is given up
@@ -78,6 +84,7 @@ class DriveSession:
         if self.pipeline is not None:
             self.pipeline.set_rig(source.rig, str(source.path))
             self._evaluator = None
+        self._last = None
         return source
 
     def set_model(self, model: ZooModel | None) -> None:
@@ -93,6 +100,7 @@ class DriveSession:
                             free_confidence=self.free_confidence, memory_decay=self.memory_decay)
         self._close_pipeline()
         self.pipeline, self.model, self._evaluator = pipeline, model, None
+        self._last = None
 
     @property
     def scale(self) -> int:
@@ -109,7 +117,9 @@ class DriveSession:
         result = pred_grid = None
         miou = None
         if self.pipeline is not None:
+            self._catch_up_memory(k, notes)
             result = self.pipeline.process(frame)
+            self._last = k
             pred_grid = self.pipeline.grid
             if frame.truth is not None:
                 miou = self._miou(frame, result, notes)
@@ -124,6 +134,23 @@ class DriveSession:
             sectors, sectors_of = None, ""
         return FrameView(k, source.time_s(k), frame, self.model.name if self.model else None, result, pred_grid,
                          truth, tgrid, sectors, sectors_of, miou, notes)
+
+    def _catch_up_memory(self, k: int, notes: list[str]) -> None:
+        """Bring the near-field memory to where playing the drive up to frame k leaves it, so that a frame shows the
+        same whether it was played, stepped to, jumped to or redrawn: after frame k - 1 (playing, stepping) or k
+        itself (a redraw: the memory steps the same stamp idempotently) nothing to do; else a fresh memory stepped
+        through the frames before k within its reach (NearFieldMemory.reach; at most MEMORY_CATCH_UP)."""
+        memory = self.pipeline.memory if self.pipeline is not None else None
+        if memory is None or self._last in (k - 1, k):
+            return
+        self.pipeline.reset_memory()
+        reach = memory.reach
+        frames = min(k, MEMORY_CATCH_UP if reach is None else min(reach, MEMORY_CATCH_UP))
+        if reach is None or reach > MEMORY_CATCH_UP:
+            notes.append(f"near-field memory caught up over the {frames} frames before this one only")
+        source = self.require_source()
+        for j in range(k - frames, k):
+            self.pipeline.process(source.frame(j, self.scale))
 
     def _miou(self, frame: Frame, result: FrameResult, notes: list[str]) -> float | None:
         """Mean IoU of the obstacle classes present in this frame's prediction or truth (perception.evaluate)."""
@@ -173,9 +200,9 @@ def compose(view: FrameView, rig, layers: Layers, height: int = 720) -> np.ndarr
         im = view.frame.images.get(cam)
         tiles.append(camera_tile(im.rgb if im is not None else None, cam, failures.get(cam), (tile_w, tile_h)))
     cams = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
-    bev = bev_picture(rig, bev_size, view_extent(view), layers, _layer(view.truth, view.truth_grid),
-                      _layer(view.result.class_map if view.result else None, view.pred_grid), view.frame.uss,
-                      view.sectors)
+    bev = bev_picture(rig, bev_size, view_extent(view), layers, bev_layer(view.truth, view.truth_grid),
+                      bev_layer(view.result.class_map if view.result else None, view.pred_grid), view.frame.uss,
+                      view.sectors, bev_layer(view.result.recalled if view.result else None, view.pred_grid))
     top = np.concatenate([cams, bev], 1)
     width = top.shape[1] + top.shape[1] % 2
     top = np.pad(top, ((0, 0), (0, width - top.shape[1]), (0, 0)))
@@ -196,8 +223,9 @@ def view_extent(view: FrameView) -> float:
     return max(extents) if extents else 16.0
 
 
-def _layer(class_map, grid):
-    return None if class_map is None or grid is None else (class_map, grid)
+def bev_layer(cells, grid):
+    """(cells, grid) for bev_picture, or None when either is missing (no model, no ground truth, memory off)."""
+    return None if cells is None or grid is None else (cells, grid)
 
 
 def write_video(session: DriveSession, path: str | Path, first: int, last: int, layers: Layers,

@@ -27,7 +27,7 @@ from PyQt6.QtWidgets import (
 from app.frames import FrameSource
 from app.panels import ImagePanel, LayerControls, TimelinePlots
 from app.render import Layers, bev_picture, camera_tile, uss_strip
-from app.session import FrameView, view_extent
+from app.session import FrameView, bev_layer, view_extent
 from app.worker import Worker
 from deploy.zoo import MANIFEST, ZooModel, read_zoo
 from sensors.errors import NearfieldError
@@ -422,8 +422,9 @@ class ViewerWindow(QMainWindow):
             panel.set_image(camera_tile(rgb, name, failures.get(name), size))
         pred = (view.result.class_map, view.pred_grid) if view.result is not None else None
         truth = (view.truth, view.truth_grid) if view.truth is not None else None
+        recalled = view.result.recalled if view.result is not None else None
         self.bev.set_image(bev_picture(source.rig, BEV_SIZE, view_extent(view), layers, truth, pred,
-                                       view.frame.uss, view.sectors))
+                                       view.frame.uss, view.sectors, bev_layer(recalled, view.pred_grid)))
         self.uss_panel.set_image(uss_strip(view.frame.uss, source.rig, 720, 64))
         self._update_info()
 

@@ -22,6 +22,7 @@ apart, when time runs backwards, or when the pose jumps farther than a car can m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,16 @@ class NearFieldMemory:
         self.max_speed = float(max_speed_mps)
         self._centres = grid.cell_centres()
         self.reset()
+
+    @property
+    def reach(self) -> int | None:
+        """The oldest age, in frames, at which a remembered obstacle can still be recalled (its evidence, at most 1,
+        times DECAY per frame, is still at least one half): stepping a fresh memory through the `reach` frames
+        before frame k gives frame k exactly what stepping through the whole drive gives it. None: decay 1 never
+        forgets."""
+        if self.decay >= 1.0:
+            return None
+        return math.floor(math.log(0.5) / math.log(self.decay))
 
     def reset(self) -> None:
         """Forget everything (a new drive, a seek)."""

@@ -155,3 +155,35 @@ def test_shapes_that_do_not_match_the_grid_are_refused():
         memory.step(x[:, :10], argmax(x), NONE, Pose2D(0, 0, 0), T0)
     with pytest.raises(ConfigError, match="near mask"):
         NearFieldMemory(GRID, ALL[:10], NONE)
+
+
+@pytest.mark.parametrize("decay", [0.6, 0.9, 0.95])
+def test_the_reach_frames_before_a_frame_give_it_what_the_whole_drive_gives_it(decay):
+    """What the viewer relies on when it jumps: a fresh memory stepped through the `reach` frames before frame k
+    gives frame k the same map as one stepped through every frame from the start, and one frame fewer may not."""
+    rng = np.random.default_rng(7)
+    n = 30
+    logits = rng.normal(0.0, 3.0, (n, NUM_CLASSES, *GRID.shape)).astype(np.float32)
+    logits[:, FREE] += 2.0  # mostly free, with obstacles here and there
+    covered = rng.random((n, *GRID.shape)) < 0.3
+    poses = [Pose2D(0.1 * k, 0.02 * k * k / n, 0.01 * k) for k in range(n)]
+    stamps = [T0 + k * DT for k in range(n)]
+    whole = NearFieldMemory(GRID, ALL, NONE, decay=decay)
+    reach = whole.reach
+    assert decay ** reach >= 0.5 > decay ** (reach + 1)
+    full = [whole.step(logits[k], argmax(logits[k]), covered[k], poses[k], stamps[k]) for k in range(n)]
+    assert sum(int(r.cells.sum()) for _, r in full) > 20  # the memory does recall things on this drive
+    for k in (reach, n // 2, n - 1):
+        window = NearFieldMemory(GRID, ALL, NONE, decay=decay)
+        for j in range(k - reach, k + 1):
+            out, recall = window.step(logits[j], argmax(logits[j]), covered[j], poses[j], stamps[j])
+        assert np.array_equal(out, full[k][0]) and np.array_equal(recall.cells, full[k][1].cells)
+    # An obstacle seen once, then never again: the whole drive still recalls it `reach` frames later...
+    memory = NearFieldMemory(GRID, ALL, NONE, decay=decay)
+    seen, still = cell_of((0.9, 1.1)), Pose2D(0.0, 0.0, 0.0)
+    outs = [step(memory, {seen: LOW} if k == 0 else {}, still, T0 + k * DT)[0] for k in range(reach + 2)]
+    assert [o[seen] for o in outs] == [LOW] * (reach + 1) + [FREE]
+    # ...which a memory started one frame later, with `reach - 1` frames before it, cannot know.
+    late = NearFieldMemory(GRID, ALL, NONE, decay=decay)
+    assert [step(late, {}, still, T0 + k * DT)[0][seen] for k in range(1, reach + 1)][-1] == FREE
+    assert NearFieldMemory(GRID, ALL, NONE, decay=1.0).reach is None  # never forgets

@@ -156,6 +156,28 @@ def test_layers_toggle_and_a_failed_sensor_is_marked(rig):
     assert np.all(patch == FAILED_COLOR, axis=-1).sum() >= 10
 
 
+def test_cells_the_memory_recalled_are_hatched_over_their_class(rig):
+    from app.render import RECALLED_COLOR
+
+    grid = BevGrid.around(rig.vehicle, 16.0, 0.2)
+    pred = np.zeros(grid.shape, np.uint8)
+    pred[5:10, 5:10] = SemanticClass.LOW_OBSTACLE
+    recalled = np.zeros(grid.shape, bool)
+    recalled[5:10, 5:7] = True  # two of the five columns came from the memory
+    layers = Layers(prediction_opacity=1.0)
+    plain = bev_picture(rig, 640, 16.0, layers, prediction=(pred, grid))
+    marked = bev_picture(rig, 640, 16.0, layers, prediction=(pred, grid), recalled=(recalled, grid))
+    changed = np.any(plain != marked, axis=-1)
+    rows, cols = np.nonzero(changed)
+    assert rows.min() >= 5 * 8 and rows.max() < 10 * 8 and cols.min() >= 5 * 8 and cols.max() < 7 * 8  # only there
+    block = marked[5 * 8:10 * 8, 5 * 8:7 * 8]
+    stripes = np.all(block == RECALLED_COLOR, axis=-1).mean()
+    low = np.all(block == CLASS_COLORS[SemanticClass.LOW_OBSTACLE], axis=-1).mean()
+    assert 0.2 < stripes < 0.45 and stripes + low == 1.0  # striped, the class colour still between the stripes
+    hidden = bev_picture(rig, 640, 16.0, Layers(prediction=False), prediction=(pred, grid), recalled=(recalled, grid))
+    assert np.array_equal(hidden, bev_picture(rig, 640, 16.0, Layers(prediction=False)))  # with its layer off
+
+
 def test_sector_bands_lie_just_outside_the_body(rig):
     grid = BevGrid.around(rig.vehicle, 16.0, 0.2)
     sectors = SectorLayout(rig, grid)(np.zeros(grid.shape, np.uint8))
@@ -218,6 +240,35 @@ def test_bad_and_truncated_logs(drive, tmp_path):
 
 
 # --- models on frames ---------------------------------------------------------------------------------------------
+
+def test_a_frame_shows_the_same_memory_however_it_was_reached(drive, zoo):
+    """Jumping, stepping back and redrawing give a frame what playing the drive gives it: after a jump the session
+    replays the frames within the memory's reach, and no more."""
+    def session_with_memory():
+        session = DriveSession(threads=1, memory_decay=0.6)  # reach 1: one frame back is enough
+        session.open(drive)
+        session.set_model(zoo["tiny-vehicle"])
+        processed = []
+        real = session.pipeline.process
+        session.pipeline.process = lambda frame: processed.append(frame.index) or real(frame)
+        return session, processed
+
+    played, _ = session_with_memory()
+    jumped, processed = session_with_memory()
+    try:
+        assert played.pipeline.memory.reach == 1
+        reference = [played.view(k).result for k in range(6)]
+        for k, expected_calls in ((4, [3, 4]), (4, [4]), (5, [5]), (2, [1, 2]), (0, [0])):
+            processed.clear()
+            result = jumped.view(k).result
+            assert processed == expected_calls, (k, processed)
+            assert np.array_equal(result.class_map, reference[k].class_map)
+            assert np.array_equal(result.recalled, reference[k].recalled)
+            assert result.degraded == reference[k].degraded
+    finally:
+        played.close()
+        jumped.close()
+
 
 def test_a_model_runs_on_frames_with_iou_against_the_truth(drive, zoo, tmp_path):
     session = DriveSession(threads=1)
