@@ -6,15 +6,19 @@ cameras see little there either. A kerb or a bollard that the front corner senso
 there when it is beside the door; a parking system remembers it (cf. the USS environment maps of production
 parking systems, built with wheel odometry).
 
-Per frame, on the BEV grid:
-1. The previous frame's memory (obstacle evidence in [0, 1] and its obstacle class, per cell) is moved into the
-   current vehicle frame with the relative pose between the two odometry poses (nearest cell) and multiplied by
-   DECAY, so that what moved away and the odometry's drift fade.
-2. Where an ultrasonic beam reaches this cycle (the raster's coverage channel) the evidence is this frame's
-   only: the sensor looks there now, and a memory would keep the trail of whatever moved.
-3. Elsewhere the evidence is the larger of this frame's obstacle probability (1 - P(free)) and the memory's.
+The memory is a set of obstacle points fixed in the odometry ("odom") frame: every cell where the network's
+obstacle evidence (1 - P(free)) is at least one half, at its centre, with that evidence and its obstacle class.
+Points stay where they were seen, so motions of a fraction of a cell per frame add up exactly (a grid resampled from
+frame to frame would round every one of them). Per frame:
+1. The points are brought into the current vehicle frame with the odometry pose and their evidence multiplied by
+   DECAY, so that what moved away and the odometry's drift fade; those below one half are forgotten.
+2. Points in cells that an ultrasonic beam reaches this cycle (the raster's coverage channel) are forgotten: the
+   sensor looks there now, and a memory would keep the trail of whatever moved.
+3. A cell's evidence is the larger of this frame's and that of the points in it (the class of the strongest).
 4. Within the near field (NEAR), a cell that the class map calls free but whose evidence is at least one half
    gets the remembered obstacle class. Memory only adds obstacles; it never clears what the network sees.
+5. This frame's obstacle cells join the points (points closer than POINT_MERGE_M keep the stronger one, so a
+   parked car does not pile up copies).
 
 The memory starts empty and resets, with a reason, when a frame has no odometry, when frames are more than MAX_GAP_S
 apart, when time runs backwards, or when the pose jumps farther than a car can move in the gap.
@@ -38,6 +42,7 @@ from sensors.geometry import Pose2D
 DEFAULT_DECAY = 0.95
 MAX_GAP_S = 0.5  # a longer gap between frames (dropped frames, a seek in the viewer) starts a fresh memory
 MAX_SPEED_MPS = 15.0  # faster than any parking manoeuvre: an odometry jump, not a motion
+POINT_MERGE_M = 0.025  # points on the same 2.5 cm lattice of the odom frame are one (the stronger is kept)
 # The `--memory [DECAY]` option of eval, run and view.
 MEMORY_HELP = ("near-field memory: obstacles carried with the log's odometry into the cells no sensor sees now, their "
                f"evidence times DECAY per frame (0..1; {DEFAULT_DECAY:g} without a value; default: off)")
@@ -78,6 +83,8 @@ class NearFieldMemory:
         self.max_gap_ns = int(max_gap_s * 1e9)
         self.max_speed = float(max_speed_mps)
         self._centres = grid.cell_centres()
+        # How far outside the grid points are kept (a car reversing brings them back); farther ones are forgotten.
+        self._margin = 0.5 * max(grid.rows, grid.cols) * grid.cell
         self.reset()
 
     @property
@@ -92,11 +99,17 @@ class NearFieldMemory:
 
     def reset(self) -> None:
         """Forget everything (a new drive, a seek)."""
-        self._evidence: np.ndarray | None = None
-        self._classes: np.ndarray | None = None
+        self._points = np.zeros((0, 2))  # odom-frame (x, y) of remembered obstacle cells
+        self._evidence = np.zeros(0, np.float32)
+        self._classes = np.zeros(0, np.uint8)
         self._pose: Pose2D | None = None
         self._stamp: int | None = None
-        self._before: tuple = (None, None, None, None)
+        self._before: tuple = (self._points, self._evidence, self._classes, None, None)
+
+    @property
+    def points(self) -> int:
+        """How many obstacle points the memory holds."""
+        return len(self._points)
 
     def step(self, logits: np.ndarray, classes: np.ndarray, covered: np.ndarray, pose: Pose2D | None,
              stamp_ns: int) -> tuple[np.ndarray, Recall]:
@@ -116,23 +129,56 @@ class NearFieldMemory:
             return np.asarray(classes, np.uint8).copy(), Recall(np.zeros(self.grid.shape, bool), "no odometry")
         if self._stamp is not None and int(stamp_ns) == self._stamp:
             # The same frame again (a viewer redrawing it): step from the state before it, so that it gives the same.
-            self._evidence, self._classes, self._pose, self._stamp = self._before
-        self._before = (self._evidence, self._classes, self._pose, self._stamp)
+            self._points, self._evidence, self._classes, self._pose, self._stamp = self._before
+        self._before = (self._points, self._evidence, self._classes, self._pose, self._stamp)
         reason = self._restart_reason(pose, stamp_ns)
         if reason:
             self.reset()
-        from_memory = np.zeros(self.grid.shape, bool)
-        if self._evidence is not None:
-            moved, moved_classes = self._moved(pose)
-            remembered = (moved * np.float32(self.decay)) * ~np.asarray(covered, bool)
-            from_memory = remembered > evidence
-            evidence = np.where(from_memory, remembered, evidence)
-            kinds = np.where(from_memory, moved_classes, kinds).astype(np.uint8)
-        self._evidence, self._classes = evidence, kinds
+        remembered, remembered_classes = self._recall(pose, np.asarray(covered, bool))
+        from_memory = remembered > evidence
+        cells = self.near & ~self.ego & (np.asarray(classes) == SemanticClass.FREE) & from_memory & (remembered >= 0.5)
+        out = np.where(cells, remembered_classes, classes).astype(np.uint8)
+        seen = (evidence >= 0.5) & ~self.ego
+        self._remember(pose.to_world(self._centres[seen]), evidence[seen], kinds[seen])
         self._pose, self._stamp = pose, int(stamp_ns)
-        cells = self.near & ~self.ego & (np.asarray(classes) == SemanticClass.FREE) & from_memory & (evidence >= 0.5)
-        out = np.where(cells, kinds, classes).astype(np.uint8)
         return out, Recall(cells, reason)
+
+    def _recall(self, pose: Pose2D, covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decay the points, forget the weak, the covered and the far ones, and rasterise the rest in POSE's
+        vehicle frame: (evidence, class) per cell, 0 and FREE where no point lies."""
+        evidence = np.zeros(self.grid.shape, np.float32)
+        kinds = np.full(self.grid.shape, SemanticClass.FREE, np.uint8)
+        if not len(self._points):
+            return evidence, kinds
+        e = self._evidence * np.float32(self.decay)
+        local = pose.to_local(self._points)
+        rc = np.floor(self.grid.to_cell(local)).astype(np.int64)
+        r, c = rc[:, 0], rc[:, 1]
+        inside = (r >= 0) & (r < self.grid.rows) & (c >= 0) & (c < self.grid.cols)
+        r, c = np.where(inside, r, 0), np.where(inside, c, 0)
+        near_grid = np.all(np.abs(self.grid.to_cell(local) - np.array(self.grid.shape) / 2)
+                           <= np.array(self.grid.shape) / 2 + self._margin / self.grid.cell, axis=1)
+        keep = (e >= 0.5) & ~(inside & covered[r, c]) & near_grid
+        self._points, self._evidence, self._classes = self._points[keep], e[keep], self._classes[keep]
+        r, c, e, inside = r[keep], c[keep], e[keep], inside[keep]
+        rows, cols, e_in = r[inside], c[inside], e[inside]
+        np.maximum.at(evidence, (rows, cols), e_in)
+        strongest = e_in == evidence[rows, cols]  # a cell takes the class of its strongest point
+        kinds[rows[strongest], cols[strongest]] = self._classes[inside][strongest]
+        return evidence, kinds
+
+    def _remember(self, points: np.ndarray, evidence: np.ndarray, kinds: np.ndarray) -> None:
+        """Add this frame's obstacle cells; points on the same POINT_MERGE_M lattice site keep the strongest."""
+        points = np.concatenate([self._points, points])
+        evidence = np.concatenate([self._evidence, evidence.astype(np.float32)])
+        kinds = np.concatenate([self._classes, kinds.astype(np.uint8)])
+        site = np.round(points / POINT_MERGE_M).astype(np.int64)
+        order = np.lexsort((-evidence, site[:, 1], site[:, 0]))  # per site, strongest first
+        site = site[order]
+        first = np.ones(len(order), bool)
+        first[1:] = np.any(site[1:] != site[:-1], axis=1)
+        keep = order[first]
+        self._points, self._evidence, self._classes = points[keep], evidence[keep], kinds[keep]
 
     def _restart_reason(self, pose: Pose2D, stamp_ns: int) -> str:
         if self._stamp is None or self._pose is None:
@@ -146,15 +192,6 @@ class NearFieldMemory:
         if moved > self.max_speed * gap / 1e9 + 0.5:
             return f"odometry jumped {moved:.1f} m in {gap / 1e6:.0f} ms"
         return ""
-
-    def _moved(self, pose: Pose2D) -> tuple[np.ndarray, np.ndarray]:
-        """The stored evidence and classes resampled into POSE's vehicle frame (nearest cell; outside: nothing)."""
-        prev = self._pose.to_local(pose.to_world(self._centres))
-        rc = np.floor(self.grid.to_cell(prev)).astype(np.int64)
-        r, c = rc[..., 0], rc[..., 1]
-        inside = (r >= 0) & (r < self.grid.rows) & (c >= 0) & (c < self.grid.cols)
-        r, c = np.clip(r, 0, self.grid.rows - 1), np.clip(c, 0, self.grid.cols - 1)
-        return np.where(inside, self._evidence[r, c], 0.0), np.where(inside, self._classes[r, c], SemanticClass.FREE)
 
 
 __all__ = ["DEFAULT_DECAY", "MEMORY_HELP", "NearFieldMemory", "Recall", "check_decay"]

@@ -187,3 +187,18 @@ def test_the_reach_frames_before_a_frame_give_it_what_the_whole_drive_gives_it(d
     late = NearFieldMemory(GRID, ALL, NONE, decay=decay)
     assert [step(late, {}, still, T0 + k * DT)[0][seen] for k in range(1, reach + 1)][-1] == FREE
     assert NearFieldMemory(GRID, ALL, NONE, decay=1.0).reach is None  # never forgets
+
+
+@pytest.mark.parametrize("per_frame", [0.05, 0.13, 0.29])
+def test_a_creeping_car_leaves_the_obstacle_where_it_is_not_a_cell_per_frame(per_frame):
+    """Motions of a fraction of a cell per frame add up: resampling the memory frame by frame would round each
+    one (and leave the obstacle stuck to the car, or move it a whole cell a frame)."""
+    memory = NearFieldMemory(GRID, ALL, NONE, decay=1.0)
+    seen_at = np.array([1.5, 1.1])
+    step(memory, {cell_of(seen_at): LOW}, Pose2D(0.0, 0.0, 0.0), T0)
+    frames = int(round(0.8 / per_frame))
+    for k in range(1, frames + 1):
+        out, recall = step(memory, {}, Pose2D(k * per_frame, 0.0, 0.0), T0 + k * DT)
+    travelled = frames * per_frame
+    expected = cell_of(seen_at - [travelled, 0.0])  # the obstacle stays where it was: behind by what the car drove
+    assert recall.cells.sum() == 1 and out[expected] == LOW, (np.argwhere(recall.cells), expected)
