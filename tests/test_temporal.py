@@ -196,7 +196,7 @@ def test_a_creeping_car_leaves_the_obstacle_where_it_is_not_a_cell_per_frame(per
     memory = NearFieldMemory(GRID, ALL, NONE, decay=1.0)
     seen_at = np.array([1.5, 1.1])
     step(memory, {cell_of(seen_at): LOW}, Pose2D(0.0, 0.0, 0.0), T0)
-    frames = int(round(0.8 / per_frame))
+    frames = round(0.8 / per_frame)
     for k in range(1, frames + 1):
         out, recall = step(memory, {}, Pose2D(k * per_frame, 0.0, 0.0), T0 + k * DT)
     travelled = frames * per_frame
