@@ -17,8 +17,9 @@ frame to frame would round every one of them). Per frame:
 3. A cell's evidence is the larger of this frame's and that of the points in it (the class of the strongest).
 4. Within the near field (NEAR), a cell that the class map calls free but whose evidence is at least one half
    gets the remembered obstacle class. Memory only adds obstacles; it never clears what the network sees.
-5. This frame's obstacle cells join the points (points closer than POINT_MERGE_M keep the stronger one, so a
-   parked car does not pile up copies).
+5. This frame's obstacle cells stronger than what the memory holds there join the points, in place of the weaker
+   points in those cells (which, decaying alike, would stay weaker for good), so a parked car does not pile up
+   copies and a cell holds about one point.
 
 The memory starts empty and resets, with a reason, when a frame has no odometry, when frames are more than MAX_GAP_S
 apart, when time runs backwards, or when the pose jumps farther than a car can move in the gap.
@@ -42,7 +43,6 @@ from sensors.geometry import Pose2D
 DEFAULT_DECAY = 0.95
 MAX_GAP_S = 0.5  # a longer gap between frames (dropped frames, a seek in the viewer) starts a fresh memory
 MAX_SPEED_MPS = 15.0  # faster than any parking manoeuvre: an odometry jump, not a motion
-POINT_MERGE_M = 0.025  # points on the same 2.5 cm lattice of the odom frame are one (the stronger is kept)
 # The `--memory [DECAY]` option of eval, run and view.
 MEMORY_HELP = ("near-field memory: obstacles carried with the log's odometry into the cells no sensor sees now, their "
                f"evidence times DECAY per frame (0..1; {DEFAULT_DECAY:g} without a value; default: off)")
@@ -134,30 +134,34 @@ class NearFieldMemory:
         reason = self._restart_reason(pose, stamp_ns)
         if reason:
             self.reset()
-        remembered, remembered_classes = self._recall(pose, np.asarray(covered, bool))
+        remembered, remembered_classes, (r, c) = self._recall(pose, np.asarray(covered, bool))
         from_memory = remembered > evidence
         cells = self.near & ~self.ego & (np.asarray(classes) == SemanticClass.FREE) & from_memory & (remembered >= 0.5)
         out = np.where(cells, remembered_classes, classes).astype(np.uint8)
-        seen = (evidence >= 0.5) & ~self.ego
-        self._remember(pose.to_world(self._centres[seen]), evidence[seen], kinds[seen])
+        new = (evidence >= 0.5) & ~self.ego & (evidence > remembered)
+        weaker = (r >= 0) & new[r, c]  # old points in those cells (r = -1: outside): outlived by the new ones
+        self._points = np.concatenate([self._points[~weaker], pose.to_world(self._centres[new])])
+        self._evidence = np.concatenate([self._evidence[~weaker], evidence[new]])
+        self._classes = np.concatenate([self._classes[~weaker], kinds[new].astype(np.uint8)])
         self._pose, self._stamp = pose, int(stamp_ns)
         return out, Recall(cells, reason)
 
-    def _recall(self, pose: Pose2D, covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _recall(self, pose: Pose2D, covered: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
         """Decay the points, forget the weak, the covered and the far ones, and rasterise the rest in POSE's
-        vehicle frame: (evidence, class) per cell, 0 and FREE where no point lies."""
+        vehicle frame: (evidence, class) per cell, 0 and FREE where no point lies, and each kept point's cell
+        (rows, cols; -1 outside the grid)."""
         evidence = np.zeros(self.grid.shape, np.float32)
         kinds = np.full(self.grid.shape, SemanticClass.FREE, np.uint8)
         if not len(self._points):
-            return evidence, kinds
+            return evidence, kinds, (np.zeros(0, np.int64), np.zeros(0, np.int64))
         e = self._evidence * np.float32(self.decay)
-        local = pose.to_local(self._points)
-        rc = np.floor(self.grid.to_cell(local)).astype(np.int64)
+        frac = self.grid.to_cell(pose.to_local(self._points))  # fractional (row, col) in this frame
+        rc = np.floor(frac).astype(np.int64)
         r, c = rc[:, 0], rc[:, 1]
         inside = (r >= 0) & (r < self.grid.rows) & (c >= 0) & (c < self.grid.cols)
         r, c = np.where(inside, r, 0), np.where(inside, c, 0)
-        near_grid = np.all(np.abs(self.grid.to_cell(local) - np.array(self.grid.shape) / 2)
-                           <= np.array(self.grid.shape) / 2 + self._margin / self.grid.cell, axis=1)
+        half = np.array(self.grid.shape) / 2
+        near_grid = np.all(np.abs(frac - half) <= half + self._margin / self.grid.cell, axis=1)
         keep = (e >= 0.5) & ~(inside & covered[r, c]) & near_grid
         self._points, self._evidence, self._classes = self._points[keep], e[keep], self._classes[keep]
         r, c, e, inside = r[keep], c[keep], e[keep], inside[keep]
@@ -165,20 +169,7 @@ class NearFieldMemory:
         np.maximum.at(evidence, (rows, cols), e_in)
         strongest = e_in == evidence[rows, cols]  # a cell takes the class of its strongest point
         kinds[rows[strongest], cols[strongest]] = self._classes[inside][strongest]
-        return evidence, kinds
-
-    def _remember(self, points: np.ndarray, evidence: np.ndarray, kinds: np.ndarray) -> None:
-        """Add this frame's obstacle cells; points on the same POINT_MERGE_M lattice site keep the strongest."""
-        points = np.concatenate([self._points, points])
-        evidence = np.concatenate([self._evidence, evidence.astype(np.float32)])
-        kinds = np.concatenate([self._classes, kinds.astype(np.uint8)])
-        site = np.round(points / POINT_MERGE_M).astype(np.int64)
-        order = np.lexsort((-evidence, site[:, 1], site[:, 0]))  # per site, strongest first
-        site = site[order]
-        first = np.ones(len(order), bool)
-        first[1:] = np.any(site[1:] != site[:-1], axis=1)
-        keep = order[first]
-        self._points, self._evidence, self._classes = points[keep], evidence[keep], kinds[keep]
+        return evidence, kinds, (np.where(inside, r, -1), np.where(inside, c, -1))
 
     def _restart_reason(self, pose: Pose2D, stamp_ns: int) -> str:
         if self._stamp is None or self._pose is None:
