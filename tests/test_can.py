@@ -436,7 +436,7 @@ def test_log_to_can_converts_only_uss_topic_and_writes_whole_files(tmp_path, mon
     src = tmp_path / "drive.mcap"
     src.write_bytes(b"")
     out = tmp_path / "drive.log"
-    assert log_to_can(src, out) == (4, sum(c.num_echoes + 2 for c in cycles))
+    assert log_to_can(src, out) == (4, 0, sum(c.num_echoes + 2 for c in cycles))
     for g, c in zip(read_can_log(out), cycles, strict=True):
         assert_same(g, c)
     # A cycle that cannot be encoded aborts the conversion and leaves no half-written output behind.
@@ -470,17 +470,26 @@ def test_distance_limits_are_exact():
         encode_cycle(top)
 
 
-def test_convert_to_can_end_to_end_from_mcap(tmp_path, rig):
+def test_convert_to_can_end_to_end_from_mcap(tmp_path, rig, capsys):
     from app.cli import main
     from sensors.log_writer import LogWriter
 
     cycles = [make_cycle(i, T0 + 123_456_789 + i * 66_666_667, n=2 + i % 4) for i in range(8)]
     drive = tmp_path / "drive.mcap"
+    from sensors.geometry import Pose2D
+    from sensors.messages import Odometry
+
+    odometry = [Odometry(T0 + k * 20_000_000, Pose2D(0.02 * k, 0.0, 0.0)) for k in range(30)]  # 1 m/s ahead
     with LogWriter(drive, rig) as writer:
         for c in cycles:
             writer.write_uss(c)
+        for o in odometry:
+            writer.write_odometry(o)
     out = tmp_path / "drive.log"
     assert main(["convert", "to-can", str(drive), str(out)]) == 0
+    assert "8 ultrasonic cycles and 30 odometry samples in" in capsys.readouterr().out
+    poses = [o.pose.x for o in read_can_log(out, odometry=True) if isinstance(o, Odometry)]
+    assert np.allclose(poses, [o.pose.x for o in odometry], atol=1e-3)
     decoder = UssCanDecoder()
     got = list(read_can_log(out, decoder=decoder))
     assert len(got) == len(cycles) and decoder.stats["counter_jumps"] == 0

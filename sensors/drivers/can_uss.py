@@ -495,10 +495,10 @@ def write_can_log(cycles: Iterable, path: str | Path, db=None, channel: str = "c
     return count
 
 
-def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str = "can0") -> tuple[int, int]:
+def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str = "can0") -> tuple[int, int, int]:
     """Write the ultrasonic cycles of a nearfield log (MCAP) as a CAN log (.log candump, .asc, .blf) encoded with
     the USS DBC, and its odometry as the vehicle DBC's VEH_Motion frames, in time order, so standard CAN tools can
-    read them; returns (cycles, frames). The output appears only whole."""
+    read them; returns (cycles, odometry samples, frames). The output appears only whole."""
     log_path, out_path = Path(log_path), Path(out_path)
     if not log_path.is_file():
         raise LogFormatError(f"{log_path}: no such log file")
@@ -509,12 +509,12 @@ def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str
     from sensors.log import LogReader
     from sensors.schemas import ODOMETRY_TOPIC, USS_TOPIC
 
-    counted = {"cycles": 0}
+    counted = {USS_TOPIC: 0, ODOMETRY_TOPIC: 0}
 
     def cycles() -> Iterator:
         with LogReader(log_path) as reader:
             for record in reader.messages(topics=[USS_TOPIC, ODOMETRY_TOPIC]):
-                counted["cycles"] += record.topic == USS_TOPIC
+                counted[record.topic] += 1
                 yield record.value
 
     partial = out_path.with_name(f"{out_path.stem}.partial{out_path.suffix}")
@@ -524,9 +524,9 @@ def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str
         partial.unlink(missing_ok=True)
         raise
     partial.replace(out_path)
-    if not counted["cycles"]:
-        log.warning("%s: no ultrasonic cycles (%s); %s holds no frames", log_path, USS_TOPIC, out_path)
-    return counted["cycles"], n_frames
+    if not counted[USS_TOPIC]:
+        log.warning("%s: no ultrasonic cycles (%s); %s holds no ultrasonic frames", log_path, USS_TOPIC, out_path)
+    return counted[USS_TOPIC], counted[ODOMETRY_TOPIC], n_frames
 
 
 def benchmark_codec(num_cycles: int = 300, echoes: int = 24, seed: int = 0) -> dict[str, float]:

@@ -45,8 +45,8 @@ def _to_can(args) -> int:
     from sensors.drivers.can_uss import load_dbc, log_to_can
 
     db = load_dbc(args.dbc) if args.dbc else None
-    cycles, frames = log_to_can(args.log, args.out, db=db, channel=args.channel)
-    print(f"{args.out}: {cycles} ultrasonic cycles in {frames} CAN frames")
+    cycles, odometry, frames = log_to_can(args.log, args.out, db=db, channel=args.channel)
+    print(f"{args.out}: {cycles} ultrasonic cycles and {odometry} odometry samples in {frames} CAN frames")
     return 0
 
 
