@@ -17,8 +17,6 @@ from sensors.rig import load_rig
 
 log = logging.getLogger(__name__)
 
-CAN_LOG_SUFFIXES = (".log", ".asc", ".blf")
-
 
 @dataclass
 class RecordResult:
@@ -29,6 +27,8 @@ class RecordResult:
 
 
 def _is_can_file(spec: str) -> bool:
+    from sensors.drivers.can_log import CAN_LOG_SUFFIXES
+
     return Path(spec).suffix.lower() in CAN_LOG_SUFFIXES and Path(spec).is_file()
 
 
@@ -130,7 +130,7 @@ class _CanFileReplay:
     time."""
 
     def __init__(self, path: str, clock):
-        from sensors.drivers.can_uss import read_can_log
+        from sensors.drivers.can_log import read_can_log
 
         self.path, self.clock = path, clock
         self._cycles = read_can_log(path, odometry=True)

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sensors.drivers.can_log import read_can_log, write_can_log
 from sensors.drivers.can_uss import (
     DBC_PATH,
     CanUssSource,
@@ -25,8 +26,6 @@ from sensors.drivers.can_uss import (
     frame_crc,
     load_dbc,
     quantisation_step,
-    read_can_log,
-    write_can_log,
 )
 from sensors.errors import LogFormatError, SensorError
 from sensors.messages import UssCycle, UssStatus
@@ -418,7 +417,7 @@ def test_log_to_can_converts_only_uss_topic_and_writes_whole_files(tmp_path, mon
     import types
     from dataclasses import dataclass
 
-    from sensors.drivers.can_uss import log_to_can
+    from sensors.drivers.can_log import log_to_can
     from sensors.schemas import USS_TOPIC
 
     @dataclass

@@ -92,7 +92,7 @@ def test_the_encoder_refuses_what_the_signals_cannot_carry():
 
 
 def test_a_can_log_carries_odometry_beside_the_ultrasonics(tmp_path):
-    from sensors.drivers.can_uss import read_can_log, write_can_log
+    from sensors.drivers.can_log import read_can_log, write_can_log
 
     cycles = [UssCycle(T0 + k * 100_000_000, k, np.array([0]), np.array([0]), np.array([1.0]), np.array([0.5]))
               for k in range(3)]

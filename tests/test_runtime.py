@@ -425,7 +425,7 @@ def test_live_video_files_and_can_log(world, tmp_path, rig):
     """Video files (one per camera, played in real time) and a CAN log of the drive's ultrasonics, through the
     synchroniser into the runtime, as on the car."""
     from sensors.drivers.camera import write_video
-    from sensors.drivers.can_uss import log_to_can
+    from sensors.drivers.can_log import log_to_can
 
     small = rig.scaled(0.25)
     (tmp_path / "rig.toml").write_text(small.to_toml())
@@ -457,7 +457,7 @@ def test_live_video_files_and_can_log(world, tmp_path, rig):
     restarted = [r for r in remembered if any(d.startswith("near-field memory restarted") for d in r.degraded)]
     assert len(remembered) >= 6 and len(restarted) <= len(remembered) // 2, [r.degraded for r in remembered]
     # Without VEH_Motion frames on the bus every frame says that the memory had nothing to carry it.
-    from sensors.drivers.can_uss import read_can_log, write_can_log
+    from sensors.drivers.can_log import read_can_log, write_can_log
 
     write_can_log(list(read_can_log(tmp_path / "uss.log")), tmp_path / "uss-only.log")
     (tmp_path / "no-odometry.toml").write_text(config.read_text().replace('"uss.log"', '"uss-only.log"'))

@@ -158,5 +158,12 @@ class OdometryCanDecoder:
         (log.warning if self._logged <= _LOUD_PROBLEMS else log.debug)("%s", text)
 
 
+def motion_decoder(odometry) -> OdometryCanDecoder | None:
+    """The OdometryCanDecoder that VEH_Motion frames go to (odometry: None/False, True or a decoder), or None."""
+    if odometry is None or odometry is False:
+        return None
+    return OdometryCanDecoder() if odometry is True else odometry
+
+
 __all__ = ["DBC_PATH", "MAX_GAP_S", "MOTION", "STAT_KEYS", "OdometryCanDecoder", "OdometryCanEncoder",
-           "encode_odometry", "load_vehicle_dbc", "motion_frame_ids"]
+           "encode_odometry", "load_vehicle_dbc", "motion_decoder", "motion_frame_ids"]

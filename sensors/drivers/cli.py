@@ -42,7 +42,8 @@ def register(commands, bench) -> None:
 
 
 def _to_can(args) -> int:
-    from sensors.drivers.can_uss import load_dbc, log_to_can
+    from sensors.drivers.can_log import log_to_can
+    from sensors.drivers.can_uss import load_dbc
 
     db = load_dbc(args.dbc) if args.dbc else None
     cycles, odometry, frames = log_to_can(args.log, args.out, db=db, channel=args.channel)
