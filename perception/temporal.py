@@ -124,9 +124,11 @@ class NearFieldMemory:
                               f"{self.grid.shape}")
         evidence = (1.0 - free_probability(logits)).astype(np.float32)
         kinds = obstacle_class(logits)
-        if pose is None:  # nothing to carry the memory with: this frame stands alone, the next one starts afresh
+        if pose is None or not all(math.isfinite(v) for v in (pose.x, pose.y, pose.yaw)):
+            # Nothing to carry the memory with: this frame stands alone, the next one starts afresh.
             self.reset()
-            return np.asarray(classes, np.uint8).copy(), Recall(np.zeros(self.grid.shape, bool), "no odometry")
+            why = "no odometry" if pose is None else f"odometry not finite ({pose.x}, {pose.y}, {pose.yaw})"
+            return np.asarray(classes, np.uint8).copy(), Recall(np.zeros(self.grid.shape, bool), why)
         if self._stamp is not None and int(stamp_ns) == self._stamp:
             # The same frame again (a viewer redrawing it): step from the state before it, so that it gives the same.
             self._points, self._evidence, self._classes, self._pose, self._stamp = self._before

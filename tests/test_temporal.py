@@ -110,6 +110,7 @@ def test_the_ego_footprint_is_never_recalled():
 
 @pytest.mark.parametrize("pose2, stamp2, reason", [
     (None, T0 + DT, "no odometry"),
+    (Pose2D(0.1, float("nan"), 0.0), T0 + DT, "odometry not finite (0.1, nan, 0.0)"),
     (Pose2D(0.0, 0.0, 0.0), T0 + 6 * DT, "0.60 s since the last frame"),
     (Pose2D(0.0, 0.0, 0.0), T0 - DT, "time ran backwards by 100 ms"),
     (Pose2D(3.0, 0.0, 0.0), T0 + DT, "odometry jumped 3.0 m in 100 ms"),
