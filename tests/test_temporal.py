@@ -203,3 +203,22 @@ def test_a_creeping_car_leaves_the_obstacle_where_it_is_not_a_cell_per_frame(per
     travelled = frames * per_frame
     expected = cell_of(seen_at - [travelled, 0.0])  # the obstacle stays where it was: behind by what the car drove
     assert recall.cells.sum() == 1 and out[expected] == LOW, (np.argwhere(recall.cells), expected)
+
+
+@pytest.mark.parametrize("motion", ["parked", "circling"])
+def test_the_memory_stays_bounded_over_a_long_drive_even_when_it_never_forgets(motion):
+    """Decay 1 forgets nothing by fading: what bounds the memory is one point per cell where a new one is seen and
+    forgetting what lies far outside the grid. 600 frames (a minute) of dense obstacles."""
+    rng = np.random.default_rng(3)
+    memory = NearFieldMemory(GRID, ALL, NONE, decay=1.0)
+    counts = []
+    for k in range(600):
+        x = rng.normal(0.0, 2.0, (NUM_CLASSES, *GRID.shape)).astype(np.float32)
+        a = 0.0 if motion == "parked" else 0.05 * k
+        pose = Pose2D(5 * math.sin(a), 5 * (1 - math.cos(a)), a)  # a 5 m circle at 2.5 m/s
+        memory.step(x, argmax(x), rng.random(GRID.shape) < 0.2, pose, T0 + k * DT)
+        counts.append(memory.points)
+    cells = GRID.rows * GRID.cols
+    # Bounded by the cells in and around the grid (the margin is half the grid on each side: 4x its area).
+    assert max(counts) <= 4 * cells
+    assert max(counts[300:]) <= 1.2 * max(counts[:300])  # no growth in the second half
