@@ -23,6 +23,7 @@ from perception.model import FusionNet
 from perception.postprocess import check_free_confidence, class_map, near_mask
 from perception.temporal import NearFieldMemory, check_decay
 from perception.uss_raster import COVERAGE
+from sensors.classes import IGNORE, SemanticClass
 from sensors.errors import ConfigError
 from sensors.rig import Rig
 
@@ -39,7 +40,8 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
 
     memory_decay: the near-field memory (perception.temporal) with this decay, run over each drive's frames in
     order with the odometry of dataset.meta; the result then has "memory" (decay, frames without odometry, cells
-    recalled). A dataset without odometry is refused: there would be nothing to carry the memory with."""
+    recalled, how many of them are obstacles in the target and that share: the precision of the recalls alone). A
+    dataset without odometry is refused: there would be nothing to carry the memory with."""
     device = torch.device(device)
     grid = model.config.bev.grid(rig)
     ego = ego_mask(rig.vehicle, grid)
@@ -49,7 +51,7 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
         check_free_confidence(free_confidence)
     meta = getattr(dataset, "meta", None)
     memory = _memory(meta, grid, near, ego, memory_decay)
-    drive, no_odometry, recalled = None, 0, 0
+    drive, no_odometry, recalled, recalled_true = None, 0, 0, 0
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
@@ -73,15 +75,19 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
                         drive = m.drive
                     out, recall = memory.step(logits[k], out, covered, m.odometry, m.stamp_ns)
                     no_odometry += m.odometry is None
+                target = batch["target"][k].numpy()
+                if memory is not None:  # the recalls alone: how many are obstacles in the target
                     recalled += int(recall.cells.sum())
-                evaluator.update(out, batch["target"][k].numpy(), m.conditions if m is not None else (), where,
-                                 covered=covered)
+                    recalled_true += int((recall.cells & (target != SemanticClass.FREE) & (target != IGNORE)).sum())
+                evaluator.update(out, target, m.conditions if m is not None else (), where, covered=covered)
                 i += 1
     finally:
         model.train(was_training)
     result = evaluator.result()
     if memory is not None:
-        result["memory"] = {"decay": memory.decay, "frames_without_odometry": no_odometry, "recalled_cells": recalled}
+        result["memory"] = {"decay": memory.decay, "frames_without_odometry": no_odometry, "recalled_cells": recalled,
+                            "recalled_true": recalled_true,
+                            "recalled_precision": recalled_true / recalled if recalled else None}
     return result
 
 

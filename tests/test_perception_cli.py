@@ -4,6 +4,7 @@ tiny simulated drives: the files each writes, what they hold, and one-line error
 import json
 
 import cv2
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -159,8 +160,11 @@ def test_eval_memory_steps_each_drive_in_time_order_with_its_odometry(setup, run
     drives = [str(root / "data" / "train"), str(root / "data" / "val")]
     out = tmp_path / "memory.json"
     assert main(["eval", "--model", str(run_dir), "--data", *drives, "--json", str(out), "--memory"]) == 0
-    assert f"near-field memory (decay {DEFAULT_DECAY:g})" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"near-field memory (decay {DEFAULT_DECAY:g})" in printed
     result = json.loads(out.read_text())
+    recalled = result["memory"]["recalled_cells"]
+    assert f"Near-field memory (decay {DEFAULT_DECAY:g}): {recalled:,} cells recalled" in printed
     assert result["memory"]["decay"] == DEFAULT_DECAY and result["memory"]["frames_without_odometry"] == 0
     assert len(steps) == result["frames"] == 6  # the 4-frame drive and the 2-frame one
     model, config = load_trained(run_dir)
@@ -173,6 +177,19 @@ def test_eval_memory_steps_each_drive_in_time_order_with_its_odometry(setup, run
     assert main(["eval", "--model", str(run_dir), "--data", *drives, "--json", str(plain)]) == 0
     p = json.loads(plain.read_text())
     assert "memory" not in p and result["recall_1m"] >= p["recall_1m"]  # the memory only adds obstacles
+    # The recalls are scored against the target: a memory that recalled every cell of every frame is right exactly
+    # where the target holds an obstacle.
+    from perception.temporal import Recall
+    from sensors.classes import IGNORE, SemanticClass
+
+    monkeypatch.setattr(NearFieldMemory, "step", lambda self, logits, classes, covered, pose, stamp: (
+        classes, Recall(np.ones(classes.shape, bool))))
+    everywhere = me.evaluate_dataset(model, data, dataset_rig(data), memory_decay=0.9)["memory"]
+    targets = np.stack([data[i]["target"].numpy() for i in range(len(data))])
+    obstacles = int(((targets != SemanticClass.FREE) & (targets != IGNORE)).sum())
+    assert everywhere["recalled_cells"] == targets.size and everywhere["recalled_true"] == obstacles > 0
+    assert everywhere["recalled_precision"] == pytest.approx(obstacles / targets.size)
+    monkeypatch.setattr(NearFieldMemory, "step", real_step)
     data.meta = [replace(m, odometry=None) for m in data.meta]
     with pytest.raises(ConfigError, match="odometry"):
         me.evaluate_dataset(model, data, dataset_rig(data), memory_decay=0.9)
