@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -40,8 +41,9 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
 
     memory_decay: the near-field memory (perception.temporal) with this decay, run over each drive's frames in
     order with the odometry of dataset.meta; the result then has "memory" (decay, frames without odometry, cells
-    recalled, how many of them are obstacles in the target and that share: the precision of the recalls alone). A
-    dataset without odometry is refused: there would be nothing to carry the memory with."""
+    recalled, how many of them are obstacles in the target and that share: the precision of the recalls alone, and how
+    many of the others lie next to one (8-neighbourhood): off by a cell rather than made up). A dataset without odometry
+    is refused: there would be nothing to carry the memory with."""
     device = torch.device(device)
     grid = model.config.bev.grid(rig)
     ego = ego_mask(rig.vehicle, grid)
@@ -51,7 +53,7 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
         check_free_confidence(free_confidence)
     meta = getattr(dataset, "meta", None)
     memory = _memory(meta, grid, near, ego, memory_decay)
-    drive, no_odometry, recalled, recalled_true = None, 0, 0, 0
+    drive, no_odometry, recalled, recalled_true, recalled_beside = None, 0, 0, 0, 0
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
@@ -78,7 +80,9 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
                 target = batch["target"][k].numpy()
                 if memory is not None:  # the recalls alone: how many are obstacles in the target
                     recalled += int(recall.cells.sum())
-                    recalled_true += int((recall.cells & (target != SemanticClass.FREE) & (target != IGNORE)).sum())
+                    obstacle = (target != SemanticClass.FREE) & (target != IGNORE)
+                    recalled_true += int((recall.cells & obstacle).sum())
+                    recalled_beside += int((recall.cells & ~obstacle & _beside(obstacle)).sum())
                 evaluator.update(out, target, m.conditions if m is not None else (), where, covered=covered)
                 i += 1
     finally:
@@ -86,9 +90,20 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
     result = evaluator.result()
     if memory is not None:
         result["memory"] = {"decay": memory.decay, "frames_without_odometry": no_odometry, "recalled_cells": recalled,
-                            "recalled_true": recalled_true,
+                            "recalled_true": recalled_true, "recalled_beside_an_obstacle": recalled_beside,
                             "recalled_precision": recalled_true / recalled if recalled else None}
     return result
+
+
+def _beside(mask: np.ndarray) -> np.ndarray:
+    """Cells with a cell of MASK among their 8 neighbours or themselves."""
+    padded = np.pad(mask, 1)
+    rows, cols = mask.shape
+    out = np.zeros_like(mask)
+    for dr in range(3):
+        for dc in range(3):
+            out |= padded[dr:dr + rows, dc:dc + cols]
+    return out
 
 
 def _memory(meta, grid, near, ego, decay: float | None) -> NearFieldMemory | None:

@@ -64,11 +64,13 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
             f"{c} {_pct(by_cover[c])} % of {cover_cells[c]:,} cells" for c in ("covered", "uncovered")) + "."]
     memory = result.get("memory")
     if memory:
-        share = memory.get("recalled_precision")
-        lines += ["", f"Near-field memory (decay {memory['decay']:g}): {memory['recalled_cells']:,} cells recalled"
-                      + (f", {_pct(share)} % of them obstacles in the ground truth" if share is not None else "")
-                      + (f"; {memory['frames_without_odometry']} frames without odometry"
-                         if memory.get("frames_without_odometry") else "") + "."]
+        share, beside = memory.get("recalled_precision"), memory.get("recalled_beside_an_obstacle", 0)
+        text = f"Near-field memory (decay {memory['decay']:g}): {memory['recalled_cells']:,} cells recalled"
+        if share is not None:
+            text += f", {_pct(share)} % of them obstacles in the ground truth and {beside:,} more next to one"
+        if memory.get("frames_without_odometry"):
+            text += f"; {memory['frames_without_odometry']} frames without odometry"
+        lines += ["", text + "."]
     sector = result.get("sector_error_m", {})
     if sector.get("sectors"):
         lines += ["", f"Sector distance error: median {sector['median']:.2f} m, p95 {sector['p95']:.2f} m over "

@@ -188,6 +188,9 @@ def test_eval_memory_steps_each_drive_in_time_order_with_its_odometry(setup, run
     targets = np.stack([data[i]["target"].numpy() for i in range(len(data))])
     obstacles = int(((targets != SemanticClass.FREE) & (targets != IGNORE)).sum())
     assert everywhere["recalled_cells"] == targets.size and everywhere["recalled_true"] == obstacles > 0
+    obstacle = (targets != SemanticClass.FREE) & (targets != IGNORE)
+    beside = np.stack([cv2.dilate(o.astype(np.uint8), np.ones((3, 3), np.uint8)) for o in obstacle]).astype(bool)
+    assert everywhere["recalled_beside_an_obstacle"] == int((beside & ~obstacle).sum()) > 0
     assert everywhere["recalled_precision"] == pytest.approx(obstacles / targets.size)
     monkeypatch.setattr(NearFieldMemory, "step", real_step)
     data.meta = [replace(m, odometry=None) for m in data.meta]
