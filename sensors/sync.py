@@ -72,6 +72,7 @@ class Synchroniser:
         self._objects: dict[int, list[ObjectBox]] = {}
         self._odometry: list[Odometry] = []  # sorted by stamp
         self._odometry_seen = False  # a stream without odometry (older logs) neither waits for it nor flags it
+        self._odometry_newest: int | None = None  # stamp of the newest sample pushed
         self._watermark: int | None = None
         self._emitted_until: int | None = None  # anchor + tolerance of the last frame
         self._index = 0
@@ -151,6 +152,7 @@ class Synchroniser:
         self._odometry_seen = True
         if not self._advance(odo.stamp_ns):
             return
+        self._odometry_newest = max(odo.stamp_ns, self._odometry_newest or odo.stamp_ns)
         i = bisect.bisect_left(self._odometry, odo.stamp_ns, key=lambda o: o.stamp_ns)
         if i < len(self._odometry) and self._odometry[i].stamp_ns == odo.stamp_ns:
             self.stats.duplicates += 1
@@ -208,8 +210,12 @@ class Synchroniser:
 
     def _awaiting_odometry(self, anchor: int) -> bool:
         """The stream has carried odometry, but no sample at or after the anchor has come yet (the one that makes
-        the pose at the anchor an interpolation)."""
-        return self._odometry_seen and (not self._odometry or self._odometry[-1].stamp_ns < anchor)
+        the pose at the anchor an interpolation), and the odometry was alive lately: a stream silent for longer
+        than ODOMETRY_MAX_GAP_NS before the anchor would only hold every frame back by the latency allowance."""
+        newest = self._odometry_newest
+        if not self._odometry_seen or (newest is not None and newest >= anchor):
+            return False
+        return newest is None or anchor - newest <= ODOMETRY_MAX_GAP_NS
 
     def _nearest(self, camera: str, anchor: int) -> int | None:
         buf = self._images[camera]

@@ -296,6 +296,17 @@ def test_a_frame_waits_for_the_odometry_sample_after_its_anchor(rig):
     assert frame.odometry is None and frame.degraded == ["odometry missing"]
 
 
+def test_a_frame_does_not_wait_for_odometry_that_has_gone_silent(rig):
+    sync = Synchroniser(rig)
+    sync.push_odometry(Odometry(400 * MS, Pose2D(0.0, 0.0, 0.0)))  # then nothing: the odometry stream died
+    for cam, ms in (("MVL", 997), ("FV", 1_000), ("RV", 1_002), ("MVR", 1_004)):
+        sync.push_image(CameraImage(cam, ms * MS, b"x"))
+    sync.push_uss(_cycle(1_015 * MS))
+    sync.push_uss(_cycle(1_030 * MS))  # past anchor + tolerance, far inside the latency allowance
+    (frame,) = sync.pop_frames()  # out at once, not 100 ms later
+    assert frame.odometry is None and frame.degraded == ["odometry missing"]
+
+
 def test_the_odometry_buffer_stays_bounded(rig):
     sync = Synchroniser(rig)
     for k in range(200):  # 20 s: cameras at 10 Hz, odometry at 100 Hz
