@@ -247,14 +247,15 @@ class SoakResult:
 
 def soak(model: ZooModel, log: str | Path | None = None, frames: int = 3000, warmup: int = 200,
          max_growth_mb: float = 16.0, threads: int | None = None, backend: str = "ort",
-         sample_every: int = 100) -> SoakResult:
-    """The whole runtime path (decode, preprocessing, inference, post-processing, results file in a temporary
-    folder) over FRAMES frames of a looped drive, resident memory sampled along the way."""
+         sample_every: int = 100, memory_decay: float | None = None) -> SoakResult:
+    """The whole runtime path (decode, preprocessing, inference, post-processing with the near-field memory at
+    MEMORY_DECAY where given, results file in a temporary folder) over FRAMES frames of a looped drive, resident
+    memory sampled along the way."""
     if warmup < 1 or frames <= warmup:
         raise ConfigError(f"bench soak: need 1 <= --warmup < --frames, got warm-up {warmup} of {frames}")
     with bench_drive(log) as drive, tempfile.TemporaryDirectory(prefix="nearfield-soak-") as tmp:
         rig = _rig_of(drive)
-        pipeline = Pipeline(model, rig, backend=backend, threads=threads)
+        pipeline = Pipeline(model, rig, backend=backend, threads=threads, memory_decay=memory_decay)
         try:
             runtime = Runtime(pipeline, DeadlineMonitor())
             start = rss_mb()

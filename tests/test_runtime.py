@@ -520,10 +520,12 @@ def _save_run(world, run_dir: Path) -> None:
     save_checkpoint(run_dir, LAST, world["net"], {"step": 0})
 
 
-def test_soak_memory_does_not_grow(world):
+@pytest.mark.parametrize("memory_decay", [None, 1.0])  # 1.0: the near-field memory forgets nothing by fading
+def test_soak_memory_does_not_grow(world, memory_decay):
     from deploy.runtime_bench import soak
 
-    s = soak(world["model"], log=world["drive"], frames=120, warmup=40, threads=1, sample_every=20)
+    s = soak(world["model"], log=world["drive"], frames=120, warmup=40, threads=1, sample_every=20,
+             memory_decay=memory_decay)
     assert s.frames == 120 and s.rss_end_mb > 0
     assert s.passed, s.format()
     # Growth is what must stay bounded; the allocator may hand memory back after warm-up (-40 MB was seen).

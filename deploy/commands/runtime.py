@@ -68,6 +68,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     s.add_argument("--max-growth-mb", type=float, default=16.0,
                    help="fail when resident memory grows by more than this after warm-up (default 16 MB)")
     s.add_argument("--threads", type=int)
+    s.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY",
+                   help="run the near-field memory too (its points must not pile up either)")
     s.add_argument("--json", help="write the figures to this JSON file")
     s.set_defaults(func=_bench_soak)
 
@@ -139,7 +141,7 @@ def _bench_soak(args) -> int:
 
     model = _zoo_model(args.model, args.manifest)
     result = soak(model, log=args.log, frames=args.frames, warmup=args.warmup, max_growth_mb=args.max_growth_mb,
-                  threads=args.threads)
+                  threads=args.threads, memory_decay=args.memory)
     print(result.format())
     _write_json(args.json, result.as_dict())
     return 0 if result.passed else 1
