@@ -89,6 +89,12 @@ def test_the_encoder_refuses_what_the_signals_cannot_carry():
     encoder.encode(Odometry(T0, Pose2D(0, 0, 0)))
     with pytest.raises(SensorError, match="not after the previous sample"):
         encoder.encode(Odometry(T0, Pose2D(1, 0, 0)))
+    # A jump between two poses (50 m in 20 ms) goes out flagged invalid; the decoder skips it and carries on.
+    jump = [Odometry(T0 + k * DT, Pose2D(x, 0, 0)) for k, x in enumerate((0.0, 0.02, 50.0, 50.02))]
+    decoded, decoder = _decode(encode_odometry(jump))
+    assert decoder.stats["invalid_signals"] == 1 and [o.stamp_ns for o in decoded] == [T0, T0 + DT, T0 + 3 * DT]
+    # The jump is lost; the next good sample's 1 m/s holds over the 40 ms since the last good one.
+    assert decoded[-1].pose.x == pytest.approx(0.06, abs=2e-3)
 
 
 def test_a_can_log_carries_odometry_beside_the_ultrasonics(tmp_path):

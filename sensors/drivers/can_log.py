@@ -13,10 +13,10 @@ from pathlib import Path
 import can
 from can.io.blf import BLFParseError
 
-from sensors.drivers.can_odometry import motion_decoder
+from sensors.drivers.can_odometry import OdometryCanEncoder, motion_decoder
 from sensors.drivers.can_uss import UssCanDecoder, UssCanEncoder
 from sensors.errors import LogFormatError
-from sensors.messages import UssCycle
+from sensors.messages import Odometry, UssCycle
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _open_reader(path: Path, suffix: str):
 
 
 def read_can_log(path: str | Path, db=None, decoder: UssCanDecoder | None = None,
-                 errors: str = "raise", odometry=None) -> Iterator[UssCycle]:
+                 errors: str = "raise", odometry=None) -> Iterator[UssCycle | Odometry]:
     """The complete USS cycles of a candump .log, Vector .asc or .blf file, in file order; with `odometry` (True,
     or an OdometryCanDecoder of sensors.drivers.can_odometry) also the Odometry poses of its VEH_Motion frames,
     interleaved in file order.
@@ -127,7 +127,7 @@ def _check_blf_size(reader, path: Path, errors: str) -> None:
     log.warning("%s", text)
 
 
-def write_can_log(cycles: Iterable, path: str | Path, db=None, channel: str = "can0") -> int:
+def write_can_log(cycles: Iterable[UssCycle | Odometry], path: str | Path, db=None, channel: str = "can0") -> int:
     """Write cycles (UssCycle) as a CAN log (.log candump by default; .asc and .blf by suffix), and Odometry samples
     among them as VEH_Motion frames (sensors/can/vehicle.dbc), in the order given; returns the frame count."""
     path = Path(path)
@@ -135,9 +135,6 @@ def write_can_log(cycles: Iterable, path: str | Path, db=None, channel: str = "c
     if suffix not in CAN_LOG_SUFFIXES:
         raise LogFormatError(f"{path}: cannot write a CAN log with suffix {suffix!r}; use one of "
                              f"{', '.join(CAN_LOG_SUFFIXES)}")
-    from sensors.drivers.can_odometry import OdometryCanEncoder
-    from sensors.messages import Odometry
-
     encoder = UssCanEncoder(db, channel=channel)
     motion = OdometryCanEncoder(channel=channel)
     count = 0
@@ -169,7 +166,7 @@ def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str
 
     counted = {USS_TOPIC: 0, ODOMETRY_TOPIC: 0}
 
-    def cycles() -> Iterator:
+    def cycles() -> Iterator[UssCycle | Odometry]:
         with LogReader(log_path) as reader:
             for record in reader.messages(topics=[USS_TOPIC, ODOMETRY_TOPIC]):
                 counted[record.topic] += 1

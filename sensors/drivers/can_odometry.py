@@ -72,6 +72,12 @@ class OdometryCanEncoder:
             # The chord leaves at the heading of the interval's middle; its projection on that heading is signed.
             along = step.x * math.cos(dyaw / 2) + step.y * math.sin(dyaw / 2)
             speed, yaw_rate = math.copysign(dist, along) / dt, dyaw / dt
+            if abs(speed) > self._limits["Speed"] or abs(yaw_rate) > self._limits["YawRate"]:
+                # A jump no car makes (a reset odometry, a glitch): sent as invalid, which a decoder skips, rather
+                # than ending the whole conversion.
+                log.warning("odometry at %d ns: %.1f m/s, %.2f rad/s since the previous sample cannot be sent; "
+                            "flagged invalid", odo.stamp_ns, speed, yaw_rate)
+                return self.frame(odo.stamp_ns, 0.0, 0.0, speed_valid=False, yaw_rate_valid=False)
         return self.frame(odo.stamp_ns, speed, yaw_rate)
 
     def frame(self, stamp_ns: int, speed: float, yaw_rate: float, speed_valid: bool = True,
