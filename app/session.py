@@ -146,7 +146,7 @@ class DriveSession:
         self.pipeline.reset_memory()
         reach = memory.reach
         frames = min(k, MEMORY_CATCH_UP if reach is None else min(reach, MEMORY_CATCH_UP))
-        if reach is None or reach > MEMORY_CATCH_UP:
+        if frames < k and (reach is None or reach > frames):  # older frames could still matter: say so
             notes.append(f"near-field memory caught up over the {frames} frames before this one only")
         source = self.require_source()
         for j in range(k - frames, k):

@@ -270,6 +270,22 @@ def test_a_frame_shows_the_same_memory_however_it_was_reached(drive, zoo):
         jumped.close()
 
 
+def test_a_memory_that_never_forgets_catches_up_from_the_start_or_says_how_far(drive, zoo, monkeypatch):
+    import app.session as session_module
+
+    session = DriveSession(threads=1, memory_decay=1.0)  # no reach: every earlier frame could matter
+    try:
+        session.open(drive)
+        session.set_model(zoo["tiny-vehicle"])
+        assert session.view(4).notes == []  # frames 0-3 replayed first: the whole past, nothing to say
+        monkeypatch.setattr(session_module, "MEMORY_CATCH_UP", 2)
+        assert session.view(5).notes == []  # stepping on from frame 4 needs no catch-up at all...
+        assert session.view(2).notes == []  # ...and a jump back to frame 2 replays its 2 frames: the whole past
+        assert session.view(5).notes == ["near-field memory caught up over the 2 frames before this one only"]
+    finally:
+        session.close()
+
+
 def test_a_model_runs_on_frames_with_iou_against_the_truth(drive, zoo, tmp_path):
     session = DriveSession(threads=1)
     try:
