@@ -200,16 +200,56 @@ def set_threads(options: dict[str, Any]) -> None:
 # --- distillation -------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def ensemble_targets(teachers: Sequence[nn.Module], batch: dict[str, Tensor], temperature: float
-                     ) -> tuple[Tensor, Tensor]:
+def teacher_outputs(teachers: Sequence[nn.Module], batch: dict[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """Each teacher's (class logits, occupancy logits) on BATCH."""
+    return [teacher(batch["images"], batch["grid"], batch["valid"], batch["uss"]) for teacher in teachers]
+
+
+def soft_targets(outputs: Sequence[tuple[Tensor, Tensor]], temperature: float) -> tuple[Tensor, Tensor]:
     """The teachers' averaged soft predictions (MEAL V2 averages probabilities, not logits): class probabilities
     at TEMPERATURE (B, C, R, W) and stage-1 occupied probabilities (B, 1, R, W)."""
-    probs, occupied = 0.0, 0.0
-    for teacher in teachers:
-        classes, occupancy = teacher(batch["images"], batch["grid"], batch["valid"], batch["uss"])
-        probs = probs + torch.softmax(classes / temperature, dim=1)
-        occupied = occupied + torch.sigmoid(occupancy)
-    return probs / len(teachers), occupied / len(teachers)
+    probs = sum(torch.softmax(classes / temperature, dim=1) for classes, _ in outputs) / len(outputs)
+    occupied = sum(torch.sigmoid(occupancy) for _, occupancy in outputs) / len(outputs)
+    return probs, occupied
+
+
+def ensemble_targets(teachers: Sequence[nn.Module], batch: dict[str, Tensor], temperature: float
+                     ) -> tuple[Tensor, Tensor]:
+    """soft_targets of the TEACHERS on BATCH."""
+    return soft_targets(teacher_outputs(teachers, batch), temperature)
+
+
+_MASKED = -1e9  # a logit whose softmax share is exactly 0 (finite, so 0 * log p stays 0)
+
+
+def channel_distributions(classes: Tensor, occupancy: Tensor, temperature: float, mask: Tensor | None = None
+                          ) -> Tensor:
+    """Channel-wise distillation's view of a BEV prediction (Shu et al. 2021, "Channel-wise Knowledge
+    Distillation for Dense Prediction"): each class's logit map and the stage-1 occupancy map, softened by
+    TEMPERATURE and normalised by a softmax over the cells of MASK (B, R, W; all cells when None) into a
+    distribution of where that class is. (B, C + 1, R * W) log-probabilities; cells outside MASK get none."""
+    maps = torch.cat([classes, occupancy], dim=1).flatten(2) / temperature
+    if mask is not None:
+        maps = maps.masked_fill(~mask.flatten(1)[:, None, :], _MASKED)
+    return F.log_softmax(maps, dim=2)
+
+
+def channel_term(classes: Tensor, occupancy: Tensor, teacher_log_maps: Tensor, temperature: float,
+                 mask: Tensor | None = None) -> Tensor:
+    """T^2 * KL(teacher || student) of each map's distribution over the cells (channel_distributions), averaged
+    over the maps and the batch; 0 when the student's maps are the teacher's up to a constant per map (a softmax
+    does not see a shift)."""
+    student = channel_distributions(classes, occupancy, temperature, mask)
+    teacher = teacher_log_maps.exp()
+    kl = (teacher * (teacher_log_maps - student)).sum(dim=2)
+    return temperature ** 2 * kl.mean()
+
+
+def channel_targets(outputs: Sequence[tuple[Tensor, Tensor]], temperature: float, mask: Tensor | None = None
+                    ) -> Tensor:
+    """The teachers' averaged channel distributions (log), as soft_targets averages probabilities."""
+    mean = sum(channel_distributions(c, o, temperature, mask).exp() for c, o in outputs) / len(outputs)
+    return torch.log(mean.clamp(min=1e-30)).masked_fill(mean == 0, _MASKED)
 
 
 def distill_terms(classes: Tensor, occupancy: Tensor, teacher_probs: Tensor, teacher_occupied: Tensor,
@@ -276,30 +316,38 @@ class FeatureMimic:
 
 class DistillLoss:
     """total = kd_weight * kd + occupancy_weight * occupancy + hard_weight * (the usual labelled loss)
-    (+ feature_weight * feature with a FeatureMimic), the soft terms against the teachers' averaged predictions on
-    the same batch, over the labelled cells (the ego footprint carries no information). CLASS_WEIGHTS (K,): each
-    cell's soft terms weighted by its labelled class's weight, the hard loss's class balance: unweighted, the ~90 %
-    free cells drown the obstacle cells the mIoU is about (nf-small: a half-width student scored 11.0 val mIoU
-    distilled that way against 15.4 trained alone)."""
+    (+ feature_weight * feature with a FeatureMimic) (+ channel_weight * channel, channel-wise distillation at
+    channel_temperature: channel_term), the soft terms against the teachers' averaged predictions on the same batch,
+    over the labelled cells (the ego footprint carries no information). CLASS_WEIGHTS (K,): each cell's per-cell
+    soft terms weighted by its labelled class's weight, the hard loss's class balance: unweighted, the ~90 % free
+    cells drown the obstacle cells the mIoU is about (nf-small: a half-width student scored 11.0 val mIoU distilled
+    that way against 15.4 trained alone). The channel term needs no weights: each class's map is its own
+    distribution, however few cells the class holds."""
 
     def __init__(self, teachers: Sequence[nn.Module], hard: Loss | None, temperature: float = 4.0,
                  kd_weight: float = 1.0, occupancy_weight: float = 1.0, hard_weight: float = 0.5,
                  class_weights: Tensor | None = None, mimic: FeatureMimic | None = None,
-                 feature_weight: float = 0.0) -> None:
+                 feature_weight: float = 0.0, channel_weight: float = 0.0, channel_temperature: float = 4.0) -> None:
         self.teachers = [t.eval() for t in teachers]
         self.hard, self.temperature = hard, temperature
         self.kd_weight, self.occupancy_weight, self.hard_weight = kd_weight, occupancy_weight, hard_weight
         self.class_weights = class_weights
         self.mimic, self.feature_weight = mimic, feature_weight
+        self.channel_weight, self.channel_temperature = channel_weight, channel_temperature
 
     def __call__(self, batch: dict[str, Tensor], classes: Tensor, occupancy: Tensor) -> dict[str, Tensor]:
-        probs, occupied = ensemble_targets(self.teachers, batch, self.temperature)
+        outputs = teacher_outputs(self.teachers, batch)
+        probs, occupied = soft_targets(outputs, self.temperature)
         labelled = batch["target"] != IGNORE
         weight = None
         if self.class_weights is not None:
             weight = self.class_weights.to(classes.device)[torch.where(labelled, batch["target"], 0).long()]
         out = distill_terms(classes, occupancy, probs, occupied, self.temperature, labelled, weight)
         total = self.kd_weight * out["kd"] + self.occupancy_weight * out["occupancy"]
+        if self.channel_weight > 0:
+            maps = channel_targets(outputs, self.channel_temperature, labelled)
+            out["channel"] = channel_term(classes, occupancy, maps, self.channel_temperature, labelled)
+            total = total + self.channel_weight * out["channel"]
         if self.mimic is not None and self.feature_weight > 0:
             out["feature"] = self.mimic.term(labelled.float() if weight is None else labelled.float() * weight)
             total = total + self.feature_weight * out["feature"]
@@ -359,7 +407,8 @@ def distill_method(source: str, out: str, data: str | None, options: dict[str, A
     temperature = option(options, "temperature", 2.0, float, 1e-3, 100, name)
     weights = {k: option(options, k, d, float, 0, 1e6, name)
                for k, d in (("kd_weight", 1.0), ("occupancy_weight", 1.0), ("hard_weight", 1.0),
-                            ("feature_weight", 0.0))}
+                            ("feature_weight", 0.0), ("channel_weight", 0.0))}
+    weights["channel_temperature"] = option(options, "channel_temperature", 4.0, float, 1e-3, 100, name)
     balance = str(options.get("balance", True)).lower() not in ("false", "0", "no")
     train_set = training_data(data, config.bev, train_splits(options), name)
     eval_set = training_data(data, config.bev, "val", name)
@@ -405,6 +454,7 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
-__all__ = ["DistillLoss", "FeatureMimic", "Loss", "distill_method", "distill_terms", "ensemble_targets", "fine_tune",
-           "from_scratch_lr", "half_width", "hard_loss", "loss_record", "miou", "name_list", "set_threads",
+__all__ = ["DistillLoss", "FeatureMimic", "Loss", "channel_distributions", "channel_targets", "channel_term",
+           "distill_method", "distill_terms", "ensemble_targets", "fine_tune", "from_scratch_lr", "half_width",
+           "hard_loss", "loss_record", "miou", "name_list", "set_threads", "soft_targets", "teacher_outputs",
            "train_splits", "training_data", "tune", "wants_teacher"]

@@ -10,7 +10,16 @@ import torch.nn.functional as F  # noqa: E402, N812
 from torch import nn  # noqa: E402
 
 from deploy.compress import METHODS, load_methods, option  # noqa: E402
-from deploy.distill import DistillLoss, FeatureMimic, distill_terms, ensemble_targets, half_width  # noqa: E402
+from deploy.distill import (  # noqa: E402
+    DistillLoss,
+    FeatureMimic,
+    channel_targets,
+    channel_term,
+    distill_terms,
+    ensemble_targets,
+    half_width,
+    teacher_outputs,
+)
 from perception.bev_config import BevConfig  # noqa: E402
 from perception.checkpoint import CONFIG_FILE, LAST, save_checkpoint  # noqa: E402
 from perception.model import FusionNet, ModelConfig, count_parameters, dummy_inputs  # noqa: E402
@@ -99,12 +108,13 @@ def test_distill_method_end_to_end(tmp_path, rig):
     torch.manual_seed(0)
     save_checkpoint(run, LAST, FusionNet(TINY), {"step": 0})
     load_methods()
-    entry = METHODS["distill"](str(run), "tiny-student", str(root), {"steps": 2, "threads": 1, "feature_weight": 1},
-                               tmp_path / "ZOO.toml")
+    options = {"steps": 2, "threads": 1, "feature_weight": 1, "channel_weight": 2}
+    entry = METHODS["distill"](str(run), "tiny-student", str(root), options, tmp_path / "ZOO.toml")
     assert entry.method == "distill" and entry.options["teachers"] == [str(run)]
     assert entry.options["student"] == "tiny-half" and entry.options["eval_frames"] == 3
     assert {"miou_distilled", "miou_alone"} <= set(entry.metrics)
     assert entry.options["student_config"]["bev_channels"] == 4 and entry.options["feature_weight"] == 1
+    assert entry.options["channel_weight"] == 2 and entry.options["channel_temperature"] == 4.0
     assert "trained alone" in entry.notes
     session = ort.InferenceSession(str(entry.verified_onnx()), providers=["CPUExecutionProvider"])
     feeds = dict(zip(("images", "grid", "valid", "uss"), (t.numpy() for t in dummy_inputs(TINY)), strict=True))
@@ -207,3 +217,42 @@ def test_fine_tuning_logs_its_progress_at_every_tenth_of_the_steps(caplog):
     # each line's loss is the mean over the steps since the line before
     assert f"loss {sum(losses[18:]) / 2:.4f} (mean of the last 2)" in lines[-1]
     assert lines[-1].endswith(", 0 s left")
+
+
+def test_channel_term_compares_where_each_class_is_over_the_labelled_cells():
+    (t, to), (st, so) = logits(8), logits(9)
+    mask = torch.ones(2, 4, 4, dtype=torch.bool)
+    mask[0, 0, :] = False  # the ego footprint, say
+    maps = channel_targets(teacher_outputs([Fixed(t, to)], INPUTS), 4.0, mask)
+    assert float(channel_term(t, to, maps, 4.0, mask)) == pytest.approx(0.0, abs=1e-6)
+    # a constant added to a whole map moves no probability between cells
+    assert float(channel_term(t + 5.0, to - 2.0, maps, 4.0, mask)) == pytest.approx(0.0, abs=1e-5)
+    moved = channel_term(st, so, maps, 4.0, mask)
+    # by hand: per (frame, map) a softmax over the frame's labelled cells, T^2 * KL, averaged over frames and maps
+    expected = []
+    for b in range(2):
+        cells = mask[b].flatten()
+        for tm, sm in zip(torch.cat([t, to], 1)[b], torch.cat([st, so], 1)[b], strict=True):
+            p = torch.softmax(tm.flatten()[cells] / 4.0, 0)
+            q = torch.log_softmax(sm.flatten()[cells] / 4.0, 0)
+            expected.append(16 * float((p * (p.log() - q)).sum()))
+    assert float(moved) == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    # what the student says in cells outside the mask does not count
+    elsewhere = st.clone()
+    elsewhere[0, :, 0, :] += 100.0
+    assert float(channel_term(elsewhere, so, maps, 4.0, mask)) == pytest.approx(float(moved), rel=1e-6)
+
+
+def test_channel_targets_average_the_teachers_distributions_and_the_loss_adds_the_term():
+    (a, oa), (b, ob) = logits(10), logits(11)
+    maps = channel_targets(teacher_outputs([Fixed(a, oa), Fixed(b, ob)], INPUTS), 2.0)
+    one = lambda c, o: torch.softmax(torch.cat([c, o], 1).flatten(2) / 2.0, 2)  # noqa: E731
+    assert torch.allclose(maps.exp(), (one(a, oa) + one(b, ob)) / 2, atol=1e-7)
+    batch = INPUTS | {"target": torch.zeros(2, 4, 4, dtype=torch.long)}
+    (st, so) = logits(12)
+    plain = DistillLoss([Fixed(a, oa)], None, temperature=2.0)(batch, st, so)
+    with_channels = DistillLoss([Fixed(a, oa)], None, temperature=2.0, channel_weight=3.0,
+                                channel_temperature=2.0)(batch, st, so)
+    assert "channel" not in plain and float(with_channels["channel"]) > 0.01
+    assert float(with_channels["total"]) == pytest.approx(float(plain["total"]) + 3 * float(with_channels["channel"]),
+                                                          rel=1e-5)
