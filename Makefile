@@ -97,9 +97,10 @@ models: $(STAMP)
 # The compression zoo as shipped: each method run on nf-small-r1 (revision 1 of nf-small; the zoo was made before
 # revision 2) and fine-tuned on data/train (simulate it first: `nearfield simulate --preset train --out data/train`,
 # likewise train-street, val and test), plus two entries from revision 2:
-# nf-small-distill-r2 (distilled on train + train-street) and nf-small-int8-r2 (with its TensorRT artifact), and one
+# nf-small-distill-r2 (distilled on train + train-street) and nf-small-int8-r2 (with its TensorRT artifact), two
 # from revision 3, nf-small-pruned50-r3 (3,000 steps: 47 min on one core beside another run) and nf-small-distill-r3
 # (3,000 steps with feature imitation: 67 min for it and its trained-alone twin on 2 cores);
+# and two from revision 4, the shipped nf-small: nf-small-int8-r4 and nf-small-pruned50-r4 (the recipes of r2 and r3);
 # registered, then every model measured on data/test one after the other, listed and plotted. About 1.5 h on 2 CPU
 # cores. The E2GC pair it measures comes from `make e2gc` (below).
 COMPRESS := $(BIN)/nearfield compress --from nf-small-r1 --data data --threads 2 --no-measure
@@ -108,7 +109,7 @@ ZOO_MODELS := nf-small nf-small-r3 nf-small-camera nf-small-uss nf-small-r2 nf-s
 	nf-small-distill nf-small-distill-ens \
 	nf-small-qat-int8 nf-small-lowrank nf-small-magnitude50 nf-small-lamp50 nf-small-random50 nf-small-qat-int4 \
 	nf-small-qat-ternary nf-small-resnext nf-small-e2gc nf-small-distill-r2 \
-	nf-small-int8-r2 nf-small-pruned50-r3 nf-small-distill-r3
+	nf-small-int8-r2 nf-small-pruned50-r3 nf-small-distill-r3 nf-small-int8-r4 nf-small-pruned50-r4
 
 zoo: $(STAMP)
 	$(COMPRESS) --method int8-ptq --out nf-small-int8 --calib-frames 64
@@ -134,6 +135,11 @@ zoo: $(STAMP)
 	$(BIN)/nearfield compress --method distill --from nf-small-r3 --out nf-small-distill-r3 --data data --threads 2 \
 		--no-measure --steps 3000 --opt train_splits=train,train-street --opt lr=0.002 --opt temperature=1 \
 		--opt feature_weight=1 --opt seed=0
+	$(BIN)/nearfield compress --method int8-ptq --from nf-small --out nf-small-int8-r4 --data data --threads 1 \
+		--no-measure --calib-frames 64
+	$(BIN)/nearfield compress --method prune-structured --from nf-small --out nf-small-pruned50-r4 --data data \
+		--threads 1 --no-measure --steps 3000 --opt flops_ratio=0.5 --opt lift_channels=24 --opt lr=1e-3 \
+		--opt train_splits=train,train-street
 	for m in $(ZOO_MODELS); do $(BIN)/nearfield zoo measure $$m --data data --threads 2 || exit 1; done
 	$(BIN)/nearfield zoo list
 	$(BIN)/nearfield zoo plot deploy/docs/zoo.png
