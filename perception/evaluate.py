@@ -42,6 +42,12 @@ class Evaluator:
       nearest-obstacle distance. A sector the prediction leaves clear counts as if it reported the grid's edge:
       the distance from the body to the nearest border cell of that sector, the farthest a clear display can
       mean. Sectors clear in the truth are not scored (a false alarm there has no true distance).
+    - sector_levels: what a parking-distance display shows, the warning level per sector (SectorLayout.levels:
+      0 clear, then one level per threshold of levels_m the nearest obstacle is within), predicted against true,
+      over every sector of every frame: `confusion` (true level x shown level, counts), `under_warned` (of the
+      sectors with a true warning, the share shown a lower level: the danger understated), `over_warned` (of the
+      sectors below the top level, the share shown a higher one) and `false_alarm` (of the sectors clear in the
+      truth, the share shown any warning: the nuisance a near-field bias costs).
     """
 
     def __init__(self, rig: Rig, grid: BevGrid, num_classes: int = NUM_CLASSES, near_m: float = 1.0,
@@ -69,6 +75,8 @@ class Evaluator:
         self._near_by_class = np.zeros((k, 2), np.int64)  # per true class: hit, total (whole set)
         self._near_by_coverage = np.zeros((2, 2), np.int64)  # [uncovered, covered]: hit, total (frames with covered)
         self._sector_errors: dict[str, list[np.ndarray]] = defaultdict(list)
+        n = len(self.layout.levels_m) + 1  # true level x shown level, every sector of every frame
+        self._levels: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((n, n), np.int64))
         self._frames: dict[str, int] = defaultdict(int)
 
     def update(self, pred_class_map: np.ndarray, target: np.ndarray, conditions: list[str] | tuple[str, ...] = (),
@@ -104,11 +112,15 @@ class Evaluator:
         scored = np.isfinite(true_d)
         reported = np.where(np.isfinite(pred_d), pred_d, self.edge_m)
         errors = np.abs(reported[scored] - true_d[scored])
+        n = len(self.layout.levels_m) + 1
+        shown = self.layout.levels(pred_d).astype(np.int64)  # a clear sector (inf) is level 0
+        levels = np.bincount(self.layout.levels(true_d).astype(np.int64) * n + shown, minlength=n * n).reshape(n, n)
 
         for group in (OVERALL, *self._groups(conditions)):
             self._confusion[group] += confusion
             self._near_hits[group] += near_counts
             self._sector_errors[group].append(errors)
+            self._levels[group] += levels
             self._frames[group] += 1
 
     def _checked(self, a: np.ndarray, what: str, where: str) -> np.ndarray:
@@ -143,6 +155,8 @@ class Evaluator:
         out["near_cells_by_uss_coverage"] = {name: int(n) for name, (_, n) in parts}
         out["sector_error_m"] = self._sector_stats(OVERALL)
         out["sector_error_m_by_condition"] = {g: self._sector_stats(g) for g in groups}
+        out["sector_levels"] = self._level_stats(OVERALL)
+        out["sector_levels_by_condition"] = {g: self._level_stats(g) for g in groups}
         return out
 
     def _scores(self, group: str) -> dict[str, Any]:
@@ -167,6 +181,19 @@ class Evaluator:
         if not len(errors):
             return {"median": None, "p95": None, "sectors": 0}
         return {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95)), "sectors": len(errors)}
+
+
+    def _level_stats(self, group: str) -> dict[str, Any]:
+        n = len(self.layout.levels_m) + 1
+        cm = self._levels.get(group, np.zeros((n, n), np.int64))
+        below = np.tril(cm, -1)  # shown level < true level
+        above = np.triu(cm, 1)
+        warned, not_top, clear = int(cm[1:].sum()), int(cm[:-1].sum()), int(cm[0].sum())
+        return {"thresholds_m": list(self.layout.levels_m), "confusion": cm.tolist(),
+                "under_warned": float(below.sum() / warned) if warned else None,
+                "over_warned": float(above.sum() / not_top) if not_top else None,
+                "false_alarm": float(cm[0, 1:].sum() / clear) if clear else None,
+                "warned_sectors": warned, "clear_sectors": clear}
 
 
 def _mean(values: np.ndarray) -> float | None:

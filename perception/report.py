@@ -71,6 +71,14 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
         if memory.get("frames_without_odometry"):
             text += f"; {memory['frames_without_odometry']} frames without odometry"
         lines += ["", text + "."]
+    levels = result.get("sector_levels", {})
+    if levels.get("warned_sectors") or levels.get("clear_sectors"):
+        steps = ", ".join(f"≤ {t:g}" for t in levels["thresholds_m"])
+        lines += ["", f"Sector warning levels (clear, {steps} m): {_pct(levels['under_warned'])} % of the "
+                      f"{levels['warned_sectors']:,} sectors with a true warning shown a lower level, "
+                      f"{_pct(levels['over_warned'])} % of those below the top level shown a higher one, "
+                      f"{_pct(levels['false_alarm'])} % of the {levels['clear_sectors']:,} clear sectors shown a "
+                      "warning."]
     sector = result.get("sector_error_m", {})
     if sector.get("sectors"):
         lines += ["", f"Sector distance error: median {sector['median']:.2f} m, p95 {sector['p95']:.2f} m over "

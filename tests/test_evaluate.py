@@ -210,6 +210,35 @@ def test_sector_error_is_zero_for_identical_maps_and_the_shift_otherwise(rig, gr
     assert ev.result()["sector_error_m"] == {"median": None, "p95": None, "sectors": 0}
 
 
+def test_sector_warning_levels_count_understated_and_false_warnings(rig, grid):
+    ev = Evaluator(rig, grid)
+    assert ev.layout.levels_m == (1.5, 0.8, 0.3)
+    front, flank = ev.layout.sector_of_cells()[26, 39], ev.layout.sector_of_cells()[39, 46]
+    assert front != flank
+    target = _empty(grid, rig)
+    target[26, 39] = 1  # 0.4 m ahead of the bumper: level 2 (within 0.8, not 0.3)
+    pred = _empty(grid, rig)
+    pred[22, 39] = 1  # 1.2 m ahead, same sector: level 1, one too low
+    pred[39, 46] = 4  # 0.4 m off the right flank, where the truth is clear: a false alarm at level 2
+    assert ev.layout(target).level[front] == 2 and ev.layout(pred).level[front] == 1
+    assert ev.layout(pred).level[flank] == 2
+    ev.update(pred, target, ["night"])
+    ev.update(target, target, ["day"])  # shown as it is: no error
+    levels = ev.result()["sector_levels"]
+    cm = np.array(levels["confusion"])
+    assert cm.sum() == 2 * 16 and cm[2, 1] == 1 and cm[0, 2] == 1 and cm[2, 2] == 1 and cm[0, 0] == 2 * 16 - 3
+    assert levels["warned_sectors"] == 2 and levels["clear_sectors"] == 30
+    assert levels["under_warned"] == pytest.approx(1 / 2)  # the front sector on the night frame
+    assert levels["false_alarm"] == pytest.approx(1 / 30)  # the flank on the night frame
+    assert levels["over_warned"] == pytest.approx(1 / 32)  # no sector is at the top level: the false alarm of 32
+    night = ev.result()["sector_levels_by_condition"]["night"]
+    assert night["under_warned"] == 1.0 and night["false_alarm"] == pytest.approx(1 / 15)
+    assert ev.result()["sector_levels_by_condition"]["day"]["false_alarm"] == 0.0
+    text = markdown_table(ev.result())
+    assert "50.0 % of the 2 sectors with a true warning shown a lower level" in text
+    assert "3.3 % of the 30 clear sectors shown a warning" in text
+
+
 def test_empty_evaluator_and_bad_input(rig, tiny):
     ev = Evaluator(rig, tiny)
     r = ev.result()
