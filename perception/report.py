@@ -75,7 +75,8 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
     if levels.get("warned_sectors") or levels.get("clear_sectors"):
         steps = ", ".join(f"≤ {t:g}" for t in levels["thresholds_m"])
         lines += ["", f"Sector warning levels (clear, {steps} m): {_pct(levels['under_warned'])} % of the "
-                      f"{levels['warned_sectors']:,} sectors with a true warning shown a lower level, "
+                      f"{levels['warned_sectors']:,} sectors with a true warning shown a lower level "
+                      f"({_pct(levels.get('missed_warning'))} % shown clear), "
                       f"{_pct(levels['over_warned'])} % of those below the top level shown a higher one, "
                       f"{_pct(levels['false_alarm'])} % of the {levels['clear_sectors']:,} clear sectors shown a "
                       "warning."]

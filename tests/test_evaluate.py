@@ -229,13 +229,16 @@ def test_sector_warning_levels_count_understated_and_false_warnings(rig, grid):
     assert cm.sum() == 2 * 16 and cm[2, 1] == 1 and cm[0, 2] == 1 and cm[2, 2] == 1 and cm[0, 0] == 2 * 16 - 3
     assert levels["warned_sectors"] == 2 and levels["clear_sectors"] == 30
     assert levels["under_warned"] == pytest.approx(1 / 2)  # the front sector on the night frame
+    assert levels["missed_warning"] == 0.0  # shown too low, but shown
     assert levels["false_alarm"] == pytest.approx(1 / 30)  # the flank on the night frame
     assert levels["over_warned"] == pytest.approx(1 / 32)  # no sector is at the top level: the false alarm of 32
     night = ev.result()["sector_levels_by_condition"]["night"]
     assert night["under_warned"] == 1.0 and night["false_alarm"] == pytest.approx(1 / 15)
     assert ev.result()["sector_levels_by_condition"]["day"]["false_alarm"] == 0.0
     text = markdown_table(ev.result())
-    assert "50.0 % of the 2 sectors with a true warning shown a lower level" in text
+    assert "50.0 % of the 2 sectors with a true warning shown a lower level (0.0 % shown clear)" in text
+    ev.update(_empty(grid, rig), target, ["rain"])  # the front obstacle not shown at all
+    assert ev.result()["sector_levels"]["missed_warning"] == pytest.approx(1 / 3)
     assert "3.3 % of the 30 clear sectors shown a warning" in text
 
 
