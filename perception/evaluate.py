@@ -46,7 +46,8 @@ class Evaluator:
       0 clear, then one level per threshold of levels_m the nearest obstacle is within), predicted against true,
       over every sector of every frame: `confusion` (true level x shown level, counts), `under_warned` (of the
       sectors with a true warning, the share shown a lower level: the danger understated), `missed_warning` (of
-      those, the share shown clear: an obstacle within the outer threshold not shown at all), `over_warned` (of the
+      those, the share shown clear: an obstacle within the outer threshold not shown at all; `missed_by_level`
+      the same per true level 1..: the nearest obstacle between two thresholds), `over_warned` (of the
       sectors below the top level, the share shown a higher one) and `false_alarm` (of the sectors clear in the
       truth, the share shown any warning: the nuisance a near-field bias costs).
     """
@@ -193,6 +194,7 @@ class Evaluator:
         return {"thresholds_m": list(self.layout.levels_m), "confusion": cm.tolist(),
                 "under_warned": float(below.sum() / warned) if warned else None,
                 "missed_warning": float(cm[1:, 0].sum() / warned) if warned else None,
+                "missed_by_level": [float(row[0] / row.sum()) if row.sum() else None for row in cm[1:]],
                 "over_warned": float(above.sum() / not_top) if not_top else None,
                 "false_alarm": float(cm[0, 1:].sum() / clear) if clear else None,
                 "warned_sectors": warned, "clear_sectors": clear}

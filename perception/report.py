@@ -76,7 +76,7 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
         steps = ", ".join(f"≤ {t:g}" for t in levels["thresholds_m"])
         lines += ["", f"Sector warning levels (clear, {steps} m): {_pct(levels['under_warned'])} % of the "
                       f"{levels['warned_sectors']:,} sectors with a true warning shown a lower level "
-                      f"({_pct(levels.get('missed_warning'))} % shown clear), "
+                      f"({_pct(levels.get('missed_warning'))} % shown clear{_bands(levels)}), "
                       f"{_pct(levels['over_warned'])} % of those below the top level shown a higher one, "
                       f"{_pct(levels['false_alarm'])} % of the {levels['clear_sectors']:,} clear sectors shown a "
                       "warning."]
@@ -85,6 +85,15 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
         lines += ["", f"Sector distance error: median {sector['median']:.2f} m, p95 {sector['p95']:.2f} m over "
                       f"{sector['sectors']} sectors; mIoU over the obstacle classes, IoU and recall in %."]
     return "\n".join(lines) + "\n"
+
+
+def _bands(levels: Mapping[str, Any]) -> str:
+    """'; nearest obstacle 0.8–1.5 m: 9.9 %, 0.3–0.8 m: 0.5 %': shown clear per true level, those with sectors."""
+    edges = [*levels["thresholds_m"], 0.0]
+    confusion = levels["confusion"]
+    parts = [f"{edges[k + 1]:g}–{edges[k]:g} m: {_pct(share)} %"
+             for k, share in enumerate(levels.get("missed_by_level", [])) if sum(confusion[k + 1])]
+    return "; nearest obstacle " + ", ".join(parts) if parts else ""
 
 
 def modality_table(results: Mapping[str, Mapping[str, Any]], metric: str = "miou", title: str = "") -> str:

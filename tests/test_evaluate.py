@@ -236,9 +236,11 @@ def test_sector_warning_levels_count_understated_and_false_warnings(rig, grid):
     assert night["under_warned"] == 1.0 and night["false_alarm"] == pytest.approx(1 / 15)
     assert ev.result()["sector_levels_by_condition"]["day"]["false_alarm"] == 0.0
     text = markdown_table(ev.result())
-    assert "50.0 % of the 2 sectors with a true warning shown a lower level (0.0 % shown clear)" in text
+    assert ("50.0 % of the 2 sectors with a true warning shown a lower level (0.0 % shown clear; nearest obstacle "
+            "0.3–0.8 m: 0.0 %)") in text
     ev.update(_empty(grid, rig), target, ["rain"])  # the front obstacle not shown at all
     assert ev.result()["sector_levels"]["missed_warning"] == pytest.approx(1 / 3)
+    assert ev.result()["sector_levels"]["missed_by_level"] == [None, pytest.approx(1 / 3), None]
     assert "3.3 % of the 30 clear sectors shown a warning" in text
 
 
