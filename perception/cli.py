@@ -135,7 +135,7 @@ def _eval(args) -> int:
 def _report(args) -> int:
     import json
 
-    from perception.report import modality_table, plot_by_condition, split_recall_table
+    from perception.report import modality_table, plot_by_condition, split_recall_table, warning_table
     from sensors.errors import ConfigError
 
     results = {}
@@ -162,6 +162,8 @@ def _report(args) -> int:
                                        "and where none did (%)")):
         table = split_recall_table(results, by, title)
         text += "\n" + table if table else ""
+    table = warning_table(results, 2)
+    text += "\n" + table if table else ""
     print(text)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,34 @@ def modality_table(results: Mapping[str, Mapping[str, Any]], metric: str = "miou
     return "\n".join(lines) + "\n"
 
 
+def warning_table(results: Mapping[str, Mapping[str, Any]], level: int = 2, title: str | None = None) -> str:
+    """Models x conditions: of the sectors whose nearest true obstacle is at warning LEVEL (Evaluator's
+    sector_levels; 2: within the second threshold, 0.8 m by default), the share a parking display would show clear,
+    in %, then the share of sectors clear in truth shown a warning; "" when no model's JSON has sector levels (they
+    predate them). TITLE None: one naming the level's distance."""
+    with_levels = [r["sector_levels"] for r in results.values() if r.get("sector_levels")]
+    if not with_levels:
+        return ""
+    if title is None:
+        within = with_levels[0]["thresholds_m"][level - 1]
+        title = f"Obstacles within {within:g} m of the car body that a parking display would show clear, by sector (%)"
+    conditions = _conditions(results)
+
+    def missed(levels: Mapping[str, Any] | None) -> str:
+        by_level = (levels or {}).get("missed_by_level") or []
+        return _pct(by_level[level - 1]) if 0 < level <= len(by_level) else "–"
+
+    head = ["model", "all", *conditions, "clear sectors shown a warning"]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for name, r in results.items():
+        by_condition = r.get("sector_levels_by_condition", {})
+        cells = [name, missed(r.get("sector_levels")), *(missed(by_condition.get(c)) for c in conditions),
+                 _pct((r.get("sector_levels") or {}).get("false_alarm"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 SPLITS = {"class": ("recall_1m_by_class", "near_cells_by_class"),
           "uss_coverage": ("recall_1m_by_uss_coverage", "near_cells_by_uss_coverage")}
 

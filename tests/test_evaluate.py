@@ -9,7 +9,7 @@ import pytest
 
 from perception.bev_config import BevConfig, ego_mask
 from perception.evaluate import Evaluator
-from perception.report import PALETTE, markdown_table, modality_table, plot_by_condition
+from perception.report import PALETTE, markdown_table, modality_table, plot_by_condition, warning_table
 from sensors.bev import BevGrid
 from sensors.classes import IGNORE
 from sensors.errors import ConfigError
@@ -238,6 +238,11 @@ def test_sector_warning_levels_count_understated_and_false_warnings(rig, grid):
     text = markdown_table(ev.result())
     assert ("50.0 % of the 2 sectors with a true warning shown a lower level (0.0 % shown clear; nearest obstacle "
             "0.3–0.8 m: 0.0 %)") in text
+    table = warning_table({"fusion": ev.result(), "old": {"by_condition": {}}})
+    assert table.splitlines()[0] == ("### Obstacles within 0.8 m of the car body that a parking display would show "
+                                     "clear, by sector (%)")
+    assert "| fusion | 0.0 | 0.0 | 0.0 | 3.3 |" in table and "| old | – | – | – | – |" in table
+    assert warning_table({"old": {"by_condition": {}}}) == ""
     ev.update(_empty(grid, rig), target, ["rain"])  # the front obstacle not shown at all
     assert ev.result()["sector_levels"]["missed_warning"] == pytest.approx(1 / 3)
     assert ev.result()["sector_levels"]["missed_by_level"] == [None, pytest.approx(1 / 3), None]
