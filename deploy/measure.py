@@ -53,12 +53,17 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
     measured, e.g. no night frames).
 
     timing=False re-scores accuracy only (after the test split changed, or on a busy machine): the test figures
-    with `accuracy_command` and `accuracy_measured_at`; the stored timings, their machine and command stay."""
+    with `accuracy_command` and `accuracy_measured_at`; the stored timings, their machine and command stay. A
+    TensorRT artifact (target tensorrt) is always measured so."""
     from sensors.log import LogReader
     from sensors.replay import replay_frames
     from sensors.timing import machine_description
 
     model = get_model(name, manifest)
+    if timing and model.target == "tensorrt":
+        log.info("%s: a TensorRT artifact (symmetric int8 for TensorRT's kernels) is scored in onnxruntime but not "
+                 "timed there: its CPU time says nothing about its engine's; accuracy only", name)
+        timing = False
     zoo = read_zoo(manifest)
     parent: ZooModel | None = zoo.get(model.parent) if model.parent != name else None
     logs = find_logs(data, split="test")

@@ -184,7 +184,6 @@ class Evaluator:
             return {"median": None, "p95": None, "sectors": 0}
         return {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95)), "sectors": len(errors)}
 
-
     def _level_stats(self, group: str) -> dict[str, Any]:
         n = len(self.layout.levels_m) + 1
         cm = self._levels.get(group, np.zeros((n, n), np.int64))

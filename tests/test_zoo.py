@@ -164,6 +164,17 @@ def test_measure_without_a_parent_in_the_zoo_has_no_ratio(zoo, night_log):
     assert "test_miou" not in read_zoo(zoo)["tiny"].metrics  # store=False leaves the manifest alone
 
 
+def test_a_tensorrt_artifact_is_scored_but_not_timed_in_onnxruntime(zoo, built, night_log):
+    path, config, _ = built
+    shutil.copyfile(path, zoo.parent / "tiny-trt.onnx")
+    register(ZooModel("tiny-trt", zoo.parent / "tiny-trt.onnx", "", "tiny", "int8-ptq", "tensorrt", config.bev,
+                      input_shapes(path)), zoo)
+    m = measure_model("tiny-trt", [night_log], threads=1, manifest=zoo)
+    assert m["test_frames"] == 3 and "test_miou_night" in m
+    assert not {"ort_cpu_ms", "ort_cpu_ratio", "measured_on"} & set(m)
+    assert m["accuracy_command"].endswith("--accuracy-only")
+
+
 def test_parameter_count_skips_quantisation_scales(tmp_path):
     from onnx import TensorProto, helper, numpy_helper, save
 
