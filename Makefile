@@ -100,7 +100,8 @@ models: $(STAMP)
 # nf-small-distill-r2 (distilled on train + train-street) and nf-small-int8-r2 (with its TensorRT artifact), two
 # from revision 3, nf-small-pruned50-r3 (3,000 steps: 47 min on one core beside another run) and nf-small-distill-r3
 # (3,000 steps with feature imitation: 67 min for it and its trained-alone twin on 2 cores);
-# and two from revision 4, the shipped nf-small: nf-small-int8-r4 and nf-small-pruned50-r4 (the recipes of r2 and r3);
+# and from revision 4, the shipped nf-small: nf-small-int8-r4, nf-small-pruned50-r4 (the recipes of r2 and r3) and
+# nf-small-pruned50-int8-r4, the pruned model quantised (45 min for the pruning on one core);
 # registered, then every model measured on data/test one after the other, listed and plotted. About 1.5 h on 2 CPU
 # cores. The E2GC pair it measures comes from `make e2gc` (below).
 COMPRESS := $(BIN)/nearfield compress --from nf-small-r1 --data data --threads 2 --no-measure
@@ -109,7 +110,9 @@ ZOO_MODELS := nf-small nf-small-r3 nf-small-camera nf-small-uss nf-small-r2 nf-s
 	nf-small-distill nf-small-distill-ens \
 	nf-small-qat-int8 nf-small-lowrank nf-small-magnitude50 nf-small-lamp50 nf-small-random50 nf-small-qat-int4 \
 	nf-small-qat-ternary nf-small-resnext nf-small-e2gc nf-small-distill-r2 \
-	nf-small-int8-r2 nf-small-pruned50-r3 nf-small-distill-r3 nf-small-int8-r4 nf-small-pruned50-r4
+	nf-small-int8-r2 nf-small-pruned50-r3 nf-small-distill-r3 nf-small-int8-r4 nf-small-pruned50-r4 \
+	nf-small-pruned50-int8-r4 nf-small-int8-tensorrt nf-small-int8-r2-tensorrt nf-small-int8-r4-tensorrt \
+	nf-small-pruned50-int8-r4-tensorrt
 
 zoo: $(STAMP)
 	$(COMPRESS) --method int8-ptq --out nf-small-int8 --calib-frames 64
@@ -140,6 +143,8 @@ zoo: $(STAMP)
 	$(BIN)/nearfield compress --method prune-structured --from nf-small --out nf-small-pruned50-r4 --data data \
 		--threads 1 --no-measure --steps 3000 --opt flops_ratio=0.5 --opt lift_channels=24 --opt lr=1e-3 \
 		--opt train_splits=train,train-street
+	$(BIN)/nearfield compress --method int8-ptq --from nf-small-pruned50-r4 --out nf-small-pruned50-int8-r4 \
+		--data data --threads 1 --no-measure --calib-frames 64
 	for m in $(ZOO_MODELS); do $(BIN)/nearfield zoo measure $$m --data data --threads 2 || exit 1; done
 	$(BIN)/nearfield zoo list
 	$(BIN)/nearfield zoo plot deploy/docs/zoo.png

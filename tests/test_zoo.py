@@ -164,7 +164,7 @@ def test_measure_without_a_parent_in_the_zoo_has_no_ratio(zoo, night_log):
     assert "test_miou" not in read_zoo(zoo)["tiny"].metrics  # store=False leaves the manifest alone
 
 
-def test_a_tensorrt_artifact_is_scored_but_not_timed_in_onnxruntime(zoo, built, night_log):
+def test_a_tensorrt_artifact_is_scored_but_not_timed_in_onnxruntime(zoo, built, night_log, capsys):
     path, config, _ = built
     shutil.copyfile(path, zoo.parent / "tiny-trt.onnx")
     register(ZooModel("tiny-trt", zoo.parent / "tiny-trt.onnx", "", "tiny", "int8-ptq", "tensorrt", config.bev,
@@ -173,6 +173,10 @@ def test_a_tensorrt_artifact_is_scored_but_not_timed_in_onnxruntime(zoo, built, 
     assert m["test_frames"] == 3 and "test_miou_night" in m
     assert not {"ort_cpu_ms", "ort_cpu_ratio", "measured_on"} & set(m)
     assert m["accuracy_command"].endswith("--accuracy-only")
+    capsys.readouterr()
+    assert main(["zoo", "--manifest", str(zoo), "measure", "tiny-trt", "--data", str(night_log), "--threads",
+                 "1"]) == 0
+    assert "3 test frames; accuracy only: a TensorRT artifact is not timed" in capsys.readouterr().out
 
 
 def test_parameter_count_skips_quantisation_scales(tmp_path):
