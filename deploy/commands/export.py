@@ -166,7 +166,8 @@ def _plot(args) -> int:
     points, missing = zoo_points(zoo_rows(_manifest(args)))
     lines = [*machine_lines(read_zoo(_manifest(args)), {p.name for p in points}),
              "a model with a parent in the zoo: the parent's ms / its speed-up timed in the same run",
-             *([f"not measured, left out: {', '.join(missing)}"] if missing else [])]
+             *([f"no CPU latency (TensorRT artifacts, models not measured), left out: {', '.join(missing)}"]
+               if missing else [])]
     plot_zoo(points, args.out, footnote="\n".join(lines))
     note = "; ".join(lines)
     print(f"{args.out}: {len(points)} model(s)" + (f"; {note}" if note else ""))
