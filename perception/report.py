@@ -120,8 +120,12 @@ def warning_table(results: Mapping[str, Mapping[str, Any]], level: int = 2, titl
     with_levels = [r["sector_levels"] for r in results.values() if r.get("sector_levels")]
     if not with_levels:
         return ""
+    thresholds = with_levels[0]["thresholds_m"]
+    if not 0 < level <= len(thresholds):
+        raise ConfigError(f"warning_table: level must be 1..{len(thresholds)} (one per threshold, "
+                          f"{', '.join(f'{t:g}' for t in thresholds)} m), got {level}")
     if title is None:
-        within = with_levels[0]["thresholds_m"][level - 1]
+        within = thresholds[level - 1]
         title = f"Obstacles within {within:g} m of the car body that a parking display would show clear, by sector (%)"
     conditions = _conditions(results)
 

@@ -243,6 +243,8 @@ def test_sector_warning_levels_count_understated_and_false_warnings(rig, grid):
                                      "clear, by sector (%)")
     assert "| fusion | 0.0 | 0.0 | 0.0 | 3.3 |" in table and "| old | – | – | – | – |" in table
     assert warning_table({"old": {"by_condition": {}}}) == ""
+    with pytest.raises(ConfigError, match=r"level must be 1\.\.3"):
+        warning_table({"fusion": ev.result()}, level=4)
     ev.update(_empty(grid, rig), target, ["rain"])  # the front obstacle not shown at all
     assert ev.result()["sector_levels"]["missed_warning"] == pytest.approx(1 / 3)
     assert ev.result()["sector_levels"]["missed_by_level"] == [None, pytest.approx(1 / 3), None]
