@@ -62,6 +62,7 @@ class Evaluator:
                                                                              range(1, num_classes)))
         self.near_m = float(near_m)
         self.layout = SectorLayout(rig, grid, count=sectors)
+        self._level_count = len(self.layout.levels_m) + 1  # warning levels: clear, then one per threshold
         self._near = near_mask(rig.vehicle, grid, self.near_m)
         border = np.zeros(grid.shape, np.uint8)
         border[[0, -1], :] = border[:, [0, -1]] = 1
@@ -77,7 +78,8 @@ class Evaluator:
         self._near_by_class = np.zeros((k, 2), np.int64)  # per true class: hit, total (whole set)
         self._near_by_coverage = np.zeros((2, 2), np.int64)  # [uncovered, covered]: hit, total (frames with covered)
         self._sector_errors: dict[str, list[np.ndarray]] = defaultdict(list)
-        n = len(self.layout.levels_m) + 1  # true level x shown level, every sector of every frame
+        n = self._level_count
+        # true level x shown level, every sector of every frame
         self._levels: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((n, n), np.int64))
         self._frames: dict[str, int] = defaultdict(int)
 
@@ -114,7 +116,7 @@ class Evaluator:
         scored = np.isfinite(true_d)
         reported = np.where(np.isfinite(pred_d), pred_d, self.edge_m)
         errors = np.abs(reported[scored] - true_d[scored])
-        n = len(self.layout.levels_m) + 1
+        n = self._level_count
         shown = self.layout.levels(pred_d).astype(np.int64)  # a clear sector (inf) is level 0
         levels = np.bincount(self.layout.levels(true_d).astype(np.int64) * n + shown, minlength=n * n).reshape(n, n)
 
@@ -185,7 +187,7 @@ class Evaluator:
         return {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95)), "sectors": len(errors)}
 
     def _level_stats(self, group: str) -> dict[str, Any]:
-        n = len(self.layout.levels_m) + 1
+        n = self._level_count
         cm = self._levels.get(group, np.zeros((n, n), np.int64))
         below = np.tril(cm, -1)  # shown level < true level
         above = np.triu(cm, 1)

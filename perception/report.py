@@ -71,8 +71,8 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
         if memory.get("frames_without_odometry"):
             text += f"; {memory['frames_without_odometry']} frames without odometry"
         lines += ["", text + "."]
-    levels = result.get("sector_levels", {})
-    if levels.get("warned_sectors") or levels.get("clear_sectors"):
+    levels = _sector_levels(result)
+    if levels and (levels.get("warned_sectors") or levels.get("clear_sectors")):
         steps = ", ".join(f"≤ {t:g}" for t in levels["thresholds_m"])
         lines += ["", f"Sector warning levels (clear, {steps} m): {_pct(levels['under_warned'])} % of the "
                       f"{levels['warned_sectors']:,} sectors with a true warning shown a lower level "
@@ -117,7 +117,7 @@ def warning_table(results: Mapping[str, Mapping[str, Any]], level: int = 2, titl
     sector_levels; 2: within the second threshold, 0.8 m by default), the share a parking display would show clear,
     in %, then the share of sectors clear in truth shown a warning; "" when no model's JSON has sector levels (they
     predate them). TITLE None: one naming the level's distance."""
-    with_levels = [r["sector_levels"] for r in results.values() if r.get("sector_levels")]
+    with_levels = [levels for r in results.values() if (levels := _sector_levels(r))]
     if not with_levels:
         return ""
     thresholds = with_levels[0]["thresholds_m"]
@@ -129,19 +129,28 @@ def warning_table(results: Mapping[str, Mapping[str, Any]], level: int = 2, titl
         title = f"Obstacles within {within:g} m of the car body that a parking display would show clear, by sector (%)"
     conditions = _conditions(results)
 
-    def missed(levels: Mapping[str, Any] | None) -> str:
-        by_level = (levels or {}).get("missed_by_level") or []
-        return _pct(by_level[level - 1]) if 0 < level <= len(by_level) else "–"
+    def missed(levels: Any) -> str:
+        by_level = levels.get("missed_by_level") if isinstance(levels, Mapping) else None
+        return _pct(by_level[level - 1]) if isinstance(by_level, list) and level <= len(by_level) else "–"
 
     head = ["model", "all", *conditions, "clear sectors shown a warning"]
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for name, r in results.items():
-        by_condition = r.get("sector_levels_by_condition", {})
-        cells = [name, missed(r.get("sector_levels")), *(missed(by_condition.get(c)) for c in conditions),
-                 _pct((r.get("sector_levels") or {}).get("false_alarm"))]
+        levels = _sector_levels(r)
+        by_condition = r.get("sector_levels_by_condition") if levels else None
+        by_condition = by_condition if isinstance(by_condition, Mapping) else {}
+        cells = [name, missed(levels), *(missed(by_condition.get(c)) for c in conditions),
+                 _pct(levels.get("false_alarm") if levels else None)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _sector_levels(result: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """RESULT's sector_levels when it has the shape Evaluator writes, else None (a JSON from before them)."""
+    levels = result.get("sector_levels")
+    ok = isinstance(levels, Mapping) and isinstance(levels.get("thresholds_m"), list) and levels["thresholds_m"]
+    return levels if ok else None
 
 
 SPLITS = {"class": ("recall_1m_by_class", "near_cells_by_class"),

@@ -243,6 +243,9 @@ def test_sector_warning_levels_count_understated_and_false_warnings(rig, grid):
                                      "clear, by sector (%)")
     assert "| fusion | 0.0 | 0.0 | 0.0 | 3.3 |" in table and "| old | – | – | – | – |" in table
     assert warning_table({"old": {"by_condition": {}}}) == ""
+    odd = {"by_condition": {}, "sector_levels": {"confusion": []}, "sector_levels_by_condition": []}
+    assert warning_table({"odd": odd}) == ""  # not the shape the Evaluator writes: as if absent, no traceback
+    assert "| odd | – | – | – | – |\n" in warning_table({"fusion": ev.result(), "odd": odd})
     with pytest.raises(ConfigError, match=r"level must be 1\.\.3"):
         warning_table({"fusion": ev.result()}, level=4)
     ev.update(_empty(grid, rig), target, ["rain"])  # the front obstacle not shown at all
