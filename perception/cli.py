@@ -51,6 +51,23 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     e.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
     e.set_defaults(func=_eval)
 
+    op = commands.add_parser("operating-point", help="choose the near-field bias on a validation split: the "
+                                                     "smallest free confidence whose recall within 1 m meets the goal "
+                                                     "in every condition")
+    op.add_argument("--model", required=True, help="registered model name (nf-small, ...) or a training run directory")
+    op.add_argument("--data", required=True, nargs="+",
+                    help="MCAP drive logs or directories of them: a validation split (val-paired), not the test split")
+    op.add_argument("--free-confidence", type=float, nargs="+", metavar="P",
+                    help="the biases to try (0.5..1; the argmax is always tried too; default: 0.7 0.8 0.9 0.95 0.98 "
+                         "0.99)")
+    op.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
+    op.add_argument("--recall-goal", type=float, default=0.95, metavar="R",
+                    help="recall of obstacle cells within 1 m to reach overall and in every condition (default 0.95)")
+    op.add_argument("--json", help="write every setting's eval result and the choice to this JSON file")
+    op.add_argument("--device", default="auto")
+    op.add_argument("--batch-size", type=int, default=4)
+    op.set_defaults(func=_operating_point)
+
     rp = commands.add_parser("report", help="modality x condition tables and chart from several `eval --json` files")
     rp.add_argument("results", nargs="+", metavar="NAME=JSON", help="a label and an eval JSON, e.g. fusion=f.json")
     rp.add_argument("--markdown", help="write the tables (mIoU, recall within 1 m) to this Markdown file")
@@ -129,6 +146,34 @@ def _eval(args) -> int:
     if args.json:
         for path in write_eval_report(result, args.json, title):
             print(path)
+    return 0
+
+
+def _operating_point(args) -> int:
+    import json
+
+    from perception.model_eval import evaluate_logs_settings
+    from perception.operating_point import DEFAULT_SWEEP, choose, setting_label, sort_settings, sweep_table
+    from perception.registry import load_trained
+
+    settings = sort_settings([None, *(args.free_confidence or DEFAULT_SWEEP)])
+    choose([], args.recall_goal)  # the goal is checked before any log is read
+    model, config = load_trained(args.model)
+    results = evaluate_logs_settings(model, args.data, settings, device=args.device, batch_size=args.batch_size,
+                                     progress=sys.stderr.isatty(), memory_decay=args.memory)
+    memory = f", near-field memory (decay {args.memory:g})" if args.memory is not None else ""
+    print(f"### {args.model}{memory}: near-field bias on {', '.join(args.data)}\n")
+    print(sweep_table(settings, results, args.recall_goal))
+    if args.json:
+        choice = choose(results, args.recall_goal)
+        chosen = None if choice.index is None else setting_label(settings[choice.index])
+        out = {"model": args.model, "config": config.name, "data": list(args.data), "memory_decay": args.memory,
+               "recall_goal": args.recall_goal, "chosen": chosen,
+               "settings": [{"free_confidence": p, "worst_condition": w[0], "worst_recall_1m": w[1], "result": r}
+                            for p, w, r in zip(settings, choice.worst, results, strict=True)]}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        print(args.json)
     return 0
 
 

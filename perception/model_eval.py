@@ -29,7 +29,6 @@ from sensors.errors import ConfigError
 from sensors.rig import Rig
 
 
-@torch.no_grad()
 def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str | torch.device = "cpu",
                      batch_size: int = 4, amp: torch.dtype | None = None, progress: bool = False,
                      desc: str = "eval", free_confidence: float | None = None,
@@ -44,16 +43,31 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
     recalled, how many of them are obstacles in the target and that share: the precision of the recalls alone, and how
     many of the others lie next to one (8-neighbourhood): off by a cell rather than made up). A dataset without odometry
     is refused: there would be nothing to carry the memory with."""
+    return evaluate_settings(model, dataset, rig, [free_confidence], device, batch_size, amp, progress, desc,
+                             memory_decay)[0]
+
+
+@torch.no_grad()
+def evaluate_settings(model: FusionNet, dataset: Dataset, rig: Rig, free_confidences: Sequence[float | None],
+                      device: str | torch.device = "cpu", batch_size: int = 4, amp: torch.dtype | None = None,
+                      progress: bool = False, desc: str = "eval",
+                      memory_decay: float | None = None) -> list[dict[str, Any]]:
+    """evaluate_dataset's result for each of several near-field biases (None: the argmax) from one pass of the
+    network: the same logits post-processed once per setting, each with an evaluator and a memory of its own (the
+    memory carries the obstacles of the map it is given, so a setting's memory is its own)."""
+    if not free_confidences:
+        raise ConfigError("evaluate_settings: no setting to score (give at least one free confidence, or None)")
+    for p in free_confidences:
+        if p is not None:
+            check_free_confidence(p)
     device = torch.device(device)
     grid = model.config.bev.grid(rig)
     ego = ego_mask(rig.vehicle, grid)
-    evaluator = Evaluator(rig, grid)
-    near = near_mask(rig.vehicle, grid, evaluator.near_m)
-    if free_confidence is not None:
-        check_free_confidence(free_confidence)
+    evaluators = [Evaluator(rig, grid) for _ in free_confidences]
+    near = near_mask(rig.vehicle, grid, evaluators[0].near_m)
     meta = getattr(dataset, "meta", None)
-    memory = _memory(meta, grid, near, ego, memory_decay)
-    drive, no_odometry, recalled, recalled_true, recalled_beside = None, 0, 0, 0, 0
+    runs = [_Setting(p, e, _memory(meta, grid, near, ego, memory_decay))
+            for p, e in zip(free_confidences, evaluators, strict=True)]
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
@@ -65,34 +79,48 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits, _ = model(b["images"], b["grid"], b["valid"], b["uss"])
             logits = logits.float().cpu().numpy()
-            maps = class_map(logits, ego, near if free_confidence is not None else None, free_confidence)
-            for k in range(len(maps)):
-                m = meta[i] if meta is not None else None
-                where = f"{m.drive} frame {m.index}" if m is not None else f"sample {i}"
-                covered = batch["uss"][k, COVERAGE].numpy() > 0.5
-                out = maps[k]
-                if memory is not None:
-                    if m.drive != drive:
-                        memory.reset()
-                        drive = m.drive
-                    out, recall = memory.step(logits[k], out, covered, m.odometry, m.stamp_ns)
-                    no_odometry += m.odometry is None
-                target = batch["target"][k].numpy()
-                if memory is not None:  # the recalls alone: how many are obstacles in the target
-                    recalled += int(recall.cells.sum())
-                    obstacle = (target != SemanticClass.FREE) & (target != IGNORE)
-                    recalled_true += int((recall.cells & obstacle).sum())
-                    recalled_beside += int((recall.cells & ~obstacle & _beside(obstacle)).sum())
-                evaluator.update(out, target, m.conditions if m is not None else (), where, covered=covered)
-                i += 1
+            targets = batch["target"].numpy()
+            covered = batch["uss"][:, COVERAGE].numpy() > 0.5
+            for run in runs:
+                maps = class_map(logits, ego, near if run.free_confidence is not None else None, run.free_confidence)
+                for k in range(len(maps)):
+                    run.update(logits[k], maps[k], targets[k], covered[k], meta[i + k] if meta is not None else None,
+                               i + k)
+            i += len(logits)
     finally:
         model.train(was_training)
-    result = evaluator.result()
-    if memory is not None:
-        result["memory"] = {"decay": memory.decay, "frames_without_odometry": no_odometry, "recalled_cells": recalled,
-                            "recalled_true": recalled_true, "recalled_beside_an_obstacle": recalled_beside,
-                            "recalled_precision": recalled_true / recalled if recalled else None}
-    return result
+    return [run.result() for run in runs]
+
+
+class _Setting:
+    """One near-field bias of evaluate_settings: its evaluator, its memory and the memory's counts."""
+
+    def __init__(self, free_confidence: float | None, evaluator: Evaluator, memory: NearFieldMemory | None):
+        self.free_confidence, self.evaluator, self.memory = free_confidence, evaluator, memory
+        self.drive, self.no_odometry, self.recalled, self.recalled_true, self.recalled_beside = None, 0, 0, 0, 0
+
+    def update(self, logits: np.ndarray, out: np.ndarray, target: np.ndarray, covered: np.ndarray, m, i: int) -> None:
+        where = f"{m.drive} frame {m.index}" if m is not None else f"sample {i}"
+        if self.memory is not None:
+            if m.drive != self.drive:
+                self.memory.reset()
+                self.drive = m.drive
+            out, recall = self.memory.step(logits, out, covered, m.odometry, m.stamp_ns)
+            self.no_odometry += m.odometry is None
+            obstacle = (target != SemanticClass.FREE) & (target != IGNORE)  # the recalls alone: how many are right
+            self.recalled += int(recall.cells.sum())
+            self.recalled_true += int((recall.cells & obstacle).sum())
+            self.recalled_beside += int((recall.cells & ~obstacle & _beside(obstacle)).sum())
+        self.evaluator.update(out, target, m.conditions if m is not None else (), where, covered=covered)
+
+    def result(self) -> dict[str, Any]:
+        result = self.evaluator.result()
+        if self.memory is not None:
+            result["memory"] = {"decay": self.memory.decay, "frames_without_odometry": self.no_odometry,
+                                "recalled_cells": self.recalled, "recalled_true": self.recalled_true,
+                                "recalled_beside_an_obstacle": self.recalled_beside,
+                                "recalled_precision": self.recalled_true / self.recalled if self.recalled else None}
+        return result
 
 
 def _beside(mask: np.ndarray) -> np.ndarray:
@@ -127,8 +155,21 @@ def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = T
     had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone.
     FREE_CONFIDENCE: the near-field bias of postprocess.class_map, MEMORY_DECAY the near-field memory of
     perception.temporal (both checked before any log is read)."""
-    if free_confidence is not None:
-        check_free_confidence(free_confidence)
+    return evaluate_logs_settings(model, paths, [free_confidence], cache, device, batch_size, progress, blind_cameras,
+                                  memory_decay)[0]
+
+
+def evaluate_logs_settings(model: FusionNet, paths: Sequence[str | Path], free_confidences: Sequence[float | None],
+                           cache: bool = True, device: str | torch.device = "cpu", batch_size: int = 4,
+                           progress: bool = True, blind_cameras: bool = False,
+                           memory_decay: float | None = None) -> list[dict[str, Any]]:
+    """evaluate_logs for each of several near-field biases (None: the argmax) from one pass of the network
+    (`nearfield operating-point`)."""
+    if not free_confidences:
+        raise ConfigError("no free confidence to score: give at least one value (or None for the argmax)")
+    for p in free_confidences:
+        if p is not None:
+            check_free_confidence(p)
     if memory_decay is not None:
         check_decay(memory_decay)
     if blind_cameras and not (model.config.uses_camera and model.config.uses_uss):
@@ -145,8 +186,8 @@ def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = T
     if blind_cameras:
         dataset = BlindCameras(dataset)
     device = resolve_device(str(device))
-    return evaluate_dataset(model.to(device), dataset, rig, device, batch_size, amp_dtype("auto", device), progress,
-                            free_confidence=free_confidence, memory_decay=memory_decay)
+    return evaluate_settings(model.to(device), dataset, rig, free_confidences, device, batch_size,
+                             amp_dtype("auto", device), progress, memory_decay=memory_decay)
 
 
 def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:
@@ -162,4 +203,4 @@ def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str)
     return [path, md, png]
 
 
-__all__ = ["evaluate_dataset", "evaluate_logs", "write_eval_report"]
+__all__ = ["evaluate_dataset", "evaluate_logs", "evaluate_logs_settings", "evaluate_settings", "write_eval_report"]

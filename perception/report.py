@@ -20,7 +20,7 @@ PALETTE = ((0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 18
            (240, 228, 66), (0, 0, 0))
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
@@ -45,8 +45,8 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
 
     def row(label: str, group: Mapping[str, Any], condition: str | None) -> str:
-        cells = [label, _pct(group["miou"]), *(_pct(group["iou"].get(n)) for n in names),
-                 _pct(_metric(result, "recall_1m", condition)), _pct(_metric(result, "precision_1m", condition)),
+        cells = [label, pct(group["miou"]), *(pct(group["iou"].get(n)) for n in names),
+                 pct(_metric(result, "recall_1m", condition)), pct(_metric(result, "precision_1m", condition)),
                  str(group["frames"])]
         return "| " + " | ".join(cells) + " |"
 
@@ -57,28 +57,28 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
     counted = [c for c in by_class if cells.get(c)]
     if counted:
         lines += ["", "Recall within 1 m by true class: " + ", ".join(
-            f"{c} {_pct(by_class[c])} % of {cells[c]:,} cells" for c in counted) + "."]
+            f"{c} {pct(by_class[c])} % of {cells[c]:,} cells" for c in counted) + "."]
     by_cover, cover_cells = result.get("recall_1m_by_uss_coverage", {}), result.get("near_cells_by_uss_coverage", {})
     if any(cover_cells.values()):
         lines += ["", "Recall within 1 m where an ultrasonic beam reached the cell: " + ", ".join(
-            f"{c} {_pct(by_cover[c])} % of {cover_cells[c]:,} cells" for c in ("covered", "uncovered")) + "."]
+            f"{c} {pct(by_cover[c])} % of {cover_cells[c]:,} cells" for c in ("covered", "uncovered")) + "."]
     memory = result.get("memory")
     if memory:
         share, beside = memory.get("recalled_precision"), memory.get("recalled_beside_an_obstacle", 0)
         text = f"Near-field memory (decay {memory['decay']:g}): {memory['recalled_cells']:,} cells recalled"
         if share is not None:
-            text += f", {_pct(share)} % of them obstacles in the ground truth and {beside:,} more next to one"
+            text += f", {pct(share)} % of them obstacles in the ground truth and {beside:,} more next to one"
         if memory.get("frames_without_odometry"):
             text += f"; {memory['frames_without_odometry']} frames without odometry"
         lines += ["", text + "."]
-    levels = _sector_levels(result)
+    levels = sector_levels(result)
     if levels and (levels.get("warned_sectors") or levels.get("clear_sectors")):
         steps = ", ".join(f"≤ {t:g}" for t in levels["thresholds_m"])
-        lines += ["", f"Sector warning levels (clear, {steps} m): {_pct(levels['under_warned'])} % of the "
+        lines += ["", f"Sector warning levels (clear, {steps} m): {pct(levels['under_warned'])} % of the "
                       f"{levels['warned_sectors']:,} sectors with a true warning shown a lower level "
-                      f"({_pct(levels.get('missed_warning'))} % shown clear{_bands(levels)}), "
-                      f"{_pct(levels['over_warned'])} % of those below the top level shown a higher one, "
-                      f"{_pct(levels['false_alarm'])} % of the {levels['clear_sectors']:,} clear sectors shown a "
+                      f"({pct(levels.get('missed_warning'))} % shown clear{_bands(levels)}), "
+                      f"{pct(levels['over_warned'])} % of those below the top level shown a higher one, "
+                      f"{pct(levels['false_alarm'])} % of the {levels['clear_sectors']:,} clear sectors shown a "
                       "warning."]
     sector = result.get("sector_error_m", {})
     if sector.get("sectors"):
@@ -91,7 +91,7 @@ def _bands(levels: Mapping[str, Any]) -> str:
     """'; nearest obstacle 0.8–1.5 m: 9.9 %, 0.3–0.8 m: 0.5 %': shown clear per true level, those with sectors."""
     edges = [*levels["thresholds_m"], 0.0]
     confusion = levels["confusion"]
-    parts = [f"{edges[k + 1]:g}–{edges[k]:g} m: {_pct(share)} %"
+    parts = [f"{edges[k + 1]:g}–{edges[k]:g} m: {pct(share)} %"
              for k, share in enumerate(levels.get("missed_by_level", [])) if sum(confusion[k + 1])]
     return "; nearest obstacle " + ", ".join(parts) if parts else ""
 
@@ -107,7 +107,7 @@ def modality_table(results: Mapping[str, Mapping[str, Any]], metric: str = "miou
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for name, r in results.items():
-        cells = [name, _pct(_metric(r, metric, None)), *(_pct(_metric(r, metric, c)) for c in conditions)]
+        cells = [name, pct(_metric(r, metric, None)), *(pct(_metric(r, metric, c)) for c in conditions)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -117,7 +117,7 @@ def warning_table(results: Mapping[str, Mapping[str, Any]], level: int = 2, titl
     sector_levels; 2: within the second threshold, 0.8 m by default), the share a parking display would show clear,
     in %, then the share of sectors clear in truth shown a warning; "" when no model's JSON has sector levels (they
     predate them). TITLE None: one naming the level's distance."""
-    with_levels = [levels for r in results.values() if (levels := _sector_levels(r))]
+    with_levels = [levels for r in results.values() if (levels := sector_levels(r))]
     if not with_levels:
         return ""
     thresholds = with_levels[0]["thresholds_m"]
@@ -131,22 +131,22 @@ def warning_table(results: Mapping[str, Mapping[str, Any]], level: int = 2, titl
 
     def missed(levels: Any) -> str:
         by_level = levels.get("missed_by_level") if isinstance(levels, Mapping) else None
-        return _pct(by_level[level - 1]) if isinstance(by_level, list) and level <= len(by_level) else "–"
+        return pct(by_level[level - 1]) if isinstance(by_level, list) and level <= len(by_level) else "–"
 
     head = ["model", "all", *conditions, "clear sectors shown a warning"]
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for name, r in results.items():
-        levels = _sector_levels(r)
+        levels = sector_levels(r)
         by_condition = r.get("sector_levels_by_condition") if levels else None
         by_condition = by_condition if isinstance(by_condition, Mapping) else {}
         cells = [name, missed(levels), *(missed(by_condition.get(c)) for c in conditions),
-                 _pct(levels.get("false_alarm") if levels else None)]
+                 pct(levels.get("false_alarm") if levels else None)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _sector_levels(result: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def sector_levels(result: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """RESULT's sector_levels when it has the shape Evaluator writes, else None (a JSON from before them)."""
     levels = result.get("sector_levels")
     ok = isinstance(levels, Mapping) and isinstance(levels.get("thresholds_m"), list) and levels["thresholds_m"]
@@ -174,7 +174,7 @@ def split_recall_table(results: Mapping[str, Mapping[str, Any]], by: str = "clas
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for name, r in results.items():
         recall, cells = r.get(recall_key, {}), r.get(cells_key, {})
-        lines.append("| " + " | ".join([name, *(_pct(recall.get(c)) + (f" ({cells[c]:,} cells)" if cells.get(c)
+        lines.append("| " + " | ".join([name, *(pct(recall.get(c)) + (f" ({cells[c]:,} cells)" if cells.get(c)
                                                                        else "") for c in parts)]) + " |")
     return "\n".join(lines) + "\n"
 

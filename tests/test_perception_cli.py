@@ -201,6 +201,42 @@ def test_eval_memory_steps_each_drive_in_time_order_with_its_odometry(setup, run
     assert "memory decay must be in (0, 1]" in capsys.readouterr().err
 
 
+def test_operating_point_scores_every_bias_from_one_pass_as_eval_does(setup, run_dir, tmp_path, capsys, monkeypatch):
+    import perception.model_eval as me
+    from perception.model import FusionNet
+
+    root, _ = setup
+    drives = [str(root / "data" / "train"), str(root / "data" / "val")]
+    single = {}
+    for p in (None, 0.9):
+        out = tmp_path / f"eval-{p}.json"
+        assert main(["eval", "--model", str(run_dir), "--data", *drives, "--memory", "0.9", "--json", str(out),
+                     *(["--free-confidence", str(p)] if p else [])]) == 0
+        single[p] = json.loads(out.read_text())
+    capsys.readouterr()
+    forwards = []
+    real_forward = FusionNet.forward
+    monkeypatch.setattr(FusionNet, "forward", lambda self, *a: forwards.append(1) or real_forward(self, *a))
+    out = tmp_path / "op.json"
+    # 0.9 given twice and out of order: each setting is scored once, the argmax first.
+    assert main(["operating-point", "--model", str(run_dir), "--data", *drives, "--memory", "0.9",
+                 "--free-confidence", "0.9", "0.6", "0.9", "--recall-goal", "0.0001", "--json", str(out)]) == 0
+    assert len(forwards) == len(me.DataLoader(range(6), batch_size=4))  # one pass over the 6 frames, not three
+    printed = capsys.readouterr().out
+    sweep = json.loads(out.read_text())
+    assert [s["free_confidence"] for s in sweep["settings"]] == [None, 0.6, 0.9]
+    for p in (None, 0.9):
+        got = next(s["result"] for s in sweep["settings"] if s["free_confidence"] == p)
+        want = {k: v for k, v in single[p].items() if k != "model"}
+        assert got == want  # the same scores as `nearfield eval` with that bias, memory included
+    # The smallest bias meeting the goal is chosen: the argmax meets any goal it reaches.
+    assert sweep["chosen"] == "argmax" and "| argmax **(chosen)** |" in printed
+    assert main(["operating-point", "--model", str(run_dir), "--data", *drives, "--recall-goal", "1.5"]) == 2
+    assert "the recall goal must be a share in (0, 1]" in capsys.readouterr().err
+    assert main(["operating-point", "--model", str(run_dir), "--data", *drives, "--free-confidence", "1"]) == 2
+    assert "free confidence must be a probability in [0.5, 1)" in capsys.readouterr().err
+
+
 def test_register_model_writes_the_manifest_entry(setup, run_dir, tmp_path, capsys):
     manifest = tmp_path / "weights" / "MODELS.toml"
     assert main(["register-model", str(run_dir), "--name", "nf-tiny", "--data", "one 4-frame drive",
