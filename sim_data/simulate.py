@@ -76,7 +76,9 @@ PRESETS: dict[str, Preset] = {
     "test": Preset(drives=4, frames=25, seed=300_000, condition_cycle=tuple((c,) for c in CONDITIONS), paired=True),
     # Built like `test` on seeds of its own, for choosing operating points (the near-field memory's decay, the free
     # confidence) without looking at the test split: `val` has too few moving drives with obstacles near the car.
-    "val-paired": Preset(drives=2, frames=25, seed=400_000, condition_cycle=tuple((c,) for c in CONDITIONS),
+    # As many scenes as `test` (it had 2 until 2026-12-07: both parking lots, so no kerb beside the car; the first
+    # two scenes are the same, `--drives 2` gives them alone).
+    "val-paired": Preset(drives=4, frames=25, seed=400_000, condition_cycle=tuple((c,) for c in CONDITIONS),
                          paired=True),
 }
 

@@ -1,4 +1,4 @@
-"""`nearfield train`, `eval`, `register-model`, `bench train` and `bench model` end to end on a tiny config and
+"""`nearfield train`, `eval`, `operating-point`, `register-model`, `bench train` and `bench model` end to end on a
 tiny simulated drives: the files each writes, what they hold, and one-line errors for bad input."""
 
 import json
@@ -97,9 +97,9 @@ def test_eval_with_blind_cameras_feeds_the_network_no_camera(setup, run_dir, tmp
 
     root, _ = setup
     seen = []
-    real = me.evaluate_dataset
-    monkeypatch.setattr(me, "evaluate_dataset", lambda model, data, *a, **kw: seen.append(data) or real(model, data,
-                                                                                                        *a, **kw))
+    real = me.evaluate_settings
+    monkeypatch.setattr(me, "evaluate_settings", lambda model, data, *a, **kw: seen.append(data) or real(model, data,
+                                                                                                          *a, **kw))
     assert main(["eval", "--model", str(run_dir), "--data", str(root / "data" / "val"), "--blind-cameras"]) == 0
     assert "cameras blinded" in capsys.readouterr().out
     (data,) = seen
