@@ -30,6 +30,8 @@ _HEADER = """\
 #   target   - any | cpu | tensorrt: the backends the file is meant for
 #   inputs   - input name -> shape (batch 1);  [NAME.bev] - the BEV grid and image size the inputs are built for
 #   [NAME.metrics] - measured figures (test mIoU overall and at night, latency, size), with the command behind them
+#   [NAME.operating_point] - the near-field bias and memory chosen for it on a validation split, with the rule's
+#                    figures (`nearfield operating-point --register`; `nearfield run --operating-point` uses it)
 # Written by `nearfield export` / `nearfield compress` / `nearfield zoo measure`; do not edit sha256 by hand.
 """
 
@@ -49,6 +51,7 @@ class ZooModel:
     options: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    operating_point: dict[str, Any] = field(default_factory=dict)
 
     @property
     def size_bytes(self) -> int:
@@ -77,7 +80,18 @@ class ZooModel:
             t["metrics"] = dict(self.metrics)
         if self.notes:
             t["notes"] = self.notes
+        if self.operating_point:
+            t["operating_point"] = dict(self.operating_point)
         return t
+
+    def operating_settings(self) -> tuple[float | None, float | None]:
+        """(free confidence, memory decay) of the operating point registered for this model (None: the argmax / no
+        memory); a ConfigError when none is registered."""
+        if not self.operating_point:
+            raise ConfigError(f"zoo model {self.name} has no registered operating point; choose one on a validation "
+                              f"split with `nearfield operating-point --model {self.parent} --data data/val-paired "
+                              f"--memory --register {self.name}`, or give --free-confidence / --memory")
+        return self.operating_point.get("free_confidence"), self.operating_point.get("memory_decay")
 
 
 
@@ -113,10 +127,39 @@ def read_zoo(manifest: str | Path = MANIFEST) -> dict[str, ZooModel]:
                 isinstance(v, list) and all(isinstance(x, int) for x in v) for v in inputs.values()):
             raise ConfigError(f"{where}: inputs must map input names to lists of whole numbers (shapes)")
         bev = BevConfig.from_dict(t.get("bev", {}), source=where)
+        point = checked_operating_point(t.get("operating_point", {}), where)
         out[name] = ZooModel(name, manifest.parent / t["onnx"], t["sha256"], t["parent"], str(t.get("method", "fp32")),
                              target, bev, {k: tuple(v) for k, v in inputs.items()}, dict(t.get("options", {})),
-                             dict(t.get("metrics", {})), str(t.get("notes", "")))
+                             dict(t.get("metrics", {})), str(t.get("notes", "")), point)
     return out
+
+
+def checked_operating_point(point: Any, where: str) -> dict[str, Any]:
+    """An [operating_point] table: its free_confidence and memory_decay, where present, valid (the argmax and no
+    memory where absent); a ConfigError naming WHERE otherwise."""
+    from perception.postprocess import check_free_confidence
+    from perception.temporal import check_decay
+
+    if not isinstance(point, dict):
+        raise ConfigError(f"{where}: operating_point must be a table (free_confidence, memory_decay, ...)")
+    try:
+        if "free_confidence" in point:
+            check_free_confidence(point["free_confidence"])
+        if "memory_decay" in point:
+            check_decay(point["memory_decay"])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: operating_point: {e}") from None
+    return dict(point)
+
+
+def set_operating_point(name: str, point: dict[str, Any], manifest: str | Path = MANIFEST) -> ZooModel:
+    """Record POINT (free_confidence and memory_decay where used, and how they were chosen) as NAME's operating
+    point, replacing any earlier one."""
+    models = read_zoo(manifest)
+    model = get_model(name, manifest)
+    models[name] = replace(model, operating_point=checked_operating_point(point, f"zoo model {name}"))
+    write_zoo(models, manifest)
+    return models[name]
 
 
 def list_models(manifest: str | Path = MANIFEST) -> list[str]:
@@ -246,4 +289,5 @@ def verify_zoo(manifest: str | Path = MANIFEST) -> dict[str, bool]:
 
 
 __all__ = ["MANIFEST", "TARGETS", "ZOO_DIR", "ZooModel", "get_model", "list_models", "read_zoo",
-           "register", "remove", "rename", "unlisted", "update_metrics", "verify_zoo", "write_zoo"]
+           "register", "remove", "rename", "set_operating_point", "unlisted", "update_metrics", "verify_zoo",
+           "write_zoo"]

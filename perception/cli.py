@@ -64,6 +64,10 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     op.add_argument("--recall-goal", type=float, default=0.95, metavar="R",
                     help="recall of obstacle cells within 1 m to reach overall and in every condition (default 0.95)")
     op.add_argument("--json", help="write every setting's eval result and the choice to this JSON file")
+    op.add_argument("--register", metavar="ZOONAME",
+                    help="record the chosen setting as this zoo model's operating point (`nearfield run "
+                         "--operating-point` uses it); an error when no setting meets the goal")
+    op.add_argument("--manifest", help="zoo manifest for --register (default: deploy/zoo/ZOO.toml)")
     op.add_argument("--device", default="auto")
     op.add_argument("--batch-size", type=int, default=4)
     op.set_defaults(func=_operating_point)
@@ -157,7 +161,11 @@ def _operating_point(args) -> int:
     from perception.registry import load_trained
 
     settings = sort_settings([None, *(args.free_confidence or DEFAULT_SWEEP)])
-    choose([], args.recall_goal)  # the goal is checked before any log is read
+    choose([], args.recall_goal)  # the goal and the zoo model are checked before any log is read
+    if args.register:
+        from deploy.zoo import MANIFEST, get_model
+
+        get_model(args.register, args.manifest or MANIFEST)
     model, config = load_trained(args.model)
     results = evaluate_logs_settings(model, args.data, settings, device=args.device, batch_size=args.batch_size,
                                      progress=sys.stderr.isatty(), memory_decay=args.memory)
@@ -174,7 +182,35 @@ def _operating_point(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
         print(args.json)
+    if args.register:
+        _register_operating_point(args, settings, results)
     return 0
+
+
+def _register_operating_point(args, settings, results) -> None:
+    from datetime import date
+
+    from deploy.zoo import MANIFEST, set_operating_point
+    from perception.operating_point import choose, setting_label
+    from sensors.errors import ConfigError
+
+    choice = choose(results, args.recall_goal)
+    if choice.index is None:
+        raise ConfigError(f"operating-point: no setting reaches the recall goal {args.recall_goal:g} in every "
+                          f"condition, so nothing is registered for {args.register}")
+    p = settings[choice.index]
+    worst, recall = choice.worst[choice.index]
+    result = results[choice.index]
+    point = {**({"free_confidence": p} if p is not None else {}),
+             **({"memory_decay": args.memory} if args.memory is not None else {}),
+             "recall_goal": args.recall_goal, "chosen_on": " ".join(args.data), "chosen_with": args.model,
+             "settings_tried": ", ".join(setting_label(s) for s in settings),
+             "recall_1m": round(result["recall_1m"], 4), "worst_condition": worst, "worst_recall_1m": round(recall, 4),
+             "precision_1m": round(result["precision_1m"], 4) if result.get("precision_1m") is not None else "",
+             "date": date.today().isoformat()}
+    set_operating_point(args.register, point, args.manifest or MANIFEST)
+    print(f"registered for zoo model {args.register}: free confidence {setting_label(p)}, memory "
+          f"{'off' if args.memory is None else f'{args.memory:g}'}")
 
 
 def _report(args) -> int:

@@ -237,6 +237,33 @@ def test_operating_point_scores_every_bias_from_one_pass_as_eval_does(setup, run
     assert "free confidence must be a probability in [0.5, 1)" in capsys.readouterr().err
 
 
+def test_operating_point_registers_the_choice_with_the_zoo_model(setup, run_dir, tmp_path, capsys, monkeypatch):
+    import perception.operating_point as op
+    from deploy.zoo import ZooModel, read_zoo, register
+
+    root, _ = setup
+    drives = [str(root / "data" / "train"), str(root / "data" / "val")]
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    manifest.parent.mkdir()
+    (manifest.parent / "tiny.onnx").write_bytes(b"not run here")
+    register(ZooModel("tiny", manifest.parent / "tiny.onnx", "", str(run_dir)), manifest)
+    args = ["operating-point", "--model", str(run_dir), "--data", *drives, "--memory", "0.9", "--free-confidence",
+            "0.6", "--manifest", str(manifest)]
+    assert main([*args, "--register", "nope"]) == 2  # an unknown zoo model fails before any log is read
+    assert "unknown deploy model 'nope'" in capsys.readouterr().err
+    with monkeypatch.context() as m:  # every setting short of the goal somewhere (the tiny net marks everything)
+        m.setattr(op, "worst_condition", lambda result: ("night", 0.5))
+        assert main([*args, "--register", "tiny"]) == 2
+    assert "nothing is registered for tiny" in capsys.readouterr().err
+    assert not read_zoo(manifest)["tiny"].operating_point
+    assert main([*args, "--recall-goal", "0.0001", "--register", "tiny"]) == 0
+    assert "registered for zoo model tiny: free confidence argmax, memory 0.9" in capsys.readouterr().out
+    point = read_zoo(manifest)["tiny"].operating_point
+    assert "free_confidence" not in point and point["memory_decay"] == 0.9 and point["recall_goal"] == 0.0001
+    assert point["chosen_on"] == " ".join(drives) and point["settings_tried"] == "argmax, 0.6"
+    assert read_zoo(manifest)["tiny"].operating_settings() == (None, 0.9)
+
+
 def test_register_model_writes_the_manifest_entry(setup, run_dir, tmp_path, capsys):
     manifest = tmp_path / "weights" / "MODELS.toml"
     assert main(["register-model", str(run_dir), "--name", "nf-tiny", "--data", "one 4-frame drive",

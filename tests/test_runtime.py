@@ -205,6 +205,48 @@ def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_pat
     assert "free confidence must be a probability" in capsys.readouterr().err and not never.exists()
 
 
+def test_run_operating_point_uses_the_registered_bias_and_memory(world, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import deploy.runtime as rt
+    from app.cli import main
+    from deploy.pipeline import Pipeline
+    from deploy.zoo import get_model, read_zoo, set_operating_point
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(world["manifest"].parent, zoo)
+    manifest = zoo / "ZOO.toml"
+    built = []
+
+    class Spy(Pipeline):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            built.append((self.free_confidence, self.memory_decay))
+
+    monkeypatch.setattr(rt, "Pipeline", Spy)
+    out = tmp_path / "op.mcap"
+    assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--operating-point", manifest=manifest)) == 2
+    assert "has no registered operating point" in capsys.readouterr().err and not out.exists() and not built
+    set_operating_point("tiny", {"free_confidence": 0.97, "memory_decay": 0.9, "chosen_on": "val"}, manifest)
+    assert get_model("tiny", manifest).operating_point["chosen_on"] == "val"  # the other fields are kept
+    assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--operating-point", manifest=manifest)) == 0
+    assert built == [(0.97, 0.9)]
+    with LogReader(out) as r:  # the results say what they were made with
+        assert r.metadata["free_confidence"] == "0.97"
+    capsys.readouterr()
+    assert main(_cli("--source", str(world["drive"]), "--out", str(tmp_path / "both.mcap"), "--operating-point",
+                     "--free-confidence", "0.9", manifest=manifest)) == 2
+    assert "without --free-confidence and --memory" in capsys.readouterr().err
+    # The argmax without memory is an operating point too: absent keys.
+    set_operating_point("tiny", {"chosen_on": "val"}, manifest)
+    assert read_zoo(manifest)["tiny"].operating_settings() == (None, None)
+    # A hand-edited manifest with a bias out of range is one line naming the entry, before any frame is read.
+    manifest.write_text(manifest.read_text().replace('chosen_on = "val"', 'chosen_on = "val"\nfree_confidence = 1.5'))
+    assert main(_cli("--source", str(world["drive"]), "--out", str(tmp_path / "bad.mcap"), "--operating-point",
+                     manifest=manifest)) == 2
+    assert "[tiny]: operating_point: free confidence must be a probability" in capsys.readouterr().err
+
+
 class _Sequence:
     """A backend that sees a low obstacle at CELL in its first frame and nothing (free at 99 %) after it."""
 

@@ -31,6 +31,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    help="near-field bias: within 1 m of the body call a cell free only where the model gives FREE at "
                         "least P (0.5..1; default: the argmax); more warnings, fewer misses beside the car")
     r.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
+    r.add_argument("--operating-point", action="store_true",
+                   help="the near-field bias and memory registered for the model (`nearfield operating-point "
+                        "--register`), instead of --free-confidence and --memory")
     r.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_run)
@@ -96,11 +99,18 @@ def _zoo_model(name: str | None, manifest: str | None):
 
 def _run(args) -> int:
     from deploy.runtime import run
+    from sensors.errors import ConfigError
 
     model = _zoo_model(args.model, args.manifest)
+    free_confidence, memory_decay = args.free_confidence, args.memory
+    if args.operating_point:
+        if free_confidence is not None or memory_decay is not None:
+            raise ConfigError("run: --operating-point brings its own bias and memory; give it without "
+                              "--free-confidence and --memory")
+        free_confidence, memory_decay = model.operating_settings()
     stats = run(model, args.source, args.out, backend=args.backend, threads=args.threads,
                 deadline_ms=args.deadline_ms, late_policy=args.late_policy, progress=not args.no_progress,
-                device=args.device, free_confidence=args.free_confidence, memory_decay=args.memory)
+                device=args.device, free_confidence=free_confidence, memory_decay=memory_decay)
     print(stats.format())
     if stats.stopped_by in ("SIGINT", "SIGTERM"):
         return 128 + signal.Signals[stats.stopped_by].value
