@@ -20,16 +20,27 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    help="near-field bias of the model's map and sectors: within 1 m of the body a cell is free only "
                         "where the model gives FREE at least P (0.5..1; default: the argmax)")
     v.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
+    v.add_argument("--operating-point", action="store_true",
+                   help="the near-field bias and memory registered for --model (`nearfield operating-point "
+                        "--register`), instead of --free-confidence and --memory")
     v.add_argument("--settings", metavar="FILE.ini", help="settings file instead of the user's (layout, recent files)")
     v.set_defaults(func=_view)
 
 
 def _view(args) -> int:
     from app.viewer import launch
-    from deploy.zoo import MANIFEST
+    from deploy.zoo import MANIFEST, get_model
+    from sensors.errors import ConfigError
 
-    code = launch(args.log, args.model, args.frame, args.screenshot, args.manifest or MANIFEST, args.settings,
-                  args.threads, args.free_confidence, args.memory)
+    manifest = args.manifest or MANIFEST
+    free_confidence, memory_decay = args.free_confidence, args.memory
+    if args.operating_point:
+        if not args.model:
+            raise ConfigError("view: --operating-point is that of a zoo model: give --model NAME too")
+        free_confidence, memory_decay = get_model(args.model, manifest).near_field_settings(
+            True, free_confidence, memory_decay, "view")
+    code = launch(args.log, args.model, args.frame, args.screenshot, manifest, args.settings, args.threads,
+                  free_confidence, memory_decay)
     if args.screenshot:
         print(args.screenshot)
     return code

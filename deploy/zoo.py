@@ -93,6 +93,17 @@ class ZooModel:
                               f"--memory --register {self.name}`, or give --free-confidence / --memory")
         return self.operating_point.get("free_confidence"), self.operating_point.get("memory_decay")
 
+    def near_field_settings(self, operating_point: bool, free_confidence: float | None,
+                            memory_decay: float | None, command: str) -> tuple[float | None, float | None]:
+        """(free confidence, memory decay) a COMMAND runs this model with: the registered operating point when
+        OPERATING_POINT (a ConfigError if the flags are given too: one or the other), else the flags as given."""
+        if not operating_point:
+            return free_confidence, memory_decay
+        if free_confidence is not None or memory_decay is not None:
+            raise ConfigError(f"{command}: --operating-point brings its own bias and memory; give it without "
+                              "--free-confidence and --memory")
+        return self.operating_settings()
+
 
 
 def unlisted(onnx: str | Path, like: ZooModel) -> ZooModel:

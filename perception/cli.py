@@ -207,10 +207,22 @@ def _register_operating_point(args, settings, results) -> None:
              "settings_tried": ", ".join(setting_label(s) for s in settings),
              "recall_1m": round(result["recall_1m"], 4), "worst_condition": worst, "worst_recall_1m": round(recall, 4),
              "precision_1m": round(result["precision_1m"], 4) if result.get("precision_1m") is not None else "",
-             "date": date.today().isoformat()}
+             "date": date.today().isoformat(), "command": _operating_point_command(args)}
     set_operating_point(args.register, point, args.manifest or MANIFEST)
     print(f"registered for zoo model {args.register}: free confidence {setting_label(p)}, memory "
           f"{'off' if args.memory is None else f'{args.memory:g}'}")
+
+
+def _operating_point_command(args) -> str:
+    """The `nearfield operating-point` command line that ARGS stand for (recorded with a registered choice)."""
+    parts = ["nearfield operating-point --model", args.model, "--data", *args.data]
+    if args.memory is not None:
+        parts += ["--memory", f"{args.memory:g}"]
+    if args.free_confidence:
+        parts += ["--free-confidence", *(f"{p:g}" for p in args.free_confidence)]
+    if args.recall_goal != 0.95:
+        parts += ["--recall-goal", f"{args.recall_goal:g}"]
+    return " ".join([*parts, "--register", args.register])
 
 
 def _report(args) -> int:

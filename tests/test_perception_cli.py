@@ -261,6 +261,8 @@ def test_operating_point_registers_the_choice_with_the_zoo_model(setup, run_dir,
     point = read_zoo(manifest)["tiny"].operating_point
     assert "free_confidence" not in point and point["memory_decay"] == 0.9 and point["recall_goal"] == 0.0001
     assert point["chosen_on"] == " ".join(drives) and point["settings_tried"] == "argmax, 0.6"
+    assert point["command"] == (f"nearfield operating-point --model {run_dir} --data {' '.join(drives)} --memory 0.9 "
+                                "--free-confidence 0.6 --recall-goal 0.0001 --register tiny")
     assert read_zoo(manifest)["tiny"].operating_settings() == (None, 0.9)
 
 

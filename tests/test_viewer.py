@@ -5,6 +5,7 @@ exports checked by their content, settings that persist."""
 import itertools
 import os
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -304,3 +305,22 @@ def test_the_near_field_memory_reaches_the_pipeline_and_the_info_line(qtbot, dri
     win = _window_with_option(qtbot, drives, zoo, tmp_path, "near-field memory", memory_decay=0.8)
     assert win.worker.session.pipeline.memory_decay == 0.8
     assert "near-field memory (decay 0.8): " in win.info.text() and " cells recalled" in win.info.text()
+
+
+def test_view_operating_point_takes_the_models_registered_bias_and_memory(drives, zoo, tmp_path, capsys, monkeypatch):
+    import app.viewer
+    from app.cli import main
+    from deploy.zoo import set_operating_point
+
+    shutil.copytree(Path(zoo).parent, tmp_path / "zoo")
+    manifest = tmp_path / "zoo" / Path(zoo).name
+    seen = []
+    monkeypatch.setattr(app.viewer, "launch", lambda *a: seen.append(a[-2:]) or 0)
+    argv = ["view", str(drives["ok"]), "--manifest", str(manifest), "--operating-point"]
+    assert main(argv) == 2 and "give --model NAME too" in capsys.readouterr().err
+    assert main([*argv, "--model", "tiny-structure"]) == 2
+    assert "has no registered operating point" in capsys.readouterr().err
+    set_operating_point("tiny-structure", {"free_confidence": 0.95, "memory_decay": 0.9}, manifest)
+    assert main([*argv, "--model", "tiny-structure"]) == 0 and seen == [(0.95, 0.9)]
+    assert main([*argv, "--model", "tiny-structure", "--memory"]) == 2
+    assert "without --free-confidence and --memory" in capsys.readouterr().err

@@ -99,15 +99,10 @@ def _zoo_model(name: str | None, manifest: str | None):
 
 def _run(args) -> int:
     from deploy.runtime import run
-    from sensors.errors import ConfigError
 
     model = _zoo_model(args.model, args.manifest)
-    free_confidence, memory_decay = args.free_confidence, args.memory
-    if args.operating_point:
-        if free_confidence is not None or memory_decay is not None:
-            raise ConfigError("run: --operating-point brings its own bias and memory; give it without "
-                              "--free-confidence and --memory")
-        free_confidence, memory_decay = model.operating_settings()
+    free_confidence, memory_decay = model.near_field_settings(args.operating_point, args.free_confidence, args.memory,
+                                                              "run")
     stats = run(model, args.source, args.out, backend=args.backend, threads=args.threads,
                 deadline_ms=args.deadline_ms, late_policy=args.late_policy, progress=not args.no_progress,
                 device=args.device, free_confidence=free_confidence, memory_decay=memory_decay)
