@@ -303,3 +303,53 @@ def test_the_training_mix_is_mostly_day_with_plenty_of_hard_light_and_few_faults
     assert 0.03 < faults < 0.25
     assert 0.05 < sum(c.rain for c in conds) / 400 < 0.3
 
+
+
+@pytest.mark.parametrize("key", COMBOS[::2], ids=ids(COMBOS[::2]))
+def test_a_close_obstacle_stands_within_the_last_warning_level_where_the_car_stops(scenes, key, rig):
+    from sim_data.scenes import CLOSE_GAP_M, add_close_obstacle
+
+    scene, veh = scenes[key], rig.vehicle
+    close, gap = add_close_obstacle(scene, veh, np.random.default_rng(7))
+    if key == ("street", "reverse_into_slot", 1):
+        # Parallel parking swings both ends of the car through where it stops: no room, nothing added or removed.
+        assert gap is None and close.objects == scene.objects
+        return
+    assert gap is not None and CLOSE_GAP_M[0] <= gap <= CLOSE_GAP_M[1]
+    obstacle = close.objects[-1]
+    assert obstacle.cls == SemanticClass.LOW_OBSTACLE and obstacle.id not in {o.id for o in close.objects[:-1]}
+    # The car stands still at the end of the drive, the obstacle the gap from its body, nothing closer.
+    t = np.array(close.ego.times)
+    assert t[-1] == pytest.approx(scene.ego.times[-1]) and t[0] == 0.0
+    end = close.ego.poses[-1]
+    assert close.ego.speed(t[-1] - 0.1) < 1e-6
+    footprint = np.concatenate([p.shape.footprint() for p in obstacle.parts])
+    assert veh.distance_to_body(end.to_local(footprint)).min() == pytest.approx(gap, abs=0.03)
+    # The car never drove through it (a manoeuvre may swing past it closer than where it stops).
+    for k in range(0, len(t)):
+        assert veh.distance_to_body(close.ego.poses[k].to_local(footprint)).min() > 0.08
+    # It took the place of what stood there: objects still do not overlap one another.
+    polys = [np.concatenate([p.shape.footprint() for p in o.parts]) for o in close.objects_at(t[-1])]
+    mine = cv2.convexHull(polys[-1].astype(np.float32))
+    for o, poly in zip(close.objects[:-1], polys[:-1], strict=True):
+        area, _ = cv2.intersectConvexConvex(mine, cv2.convexHull(poly.astype(np.float32)))
+        assert area <= 1e-6, (key, o.kind)
+
+
+def test_stop_short_brakes_a_moving_drive_to_a_standstill_along_the_same_way(scenes):
+    from sim_data.scenes import stop_short
+
+    scene = scenes[("street", "creep_forward", 1)]
+    ego = stop_short(scene.ego, np.random.default_rng(0))
+    along, speed = _moving(replace(scene, ego=ego))
+    assert (along >= -1e-9).all() and speed.max() <= max(_moving(scene)[1]) + 1e-6  # forwards, never faster
+    stand = next(i for i in range(len(speed)) if speed[i:].max() < 1e-9)
+    assert 0.5 * DURATION - 0.2 <= ego.times[stand] <= 0.75 * DURATION + 0.2
+    decel = np.diff(speed[:stand])
+    assert decel[-5:].max() <= 1e-6  # braking, not stopping dead from cruising speed
+    # Every pose lies on the original way (the same poses, cut where it stops).
+    p = np.array([(q.x, q.y) for q in scene.ego.poses])
+    for q in ego.poses:
+        assert np.hypot(*(p - (q.x, q.y)).T).min() <= 0.05 + 1e-9
+    parked = scenes[("street", "parked", 1)]
+    assert stop_short(parked.ego, np.random.default_rng(0)) is parked.ego  # nothing to stop
