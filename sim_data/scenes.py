@@ -579,9 +579,10 @@ def _driveway_scene(motion: str, duration: float, rng: np.random.Generator, rig:
 
 # --- an obstacle at stopping distance ------------------------------------------------------------------------------
 
-# Gap between the bumper and the obstacle the drive ends at: inside the parking display's last level (0.3 m), beyond
-# the ultrasonic sensors' 0.15 m minimum range for most of it.
-CLOSE_GAP_M = (0.12, 0.28)
+# Gap between the bumper and the obstacle the drive ends at: inside the parking display's last level (0.3 m) even
+# where a grid cell's centre lies up to a cell diagonal beyond the obstacle's edge; partly inside the ultrasonic
+# sensors' 0.15 m minimum range, as the last centimetres of a parking manoeuvre are.
+CLOSE_GAP_M = (0.08, 0.2)
 _CLOSE_MAKERS = ("bollard", "box", "cone", "bin")
 
 

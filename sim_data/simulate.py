@@ -83,7 +83,7 @@ PRESETS: dict[str, Preset] = {
     # two scenes are the same, `--drives 2` gives them alone).
     "val-paired": Preset(drives=4, frames=25, seed=400_000, condition_cycle=tuple((c,) for c in CONDITIONS),
                          paired=True),
-    # Built like `test` on seeds of its own, with every drive ending 0.12-0.28 m short of a bollard, cone, bin or box:
+    # Built like `test` on seeds of its own, with every drive ending 0.08-0.2 m short of a bollard, cone, bin or box:
     # the scenes of the other splits keep the ego's drive 0.35 m clear of everything, so the display's last level
     # (within 0.3 m) is scored only here. For evaluation: no model has been trained on such drives.
     "test-close": Preset(drives=4, frames=25, seed=500_000, condition_cycle=tuple((c,) for c in CONDITIONS),

@@ -248,3 +248,25 @@ def test_odometry_left_every_other_message_of_a_drive_as_it_was(tmp_path, rig):
     ma, mb = by_topic(a), by_topic(b)
     assert [m for m in ma if m[0] != "/odometry"] == [m for m in mb if m[0] != "/odometry"]
     assert [m for m in ma if m[0] == "/odometry"] != [m for m in mb if m[0] == "/odometry"]
+
+
+def test_a_close_obstacle_drive_ends_in_the_displays_last_level_and_keeps_the_drive(tmp_path, rig):
+    from perception.postprocess import SectorLayout
+    from sensors.bev import BevGrid
+
+    close = simulate_drive(DriveSpec("close", 500_001, 25, ("day",), OUTDOOR_KINDS, close_obstacle=True),
+                           tmp_path / "close", rig, scale=0.25)
+    plain = simulate_drive(DriveSpec("plain", 500_001, 25, ("day",), OUTDOOR_KINDS), tmp_path / "plain", rig,
+                           scale=0.25)
+    close_frames, plain_frames = list(replay_frames(close)), list(replay_frames(plain))
+    layout = SectorLayout(rig, BevGrid())
+    nearest = [float(layout(f.truth.occupancy).distance.min()) for f in close_frames]
+    # The car brakes to a stop and stands with a low obstacle within 0.3 m; the drive without it never comes so
+    # close (every other scene keeps 0.35 m clear), and its conditions and start are the same.
+    assert nearest[-1] <= 0.3 and min(float(layout(f.truth.occupancy).distance.min()) for f in plain_frames) > 0.3
+    odometry = [f.odometry for f in close_frames]
+    assert {(o.x, o.y) for o in odometry[-3:]} == {(odometry[-1].x, odometry[-1].y)}  # standing still
+    assert close_frames[0].conditions == plain_frames[0].conditions
+    assert close_frames[0].odometry == plain_frames[0].odometry
+    levels = layout.levels(np.array(nearest))
+    assert levels[-1] == 3 and levels[0] < 3
