@@ -76,6 +76,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     rp.add_argument("results", nargs="+", metavar="NAME=JSON", help="a label and an eval JSON, e.g. fusion=f.json")
     rp.add_argument("--markdown", help="write the tables (mIoU, recall within 1 m) to this Markdown file")
     rp.add_argument("--png", help="write the mIoU-by-condition chart to this PNG")
+    rp.add_argument("--warning-level", type=int, default=2, metavar="N",
+                    help="the parking display's level whose obstacles shown clear the last table counts (1..3: "
+                         "within 1.5, 0.8, 0.3 m; default 2)")
     rp.set_defaults(func=_report)
 
     r = commands.add_parser("register-model", help="add a training run's weights to perception/weights/MODELS.toml")
@@ -255,7 +258,7 @@ def _report(args) -> int:
                                        "and where none did (%)")):
         table = split_recall_table(results, by, title)
         text += "\n" + table if table else ""
-    table = warning_table(results, 2)
+    table = warning_table(results, args.warning_level)
     text += "\n" + table if table else ""
     print(text)
     if args.markdown:

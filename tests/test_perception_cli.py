@@ -341,6 +341,17 @@ def test_report_tabulates_models_by_condition(tmp_path, capsys):
     rows = md.read_text().split("Precision")[1].splitlines()
     assert "| fusion | 80.0 | 90.0 | 70.0 |" in rows and "| camera | – | – | – |" in rows
     assert cv2.imread(str(png)) is not None
+    # The last table counts the obstacles of the display level asked for shown clear.
+    levels = {"thresholds_m": [1.5, 0.8, 0.3], "missed_by_level": [0.1, 0.02, 0.5], "false_alarm": 0.03}
+    (tmp_path / "f.json").write_text(json.dumps(result(0.5, 0.45, 0.97) | {"sector_levels": levels}))
+    for level, shown in ((None, "2.0"), ("3", "50.0")):
+        assert main(["report", f"fusion={tmp_path / 'f.json'}", "--markdown", str(md),
+                     *(["--warning-level", level] if level else [])]) == 0
+        within = "0.3" if level else "0.8"
+        table = md.read_text().split(f"Obstacles within {within} m of the car body")[1]
+        assert f"| fusion | {shown} | – | – | 3.0 |" in table.splitlines()
+    assert main(["report", f"fusion={tmp_path / 'f.json'}", "--warning-level", "4"]) == 2
+    assert "level must be 1..3" in capsys.readouterr().err
     assert main(["report", "nolabel.json"]) == 2
     assert "NAME=JSON" in capsys.readouterr().err
     (tmp_path / "x.json").write_text(json.dumps({"miou": 0.1}))
