@@ -73,6 +73,9 @@ PRESETS: dict[str, Preset] = {
     # Kerb-side street drives added to training: `train` draws few streets (scenes.KIND_WEIGHTS), while three of the
     # four test scenes are streets, and a kerb beside the car is the near obstacle a parking car meets most.
     "train-street": Preset(drives=10, frames=100, seed=110_000, scene_kinds=("street",)),
+    # Drives of the training mix that end just short of an obstacle (as `test-close`): every other training scene keeps
+    # 0.35 m clear of the car, so without these no model sees anything within the display's last level.
+    "train-close": Preset(drives=10, frames=100, seed=120_000, close_obstacle=True),
     "val": Preset(drives=4, frames=100, seed=200_000),
     # 4 outdoor scenes x 8 conditions x 25 frames = 800 frames (outdoor: glare and rain need the sky). Its nights
     # alternate between lit (even scenes) and unlit (odd scenes), so both kinds of night are covered equally.
