@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# export + zoo, the embedded runtime, compression, replay regression tests, the benchmark suite.
-AREAS = ("export", "runtime", "compress", "replay", "bench_all")
+# export + zoo, the embedded runtime and its operating point, compression, replay regression tests, the benchmark
+# suite.
+AREAS = ("export", "runtime", "operating_point", "compress", "replay", "bench_all")
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
