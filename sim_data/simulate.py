@@ -152,7 +152,7 @@ def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float 
     with maybe_stage(timer, "scene"):
         scene = sample_drive(rng, rig, duration, kinds=spec.scene_kinds, motions=spec.motions)
         if spec.close_obstacle:  # its own random stream: the drive and its condition stay what they are without it
-            from sim_data.scenes import add_close_obstacle
+            from sim_data.close import add_close_obstacle
 
             scene, gap = add_close_obstacle(scene, rig.vehicle, np.random.default_rng([spec.seed, 1]))
             if gap is None:

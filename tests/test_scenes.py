@@ -307,7 +307,7 @@ def test_the_training_mix_is_mostly_day_with_plenty_of_hard_light_and_few_faults
 
 @pytest.mark.parametrize("key", COMBOS[::2], ids=ids(COMBOS[::2]))
 def test_a_close_obstacle_stands_within_the_last_warning_level_where_the_car_stops(scenes, key, rig):
-    from sim_data.scenes import CLOSE_GAP_M, add_close_obstacle
+    from sim_data.close import CLOSE_GAP_M, add_close_obstacle
 
     scene, veh = scenes[key], rig.vehicle
     close, gap = add_close_obstacle(scene, veh, np.random.default_rng(7))
@@ -337,7 +337,7 @@ def test_a_close_obstacle_stands_within_the_last_warning_level_where_the_car_sto
 
 
 def test_stop_short_brakes_a_moving_drive_to_a_standstill_along_the_same_way(scenes):
-    from sim_data.scenes import stop_short
+    from sim_data.close import stop_short
 
     scene = scenes[("street", "creep_forward", 1)]
     ego = stop_short(scene.ego, np.random.default_rng(0))
