@@ -46,7 +46,7 @@ class DriveSpec:
     scene_kinds: tuple[str, ...] | None = None
     motions: tuple[str, ...] | None = None
     street_lamps: bool | None = None  # an outdoor night's lamps lit or not; None: drawn (conditions.UNLIT_NIGHT)
-    close_obstacle: bool = False  # end the drive just short of an obstacle (scenes.add_close_obstacle)
+    close_obstacle: bool = False  # end the drive just short of an obstacle (close.add_close_obstacle)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Preset:
     paired: bool = False
     # Scene kinds the drives are drawn from (None: every kind, weighted as scenes.KIND_WEIGHTS).
     scene_kinds: tuple[str, ...] | None = None
-    # Every drive ends with an obstacle within the parking display's last level (scenes.add_close_obstacle).
+    # Every drive ends with an obstacle within the parking display's last level (close.add_close_obstacle).
     close_obstacle: bool = False
 
 
