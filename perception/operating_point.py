@@ -44,12 +44,18 @@ def worst_condition(result: Mapping[str, Any]) -> tuple[str, float | None]:
     return min(defined, key=lambda item: item[1]) if defined else ("all", None)
 
 
+def check_recall_goal(goal: float) -> float:
+    """The recall goal: a share in (0, 1]; a ConfigError otherwise."""
+    if not (isinstance(goal, int | float) and 0 < goal <= 1):
+        raise ConfigError(f"the recall goal must be a share in (0, 1], got {goal!r} (0.95: 95 % of the obstacle cells "
+                          "within 1 m in every condition)")
+    return float(goal)
+
+
 def choose(results: Sequence[Mapping[str, Any]], goal: float = 0.95) -> Choice:
     """The rule (module doc) over RESULTS, one eval result per setting in the order the settings are tried (smallest
     bias first)."""
-    if not 0 < goal <= 1:
-        raise ConfigError(f"the recall goal must be a share in (0, 1], got {goal!r} (0.95: 95 % of the obstacle cells "
-                          "within 1 m in every condition)")
+    check_recall_goal(goal)
     worst = [worst_condition(r) for r in results]
     index = next((i for i, (_, recall) in enumerate(worst) if recall is not None and recall >= goal), None)
     return Choice(index, worst)

@@ -38,11 +38,18 @@ def _operating_point(args) -> int:
     import json
 
     from perception.model_eval import evaluate_logs_settings
-    from perception.operating_point import DEFAULT_SWEEP, choose, setting_label, sort_settings, sweep_table
+    from perception.operating_point import (
+        DEFAULT_SWEEP,
+        check_recall_goal,
+        choose,
+        setting_label,
+        sort_settings,
+        sweep_table,
+    )
     from perception.registry import load_trained
 
     settings = sort_settings([None, *(args.free_confidence or DEFAULT_SWEEP)])
-    choose([], args.recall_goal)  # the goal and the zoo model are checked before any log is read
+    check_recall_goal(args.recall_goal)  # the goal and the zoo model are checked before any log is read
     if args.register:
         from deploy.zoo import MANIFEST, get_model
 
