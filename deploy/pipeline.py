@@ -13,10 +13,18 @@ import numpy as np
 from deploy.backends import Backend, create_backend
 from deploy.zoo import ZooModel, get_model, unlisted
 from perception.bev_config import ego_mask
-from perception.postprocess import SectorLayout, Sectors, check_free_confidence, class_map, near_mask
+from perception.postprocess import (
+    SectorLayout,
+    Sectors,
+    apply_echo_floor,
+    check_free_confidence,
+    class_map,
+    echo_floor_zone,
+    near_mask,
+)
 from perception.preprocess import FramePreprocessor
 from perception.temporal import NearFieldMemory, check_decay
-from perception.uss_raster import COVERAGE
+from perception.uss_raster import COVERAGE, DIRECT_ARC
 from sensors.bev import BevGrid
 from sensors.errors import DeployError
 from sensors.messages import Frame
@@ -53,11 +61,16 @@ class Pipeline:
     memory_decay: the near-field memory of perception.temporal with this decay per frame: obstacles seen earlier are
     carried with the frames' odometry into the cells no sensor sees now. Frames must then come in time order; a
     frame without odometry, a gap or a jump restarts the memory and says so in the result's `degraded`. None, the
-    default: every frame stands alone."""
+    default: every frame stands alone.
+
+    echo_floor: postprocess.apply_echo_floor before the memory: at the bumper, a cell on the arc of a direct
+    ultrasonic echo of a few decimetres is an obstacle whatever the network says."""
 
     def __init__(self, model: ZooModel | str, rig: Rig, backend: str | Backend = "ort", threads: int | None = None,
                  device: str = "cpu", keep_logits: bool = False, source: str = "<frames>",
-                 free_confidence: float | None = None, near_m: float = 1.0, memory_decay: float | None = None):
+                 free_confidence: float | None = None, near_m: float = 1.0, memory_decay: float | None = None,
+                 echo_floor: bool = False):
+        self.echo_floor = bool(echo_floor)
         self.free_confidence = None if free_confidence is None else check_free_confidence(free_confidence)
         self.memory_decay = None if memory_decay is None else check_decay(memory_decay)
         self.near_m = float(near_m)
@@ -82,6 +95,7 @@ class Pipeline:
         self.ego = ego_mask(rig.vehicle, self.grid)
         self.near = near_mask(rig.vehicle, self.grid, self.near_m)
         self.sectors = SectorLayout(rig, self.grid)
+        self.echo_zone = echo_floor_zone(rig, self.grid) if self.echo_floor else None
         self.decode_scale = self.prep.reduction
         self.memory = (NearFieldMemory(self.grid, self.near, self.ego, self.memory_decay)
                        if self.memory_decay is not None else None)
@@ -104,6 +118,8 @@ class Pipeline:
                               "occupancy_logits (the deploy contract)") from None
         classes = class_map(logits[0], self.ego, self.near, self.free_confidence)
         degraded, recalled = list(frame.degraded), None
+        if self.echo_zone is not None:
+            classes = apply_echo_floor(classes, inputs["uss"][0, DIRECT_ARC], self.echo_zone)
         if self.memory is not None:
             covered = inputs["uss"][0, COVERAGE] > 0.5
             classes, recall = self.memory.step(logits[0], classes, covered, frame.odometry, frame.stamp_ns)

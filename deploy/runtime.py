@@ -265,21 +265,22 @@ def _stop_on_signals(stop: threading.Event, caught: list[str]):
 def run(model: ZooModel | str, source, out: str | Path, backend: str = "ort", threads: int | None = None,
         deadline_ms: float | None = None, late_policy: str = "keep", progress: bool = True,
         stop_event: threading.Event | None = None, device: str = "cpu",
-        free_confidence: float | None = None, memory_decay: float | None = None) -> RunStats:
+        free_confidence: float | None = None, memory_decay: float | None = None, echo_floor: bool = False) -> RunStats:
     """Run MODEL (zoo name or ZooModel) over SOURCE (drive .mcap, LIVE_CONFIG .toml, LiveConfig) into the results
     file OUT, one record per input frame, until the source ends, `stop_event` is set or SIGINT/SIGTERM arrives.
     The source and the model (its checksum) are checked before OUT is created: a bad one leaves no file.
-    free_confidence, memory_decay: the near-field bias and memory (Pipeline), recorded in the results' metadata."""
+    free_confidence, memory_decay, echo_floor: the near-field bias, memory and echo floor (Pipeline), recorded in the
+    results' metadata."""
     monitor = DeadlineMonitor(deadline_ms, late_policy)
     stop = stop_event or threading.Event()
     caught: list[str] = []
     with _stop_on_signals(stop, caught):  # from the start: a signal during set-up still ends cleanly
         return _run(model, source, out, backend, threads, device, monitor, progress, stop, caught, free_confidence,
-                    memory_decay)
+                    memory_decay, echo_floor)
 
 
 def _run(model, source, out, backend, threads, device, monitor, progress, stop, caught, free_confidence,
-         memory_decay) -> RunStats:
+         memory_decay, echo_floor) -> RunStats:
     if free_confidence is not None:
         check_free_confidence(free_confidence)  # before the source is opened
     if memory_decay is not None:
@@ -288,7 +289,7 @@ def _run(model, source, out, backend, threads, device, monitor, progress, stop, 
     pipeline = None
     try:
         pipeline = Pipeline(model, src.rig, backend=backend, threads=threads, device=device, source=src.name,
-                            free_confidence=free_confidence, memory_decay=memory_decay)
+                            free_confidence=free_confidence, memory_decay=memory_decay, echo_floor=echo_floor)
         runtime = Runtime(pipeline, monitor, live=src.live)
         m = pipeline.model
         stats = RunStats(Path(out), m.name, backend, src.name)
@@ -296,7 +297,8 @@ def _run(model, source, out, backend, threads, device, monitor, progress, stop, 
                 "backend": backend, "threads": str(threads or "default"), "source": src.name,
                 "deadline_ms": str(monitor.deadline_ms or ""), "late_policy": monitor.policy,
                 "free_confidence": "" if free_confidence is None else f"{free_confidence:g}",
-                "memory_decay": "" if memory_decay is None else f"{memory_decay:g}"}
+                "memory_decay": "" if memory_decay is None else f"{memory_decay:g}",
+                "echo_floor": "on" if echo_floor else ""}
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         with ResultsWriter(out, src.rig, pipeline.grid, meta) as writer, _progress(progress, src.total) as bar:

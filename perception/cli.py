@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from perception.postprocess import ECHO_FLOOR_HELP
 from perception.temporal import DEFAULT_DECAY, MEMORY_HELP
 
 
@@ -49,6 +50,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    help="near-field bias: within 1 m of the body call a cell free only where the network gives FREE "
                         "at least P (0.5..1; default: the argmax); trades precision within 1 m for recall")
     e.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
+    e.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP)
     e.set_defaults(func=_eval)
 
 
@@ -124,11 +126,13 @@ def _eval(args) -> int:
     model, config = load_trained(args.model)
     result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size,
                            progress=sys.stderr.isatty(), blind_cameras=args.blind_cameras,
-                           free_confidence=args.free_confidence, memory_decay=args.memory)
+                           free_confidence=args.free_confidence, memory_decay=args.memory,
+                           echo_floor=args.echo_floor)
     title = f"{args.model} ({config.name})" if args.model != config.name else config.name
     title += ", cameras blinded" if args.blind_cameras else ""
     title += f", free within 1 m only at P(free) ≥ {args.free_confidence:g}" if args.free_confidence is not None else ""
     title += f", near-field memory (decay {args.memory:g})" if args.memory is not None else ""
+    title += ", echo floor" if args.echo_floor else ""
     print(markdown_table(result, title))
     if args.json:
         for path in write_eval_report(result, args.json, title):

@@ -21,9 +21,9 @@ from perception.dataset import BlindCameras, DriveDataset, dataset_rig, find_log
 from perception.devices import amp_dtype, resolve_device, to_device
 from perception.evaluate import Evaluator
 from perception.model import FusionNet
-from perception.postprocess import check_free_confidence, class_map, near_mask
+from perception.postprocess import apply_echo_floor, check_free_confidence, class_map, echo_floor_zone, near_mask
 from perception.temporal import NearFieldMemory, check_decay
-from perception.uss_raster import COVERAGE
+from perception.uss_raster import COVERAGE, DIRECT_ARC
 from sensors.classes import IGNORE, SemanticClass
 from sensors.errors import ConfigError
 from sensors.rig import Rig
@@ -32,7 +32,7 @@ from sensors.rig import Rig
 def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str | torch.device = "cpu",
                      batch_size: int = 4, amp: torch.dtype | None = None, progress: bool = False,
                      desc: str = "eval", free_confidence: float | None = None,
-                     memory_decay: float | None = None) -> dict[str, Any]:
+                     memory_decay: float | None = None, echo_floor: bool = False) -> dict[str, Any]:
     """Evaluator.result() of the model's class maps (argmax, ego footprint IGNORE; with free_confidence the
     near-field bias of postprocess.class_map over the evaluator's near field) over a dataset of items
     {images, grid, valid, uss, target}; conditions from dataset.meta[i].conditions where it has them, the cells an
@@ -42,16 +42,17 @@ def evaluate_dataset(model: FusionNet, dataset: Dataset, rig: Rig, device: str |
     order with the odometry of dataset.meta; the result then has "memory" (decay, frames without odometry, cells
     recalled, how many of them are obstacles in the target and that share: the precision of the recalls alone, and how
     many of the others lie next to one (8-neighbourhood): off by a cell rather than made up). A dataset without odometry
-    is refused: there would be nothing to carry the memory with."""
+    is refused: there would be nothing to carry the memory with. echo_floor: postprocess.apply_echo_floor on each
+    map (before the memory), from the raster's direct-arc channel."""
     return evaluate_settings(model, dataset, rig, [free_confidence], device, batch_size, amp, progress, desc,
-                             memory_decay)[0]
+                             memory_decay, echo_floor)[0]
 
 
 @torch.no_grad()
 def evaluate_settings(model: FusionNet, dataset: Dataset, rig: Rig, free_confidences: Sequence[float | None],
                       device: str | torch.device = "cpu", batch_size: int = 4, amp: torch.dtype | None = None,
                       progress: bool = False, desc: str = "eval",
-                      memory_decay: float | None = None) -> list[dict[str, Any]]:
+                      memory_decay: float | None = None, echo_floor: bool = False) -> list[dict[str, Any]]:
     """evaluate_dataset's result for each of several near-field biases (None: the argmax) from one pass of the
     network: the same logits post-processed once per setting, each with an evaluator and a memory of its own (the
     memory carries the obstacles of the map it is given, so a setting's memory is its own)."""
@@ -66,6 +67,7 @@ def evaluate_settings(model: FusionNet, dataset: Dataset, rig: Rig, free_confide
     evaluators = [Evaluator(rig, grid) for _ in free_confidences]
     near = near_mask(rig.vehicle, grid, evaluators[0].near_m)
     meta = getattr(dataset, "meta", None)
+    floor_zone = echo_floor_zone(rig, grid) if echo_floor else None
     runs = [_Setting(p, e, _memory(meta, grid, near, ego, memory_decay))
             for p, e in zip(free_confidences, evaluators, strict=True)]
     was_training = model.training
@@ -81,8 +83,11 @@ def evaluate_settings(model: FusionNet, dataset: Dataset, rig: Rig, free_confide
             logits = logits.float().cpu().numpy()
             targets = batch["target"].numpy()
             covered = batch["uss"][:, COVERAGE].numpy() > 0.5
+            arcs = batch["uss"][:, DIRECT_ARC].numpy()
             for run in runs:
                 maps = class_map(logits, ego, near if run.free_confidence is not None else None, run.free_confidence)
+                if floor_zone is not None:
+                    maps = np.stack([apply_echo_floor(m, arc, floor_zone) for m, arc in zip(maps, arcs, strict=True)])
                 for k in range(len(maps)):
                     run.update(logits[k], maps[k], targets[k], covered[k], meta[i + k] if meta is not None else None,
                                i + k)
@@ -149,20 +154,20 @@ def _memory(meta, grid, near, ego, decay: float | None) -> NearFieldMemory | Non
 def evaluate_logs(model: FusionNet, paths: Sequence[str | Path], cache: bool = True,
                   device: str | torch.device = "cpu", batch_size: int = 4, progress: bool = True,
                   blind_cameras: bool = False, free_confidence: float | None = None,
-                  memory_decay: float | None = None) -> dict[str, Any]:
+                  memory_decay: float | None = None, echo_floor: bool = False) -> dict[str, Any]:
     """`nearfield eval`: the model's scores on drive logs (files or directories of *.mcap). Preprocessed arrays
     are cached in .cache beside the logs unless cache=False. BLIND_CAMERAS scores a fusion model as if every camera
     had failed (images and validity zeroed, as in a camera failure): what its ultrasonic branch finds alone.
     FREE_CONFIDENCE: the near-field bias of postprocess.class_map, MEMORY_DECAY the near-field memory of
-    perception.temporal (both checked before any log is read)."""
+    perception.temporal (both checked before any log is read), ECHO_FLOOR postprocess.apply_echo_floor."""
     return evaluate_logs_settings(model, paths, [free_confidence], cache, device, batch_size, progress, blind_cameras,
-                                  memory_decay)[0]
+                                  memory_decay, echo_floor)[0]
 
 
 def evaluate_logs_settings(model: FusionNet, paths: Sequence[str | Path], free_confidences: Sequence[float | None],
                            cache: bool = True, device: str | torch.device = "cpu", batch_size: int = 4,
                            progress: bool = True, blind_cameras: bool = False,
-                           memory_decay: float | None = None) -> list[dict[str, Any]]:
+                           memory_decay: float | None = None, echo_floor: bool = False) -> list[dict[str, Any]]:
     """evaluate_logs for each of several near-field biases (None: the argmax) from one pass of the network
     (`nearfield operating-point`)."""
     if not free_confidences:
@@ -187,7 +192,7 @@ def evaluate_logs_settings(model: FusionNet, paths: Sequence[str | Path], free_c
         dataset = BlindCameras(dataset)
     device = resolve_device(str(device))
     return evaluate_settings(model.to(device), dataset, rig, free_confidences, device, batch_size,
-                             amp_dtype("auto", device), progress, memory_decay=memory_decay)
+                             amp_dtype("auto", device), progress, memory_decay=memory_decay, echo_floor=echo_floor)
 
 
 def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:

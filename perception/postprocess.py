@@ -74,6 +74,52 @@ def near_mask(body: VehicleBody, grid: BevGrid, near_m: float = 1.0) -> np.ndarr
     return (body.distance_to_body(grid.cell_centres()) <= near_m) & ~ego_mask(body, grid)
 
 
+def body_cell_distance(body: VehicleBody, grid: BevGrid) -> np.ndarray:
+    """(rows, cols) float: the distance from the body outline (a rectangle) to each cell (a square): per axis the gap
+    between the intervals, or 0 where they overlap. What a parking display's levels are measured by."""
+    xy = grid.cell_centres().reshape(-1, 2)
+    h = grid.cell / 2
+    dx = np.maximum(np.maximum(body.x_min - (xy[:, 0] + h), (xy[:, 0] - h) - body.x_max), 0.0)
+    dy = np.maximum(np.abs(xy[:, 1]) - h - body.width / 2, 0.0)
+    return np.hypot(dx, dy).reshape(grid.shape)
+
+
+# The echo floor: a direct echo this close to its sensor has its arc at the bumper, inside the display's last level.
+ECHO_FLOOR_RANGE_M = 0.35
+ECHO_FLOOR_WITHIN_M = 0.3
+# The `--echo-floor` option of eval, run and view.
+ECHO_FLOOR_HELP = (f"echo floor: within {ECHO_FLOOR_WITHIN_M:g} m of the body a cell on the arc of a direct ultrasonic "
+                   f"echo of at most {ECHO_FLOOR_RANGE_M:g} m is an obstacle, whatever the network says")
+
+
+def echo_floor_zone(rig: Rig, grid: BevGrid, within_m: float = ECHO_FLOOR_WITHIN_M,
+                    range_m: float = ECHO_FLOOR_RANGE_M) -> np.ndarray:
+    """(rows, cols) bool: the cells within WITHIN_M of the body (body_cell_distance) and within RANGE_M of some
+    ultrasonic sensor, outside the ego footprint: where a direct echo's arc (uss_raster's direct_arc channel) can
+    only come from an echo of at most RANGE_M."""
+    xy = grid.cell_centres().reshape(-1, 2)
+    sensors = np.array([s.position[:2] for s in rig.uss], float).reshape(-1, 2)
+    if not len(sensors):
+        return np.zeros(grid.shape, bool)
+    to_sensor = np.hypot(xy[:, None, 0] - sensors[None, :, 0], xy[:, None, 1] - sensors[None, :, 1]).min(axis=1)
+    zone = (body_cell_distance(rig.vehicle, grid) <= within_m) & (to_sensor.reshape(grid.shape) <= range_m)
+    return zone & ~ego_mask(rig.vehicle, grid)
+
+
+def apply_echo_floor(classes: np.ndarray, direct_arc: np.ndarray, zone: np.ndarray) -> np.ndarray:
+    """The echo floor of a parking display: CLASSES (rows, cols) with every FREE cell of ZONE (echo_floor_zone) that
+    a direct echo's arc crosses (DIRECT_ARC, the raster channel, at least one half) called LOW_OBSTACLE. What a
+    classic park-distance control does with the raw distances, kept under the network's map: an ultrasonic sensor
+    that measures something within a few decimetres is believed even where the network sees nothing (it has seen
+    little that close). It only adds obstacles."""
+    classes = np.asarray(classes)
+    if np.shape(direct_arc) != classes.shape or np.shape(zone) != classes.shape:
+        raise ConfigError(f"apply_echo_floor: class map {classes.shape}, direct arc {np.shape(direct_arc)} and zone "
+                          f"{np.shape(zone)} must be the same grid")
+    floor = np.asarray(zone, bool) & (np.asarray(direct_arc) >= 0.5) & (classes == SemanticClass.FREE)
+    return np.where(floor, np.uint8(SemanticClass.LOW_OBSTACLE), classes).astype(classes.dtype)
+
+
 @dataclass
 class Sectors:
     """Per sector: distance (S,) float32 metres from the body outline to the nearest obstacle (inf: nothing on
@@ -139,11 +185,7 @@ class SectorLayout:
         offset = (bearing[:, None] - ccw_start[None, :]) % (2 * np.pi)
         inside = offset < width[None, :]
         self._sector = np.argmax(inside, axis=1)  # each bearing falls in exactly one wedge
-        # Rectangle (body) to square (cell) distance: per axis the gap between the intervals, or 0 if they overlap.
-        h = grid.cell / 2
-        dx = np.maximum(np.maximum(body.x_min - (xy[:, 0] + h), (xy[:, 0] - h) - body.x_max), 0.0)
-        dy = np.maximum(np.abs(xy[:, 1]) - h - body.width / 2, 0.0)
-        self._distance = np.hypot(dx, dy)
+        self._distance = body_cell_distance(body, grid).reshape(-1)
         self._not_ego = ~ego_mask(body, grid).reshape(-1)
 
     def sector_of_cells(self) -> np.ndarray:

@@ -266,6 +266,24 @@ def test_operating_point_registers_the_choice_with_the_zoo_model(setup, run_dir,
     assert read_zoo(manifest)["tiny"].operating_settings() == (None, 0.9)
 
 
+def test_eval_echo_floor_only_adds_obstacles_at_the_bumper(setup, run_dir, tmp_path, capsys, monkeypatch):
+    import perception.model_eval as me
+
+    root, _ = setup
+    drives = [str(root / "data" / "train"), str(root / "data" / "val")]
+    seen = []
+    real = me.apply_echo_floor
+    monkeypatch.setattr(me, "apply_echo_floor", lambda m, arc, zone: seen.append(
+        (m.copy(), (out := real(m, arc, zone)), zone)) or out)
+    out = tmp_path / "floor.json"
+    assert main(["eval", "--model", str(run_dir), "--data", *drives, "--echo-floor", "--json", str(out)]) == 0
+    assert ", echo floor" in capsys.readouterr().out
+    assert len(seen) == 6  # every frame's map, the 4-frame drive and the 2-frame one
+    for before, after, zone in seen:
+        changed = before != after
+        assert not (changed & ~zone).any() and (before[changed] == 0).all()  # free cells at the bumper only
+
+
 def test_register_model_writes_the_manifest_entry(setup, run_dir, tmp_path, capsys):
     manifest = tmp_path / "weights" / "MODELS.toml"
     assert main(["register-model", str(run_dir), "--name", "nf-tiny", "--data", "one 4-frame drive",

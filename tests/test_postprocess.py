@@ -147,3 +147,39 @@ def test_other_counts_and_bad_layouts(rig, grid):
     for bad in ({"count": 7}, {"count": 2}, {"levels_m": (0.3, 0.8)}, {"levels_m": ()}):
         with pytest.raises(ConfigError):
             SectorLayout(rig, grid, **bad)
+
+
+def test_the_echo_floor_zone_is_the_bumper_band_near_the_sensors(rig, grid, layout):
+    from perception.postprocess import body_cell_distance, echo_floor_zone
+
+    zone = echo_floor_zone(rig, grid)
+    d = body_cell_distance(rig.vehicle, grid)
+    xy = grid.cell_centres()
+    sensors = np.array([s.position[:2] for s in rig.uss])
+    to_sensor = np.hypot(xy[..., None, 0] - sensors[:, 0], xy[..., None, 1] - sensors[:, 1]).min(-1)
+    assert zone.any() and not (zone & ego_mask(rig.vehicle, grid)).any()
+    assert (d[zone] <= 0.3).all() and (to_sensor[zone] <= 0.35).all()
+    assert ((d <= 0.3) & (to_sensor <= 0.35) & ~ego_mask(rig.vehicle, grid) == zone).all()
+    # The band sits at the bumpers, where the sensors are: none of it beside the doors.
+    assert (np.abs(xy[zone][:, 0] - rig.vehicle.centre[0]) > 1.5).all()
+    # The display measures by the same distance.
+    assert np.allclose(layout._distance.reshape(grid.shape), d)
+
+
+def test_the_echo_floor_adds_low_obstacles_on_close_arcs_and_nothing_else(rig, grid):
+    from perception.postprocess import apply_echo_floor, echo_floor_zone
+
+    zone = echo_floor_zone(rig, grid)
+    classes = np.zeros(grid.shape, np.uint8)
+    r, c = np.argwhere(zone)[0]
+    classes[r, c + 1] = SemanticClass.VEHICLE  # a cell the network already calls something keeps its class
+    arc = np.zeros(grid.shape, np.float32)
+    arc[r, c], arc[r, c + 1] = 0.9, 1.0
+    far = np.argwhere(~zone)[0]
+    arc[tuple(far)] = 1.0  # an arc outside the bumper band is left to the network
+    arc[tuple(np.argwhere(zone)[1])] = 0.4  # a weak arc too
+    out = apply_echo_floor(classes, arc, zone)
+    assert out[r, c] == SemanticClass.LOW_OBSTACLE and out[r, c + 1] == SemanticClass.VEHICLE
+    assert (out != classes).sum() == 1 and out.dtype == classes.dtype
+    with pytest.raises(ConfigError, match="same grid"):
+        apply_echo_floor(classes, arc[:-1], zone)

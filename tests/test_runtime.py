@@ -247,6 +247,51 @@ def test_run_operating_point_uses_the_registered_bias_and_memory(world, tmp_path
     assert "[tiny]: operating_point: free confidence must be a probability" in capsys.readouterr().err
 
 
+def test_the_echo_floor_marks_a_close_echo_the_network_missed(world, tmp_path, capsys, monkeypatch):
+    import deploy.runtime as rt
+    from app.cli import main
+    from deploy.pipeline import Pipeline
+    from perception.uss_raster import DIRECT_ARC
+    from sensors.classes import SemanticClass
+
+    with LogReader(world["drive"]) as r:
+        rig = r.rig
+    grid = world["config"].bev.grid(rig)
+    frame = next(iter(replay_frames(world["drive"], decode_scale=2)))
+    pipe = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape), echo_floor=True)
+    cell = tuple(np.argwhere(pipe.echo_zone)[0])
+    real = pipe.prep.network_inputs
+
+    def with_arc(f):
+        inputs, present = real(f)
+        inputs["uss"][0, DIRECT_ARC] = 0.0
+        inputs["uss"][0, DIRECT_ARC][cell] = 1.0  # an echo of a few cm at that cell
+        return inputs, present
+
+    monkeypatch.setattr(pipe.prep, "network_inputs", with_arc)
+    out = pipe.process(frame)  # the network says free everywhere (85 %)
+    assert out.class_map[cell] == SemanticClass.LOW_OBSTACLE
+    assert (out.class_map == SemanticClass.LOW_OBSTACLE).sum() == 1
+    assert out.sectors.level.max() == 3  # the display's last level
+    plain = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape))
+    monkeypatch.setattr(plain.prep, "network_inputs", with_arc)
+    assert (plain.process(frame).class_map != SemanticClass.LOW_OBSTACLE).all()  # off by default
+    built = []
+
+    class Spy(Pipeline):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            built.append(self.echo_floor)
+
+    monkeypatch.setattr(rt, "Pipeline", Spy)
+    result = tmp_path / "floor.mcap"
+    assert main(_cli("--source", str(world["drive"]), "--out", str(result), "--echo-floor",
+                     manifest=world["manifest"])) == 0
+    assert built == [True]
+    with LogReader(result) as r:
+        assert r.metadata["echo_floor"] == "on"
+
+
 class _Sequence:
     """A backend that sees a low obstacle at CELL in its first frame and nothing (free at 99 %) after it."""
 

@@ -12,6 +12,7 @@ from pathlib import Path
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     from deploy.backends import BACKENDS
     from deploy.runtime import LATE_POLICIES
+    from perception.postprocess import ECHO_FLOOR_HELP
     from perception.temporal import DEFAULT_DECAY, MEMORY_HELP
 
     r = commands.add_parser("run", help="run a deploy model over a drive log or live sensors into a results MCAP",
@@ -31,6 +32,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    help="near-field bias: within 1 m of the body call a cell free only where the model gives FREE at "
                         "least P (0.5..1; default: the argmax); more warnings, fewer misses beside the car")
     r.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
+    r.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP)
     r.add_argument("--operating-point", action="store_true",
                    help="the near-field bias and memory registered for the model (`nearfield operating-point "
                         "--register`), instead of --free-confidence and --memory")
@@ -105,7 +107,8 @@ def _run(args) -> int:
                                                               "run")
     stats = run(model, args.source, args.out, backend=args.backend, threads=args.threads,
                 deadline_ms=args.deadline_ms, late_policy=args.late_policy, progress=not args.no_progress,
-                device=args.device, free_confidence=free_confidence, memory_decay=memory_decay)
+                device=args.device, free_confidence=free_confidence, memory_decay=memory_decay,
+                echo_floor=args.echo_floor)
     print(stats.format())
     if stats.stopped_by in ("SIGINT", "SIGTERM"):
         return 128 + signal.Signals[stats.stopped_by].value
