@@ -103,6 +103,22 @@ def _cli(*args, manifest) -> list[str]:
     return ["run", "--model", "tiny", "--manifest", str(manifest), "--threads", "1", "--no-progress", *args]
 
 
+def _spy_pipelines(monkeypatch, what):
+    """A list that `nearfield run` appends WHAT(pipeline) to for every Pipeline it builds."""
+    import deploy.runtime as rt
+    from deploy.pipeline import Pipeline
+
+    built = []
+
+    class Spy(Pipeline):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            built.append(what(self))
+
+    monkeypatch.setattr(rt, "Pipeline", Spy)
+    return built
+
+
 # --- one result per frame, equal to torch -------------------------------------------------------------------------
 
 def test_one_result_per_frame_equal_to_torch(world, tmp_path):
@@ -182,16 +198,8 @@ def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_pat
     sure = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape), free_confidence=0.8).process(frame)
     assert np.array_equal(sure.class_map, plain.class_map)  # 85 % free is enough at 0.8
 
-    import deploy.runtime as rt
 
-    built = []
-
-    class Spy(Pipeline):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            built.append(self.free_confidence)
-
-    monkeypatch.setattr(rt, "Pipeline", Spy)
+    built = _spy_pipelines(monkeypatch, lambda self: self.free_confidence)
     out = tmp_path / "biased.mcap"
     assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--free-confidence", "0.9",
                      manifest=world["manifest"])) == 0
@@ -208,22 +216,13 @@ def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_pat
 def test_run_operating_point_uses_the_registered_bias_and_memory(world, tmp_path, capsys, monkeypatch):
     import shutil
 
-    import deploy.runtime as rt
     from app.cli import main
-    from deploy.pipeline import Pipeline
     from deploy.zoo import get_model, read_zoo, set_operating_point
 
     zoo = tmp_path / "zoo"
     shutil.copytree(world["manifest"].parent, zoo)
     manifest = zoo / "ZOO.toml"
-    built = []
-
-    class Spy(Pipeline):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            built.append((self.free_confidence, self.memory_decay))
-
-    monkeypatch.setattr(rt, "Pipeline", Spy)
+    built = _spy_pipelines(monkeypatch, lambda self: (self.free_confidence, self.memory_decay))
     out = tmp_path / "op.mcap"
     assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--operating-point", manifest=manifest)) == 2
     assert "has no registered operating point" in capsys.readouterr().err and not out.exists() and not built
@@ -248,7 +247,6 @@ def test_run_operating_point_uses_the_registered_bias_and_memory(world, tmp_path
 
 
 def test_the_echo_floor_marks_a_close_echo_the_network_missed(world, tmp_path, capsys, monkeypatch):
-    import deploy.runtime as rt
     from app.cli import main
     from deploy.pipeline import Pipeline
     from perception.uss_raster import DIRECT_ARC
@@ -276,14 +274,7 @@ def test_the_echo_floor_marks_a_close_echo_the_network_missed(world, tmp_path, c
     plain = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape))
     monkeypatch.setattr(plain.prep, "network_inputs", with_arc)
     assert (plain.process(frame).class_map != SemanticClass.LOW_OBSTACLE).all()  # off by default
-    built = []
-
-    class Spy(Pipeline):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            built.append(self.echo_floor)
-
-    monkeypatch.setattr(rt, "Pipeline", Spy)
+    built = _spy_pipelines(monkeypatch, lambda self: self.echo_floor)
     result = tmp_path / "floor.mcap"
     assert main(_cli("--source", str(world["drive"]), "--out", str(result), "--echo-floor",
                      manifest=world["manifest"])) == 0
@@ -342,17 +333,9 @@ def test_the_near_field_memory_recalls_an_obstacle_the_car_has_driven_past(world
     third = pipe.process(frames[2])
     assert "near-field memory restarted: no odometry" in third.degraded and not third.recalled.any()
 
-    import deploy.runtime as rt
     from perception.temporal import DEFAULT_DECAY
 
-    built = []
-
-    class Spy(Pipeline):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            built.append(self.memory_decay)
-
-    monkeypatch.setattr(rt, "Pipeline", Spy)
+    built = _spy_pipelines(monkeypatch, lambda self: self.memory_decay)
     out = tmp_path / "memory.mcap"
     assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--memory", manifest=world["manifest"])) == 0
     assert built == [DEFAULT_DECAY]  # `--memory` without a value
