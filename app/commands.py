@@ -6,6 +6,7 @@ import argparse
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    from perception.postprocess import ECHO_FLOOR_HELP
     from perception.temporal import DEFAULT_DECAY, MEMORY_HELP
 
     v = commands.add_parser("view", help="play a drive log: cameras, ultrasonics, ground truth and a zoo model's "
@@ -20,6 +21,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    help="near-field bias of the model's map and sectors: within 1 m of the body a cell is free only "
                         "where the model gives FREE at least P (0.5..1; default: the argmax)")
     v.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
+    v.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP)
     v.add_argument("--operating-point", action="store_true",
                    help="the near-field bias and memory registered for --model (`nearfield operating-point "
                         "--register`), instead of --free-confidence and --memory")
@@ -40,7 +42,7 @@ def _view(args) -> int:
         free_confidence, memory_decay = get_model(args.model, manifest).near_field_settings(
             True, free_confidence, memory_decay, "view")
     code = launch(args.log, args.model, args.frame, args.screenshot, manifest, args.settings, args.threads,
-                  free_confidence, memory_decay)
+                  free_confidence, memory_decay, args.echo_floor)
     if args.screenshot:
         print(args.screenshot)
     return code

@@ -65,8 +65,9 @@ class DriveSession:
     backend are not thread-safe."""
 
     def __init__(self, threads: int | None = None, free_confidence: float | None = None,
-                 memory_decay: float | None = None):
+                 memory_decay: float | None = None, echo_floor: bool = False):
         self.threads = threads
+        self.echo_floor = echo_floor  # the pipeline's echo floor
         self.free_confidence = free_confidence  # the pipeline's near-field bias (None: the argmax)
         self.memory_decay = memory_decay  # the pipeline's near-field memory (None: off)
         self.source: FrameSource | None = None
@@ -97,7 +98,8 @@ class DriveSession:
         if self.source is None:
             raise ConfigError(f"model {model.name}: open a log first (the model is bound to the log's calibration)")
         pipeline = Pipeline(model, self.source.rig, threads=self.threads, source=str(self.source.path),
-                            free_confidence=self.free_confidence, memory_decay=self.memory_decay)
+                            free_confidence=self.free_confidence, memory_decay=self.memory_decay,
+                            echo_floor=self.echo_floor)
         self._close_pipeline()
         self.pipeline, self.model, self._evaluator = pipeline, model, None
         self._last = None

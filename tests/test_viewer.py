@@ -295,6 +295,12 @@ def _window_with_option(qtbot, drives, zoo, tmp_path, absent, **option):
     return win
 
 
+def test_the_echo_floor_reaches_the_pipeline_and_the_info_line(qtbot, drives, zoo, tmp_path):
+    win = _window_with_option(qtbot, drives, zoo, tmp_path, "echo floor", echo_floor=True)
+    assert win.worker.session.pipeline.echo_floor and win.worker.session.pipeline.echo_zone.any()
+    assert "echo floor" in win.info.text()
+
+
 def test_the_near_field_bias_reaches_the_pipeline_and_the_info_line(qtbot, drives, zoo, tmp_path):
     win = _window_with_option(qtbot, drives, zoo, tmp_path, "free within 1 m", free_confidence=0.9)
     assert win.worker.session.pipeline.free_confidence == 0.9
@@ -315,7 +321,7 @@ def test_view_operating_point_takes_the_models_registered_bias_and_memory(drives
     shutil.copytree(Path(zoo).parent, tmp_path / "zoo")
     manifest = tmp_path / "zoo" / Path(zoo).name
     seen = []
-    monkeypatch.setattr(app.viewer, "launch", lambda *a: seen.append(a[-2:]) or 0)
+    monkeypatch.setattr(app.viewer, "launch", lambda *a: seen.append(a[-3:-1]) or 0)
     argv = ["view", str(drives["ok"]), "--manifest", str(manifest), "--operating-point"]
     assert main(argv) == 2 and "give --model NAME too" in capsys.readouterr().err
     assert main([*argv, "--model", "tiny-structure"]) == 2
