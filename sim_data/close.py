@@ -11,7 +11,7 @@ import numpy as np
 
 from sensors.geometry import Pose2D
 from sensors.rig import VehicleBody
-from sim_data.layout import OBJECT_GAP, any_overlap, ego_swept, rect
+from sim_data.layout import OBJECT_GAP, any_overlap, corridor, ego_swept, rect
 from sim_data.objects import make_bin, make_bollard, make_box, make_cone
 from sim_data.world import EgoPath, Scene, SceneObject
 
@@ -47,12 +47,11 @@ def add_close_obstacle(scene: Scene, vehicle: VehicleBody, rng: np.random.Genera
     swept = ego_swept(scene.ego, vehicle, CLOSE_GAP_M[0] - 0.02)  # no scrape on the way either
     next_id = max((o.id for o in scene.objects), default=0) + 1
     c, s = math.cos(end.yaw), math.sin(end.yaw)
+    probe = _close_object(kind, next_id, 0.0, 0.0, end.yaw, np.random.default_rng(sub))
+    # How far its parts reach along the car's axis (a cone's square base may stand turned).
+    half = float(np.abs(np.concatenate([part.shape.footprint() for part in probe.parts]) @ np.array([c, s])).max())
     for side in ends:
         for lateral in (rng.uniform(-0.5, 0.5), 0.0):
-            probe = _close_object(kind, next_id, 0.0, 0.0, end.yaw, np.random.default_rng(sub))
-            # How far its parts reach along the car's axis (a cone's square base may stand turned).
-            reach = np.concatenate([part.shape.footprint() for part in probe.parts]) @ np.array([c, s])
-            half = float(np.abs(reach).max())
             bumper = vehicle.x_max if side > 0 else vehicle.x_min
             lx, ly = bumper + side * (gap + half), lateral
             x, y = end.x + c * lx - s * ly, end.y + s * lx + c * ly
@@ -63,9 +62,8 @@ def add_close_obstacle(scene: Scene, vehicle: VehicleBody, rng: np.random.Genera
                 continue  # the car drove through that spot
             keep = []
             for o in scene.objects:
-                if o.motion is not None:
-                    walk = np.asarray(o.motion.waypoints, float)  # world points, from where it stands at t = 0
-                    if np.min(np.hypot(walk[:, 0] - x, walk[:, 1] - y)) > 0.5 + half:
+                if o.motion is not None:  # a walker: its whole walk, widened by half a metre, must miss it
+                    if not any_overlap(footprint, corridor(np.asarray(o.motion.waypoints, float), 0.5)):
                         keep.append(o)
                 elif not any_overlap(footprint, rect(o.box.x, o.box.y, o.box.yaw, o.box.length + OBJECT_GAP,
                                                      o.box.width + OBJECT_GAP)[None]):

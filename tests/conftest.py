@@ -24,6 +24,22 @@ def rig():
     return load_rig()
 
 
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, rig):
+    """The runtime tests' drive and tiny zoo model (runtime_world.make_world)."""
+    from runtime_world import make_world
+
+    return make_world(tmp_path_factory.mktemp("runtime"), rig)
+
+
+@pytest.fixture(scope="session")
+def long_drive(world):
+    """The drive 40 times over (240 frames) in small chunks: long enough to interrupt, cut to a readable prefix."""
+    from runtime_world import rewrite_log
+
+    return rewrite_log(world["drive"], world["root"] / "long.mcap", loops=40, chunk_size=64 << 10)
+
+
 # CI replays the same hypothesis examples every run (a failure must reproduce); developers explore new ones.
 try:
     from hypothesis import settings

@@ -1,5 +1,6 @@
 """The embedded runtime (`nearfield run`): one result per frame equal to torch's, torch and Qt blocked, SIGTERM
-mid-run, checksum mismatch, truncated input, the deadline monitor, live video + CAN sources, the benchmarks."""
+mid-run, checksum mismatch, truncated input, the deadline monitor, live video + CAN sources, the benchmarks. The
+near-field post-processing options are in test_runtime_nearfield.py."""
 
 import os
 import signal
@@ -11,81 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_world import run_args
 
 from deploy.live_config import LiveConfig, load_live_config
 from deploy.results import read_results
 from deploy.runtime import DeadlineMonitor, LatencyStats, run
 from sensors.classes import IGNORE
 from sensors.errors import ConfigError
-from sensors.log import ConditionRecord, LogReader
-from sensors.log_writer import LogWriter
-from sensors.messages import CameraImage, GroundTruth, Odometry, UssCycle
+from sensors.log import LogReader
 from sensors.replay import replay_frames
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rewrite(src: Path, dst: Path, loops: int = 1, chunk_size: int = 1 << 20, drop_image=None) -> Path:
-    """SRC's messages written LOOPS times one after the other (re-stamped, so time runs forward), optionally
-    without camera drop_image[0]'s image number drop_image[1]."""
-    with LogReader(src) as r:
-        msgs = list(r.messages())
-        w = LogWriter(dst, r.rig, chunk_size=chunk_size, stamp_creation=False)
-        grid = next(m.grid for m in msgs if m.grid is not None)
-    span = msgs[-1].stamp_ns - msgs[0].stamp_ns + 100_000_000
-    seen = {}
-    with w:
-        for k in range(loops):
-            shift = k * span
-            for m in msgs:
-                v, t = m.value, m.stamp_ns + shift
-                if isinstance(v, CameraImage):
-                    n = seen[v.camera] = seen.get(v.camera, -1) + 1
-                    if drop_image == (v.camera, n):
-                        continue
-                    w.write_camera(CameraImage(v.camera, t, jpeg=v.jpeg))
-                elif isinstance(v, UssCycle):
-                    w.write_uss(UssCycle(t, v.cycle, v.sender, v.receiver, v.distance, v.amplitude, v.status))
-                elif isinstance(v, GroundTruth):
-                    w.write_truth(GroundTruth(t, v.occupancy, v.cell, []), grid)
-                elif isinstance(v, ConditionRecord):
-                    w.write_condition(t, v.labels, v.scene)
-                elif isinstance(v, Odometry):
-                    w.write_odometry(Odometry(t, v.pose))
-    return dst
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory, rig):
-    """A 6-frame simulated drive (ultrasonic failure: degraded frames) with one image missing, a tiny FusionNet
-    and its ONNX file in a zoo manifest of its own."""
-    import torch
-
-    from deploy.export import export_onnx, input_shapes
-    from deploy.zoo import ZooModel, register
-    from perception.bev_config import BevConfig
-    from perception.model import FusionNet, load_model_config
-    from sim_data.simulate import DriveSpec, simulate_drive
-
-    root = tmp_path_factory.mktemp("runtime")
-    sim = simulate_drive(DriveSpec("rt", 3, 6, ("uss_failure",)), root / "sim", rig, scale=0.25)
-    drive = _rewrite(sim, root / "drive.mcap", drop_image=("MVL", 4))
-    config = load_model_config("nf-small").replace(
-        name="tiny", camera_width=0.25, uss_width=0.25, neck_channels=8, bev_channels=8, decoder_channels=8,
-        bev=BevConfig(cell=0.4, image_size=(128, 96)))
-    torch.manual_seed(0)
-    net = FusionNet(config).eval()
-    onnx = export_onnx(net, config, root / "zoo" / "tiny.onnx")
-    manifest = root / "zoo" / "ZOO.toml"
-    model = register(ZooModel("tiny", onnx, "", "untrained", bev=config.bev, inputs=input_shapes(onnx)), manifest)
-    return {"root": root, "drive": drive, "net": net, "config": config, "model": model, "manifest": manifest}
-
-
-@pytest.fixture(scope="session")
-def long_drive(world):
-    """The drive 40 times over (240 frames) in small chunks: long enough to interrupt, cut to a readable prefix."""
-    return _rewrite(world["drive"], world["root"] / "long.mcap", loops=40, chunk_size=64 << 10)
 
 
 def _blocking_prelude(forbidden=("torch", "PyQt6", "PySide6")) -> str:
@@ -97,26 +35,6 @@ def _blocking_prelude(forbidden=("torch", "PyQt6", "PySide6")) -> str:
                     raise ImportError(f"{{name}} is blocked: the runtime must not import it")
         sys.meta_path.insert(0, _Block())
     """)
-
-
-def _cli(*args, manifest) -> list[str]:
-    return ["run", "--model", "tiny", "--manifest", str(manifest), "--threads", "1", "--no-progress", *args]
-
-
-def _spy_pipelines(monkeypatch, what):
-    """A list that `nearfield run` appends WHAT(pipeline) to for every Pipeline it builds."""
-    import deploy.runtime as rt
-    from deploy.pipeline import Pipeline
-
-    built = []
-
-    class Spy(Pipeline):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            built.append(what(self))
-
-    monkeypatch.setattr(rt, "Pipeline", Spy)
-    return built
 
 
 # --- one result per frame, equal to torch -------------------------------------------------------------------------
@@ -163,196 +81,11 @@ def test_one_result_per_frame_equal_to_torch(world, tmp_path):
         assert r.metadata["model_sha256"] == world["model"].sha256
 
 
-class _FixedOutputs:
-    """A backend whose every cell is free at 85 % and otherwise most likely a low obstacle."""
-
-    name, input_names, output_names = "fixed", (), ("class_logits", "occupancy_logits")
-
-    def __init__(self, shape):
-        probs = np.array([0.85, 0.02, 0.03, 0.04, 0.06], np.float32)
-        self.logits = np.broadcast_to(np.log(probs)[None, :, None, None], (1, 5, *shape)).copy()
-
-    def run(self, inputs):
-        return {"class_logits": self.logits, "occupancy_logits": np.zeros((1, 1, *self.logits.shape[2:]), np.float32)}
-
-    def close(self):
-        pass
-
-
-def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_path, capsys, monkeypatch):
-    from app.cli import main
-    from deploy.pipeline import Pipeline
-    from perception.postprocess import near_mask
-
-    with LogReader(world["drive"]) as r:
-        rig = r.rig
-    grid = world["config"].bev.grid(rig)
-    frame = next(iter(replay_frames(world["drive"], decode_scale=2)))
-    near = near_mask(rig.vehicle, grid, 1.0)
-    plain = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape)).process(frame)
-    biased = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape), free_confidence=0.9).process(frame)
-    assert np.all((plain.class_map == 0) | (plain.class_map == IGNORE)) and np.isinf(plain.sectors.distance).all()
-    assert np.all(biased.class_map[near] == 4)  # its most likely obstacle class
-    assert np.array_equal(biased.class_map[~near], plain.class_map[~near])  # beyond 1 m: the argmax
-    assert np.all(biased.sectors.distance <= 1.0) and np.all(biased.sectors.level >= 1)  # the display warns
-    sure = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape), free_confidence=0.8).process(frame)
-    assert np.array_equal(sure.class_map, plain.class_map)  # 85 % free is enough at 0.8
-
-
-    built = _spy_pipelines(monkeypatch, lambda self: self.free_confidence)
-    out = tmp_path / "biased.mcap"
-    assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--free-confidence", "0.9",
-                     manifest=world["manifest"])) == 0
-    assert built == [0.9]  # `nearfield run` hands the bias to the pipeline that makes the maps and sectors
-    with LogReader(out) as r:
-        assert r.metadata["free_confidence"] == "0.9"
-    capsys.readouterr()
-    never = tmp_path / "never.mcap"
-    assert main(_cli("--source", str(world["drive"]), "--out", str(never), "--free-confidence", "1.5",
-                     manifest=world["manifest"])) == 2
-    assert "free confidence must be a probability" in capsys.readouterr().err and not never.exists()
-
-
-def test_run_operating_point_uses_the_registered_bias_and_memory(world, tmp_path, capsys, monkeypatch):
-    import shutil
-
-    from app.cli import main
-    from deploy.zoo import get_model, read_zoo, set_operating_point
-
-    zoo = tmp_path / "zoo"
-    shutil.copytree(world["manifest"].parent, zoo)
-    manifest = zoo / "ZOO.toml"
-    built = _spy_pipelines(monkeypatch, lambda self: (self.free_confidence, self.memory_decay))
-    out = tmp_path / "op.mcap"
-    assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--operating-point", manifest=manifest)) == 2
-    assert "has no registered operating point" in capsys.readouterr().err and not out.exists() and not built
-    set_operating_point("tiny", {"free_confidence": 0.97, "memory_decay": 0.9, "chosen_on": "val"}, manifest)
-    assert get_model("tiny", manifest).operating_point["chosen_on"] == "val"  # the other fields are kept
-    assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--operating-point", manifest=manifest)) == 0
-    assert built == [(0.97, 0.9)]
-    with LogReader(out) as r:  # the results say what they were made with
-        assert r.metadata["free_confidence"] == "0.97"
-    capsys.readouterr()
-    assert main(_cli("--source", str(world["drive"]), "--out", str(tmp_path / "both.mcap"), "--operating-point",
-                     "--free-confidence", "0.9", manifest=manifest)) == 2
-    assert "without --free-confidence and --memory" in capsys.readouterr().err
-    # The argmax without memory is an operating point too: absent keys.
-    set_operating_point("tiny", {"chosen_on": "val"}, manifest)
-    assert read_zoo(manifest)["tiny"].operating_settings() == (None, None)
-    # A hand-edited manifest with a bias out of range is one line naming the entry, before any frame is read.
-    manifest.write_text(manifest.read_text().replace('chosen_on = "val"', 'chosen_on = "val"\nfree_confidence = 1.5'))
-    assert main(_cli("--source", str(world["drive"]), "--out", str(tmp_path / "bad.mcap"), "--operating-point",
-                     manifest=manifest)) == 2
-    assert "[tiny]: operating_point: free confidence must be a probability" in capsys.readouterr().err
-
-
-def test_the_echo_floor_marks_a_close_echo_the_network_missed(world, tmp_path, capsys, monkeypatch):
-    from app.cli import main
-    from deploy.pipeline import Pipeline
-    from perception.uss_raster import DIRECT_ARC
-    from sensors.classes import SemanticClass
-
-    with LogReader(world["drive"]) as r:
-        rig = r.rig
-    grid = world["config"].bev.grid(rig)
-    frame = next(iter(replay_frames(world["drive"], decode_scale=2)))
-    pipe = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape), echo_floor=True)
-    cell = tuple(np.argwhere(pipe.echo_zone)[0])
-    real = pipe.prep.network_inputs
-
-    def with_arc(f):
-        inputs, present = real(f)
-        inputs["uss"][0, DIRECT_ARC] = 0.0
-        inputs["uss"][0, DIRECT_ARC][cell] = 1.0  # an echo of a few cm at that cell
-        return inputs, present
-
-    monkeypatch.setattr(pipe.prep, "network_inputs", with_arc)
-    out = pipe.process(frame)  # the network says free everywhere (85 %)
-    assert out.class_map[cell] == SemanticClass.LOW_OBSTACLE
-    assert (out.class_map == SemanticClass.LOW_OBSTACLE).sum() == 1
-    assert out.sectors.level.max() == 3  # the display's last level
-    plain = Pipeline(world["model"], rig, backend=_FixedOutputs(grid.shape))
-    monkeypatch.setattr(plain.prep, "network_inputs", with_arc)
-    assert (plain.process(frame).class_map != SemanticClass.LOW_OBSTACLE).all()  # off by default
-    built = _spy_pipelines(monkeypatch, lambda self: self.echo_floor)
-    result = tmp_path / "floor.mcap"
-    assert main(_cli("--source", str(world["drive"]), "--out", str(result), "--echo-floor",
-                     manifest=world["manifest"])) == 0
-    assert built == [True]
-    with LogReader(result) as r:
-        assert r.metadata["echo_floor"] == "on"
-
-
-class _Sequence:
-    """A backend that sees a low obstacle at CELL in its first frame and nothing (free at 99 %) after it."""
-
-    name, input_names, output_names = "sequence", (), ("class_logits", "occupancy_logits")
-
-    def __init__(self, shape, cell):
-        self.free = np.zeros((1, 5, *shape), np.float32)
-        self.free[0, 0] = np.log(99.0 * 4)  # P(free) = 0.99
-        self.first = self.free.copy()
-        self.first[0, :, cell[0], cell[1]] = [0.0, 0.0, 0.0, 0.0, 8.0]
-        self.calls = 0
-
-    def run(self, inputs):
-        self.calls += 1
-        logits = self.first if self.calls == 1 else self.free
-        return {"class_logits": logits, "occupancy_logits": np.zeros((1, 1, *logits.shape[2:]), np.float32)}
-
-    def close(self):
-        pass
-
-
-def test_the_near_field_memory_recalls_an_obstacle_the_car_has_driven_past(world, tmp_path, capsys, monkeypatch):
-    from app.cli import main
-    from deploy.pipeline import Pipeline
-    from sensors.geometry import Pose2D
-
-    with LogReader(world["drive"]) as r:
-        rig = r.rig
-    grid = world["config"].bev.grid(rig)
-    frames = list(replay_frames(world["drive"], decode_scale=2))[:3]
-    # An obstacle 0.5 m beside the left flank, a little ahead of the mirror; the car then creeps 0.4 m forwards.
-    body = rig.vehicle
-    x_mid = (body.footprint()[0][0] + body.footprint()[2][0]) / 2
-    y_left = body.footprint()[0][1]
-    seen = tuple(int(v) for v in np.floor(grid.to_cell(np.array([x_mid + 0.4, y_left + 0.5]))))
-    later = tuple(int(v) for v in np.floor(grid.to_cell(np.array([x_mid, y_left + 0.5]))))
-    for k, f in enumerate(frames):
-        f.odometry = Pose2D(0.4 * min(k, 1), 0.0, 0.0)
-    pipe = Pipeline(world["model"], rig, backend=_Sequence(grid.shape, seen), memory_decay=0.9)
-    first, second = pipe.process(frames[0]), pipe.process(frames[1])
-    assert first.class_map[seen] == 4 and not first.recalled.any()
-    assert second.class_map[later] == 4 and second.recalled[later] and second.recalled.sum() == 1
-    assert second.sectors.distance.min() <= 0.6  # the parking display warns of it
-    plain = Pipeline(world["model"], rig, backend=_Sequence(grid.shape, seen))
-    plain.process(frames[0])
-    assert plain.process(frames[1]).class_map[later] == 0 and plain.process(frames[1]).recalled is None
-    frames[2].odometry = None
-    third = pipe.process(frames[2])
-    assert "near-field memory restarted: no odometry" in third.degraded and not third.recalled.any()
-
-    from perception.temporal import DEFAULT_DECAY
-
-    built = _spy_pipelines(monkeypatch, lambda self: self.memory_decay)
-    out = tmp_path / "memory.mcap"
-    assert main(_cli("--source", str(world["drive"]), "--out", str(out), "--memory", manifest=world["manifest"])) == 0
-    assert built == [DEFAULT_DECAY]  # `--memory` without a value
-    with LogReader(out) as r:
-        assert r.metadata["memory_decay"] == f"{DEFAULT_DECAY:g}"
-    capsys.readouterr()
-    never = tmp_path / "never.mcap"
-    assert main(_cli("--source", str(world["drive"]), "--out", str(never), "--memory", "0",
-                     manifest=world["manifest"])) == 2
-    assert "memory decay must be in (0, 1]" in capsys.readouterr().err and not never.exists()
-
-
 def test_the_runtime_imports_neither_torch_nor_qt(world, tmp_path):
     out = tmp_path / "blocked.mcap"
     code = _blocking_prelude() + textwrap.dedent(f"""
         from app.cli import main
-        rc = main({_cli("--source", str(world["drive"]), "--out", str(out), manifest=world["manifest"])!r})
+        rc = main({run_args("--source", str(world["drive"]), "--out", str(out), manifest=world["manifest"])!r})
         from deploy.results import read_results
         assert len(read_results({str(out)!r})) == 6
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "PyQt6", "PySide6"))
@@ -376,7 +109,7 @@ def test_sigterm_mid_run_leaves_a_complete_results_file(world, long_drive, tmp_p
             pathlib.Path({str(marker)!r}).write_text(str(self.frames))
         ResultsWriter.write = write
         from app.cli import main
-        sys.exit(main({_cli("--source", str(long_drive), "--out", str(out), manifest=world["manifest"])!r}))
+        sys.exit(main({run_args("--source", str(long_drive), "--out", str(out), manifest=world["manifest"])!r}))
     """)
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
@@ -418,7 +151,7 @@ def test_checksum_mismatch_is_one_line_and_writes_nothing(world, tmp_path, capsy
         f.seek(1000)
         f.write(bytes([b[0] ^ 0xFF]))
     out = tmp_path / "never.mcap"
-    rc = main(_cli("--source", str(world["drive"]), "--out", str(out), manifest=zoo / "ZOO.toml"))
+    rc = main(run_args("--source", str(world["drive"]), "--out", str(out), manifest=zoo / "ZOO.toml"))
     err = capsys.readouterr().err
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and "sha256" in err and "tiny" in err
@@ -434,7 +167,7 @@ def test_a_truncated_log_processes_every_readable_frame_and_says_so(world, long_
     readable = sum(1 for _ in replay_frames(cut, decode=False))
     assert 0 < readable < 240
     out = tmp_path / "results.mcap"
-    rc = main(_cli("--source", str(cut), "--out", str(out), manifest=world["manifest"]))
+    rc = main(run_args("--source", str(cut), "--out", str(out), manifest=world["manifest"]))
     stdout = capsys.readouterr().out
     assert rc == 1
     assert "input damaged" in stdout and "every readable frame" in stdout and "truncated" in stdout.lower()
