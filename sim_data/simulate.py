@@ -74,8 +74,9 @@ PRESETS: dict[str, Preset] = {
     # four test scenes are streets, and a kerb beside the car is the near obstacle a parking car meets most.
     "train-street": Preset(drives=10, frames=100, seed=110_000, scene_kinds=("street",)),
     # Drives of the training mix that end just short of an obstacle (as `test-close`): every other training scene keeps
-    # 0.35 m clear of the car, so without these no model sees anything within the display's last level.
-    "train-close": Preset(drives=10, frames=100, seed=120_000, close_obstacle=True),
+    # 0.35 m clear of the car, so without these no model sees anything within the display's last level. 40 drives
+    # since 2026-12-07 (10 before: `--drives 10` gives those, the same bytes).
+    "train-close": Preset(drives=40, frames=100, seed=120_000, close_obstacle=True),
     "val": Preset(drives=4, frames=100, seed=200_000),
     # 4 outdoor scenes x 8 conditions x 25 frames = 800 frames (outdoor: glare and rain need the sky). Its nights
     # alternate between lit (even scenes) and unlit (odd scenes), so both kinds of night are covered equally.
@@ -86,6 +87,10 @@ PRESETS: dict[str, Preset] = {
     # two scenes are the same, `--drives 2` gives them alone).
     "val-paired": Preset(drives=4, frames=25, seed=400_000, condition_cycle=tuple((c,) for c in CONDITIONS),
                          paired=True),
+    # Built like `test-close` on seeds of its own, for choosing what the close range needs (a model, a setting)
+    # without looking at `test-close`.
+    "val-close": Preset(drives=4, frames=25, seed=600_000, condition_cycle=tuple((c,) for c in CONDITIONS),
+                        paired=True, close_obstacle=True),
     # Built like `test` on seeds of its own, with every drive ending 0.08-0.2 m short of a bollard, cone, bin or box:
     # the scenes of the other splits keep the ego's drive 0.35 m clear of everything, so the display's last level
     # (within 0.3 m) is scored only here. For evaluation: no model has been trained on such drives.
