@@ -35,14 +35,14 @@ def _view(args) -> int:
     from sensors.errors import ConfigError
 
     manifest = args.manifest or MANIFEST
-    free_confidence, memory_decay = args.free_confidence, args.memory
     if args.operating_point:
         if not args.model:
             raise ConfigError("view: --operating-point is that of a zoo model: give --model NAME too")
-        free_confidence, memory_decay = get_model(args.model, manifest).near_field_settings(
-            True, free_confidence, memory_decay, "view")
+        # Checked for the model it starts with (one or the other, and that it has a point); a model chosen later in
+        # the window runs with its own point.
+        get_model(args.model, manifest).near_field_settings(True, args.free_confidence, args.memory, "view")
     code = launch(args.log, args.model, args.frame, args.screenshot, manifest, args.settings, args.threads,
-                  free_confidence, memory_decay, args.echo_floor)
+                  args.free_confidence, args.memory, args.echo_floor, args.operating_point)
     if args.screenshot:
         print(args.screenshot)
     return code

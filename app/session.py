@@ -41,6 +41,9 @@ class FrameView:
     sectors_of: str  # "prediction", "truth" or ""
     miou: float | None
     notes: list[str] = field(default_factory=list)  # why something is not shown (e.g. no IoU for this grid)
+    free_confidence: float | None = None  # the near-field bias the model's map was made with (None: the argmax)
+    memory_decay: float | None = None  # its near-field memory's decay (None: no memory)
+    operating_point: str = ""  # with the viewer's --operating-point: whose point it is, or that the model has none
 
     @property
     def camera_failures(self) -> dict[str, str]:
@@ -65,11 +68,16 @@ class DriveSession:
     backend are not thread-safe."""
 
     def __init__(self, threads: int | None = None, free_confidence: float | None = None,
-                 memory_decay: float | None = None, echo_floor: bool = False):
+                 memory_decay: float | None = None, echo_floor: bool = False, operating_point: bool = False):
+        if operating_point and (free_confidence is not None or memory_decay is not None):
+            raise ConfigError("the operating point brings its own bias and memory; give it without a free confidence "
+                              "and a memory decay")
         self.threads = threads
         self.echo_floor = echo_floor  # the pipeline's echo floor
         self.free_confidence = free_confidence  # the pipeline's near-field bias (None: the argmax)
         self.memory_decay = memory_decay  # the pipeline's near-field memory (None: off)
+        # Each model with its own registered operating point (zoo.ZooModel.operating_settings) instead of the two above.
+        self.operating_point = operating_point
         self.source: FrameSource | None = None
         self.model: ZooModel | None = None
         self.pipeline: Pipeline | None = None
@@ -97,12 +105,27 @@ class DriveSession:
             return
         if self.source is None:
             raise ConfigError(f"model {model.name}: open a log first (the model is bound to the log's calibration)")
+        free_confidence, memory_decay = self.near_field_settings(model)
         pipeline = Pipeline(model, self.source.rig, threads=self.threads, source=str(self.source.path),
-                            free_confidence=self.free_confidence, memory_decay=self.memory_decay,
-                            echo_floor=self.echo_floor)
+                            free_confidence=free_confidence, memory_decay=memory_decay, echo_floor=self.echo_floor)
         self._close_pipeline()
         self.pipeline, self.model, self._evaluator = pipeline, model, None
         self._last = None
+
+    def near_field_settings(self, model: ZooModel) -> tuple[float | None, float | None]:
+        """(free confidence, memory decay) MODEL runs with: its registered operating point in operating-point mode
+        (the argmax and no memory for a model without one: operating_point_note says so), else the session's."""
+        if not self.operating_point:
+            return self.free_confidence, self.memory_decay
+        return model.operating_settings() if model.operating_point else (None, None)
+
+    def operating_point_note(self) -> str:
+        """For the info line in operating-point mode: whose point the map is made with, or that there is none."""
+        if not self.operating_point or self.model is None:
+            return ""
+        if self.model.operating_point:
+            return f"operating point of {self.model.name}"
+        return f"{self.model.name} has no registered operating point: argmax, no memory"
 
     @property
     def scale(self) -> int:
@@ -134,8 +157,11 @@ class DriveSession:
             sectors, sectors_of = self._truth_sectors[key](truth), "truth"
         else:
             sectors, sectors_of = None, ""
+        pipe = self.pipeline
         return FrameView(k, source.time_s(k), frame, self.model.name if self.model else None, result, pred_grid,
-                         truth, tgrid, sectors, sectors_of, miou, notes)
+                         truth, tgrid, sectors, sectors_of, miou, notes,
+                         pipe.free_confidence if pipe is not None else None,
+                         pipe.memory_decay if pipe is not None else None, self.operating_point_note())
 
     def _catch_up_memory(self, k: int, notes: list[str]) -> None:
         """Bring the near-field memory to where playing the drive up to frame k leaves it, so that a frame shows the

@@ -19,11 +19,12 @@ SCREENSHOT_SIZE = (1600, 1000)  # a saved window geometry is clamped to the offs
 def launch(log_path: str | Path | None = None, model: str | None = None, frame: int = 0,
            screenshot: str | Path | None = None, manifest: str | Path = MANIFEST, settings: str | Path | None = None,
            threads: int | None = None, free_confidence: float | None = None, memory_decay: float | None = None,
-           echo_floor: bool = False) -> int:
+           echo_floor: bool = False, operating_point: bool = False) -> int:
     """Open the viewer on LOG_PATH (None: the demo drive) with MODEL at FRAME. With SCREENSHOT: draw that frame
     offscreen, save the window as a PNG and return 0, or raise ConfigError with what went wrong. free_confidence:
     the near-field bias of the model's class map, memory_decay its near-field memory, echo_floor its echo floor
-    (deploy.pipeline.Pipeline)."""
+    (deploy.pipeline.Pipeline); operating_point: each model with its registered operating point instead of the two
+    (zoo.ZooModel.operating_settings; the argmax for a model without one, said in the info line)."""
     from perception.postprocess import check_free_confidence
     from perception.temporal import check_decay
 
@@ -50,7 +51,7 @@ def launch(log_path: str | Path | None = None, model: str | None = None, frame: 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     qsettings = QSettings(str(settings), QSettings.Format.IniFormat) if settings else None
     win = ViewerWindow(qsettings, manifest, threads, dialogs=screenshot is None, free_confidence=free_confidence,
-                       memory_decay=memory_decay, echo_floor=echo_floor)
+                       memory_decay=memory_decay, echo_floor=echo_floor, operating_point=operating_point)
     if screenshot is not None:
         win.resize(*SCREENSHOT_SIZE)
     win.open_log(log_path)

@@ -51,7 +51,7 @@ class ViewerWindow(QMainWindow):
 
     def __init__(self, settings: QSettings | None = None, manifest: str | Path = MANIFEST, threads: int | None = None,
                  demo_cache: str | Path | None = None, dialogs: bool = True, free_confidence: float | None = None,
-                 memory_decay: float | None = None, echo_floor: bool = False):
+                 memory_decay: float | None = None, echo_floor: bool = False, operating_point: bool = False):
         super().__init__()
         self.setWindowTitle("nearfield viewer")
         self.settings = settings or QSettings("nearfield", "viewer")
@@ -69,10 +69,8 @@ class ViewerWindow(QMainWindow):
         self.loop_range = (0, 0)
         self._message_box: QMessageBox | None = None
 
-        self.free_confidence = free_confidence
-        self.memory_decay = memory_decay
         self.echo_floor = echo_floor
-        self.worker = Worker(threads, demo_cache, free_confidence, memory_decay, echo_floor)
+        self.worker = Worker(threads, demo_cache, free_confidence, memory_decay, echo_floor, operating_point)
         self.worker.opened.connect(self._on_opened)
         self.worker.model_changed.connect(self._on_model_changed)
         self.worker.frame_ready.connect(self._on_frame)
@@ -435,13 +433,15 @@ class ViewerWindow(QMainWindow):
             self.info.setText("")
             return
         parts = [f"frame {view.index + 1}/{len(self.source)}", f"model {view.model or '-'}"]
-        if view.model and self.free_confidence is not None:
-            parts.append(f"free within 1 m at P ≥ {self.free_confidence:g}")
+        if view.operating_point:
+            parts.append(view.operating_point)
+        if view.model and view.free_confidence is not None:
+            parts.append(f"free within 1 m at P ≥ {view.free_confidence:g}")
         if view.model and self.echo_floor:
             parts.append("echo floor")
         if view.result is not None and view.result.recalled is not None:
             restarted = [d for d in view.result.degraded if d.startswith("near-field memory restarted")]
-            parts.append(f"near-field memory (decay {self.memory_decay:g}): {int(view.result.recalled.sum())} cells "
+            parts.append(f"near-field memory (decay {view.memory_decay:g}): {int(view.result.recalled.sum())} cells "
                          f"recalled" + (f", {restarted[0][len('near-field memory '):]}" if restarted else ""))
         if view.miou is not None:
             parts.append(f"mIoU {100 * view.miou:.0f}%")

@@ -31,9 +31,10 @@ class Worker(QThread):
     video_done = pyqtSignal(str)
 
     def __init__(self, threads: int | None = None, demo_cache: str | Path | None = None,
-                 free_confidence: float | None = None, memory_decay: float | None = None, echo_floor: bool = False):
+                 free_confidence: float | None = None, memory_decay: float | None = None, echo_floor: bool = False,
+                 operating_point: bool = False):
         super().__init__()
-        self.session = DriveSession(threads, free_confidence, memory_decay, echo_floor)
+        self.session = DriveSession(threads, free_confidence, memory_decay, echo_floor, operating_point)
         self.demo_cache = demo_cache
         self._jobs: deque[tuple] = deque()
         self._cv = threading.Condition()

@@ -321,12 +321,34 @@ def test_view_operating_point_takes_the_models_registered_bias_and_memory(drives
     shutil.copytree(Path(zoo).parent, tmp_path / "zoo")
     manifest = tmp_path / "zoo" / Path(zoo).name
     seen = []
-    monkeypatch.setattr(app.viewer, "launch", lambda *a: seen.append(a[-3:-1]) or 0)
+    monkeypatch.setattr(app.viewer, "launch", lambda *a: seen.append(a[-4:]) or 0)
     argv = ["view", str(drives["ok"]), "--manifest", str(manifest), "--operating-point"]
     assert main(argv) == 2 and "give --model NAME too" in capsys.readouterr().err
     assert main([*argv, "--model", "tiny-structure"]) == 2
     assert "has no registered operating point" in capsys.readouterr().err
     set_operating_point("tiny-structure", {"free_confidence": 0.95, "memory_decay": 0.9}, manifest)
-    assert main([*argv, "--model", "tiny-structure"]) == 0 and seen == [(0.95, 0.9)]
+    # The window takes each model's own point (next test); the flags stay unset.
+    assert main([*argv, "--model", "tiny-structure"]) == 0 and seen == [(None, None, False, True)]
     assert main([*argv, "--model", "tiny-structure", "--memory"]) == 2
     assert "without --free-confidence and --memory" in capsys.readouterr().err
+
+
+def test_with_operating_point_each_model_in_the_window_runs_its_own_point(qtbot, drives, zoo, tmp_path):
+    from deploy.zoo import set_operating_point
+
+    shutil.copytree(Path(zoo).parent, tmp_path / "zoo")
+    manifest = tmp_path / "zoo" / Path(zoo).name
+    set_operating_point("tiny-structure", {"free_confidence": 0.95, "memory_decay": 0.9}, manifest)
+    win = _window_with_option(qtbot, drives, manifest, tmp_path, "operating point", operating_point=True)
+    pipe = win.worker.session.pipeline
+    assert (pipe.free_confidence, pipe.memory_decay) == (0.95, 0.9)
+    assert "operating point of tiny-structure" in win.info.text() and "P ≥ 0.95" in win.info.text()
+    win.select_model("tiny-vehicle")  # none registered: the argmax, and the info line says so
+    wait_shown(qtbot, win, 0)
+    pipe = win.worker.session.pipeline
+    assert win.worker.session.model.name == "tiny-vehicle"
+    assert (pipe.free_confidence, pipe.memory_decay) == (None, None)
+    assert "tiny-vehicle has no registered operating point" in win.info.text() and "P ≥" not in win.info.text()
+    win.select_model("tiny-structure")
+    wait_shown(qtbot, win, 0)
+    assert win.worker.session.pipeline.free_confidence == 0.95
