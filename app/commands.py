@@ -23,8 +23,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     v.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
     v.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP)
     v.add_argument("--operating-point", action="store_true",
-                   help="the near-field bias and memory registered for --model (`nearfield operating-point "
-                        "--register`), instead of --free-confidence and --memory")
+                   help="the near-field bias, memory and echo floor registered for --model (`nearfield "
+                        "operating-point --register`), instead of --free-confidence, --memory and --echo-floor; "
+                        "a model chosen later in the window runs with its own")
     v.add_argument("--settings", metavar="FILE.ini", help="settings file instead of the user's (layout, recent files)")
     v.set_defaults(func=_view)
 
@@ -32,6 +33,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 def _view(args) -> int:
     from app.viewer import launch
     from deploy.zoo import MANIFEST, get_model
+    from perception.near_field import NearFieldSettings
     from sensors.errors import ConfigError
 
     manifest = args.manifest or MANIFEST
@@ -40,7 +42,8 @@ def _view(args) -> int:
             raise ConfigError("view: --operating-point is that of a zoo model: give --model NAME too")
         # Checked for the model it starts with (one or the other, and that it has a point); a model chosen later in
         # the window runs with its own point.
-        get_model(args.model, manifest).near_field_settings(True, args.free_confidence, args.memory, "view")
+        get_model(args.model, manifest).near_field_settings(
+            True, NearFieldSettings(args.free_confidence, args.memory, args.echo_floor), "view")
     code = launch(args.log, args.model, args.frame, args.screenshot, manifest, args.settings, args.threads,
                   args.free_confidence, args.memory, args.echo_floor, args.operating_point)
     if args.screenshot:

@@ -15,6 +15,7 @@ from app.render import Layers, bev_picture, camera_failures, camera_tile, legend
 from deploy.pipeline import FrameResult, Pipeline
 from deploy.zoo import ZooModel
 from perception.evaluate import Evaluator
+from perception.near_field import NearFieldSettings
 from perception.postprocess import SectorLayout, Sectors
 from sensors.bev import BevGrid
 from sensors.errors import ConfigError, NearfieldError
@@ -41,8 +42,7 @@ class FrameView:
     sectors_of: str  # "prediction", "truth" or ""
     miou: float | None
     notes: list[str] = field(default_factory=list)  # why something is not shown (e.g. no IoU for this grid)
-    free_confidence: float | None = None  # the near-field bias the model's map was made with (None: the argmax)
-    memory_decay: float | None = None  # its near-field memory's decay (None: no memory)
+    near_field: NearFieldSettings = field(default_factory=NearFieldSettings)  # what the model's map was made with
     operating_point: str = ""  # with the viewer's --operating-point: whose point it is, or that the model has none
 
     @property
@@ -69,14 +69,14 @@ class DriveSession:
 
     def __init__(self, threads: int | None = None, free_confidence: float | None = None,
                  memory_decay: float | None = None, echo_floor: bool = False, operating_point: bool = False):
-        if operating_point and (free_confidence is not None or memory_decay is not None):
-            raise ConfigError("the operating point brings its own bias and memory; give it without a free confidence "
-                              "and a memory decay")
+        if operating_point and (free_confidence is not None or memory_decay is not None or echo_floor):
+            raise ConfigError("the operating point brings its own bias, memory and echo floor; give it without a free "
+                              "confidence, a memory decay or the echo floor")
         self.threads = threads
         self.echo_floor = echo_floor  # the pipeline's echo floor
         self.free_confidence = free_confidence  # the pipeline's near-field bias (None: the argmax)
         self.memory_decay = memory_decay  # the pipeline's near-field memory (None: off)
-        # Each model with its own registered operating point (zoo.ZooModel.operating_settings) instead of the two above.
+        # Each model with its own registered operating point (zoo.ZooModel.operating_settings) instead of the above.
         self.operating_point = operating_point
         self.source: FrameSource | None = None
         self.model: ZooModel | None = None
@@ -105,19 +105,20 @@ class DriveSession:
             return
         if self.source is None:
             raise ConfigError(f"model {model.name}: open a log first (the model is bound to the log's calibration)")
-        free_confidence, memory_decay = self.near_field_settings(model)
+        near = self.near_field_settings(model)
         pipeline = Pipeline(model, self.source.rig, threads=self.threads, source=str(self.source.path),
-                            free_confidence=free_confidence, memory_decay=memory_decay, echo_floor=self.echo_floor)
+                            free_confidence=near.free_confidence, memory_decay=near.memory_decay,
+                            echo_floor=near.echo_floor)
         self._close_pipeline()
         self.pipeline, self.model, self._evaluator = pipeline, model, None
         self._last = None
 
-    def near_field_settings(self, model: ZooModel) -> tuple[float | None, float | None]:
-        """(free confidence, memory decay) MODEL runs with: its registered operating point in operating-point mode
-        (the argmax and no memory for a model without one: operating_point_note says so), else the session's."""
+    def near_field_settings(self, model: ZooModel) -> NearFieldSettings:
+        """What MODEL runs with: its registered operating point in operating-point mode (the plain argmax for a
+        model without one: operating_point_note says so), else the session's settings."""
         if not self.operating_point:
-            return self.free_confidence, self.memory_decay
-        return model.operating_settings() if model.operating_point else (None, None)
+            return NearFieldSettings(self.free_confidence, self.memory_decay, self.echo_floor)
+        return model.operating_settings() if model.operating_point else NearFieldSettings()
 
     def operating_point_note(self) -> str:
         """For the info line in operating-point mode: whose point the map is made with, or that there is none."""
@@ -125,7 +126,7 @@ class DriveSession:
             return ""
         if self.model.operating_point:
             return f"operating point of {self.model.name}"
-        return f"{self.model.name} has no registered operating point: argmax, no memory"
+        return f"{self.model.name} has no registered operating point: the argmax"
 
     @property
     def scale(self) -> int:
@@ -157,11 +158,10 @@ class DriveSession:
             sectors, sectors_of = self._truth_sectors[key](truth), "truth"
         else:
             sectors, sectors_of = None, ""
-        pipe = self.pipeline
         return FrameView(k, source.time_s(k), frame, self.model.name if self.model else None, result, pred_grid,
                          truth, tgrid, sectors, sectors_of, miou, notes,
-                         pipe.free_confidence if pipe is not None else None,
-                         pipe.memory_decay if pipe is not None else None, self.operating_point_note())
+                         self.pipeline.near_field if self.pipeline is not None else NearFieldSettings(),
+                         self.operating_point_note())
 
     def _catch_up_memory(self, k: int, notes: list[str]) -> None:
         """Bring the near-field memory to where playing the drive up to frame k leaves it, so that a frame shows the

@@ -69,7 +69,6 @@ class ViewerWindow(QMainWindow):
         self.loop_range = (0, 0)
         self._message_box: QMessageBox | None = None
 
-        self.echo_floor = echo_floor
         self.worker = Worker(threads, demo_cache, free_confidence, memory_decay, echo_floor, operating_point)
         self.worker.opened.connect(self._on_opened)
         self.worker.model_changed.connect(self._on_model_changed)
@@ -435,13 +434,14 @@ class ViewerWindow(QMainWindow):
         parts = [f"frame {view.index + 1}/{len(self.source)}", f"model {view.model or '-'}"]
         if view.operating_point:
             parts.append(view.operating_point)
-        if view.model and view.free_confidence is not None:
-            parts.append(f"free within 1 m at P ≥ {view.free_confidence:g}")
-        if view.model and self.echo_floor:
+        near = view.near_field
+        if view.model and near.free_confidence is not None:
+            parts.append(f"free within 1 m at P ≥ {near.free_confidence:g}")
+        if view.model and near.echo_floor:
             parts.append("echo floor")
         if view.result is not None and view.result.recalled is not None:
             restarted = [d for d in view.result.degraded if d.startswith("near-field memory restarted")]
-            parts.append(f"near-field memory (decay {view.memory_decay:g}): {int(view.result.recalled.sum())} cells "
+            parts.append(f"near-field memory (decay {near.memory_decay:g}): {int(view.result.recalled.sum())} cells "
                          f"recalled" + (f", {restarted[0][len('near-field memory '):]}" if restarted else ""))
         if view.miou is not None:
             parts.append(f"mIoU {100 * view.miou:.0f}%")

@@ -13,6 +13,7 @@ import numpy as np
 from deploy.backends import Backend, create_backend
 from deploy.zoo import ZooModel, get_model, unlisted
 from perception.bev_config import ego_mask
+from perception.near_field import NearFieldSettings
 from perception.postprocess import (
     SectorLayout,
     Sectors,
@@ -99,6 +100,11 @@ class Pipeline:
         self.decode_scale = self.prep.reduction
         self.memory = (NearFieldMemory(self.grid, self.near, self.ego, self.memory_decay)
                        if self.memory_decay is not None else None)
+
+    @property
+    def near_field(self) -> NearFieldSettings:
+        """The near-field settings this pipeline post-processes with."""
+        return NearFieldSettings(self.free_confidence, self.memory_decay, self.echo_floor)
 
     def reset_memory(self) -> None:
         """Forget the near-field memory (a new drive, a seek backwards); nothing without one."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from perception.bev_config import BevConfig
+from perception.near_field import NearFieldSettings
 from sensors.errors import ChecksumError, ConfigError
 from sensors.files import file_sha256
 
@@ -30,7 +31,7 @@ _HEADER = """\
 #   target   - any | cpu | tensorrt: the backends the file is meant for
 #   inputs   - input name -> shape (batch 1);  [NAME.bev] - the BEV grid and image size the inputs are built for
 #   [NAME.metrics] - measured figures (test mIoU overall and at night, latency, size), with the command behind them
-#   [NAME.operating_point] - the near-field bias and memory chosen for it on a validation split, with the rule's
+#   [NAME.operating_point] - the near-field bias, memory and echo floor chosen for it on a validation split, the rule's
 #                    figures (`nearfield operating-point --register`; `nearfield run --operating-point` uses it)
 # Written by `nearfield export` / `nearfield compress` / `nearfield zoo measure`; do not edit sha256 by hand.
 """
@@ -84,24 +85,24 @@ class ZooModel:
             t["operating_point"] = dict(self.operating_point)
         return t
 
-    def operating_settings(self) -> tuple[float | None, float | None]:
-        """(free confidence, memory decay) of the operating point registered for this model (None: the argmax / no
-        memory); a ConfigError when none is registered."""
+    def operating_settings(self) -> NearFieldSettings:
+        """The near-field settings of the operating point registered for this model (absent keys: the argmax, no
+        memory, no echo floor); a ConfigError when none is registered."""
         if not self.operating_point:
             raise ConfigError(f"zoo model {self.name} has no registered operating point; choose one on a validation "
                               f"split with `nearfield operating-point --model {self.parent} --data data/val-paired "
-                              f"--memory --register {self.name}`, or give --free-confidence / --memory")
-        return self.operating_point.get("free_confidence"), self.operating_point.get("memory_decay")
+                              f"--memory --echo-floor --register {self.name}`, or give --free-confidence / --memory / "
+                              "--echo-floor")
+        return _settings_of(self.operating_point)
 
-    def near_field_settings(self, operating_point: bool, free_confidence: float | None,
-                            memory_decay: float | None, command: str) -> tuple[float | None, float | None]:
-        """(free confidence, memory decay) a COMMAND runs this model with: the registered operating point when
-        OPERATING_POINT (a ConfigError if the flags are given too: one or the other), else the flags as given."""
+    def near_field_settings(self, operating_point: bool, flags: NearFieldSettings, command: str) -> NearFieldSettings:
+        """What a COMMAND runs this model with: the registered operating point when OPERATING_POINT (a ConfigError if
+        any of the flags is given too: one or the other), else the FLAGS."""
         if not operating_point:
-            return free_confidence, memory_decay
-        if free_confidence is not None or memory_decay is not None:
-            raise ConfigError(f"{command}: --operating-point brings its own bias and memory; give it without "
-                              "--free-confidence and --memory")
+            return flags
+        if not flags.plain:
+            raise ConfigError(f"{command}: --operating-point brings its own bias, memory and echo floor; give it "
+                              "without --free-confidence, --memory and --echo-floor")
         return self.operating_settings()
 
 
@@ -146,21 +147,19 @@ def read_zoo(manifest: str | Path = MANIFEST) -> dict[str, ZooModel]:
 
 
 def checked_operating_point(point: Any, where: str) -> dict[str, Any]:
-    """An [operating_point] table: its free_confidence and memory_decay, where present, valid (the argmax and no
-    memory where absent); a ConfigError naming WHERE otherwise."""
-    from perception.postprocess import check_free_confidence
-    from perception.temporal import check_decay
-
+    """An [operating_point] table: its free_confidence, memory_decay and echo_floor, where present, valid (the
+    argmax, no memory and no echo floor where absent); a ConfigError naming WHERE otherwise."""
     if not isinstance(point, dict):
-        raise ConfigError(f"{where}: operating_point must be a table (free_confidence, memory_decay, ...)")
+        raise ConfigError(f"{where}: operating_point must be a table (free_confidence, memory_decay, echo_floor, ...)")
     try:
-        if "free_confidence" in point:
-            check_free_confidence(point["free_confidence"])
-        if "memory_decay" in point:
-            check_decay(point["memory_decay"])
+        _settings_of(point)
     except ConfigError as e:
         raise ConfigError(f"{where}: operating_point: {e}") from None
     return dict(point)
+
+
+def _settings_of(point: dict[str, Any]) -> NearFieldSettings:
+    return NearFieldSettings(point.get("free_confidence"), point.get("memory_decay"), point.get("echo_floor", False))
 
 
 def set_operating_point(name: str, point: dict[str, Any], manifest: str | Path = MANIFEST) -> ZooModel:

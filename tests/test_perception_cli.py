@@ -238,8 +238,10 @@ def test_operating_point_scores_every_bias_from_one_pass_as_eval_does(setup, run
 
 
 def test_operating_point_registers_the_choice_with_the_zoo_model(setup, run_dir, tmp_path, capsys, monkeypatch):
+    import perception.model_eval as me
     import perception.operating_point as op
     from deploy.zoo import ZooModel, read_zoo, register
+    from perception.near_field import NearFieldSettings
 
     root, _ = setup
     drives = [str(root / "data" / "train"), str(root / "data" / "val")]
@@ -257,13 +259,24 @@ def test_operating_point_registers_the_choice_with_the_zoo_model(setup, run_dir,
     assert "nothing is registered for tiny" in capsys.readouterr().err
     assert not read_zoo(manifest)["tiny"].operating_point
     assert main([*args, "--recall-goal", "0.0001", "--register", "tiny"]) == 0
-    assert "registered for zoo model tiny: free confidence argmax, memory 0.9" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "registered for zoo model tiny: free confidence argmax, memory 0.9, echo floor off" in printed
     point = read_zoo(manifest)["tiny"].operating_point
     assert "free_confidence" not in point and point["memory_decay"] == 0.9 and point["recall_goal"] == 0.0001
     assert point["chosen_on"] == " ".join(drives) and point["settings_tried"] == "argmax, 0.6"
     assert point["command"] == (f"nearfield operating-point --model {run_dir} --data {' '.join(drives)} --memory 0.9 "
                                 "--free-confidence 0.6 --recall-goal 0.0001 --register tiny")
-    assert read_zoo(manifest)["tiny"].operating_settings() == (None, 0.9)
+    assert read_zoo(manifest)["tiny"].operating_settings() == NearFieldSettings(None, 0.9)
+    # With --echo-floor every setting is scored with it and the choice records it.
+    seen = []
+    evaluate = me.evaluate_logs_settings
+    monkeypatch.setattr(me, "evaluate_logs_settings", lambda *a, **k: seen.append(k["echo_floor"]) or evaluate(*a, **k))
+    assert main([*args, "--recall-goal", "0.0001", "--echo-floor", "--register", "tiny"]) == 0
+    assert seen == [True] and "echo floor on" in capsys.readouterr().out
+    point = read_zoo(manifest)["tiny"].operating_point
+    assert point["echo_floor"] is True and point["command"].endswith("--echo-floor --free-confidence 0.6 "
+                                                                    "--recall-goal 0.0001 --register tiny")
+    assert read_zoo(manifest)["tiny"].operating_settings() == NearFieldSettings(None, 0.9, True)
 
 
 def test_eval_echo_floor_only_adds_obstacles_at_the_bumper(setup, run_dir, tmp_path, capsys, monkeypatch):

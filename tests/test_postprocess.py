@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -183,3 +185,15 @@ def test_the_echo_floor_adds_low_obstacles_on_close_arcs_and_nothing_else(rig, g
     assert (out != classes).sum() == 1 and out.dtype == classes.dtype
     with pytest.raises(ConfigError, match="same grid"):
         apply_echo_floor(classes, arc[:-1], zone)
+
+
+def test_near_field_settings_are_checked_and_know_the_plain_argmax():
+    from perception.near_field import NearFieldSettings
+
+    assert NearFieldSettings().plain and not NearFieldSettings(echo_floor=True).plain
+    assert not NearFieldSettings(memory_decay=0.95).plain and not NearFieldSettings(0.99).plain
+    for bad, says in (({"free_confidence": 0.3}, "free confidence must be a probability"),
+                      ({"memory_decay": 0.0}, "memory decay must be in (0, 1]"),
+                      ({"echo_floor": "yes"}, "echo_floor must be true or false")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            NearFieldSettings(**bad)

@@ -63,39 +63,46 @@ def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_pat
     assert "free confidence must be a probability" in capsys.readouterr().err and not never.exists()
 
 
-def test_run_operating_point_uses_the_registered_bias_and_memory(world, tmp_path, capsys, monkeypatch):
+def test_run_operating_point_uses_the_registered_bias_memory_and_echo_floor(world, tmp_path, capsys, monkeypatch):
     import shutil
 
     from app.cli import main
     from deploy.zoo import get_model, read_zoo, set_operating_point
+    from perception.near_field import NearFieldSettings
 
     zoo = tmp_path / "zoo"
     shutil.copytree(world["manifest"].parent, zoo)
     manifest = zoo / "ZOO.toml"
-    built = spy_pipelines(monkeypatch, lambda self: (self.free_confidence, self.memory_decay))
+    built = spy_pipelines(monkeypatch, lambda self: (self.free_confidence, self.memory_decay, self.echo_floor))
     out = tmp_path / "op.mcap"
     assert main(run_args("--source", str(world["drive"]), "--out", str(out), "--operating-point",
                          manifest=manifest)) == 2
     assert "has no registered operating point" in capsys.readouterr().err and not out.exists() and not built
-    set_operating_point("tiny", {"free_confidence": 0.97, "memory_decay": 0.9, "chosen_on": "val"}, manifest)
+    set_operating_point("tiny", {"free_confidence": 0.97, "memory_decay": 0.9, "echo_floor": True, "chosen_on": "val"},
+                        manifest)
     assert get_model("tiny", manifest).operating_point["chosen_on"] == "val"  # the other fields are kept
     assert main(run_args("--source", str(world["drive"]), "--out", str(out), "--operating-point",
                          manifest=manifest)) == 0
-    assert built == [(0.97, 0.9)]
+    assert built == [(0.97, 0.9, True)]
     with LogReader(out) as r:  # the results say what they were made with
-        assert r.metadata["free_confidence"] == "0.97"
+        assert r.metadata["free_confidence"] == "0.97" and r.metadata["echo_floor"] == "on"
     capsys.readouterr()
-    assert main(run_args("--source", str(world["drive"]), "--out", str(tmp_path / "both.mcap"), "--operating-point",
-                     "--free-confidence", "0.9", manifest=manifest)) == 2
-    assert "without --free-confidence and --memory" in capsys.readouterr().err
+    for flag in (["--free-confidence", "0.9"], ["--echo-floor"]):  # one or the other
+        assert main(run_args("--source", str(world["drive"]), "--out", str(tmp_path / "both.mcap"),
+                             "--operating-point", *flag, manifest=manifest)) == 2
+        assert "without --free-confidence, --memory and --echo-floor" in capsys.readouterr().err
     # The argmax without memory is an operating point too: absent keys.
     set_operating_point("tiny", {"chosen_on": "val"}, manifest)
-    assert read_zoo(manifest)["tiny"].operating_settings() == (None, None)
+    assert read_zoo(manifest)["tiny"].operating_settings() == NearFieldSettings()
     # A hand-edited manifest with a bias out of range is one line naming the entry, before any frame is read.
     manifest.write_text(manifest.read_text().replace('chosen_on = "val"', 'chosen_on = "val"\nfree_confidence = 1.5'))
     assert main(run_args("--source", str(world["drive"]), "--out", str(tmp_path / "bad.mcap"), "--operating-point",
                      manifest=manifest)) == 2
     assert "[tiny]: operating_point: free confidence must be a probability" in capsys.readouterr().err
+    manifest.write_text(manifest.read_text().replace('free_confidence = 1.5', 'echo_floor = "yes"'))
+    assert main(run_args("--source", str(world["drive"]), "--out", str(tmp_path / "bad.mcap"), "--operating-point",
+                     manifest=manifest)) == 2
+    assert "[tiny]: operating_point: echo_floor must be true or false" in capsys.readouterr().err
 
 
 def test_the_echo_floor_marks_a_close_echo_the_network_missed(world, tmp_path, capsys, monkeypatch):

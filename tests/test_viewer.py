@@ -329,8 +329,9 @@ def test_view_operating_point_takes_the_models_registered_bias_and_memory(drives
     set_operating_point("tiny-structure", {"free_confidence": 0.95, "memory_decay": 0.9}, manifest)
     # The window takes each model's own point (next test); the flags stay unset.
     assert main([*argv, "--model", "tiny-structure"]) == 0 and seen == [(None, None, False, True)]
-    assert main([*argv, "--model", "tiny-structure", "--memory"]) == 2
-    assert "without --free-confidence and --memory" in capsys.readouterr().err
+    for flag in ("--memory", "--echo-floor"):
+        assert main([*argv, "--model", "tiny-structure", flag]) == 2
+        assert "without --free-confidence, --memory and --echo-floor" in capsys.readouterr().err
 
 
 def test_with_operating_point_each_model_in_the_window_runs_its_own_point(qtbot, drives, zoo, tmp_path):
@@ -338,17 +339,19 @@ def test_with_operating_point_each_model_in_the_window_runs_its_own_point(qtbot,
 
     shutil.copytree(Path(zoo).parent, tmp_path / "zoo")
     manifest = tmp_path / "zoo" / Path(zoo).name
-    set_operating_point("tiny-structure", {"free_confidence": 0.95, "memory_decay": 0.9}, manifest)
+    set_operating_point("tiny-structure", {"free_confidence": 0.95, "memory_decay": 0.9, "echo_floor": True}, manifest)
     win = _window_with_option(qtbot, drives, manifest, tmp_path, "operating point", operating_point=True)
     pipe = win.worker.session.pipeline
-    assert (pipe.free_confidence, pipe.memory_decay) == (0.95, 0.9)
+    assert (pipe.free_confidence, pipe.memory_decay, pipe.echo_floor) == (0.95, 0.9, True)
     assert "operating point of tiny-structure" in win.info.text() and "P ≥ 0.95" in win.info.text()
+    assert "echo floor" in win.info.text()
     win.select_model("tiny-vehicle")  # none registered: the argmax, and the info line says so
     wait_shown(qtbot, win, 0)
     pipe = win.worker.session.pipeline
     assert win.worker.session.model.name == "tiny-vehicle"
-    assert (pipe.free_confidence, pipe.memory_decay) == (None, None)
+    assert (pipe.free_confidence, pipe.memory_decay, pipe.echo_floor) == (None, None, False)
     assert "tiny-vehicle has no registered operating point" in win.info.text() and "P ≥" not in win.info.text()
+    assert "echo floor" not in win.info.text()
     win.select_model("tiny-structure")
     wait_shown(qtbot, win, 0)
     assert win.worker.session.pipeline.free_confidence == 0.95

@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    from perception.postprocess import ECHO_FLOOR_HELP
     from perception.temporal import DEFAULT_DECAY, MEMORY_HELP
 
     op = commands.add_parser("operating-point", help="choose the near-field bias on a validation split: the "
@@ -22,6 +23,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                     help="the biases to try (0.5..1; the argmax is always tried too; default: 0.7 0.8 0.9 0.95 0.98 "
                          "0.99)")
     op.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
+    op.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP + " (every setting scored with it, "
+                                                                               "and registered with the choice)")
     op.add_argument("--recall-goal", type=float, default=0.95, metavar="R",
                     help="recall of obstacle cells within 1 m to reach overall and in every condition (default 0.95)")
     op.add_argument("--json", help="write every setting's eval result and the choice to this JSON file")
@@ -56,15 +59,17 @@ def _operating_point(args) -> int:
         get_model(args.register, args.manifest or MANIFEST)
     model, config = load_trained(args.model)
     results = evaluate_logs_settings(model, args.data, settings, device=args.device, batch_size=args.batch_size,
-                                     progress=sys.stderr.isatty(), memory_decay=args.memory)
+                                     progress=sys.stderr.isatty(), memory_decay=args.memory,
+                                     echo_floor=args.echo_floor)
     memory = f", near-field memory (decay {args.memory:g})" if args.memory is not None else ""
+    memory += ", echo floor" if args.echo_floor else ""
     print(f"### {args.model}{memory}: near-field bias on {', '.join(args.data)}\n")
     print(sweep_table(settings, results, args.recall_goal))
     if args.json:
         choice = choose(results, args.recall_goal)
         chosen = None if choice.index is None else setting_label(settings[choice.index])
         out = {"model": args.model, "config": config.name, "data": list(args.data), "memory_decay": args.memory,
-               "recall_goal": args.recall_goal, "chosen": chosen,
+               "echo_floor": args.echo_floor, "recall_goal": args.recall_goal, "chosen": chosen,
                "settings": [{"free_confidence": p, "worst_condition": w[0], "worst_recall_1m": w[1], "result": r}
                             for p, w, r in zip(settings, choice.worst, results, strict=True)]}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +96,7 @@ def _register_operating_point(args, settings, results) -> None:
     result = results[choice.index]
     point = {**({"free_confidence": p} if p is not None else {}),
              **({"memory_decay": args.memory} if args.memory is not None else {}),
+             **({"echo_floor": True} if args.echo_floor else {}),
              "recall_goal": args.recall_goal, "chosen_on": " ".join(args.data), "chosen_with": args.model,
              "settings_tried": ", ".join(setting_label(s) for s in settings),
              "recall_1m": round(result["recall_1m"], 4), "worst_condition": worst, "worst_recall_1m": round(recall, 4),
@@ -98,7 +104,7 @@ def _register_operating_point(args, settings, results) -> None:
              "date": date.today().isoformat(), "command": _operating_point_command(args)}
     set_operating_point(args.register, point, args.manifest or MANIFEST)
     print(f"registered for zoo model {args.register}: free confidence {setting_label(p)}, memory "
-          f"{'off' if args.memory is None else f'{args.memory:g}'}")
+          f"{'off' if args.memory is None else f'{args.memory:g}'}, echo floor {'on' if args.echo_floor else 'off'}")
 
 
 def _operating_point_command(args) -> str:
@@ -106,6 +112,8 @@ def _operating_point_command(args) -> str:
     parts = ["nearfield operating-point --model", args.model, "--data", *args.data]
     if args.memory is not None:
         parts += ["--memory", f"{args.memory:g}"]
+    if args.echo_floor:
+        parts.append("--echo-floor")
     if args.free_confidence:
         parts += ["--free-confidence", *(f"{p:g}" for p in args.free_confidence)]
     if args.recall_goal != 0.95:

@@ -34,8 +34,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     r.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
     r.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP)
     r.add_argument("--operating-point", action="store_true",
-                   help="the near-field bias and memory registered for the model (`nearfield operating-point "
-                        "--register`), instead of --free-confidence and --memory")
+                   help="the near-field bias, memory and echo floor registered for the model (`nearfield "
+                        "operating-point --register`), instead of --free-confidence, --memory and --echo-floor")
     r.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_run)
@@ -101,14 +101,15 @@ def _zoo_model(name: str | None, manifest: str | None):
 
 def _run(args) -> int:
     from deploy.runtime import run
+    from perception.near_field import NearFieldSettings
 
     model = _zoo_model(args.model, args.manifest)
-    free_confidence, memory_decay = model.near_field_settings(args.operating_point, args.free_confidence, args.memory,
-                                                              "run")
+    near = model.near_field_settings(
+        args.operating_point, NearFieldSettings(args.free_confidence, args.memory, args.echo_floor), "run")
     stats = run(model, args.source, args.out, backend=args.backend, threads=args.threads,
                 deadline_ms=args.deadline_ms, late_policy=args.late_policy, progress=not args.no_progress,
-                device=args.device, free_confidence=free_confidence, memory_decay=memory_decay,
-                echo_floor=args.echo_floor)
+                device=args.device, free_confidence=near.free_confidence, memory_decay=near.memory_decay,
+                echo_floor=near.echo_floor)
     print(stats.format())
     if stats.stopped_by in ("SIGINT", "SIGTERM"):
         return 128 + signal.Signals[stats.stopped_by].value
