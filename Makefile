@@ -45,8 +45,9 @@ lint: $(STAMP)
 # CPU cores (measured 2026-12-06); the USS run is the lightest of the three. Stage 3, the shipped nf-small-camera
 # and nf-small-r3: 3 more epochs at lr 5e-4 on the same presets once the simulator had unlit nights (they changed 3
 # of the 30 drives); the shipped nf-small-uss is stage 2's, as its input, the echoes, did not change. Stage 4, the
-# shipped nf-small (stage 3's kept as nf-small-r3): 1 more epoch with every camera blanked in half of the samples
-# (35 min on one core).
+# nf-small-r4 (stage 3's kept as nf-small-r3): 1 more epoch with every camera blanked in half of the samples
+# (35 min on one core). Stage 5, the shipped nf-small (stage 4's kept as nf-small-r4): 2 more epochs with the 40
+# train-close drives joined (64 min on 2 cores, 2026-12-07), chosen on val, val-close and val-paired.
 STAGE2 := --data data --train-split train train-street --epochs 5 --set train.lr=1e-3 --threads 1 --workers 0
 STAGE3 := --data data --train-split train train-street --epochs 3 --set train.lr=5e-4 --threads 1 --workers 0
 STAGE2_DATA := nearfield simulate --preset train + train-street (20 + 10 drives x 100 frames, seeds 100000-100019 and \
@@ -55,6 +56,10 @@ STAGE3_DATA := nearfield simulate --preset train + train-street with unlit night
 	100000-100019 and 110000-110009, scale 0.5); fine-tuned 3 epochs from
 STAGE4_DATA := nearfield simulate --preset train + train-street with unlit nights (20 + 10 drives x 100 frames, seeds \
 	100000-100019 and 110000-110009, scale 0.5); fine-tuned 1 epoch from
+
+STAGE5_DATA := nearfield simulate --preset train + train-street + train-close (20 + 10 + 40 drives x 100 frames, seeds \
+	100000-100019, 110000-110009 and 120000-120039, scale 0.5; train-close drives end 0.08-0.2 m short of an obstacle); \
+	fine-tuned 2 epochs from nf-small-r4, lr 5e-4, camera dropout 0.2, camera blackout 0.5, batch 4, CPU
 
 models: $(STAMP)
 	$(BIN)/nearfield train --config nf-small --data data --out runs/nf-small-r1 --epochs 4
@@ -70,6 +75,9 @@ models: $(STAMP)
 	$(BIN)/nearfield train --config nf-small --init runs/nf-small-r3 --set train.camera_dropout=0.2 \
 		--set train.camera_blackout=0.5 --set train.lr=5e-4 --data data --train-split train train-street --epochs 1 \
 		--threads 1 --workers 1 --out runs/nf-small-r4
+	$(BIN)/nearfield train --config nf-small --init runs/nf-small-r4 --set train.camera_dropout=0.2 \
+		--set train.camera_blackout=0.5 --set train.lr=5e-4 --data data --train-split train train-street train-close \
+		--epochs 2 --threads 2 --workers 0 --out runs/nf-small-r5
 	$(BIN)/nearfield register-model runs/nf-small-r2 --name nf-small-r2 --file nf-small-r2 --checkpoint last \
 		--data "$(STAGE2_DATA) nf-small-r1, lr 1e-3, camera dropout 0.2, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-camera-r2 --name nf-small-camera-r2 --file nf-small-camera-r2 \
@@ -78,8 +86,10 @@ models: $(STAMP)
 		--checkpoint last --data "$(STAGE2_DATA) nf-small-uss-r1, lr 1e-3, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-r3 --name nf-small-r3 --file nf-small-r3 --checkpoint last \
 		--data "$(STAGE3_DATA) nf-small-r2, lr 5e-4, camera dropout 0.2, batch 4, CPU"
-	$(BIN)/nearfield register-model runs/nf-small-r4 --name nf-small --file nf-small-r4 --checkpoint last \
+	$(BIN)/nearfield register-model runs/nf-small-r4 --name nf-small-r4 --file nf-small-r4 --checkpoint last \
 		--data "$(STAGE4_DATA) nf-small-r3, lr 5e-4, camera dropout 0.2, camera blackout 0.5, batch 4, CPU"
+	$(BIN)/nearfield register-model runs/nf-small-r5 --name nf-small --file nf-small-r5 --checkpoint last \
+		--data "$(STAGE5_DATA)"
 	$(BIN)/nearfield register-model runs/nf-small-camera-r3 --name nf-small-camera --file nf-small-camera-r3 \
 		--checkpoint last --data "$(STAGE3_DATA) nf-small-camera-r2, lr 5e-4, batch 4, CPU"
 	$(BIN)/nearfield export --model nf-small-r2 --register nf-small-r2 --file nf-small-r2 \
@@ -92,7 +102,9 @@ models: $(STAMP)
 		--parity-data data/val/val-000.mcap
 	$(BIN)/nearfield export --model nf-small-camera --register nf-small-camera --file nf-small-camera-r3 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small --register nf-small --file nf-small-r4 --parity-data data/val/val-000.mcap
+	$(BIN)/nearfield export --model nf-small-r4 --register nf-small-r4 --file nf-small-r4 \
+		--parity-data data/val/val-000.mcap
+	$(BIN)/nearfield export --model nf-small --register nf-small --file nf-small-r5 --parity-data data/val/val-000.mcap
 
 # The compression zoo as shipped: each method run on nf-small-r1 (revision 1 of nf-small; the zoo was made before
 # revision 2) and fine-tuned on data/train (simulate it first: `nearfield simulate --preset train --out data/train`,
@@ -169,4 +181,4 @@ e2gc: $(STAMP)
 # (`nearfield run --model nf-small --operating-point`). 5.5 min on 2 cores, after the 3-minute simulation.
 operating-point: $(STAMP)
 	$(BIN)/nearfield simulate --preset val-paired --out data/val-paired --workers 2
-	$(BIN)/nearfield operating-point --model nf-small --data data/val-paired --memory --register nf-small
+	$(BIN)/nearfield operating-point --model nf-small --data data/val-paired --memory --echo-floor --register nf-small
