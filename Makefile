@@ -37,7 +37,7 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The shipped models, in the stages that made them (simulate data/train, data/train-street and data/val first:
+# The shipped models, in the stages that made them (simulate data/train, data/train-street, data/train-close and data/val first:
 # `nearfield simulate --preset P --out data/P`). Stage 1, the first revision (nf-small-r1, -camera-r1, -uss-r1): the
 # train preset alone. Stage 2 (nf-small-r2, -camera-r2, -uss-r2): each fine-tuned from its stage-1 weights on train +
 # train-street (kerb-side streets), the fusion model with camera dropout; the last checkpoint is registered (the val
