@@ -117,7 +117,7 @@ models: $(STAMP)
 # registered, then every model measured on data/test one after the other, listed and plotted. About 1.5 h on 2 CPU
 # cores. The E2GC pair it measures comes from `make e2gc` (below).
 COMPRESS := $(BIN)/nearfield compress --from nf-small-r1 --data data --threads 2 --no-measure
-ZOO_MODELS := nf-small nf-small-r3 nf-small-camera nf-small-uss nf-small-r2 nf-small-camera-r2 nf-small-r1 nf-small-camera-r1 nf-small-uss-r1 \
+ZOO_MODELS := nf-small nf-small-r4 nf-small-r3 nf-small-camera nf-small-uss nf-small-r2 nf-small-camera-r2 nf-small-r1 nf-small-camera-r1 nf-small-uss-r1 \
 	nf-small-int8 nf-small-pruned50 nf-small-pruned50-int8 \
 	nf-small-distill nf-small-distill-ens \
 	nf-small-qat-int8 nf-small-lowrank nf-small-magnitude50 nf-small-lamp50 nf-small-random50 nf-small-qat-int4 \
@@ -150,9 +150,9 @@ zoo: $(STAMP)
 	$(BIN)/nearfield compress --method distill --from nf-small-r3 --out nf-small-distill-r3 --data data --threads 2 \
 		--no-measure --steps 3000 --opt train_splits=train,train-street --opt lr=0.002 --opt temperature=1 \
 		--opt feature_weight=1 --opt seed=0
-	$(BIN)/nearfield compress --method int8-ptq --from nf-small --out nf-small-int8-r4 --data data --threads 1 \
+	$(BIN)/nearfield compress --method int8-ptq --from nf-small-r4 --out nf-small-int8-r4 --data data --threads 1 \
 		--no-measure --calib-frames 64
-	$(BIN)/nearfield compress --method prune-structured --from nf-small --out nf-small-pruned50-r4 --data data \
+	$(BIN)/nearfield compress --method prune-structured --from nf-small-r4 --out nf-small-pruned50-r4 --data data \
 		--threads 1 --no-measure --steps 3000 --opt flops_ratio=0.5 --opt lift_channels=24 --opt lr=1e-3 \
 		--opt train_splits=train,train-street
 	$(BIN)/nearfield compress --method int8-ptq --from nf-small-pruned50-r4 --out nf-small-pruned50-int8-r4 \
