@@ -124,7 +124,7 @@ ZOO_MODELS := nf-small nf-small-r4 nf-small-r3 nf-small-camera nf-small-uss nf-s
 	nf-small-qat-ternary nf-small-resnext nf-small-e2gc nf-small-distill-r2 \
 	nf-small-int8-r2 nf-small-pruned50-r3 nf-small-distill-r3 nf-small-int8-r4 nf-small-pruned50-r4 \
 	nf-small-pruned50-int8-r4 nf-small-int8-tensorrt nf-small-int8-r2-tensorrt nf-small-int8-r4-tensorrt \
-	nf-small-pruned50-int8-r4-tensorrt
+	nf-small-pruned50-int8-r4-tensorrt nf-small-int8-r5 nf-small-int8-r5-tensorrt
 
 zoo: $(STAMP)
 	$(COMPRESS) --method int8-ptq --out nf-small-int8 --calib-frames 64
@@ -157,6 +157,8 @@ zoo: $(STAMP)
 		--opt train_splits=train,train-street
 	$(BIN)/nearfield compress --method int8-ptq --from nf-small-pruned50-r4 --out nf-small-pruned50-int8-r4 \
 		--data data --threads 1 --no-measure --calib-frames 64
+	$(BIN)/nearfield compress --method int8-ptq --from nf-small --out nf-small-int8-r5 --data data --threads 2 \
+		--no-measure --calib-frames 64
 	for m in $(ZOO_MODELS); do $(BIN)/nearfield zoo measure $$m --data data --threads 2 || exit 1; done
 	$(BIN)/nearfield zoo list
 	$(BIN)/nearfield zoo plot deploy/docs/zoo.png
