@@ -124,7 +124,8 @@ ZOO_MODELS := nf-small nf-small-r4 nf-small-r3 nf-small-camera nf-small-uss nf-s
 	nf-small-qat-ternary nf-small-resnext nf-small-e2gc nf-small-distill-r2 \
 	nf-small-int8-r2 nf-small-pruned50-r3 nf-small-distill-r3 nf-small-int8-r4 nf-small-pruned50-r4 \
 	nf-small-pruned50-int8-r4 nf-small-int8-tensorrt nf-small-int8-r2-tensorrt nf-small-int8-r4-tensorrt \
-	nf-small-pruned50-int8-r4-tensorrt nf-small-int8-r5 nf-small-int8-r5-tensorrt
+	nf-small-pruned50-int8-r4-tensorrt nf-small-int8-r5 nf-small-int8-r5-tensorrt \
+	nf-small-pruned50-r5
 
 zoo: $(STAMP)
 	$(COMPRESS) --method int8-ptq --out nf-small-int8 --calib-frames 64
@@ -159,6 +160,9 @@ zoo: $(STAMP)
 		--data data --threads 1 --no-measure --calib-frames 64
 	$(BIN)/nearfield compress --method int8-ptq --from nf-small --out nf-small-int8-r5 --data data --threads 2 \
 		--no-measure --calib-frames 64
+	$(BIN)/nearfield compress --method prune-structured --from nf-small --out nf-small-pruned50-r5 --data data \
+		--threads 2 --no-measure --steps 3000 --opt flops_ratio=0.5 --opt lift_channels=24 --opt lr=1e-3 \
+		--opt train_splits=train,train-street,train-close
 	for m in $(ZOO_MODELS); do $(BIN)/nearfield zoo measure $$m --data data --threads 2 || exit 1; done
 	$(BIN)/nearfield zoo list
 	$(BIN)/nearfield zoo plot deploy/docs/zoo.png
