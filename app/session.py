@@ -69,14 +69,13 @@ class DriveSession:
 
     def __init__(self, threads: int | None = None, free_confidence: float | None = None,
                  memory_decay: float | None = None, echo_floor: bool = False, operating_point: bool = False):
-        if operating_point and (free_confidence is not None or memory_decay is not None or echo_floor):
+        # What every model's pipeline post-processes with (bias, memory, echo floor), unless OPERATING_POINT: then
+        # each model with its own registered point (zoo.ZooModel.operating_settings).
+        self.near_field = NearFieldSettings(free_confidence, memory_decay, echo_floor)
+        if operating_point and not self.near_field.plain:
             raise ConfigError("the operating point brings its own bias, memory and echo floor; give it without a free "
                               "confidence, a memory decay or the echo floor")
         self.threads = threads
-        self.echo_floor = echo_floor  # the pipeline's echo floor
-        self.free_confidence = free_confidence  # the pipeline's near-field bias (None: the argmax)
-        self.memory_decay = memory_decay  # the pipeline's near-field memory (None: off)
-        # Each model with its own registered operating point (zoo.ZooModel.operating_settings) instead of the above.
         self.operating_point = operating_point
         self.source: FrameSource | None = None
         self.model: ZooModel | None = None
@@ -117,7 +116,7 @@ class DriveSession:
         """What MODEL runs with: its registered operating point in operating-point mode (the plain argmax for a
         model without one: operating_point_note says so), else the session's settings."""
         if not self.operating_point:
-            return NearFieldSettings(self.free_confidence, self.memory_decay, self.echo_floor)
+            return self.near_field
         return model.operating_settings() if model.operating_point else NearFieldSettings()
 
     def operating_point_note(self) -> str:

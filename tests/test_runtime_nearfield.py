@@ -13,20 +13,28 @@ from sensors.replay import replay_frames
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-class _FixedOutputs:
-    """A backend whose every cell is free at 85 % and otherwise most likely a low obstacle."""
+class _Scripted:
+    """A backend that returns logits of its own choosing (next_logits) and no stage-1 evidence."""
 
-    name, input_names, output_names = "fixed", (), ("class_logits", "occupancy_logits")
+    name, input_names, output_names = "scripted", (), ("class_logits", "occupancy_logits")
+
+    def run(self, inputs):
+        logits = self.next_logits()
+        return {"class_logits": logits, "occupancy_logits": np.zeros((1, 1, *logits.shape[2:]), np.float32)}
+
+    def close(self):
+        pass
+
+
+class _FixedOutputs(_Scripted):
+    """A backend whose every cell is free at 85 % and otherwise most likely a low obstacle."""
 
     def __init__(self, shape):
         probs = np.array([0.85, 0.02, 0.03, 0.04, 0.06], np.float32)
         self.logits = np.broadcast_to(np.log(probs)[None, :, None, None], (1, 5, *shape)).copy()
 
-    def run(self, inputs):
-        return {"class_logits": self.logits, "occupancy_logits": np.zeros((1, 1, *self.logits.shape[2:]), np.float32)}
-
-    def close(self):
-        pass
+    def next_logits(self):
+        return self.logits
 
 
 def test_free_confidence_turns_doubtful_near_cells_into_obstacles(world, tmp_path, capsys, monkeypatch):
@@ -142,10 +150,8 @@ def test_the_echo_floor_marks_a_close_echo_the_network_missed(world, tmp_path, c
         assert r.metadata["echo_floor"] == "on"
 
 
-class _Sequence:
+class _Sequence(_Scripted):
     """A backend that sees a low obstacle at CELL in its first frame and nothing (free at 99 %) after it."""
-
-    name, input_names, output_names = "sequence", (), ("class_logits", "occupancy_logits")
 
     def __init__(self, shape, cell):
         self.free = np.zeros((1, 5, *shape), np.float32)
@@ -154,13 +160,9 @@ class _Sequence:
         self.first[0, :, cell[0], cell[1]] = [0.0, 0.0, 0.0, 0.0, 8.0]
         self.calls = 0
 
-    def run(self, inputs):
+    def next_logits(self):
         self.calls += 1
-        logits = self.first if self.calls == 1 else self.free
-        return {"class_logits": logits, "occupancy_logits": np.zeros((1, 1, *logits.shape[2:]), np.float32)}
-
-    def close(self):
-        pass
+        return self.first if self.calls == 1 else self.free
 
 
 def test_the_near_field_memory_recalls_an_obstacle_the_car_has_driven_past(world, tmp_path, capsys, monkeypatch):
