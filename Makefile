@@ -42,12 +42,15 @@ lint: $(STAMP)
 # train preset alone. Stage 2 (nf-small-r2, -camera-r2, -uss-r2): each fine-tuned from its stage-1 weights on train +
 # train-street (kerb-side streets), the fusion model with camera dropout; the last checkpoint is registered (the val
 # split holds no street). Stage 2 of fusion took 76 min and of camera 64 min, the two run side by side on the 2
-# CPU cores (measured 2026-12-06); the USS run is the lightest of the three. Stage 3, the shipped nf-small-camera
-# and nf-small-r3: 3 more epochs at lr 5e-4 on the same presets once the simulator had unlit nights (they changed 3
-# of the 30 drives); the shipped nf-small-uss is stage 2's, as its input, the echoes, did not change. Stage 4, the
+# CPU cores (measured 2026-12-06); the USS run is the lightest of the three. Stage 3 (nf-small-camera-r3
+# and nf-small-r3): 3 more epochs at lr 5e-4 on the same presets once the simulator had unlit nights (they changed 3
+# of the 30 drives); the USS model was not retrained then, as its input, the echoes, did not change. Stage 4, the
 # nf-small-r4 (stage 3's kept as nf-small-r3): 1 more epoch with every camera blanked in half of the samples
 # (35 min on one core). Stage 5, the shipped nf-small (stage 4's kept as nf-small-r4): 2 more epochs with the 40
-# train-close drives joined (64 min on 2 cores, 2026-12-07), chosen on val, val-close and val-paired.
+# train-close drives joined (64 min on 2 cores, 2026-12-07), chosen on val, val-close and val-paired. The same last
+# stage (STAGE5) for the single-modality models, so that the modality comparison is like for like: the shipped
+# nf-small-uss (revision 3; stage 2's kept as nf-small-uss-r2; 12 min) and nf-small-camera (revision 4; stage 3's kept
+# as nf-small-camera-r3; 33 min), each without camera dropout or blackout, as in its earlier stages.
 STAGE2 := --data data --train-split train train-street --epochs 5 --set train.lr=1e-3 --threads 1 --workers 0
 STAGE3 := --data data --train-split train train-street --epochs 3 --set train.lr=5e-4 --threads 1 --workers 0
 STAGE2_DATA := nearfield simulate --preset train + train-street (20 + 10 drives x 100 frames, seeds 100000-100019 and \
@@ -57,6 +60,10 @@ STAGE3_DATA := nearfield simulate --preset train + train-street with unlit night
 STAGE4_DATA := nearfield simulate --preset train + train-street with unlit nights (20 + 10 drives x 100 frames, seeds \
 	100000-100019 and 110000-110009, scale 0.5); fine-tuned 1 epoch from
 
+STAGE5 := --data data --train-split train train-street train-close --epochs 2 --set train.lr=5e-4 --threads 2 --workers 0
+STAGE5_DATA_SINGLE := nearfield simulate --preset train + train-street + train-close (20 + 10 + 40 drives x 100 frames, \
+	seeds 100000-100019, 110000-110009 and 120000-120039, scale 0.5; train-close drives end 0.08-0.2 m short of an \
+	obstacle); fine-tuned 2 epochs from
 STAGE5_DATA := nearfield simulate --preset train + train-street + train-close (20 + 10 + 40 drives x 100 frames, seeds \
 	100000-100019, 110000-110009 and 120000-120039, scale 0.5; train-close drives end 0.08-0.2 m short of an obstacle); \
 	fine-tuned 2 epochs from nf-small-r4, lr 5e-4, camera dropout 0.2, camera blackout 0.5, batch 4, CPU
@@ -78,29 +85,39 @@ models: $(STAMP)
 	$(BIN)/nearfield train --config nf-small --init runs/nf-small-r4 --set train.camera_dropout=0.2 \
 		--set train.camera_blackout=0.5 --set train.lr=5e-4 --data data --train-split train train-street train-close \
 		--epochs 2 --threads 2 --workers 0 --out runs/nf-small-r5
+	$(BIN)/nearfield train --config nf-small-uss --init runs/nf-small-uss-r2 $(STAGE5) --out runs/nf-small-uss-r3
+	$(BIN)/nearfield train --config nf-small-camera --init runs/nf-small-camera-r3 $(STAGE5) --out runs/nf-small-camera-r4
 	$(BIN)/nearfield register-model runs/nf-small-r2 --name nf-small-r2 --file nf-small-r2 --checkpoint last \
 		--data "$(STAGE2_DATA) nf-small-r1, lr 1e-3, camera dropout 0.2, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-camera-r2 --name nf-small-camera-r2 --file nf-small-camera-r2 \
 		--checkpoint last --data "$(STAGE2_DATA) nf-small-camera-r1, lr 1e-3, batch 4, CPU"
-	$(BIN)/nearfield register-model runs/nf-small-uss-r2 --name nf-small-uss --file nf-small-uss-r2 \
+	$(BIN)/nearfield register-model runs/nf-small-uss-r2 --name nf-small-uss-r2 --file nf-small-uss-r2 \
 		--checkpoint last --data "$(STAGE2_DATA) nf-small-uss-r1, lr 1e-3, batch 4, CPU"
+	$(BIN)/nearfield register-model runs/nf-small-uss-r3 --name nf-small-uss --file nf-small-uss-r3 \
+		--checkpoint last --data "$(STAGE5_DATA_SINGLE) nf-small-uss-r2, lr 5e-4, batch 4, CPU (fusion revision 5's last stage)"
 	$(BIN)/nearfield register-model runs/nf-small-r3 --name nf-small-r3 --file nf-small-r3 --checkpoint last \
 		--data "$(STAGE3_DATA) nf-small-r2, lr 5e-4, camera dropout 0.2, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-r4 --name nf-small-r4 --file nf-small-r4 --checkpoint last \
 		--data "$(STAGE4_DATA) nf-small-r3, lr 5e-4, camera dropout 0.2, camera blackout 0.5, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-r5 --name nf-small --file nf-small-r5 --checkpoint last \
 		--data "$(STAGE5_DATA)"
-	$(BIN)/nearfield register-model runs/nf-small-camera-r3 --name nf-small-camera --file nf-small-camera-r3 \
+	$(BIN)/nearfield register-model runs/nf-small-camera-r3 --name nf-small-camera-r3 --file nf-small-camera-r3 \
 		--checkpoint last --data "$(STAGE3_DATA) nf-small-camera-r2, lr 5e-4, batch 4, CPU"
+	$(BIN)/nearfield register-model runs/nf-small-camera-r4 --name nf-small-camera --file nf-small-camera-r4 \
+		--checkpoint last --data "$(STAGE5_DATA_SINGLE) nf-small-camera-r3, lr 5e-4, batch 4, CPU (fusion revision 5's last stage)"
 	$(BIN)/nearfield export --model nf-small-r2 --register nf-small-r2 --file nf-small-r2 \
 		--parity-data data/val/val-000.mcap
 	$(BIN)/nearfield export --model nf-small-camera-r2 --register nf-small-camera-r2 --file nf-small-camera-r2 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small-uss --register nf-small-uss --file nf-small-uss-r2 \
+	$(BIN)/nearfield export --model nf-small-uss-r2 --register nf-small-uss-r2 --file nf-small-uss-r2 \
+		--parity-data data/val/val-000.mcap
+	$(BIN)/nearfield export --model nf-small-uss --register nf-small-uss --file nf-small-uss-r3 \
 		--parity-data data/val/val-000.mcap
 	$(BIN)/nearfield export --model nf-small-r3 --register nf-small-r3 --file nf-small-r3 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small-camera --register nf-small-camera --file nf-small-camera-r3 \
+	$(BIN)/nearfield export --model nf-small-camera-r3 --register nf-small-camera-r3 --file nf-small-camera-r3 \
+		--parity-data data/val/val-000.mcap
+	$(BIN)/nearfield export --model nf-small-camera --register nf-small-camera --file nf-small-camera-r4 \
 		--parity-data data/val/val-000.mcap
 	$(BIN)/nearfield export --model nf-small-r4 --register nf-small-r4 --file nf-small-r4 \
 		--parity-data data/val/val-000.mcap
@@ -117,7 +134,7 @@ models: $(STAMP)
 # registered, then every model measured on data/test one after the other, listed and plotted. About 1.5 h on 2 CPU
 # cores. The E2GC pair it measures comes from `make e2gc` (below).
 COMPRESS := $(BIN)/nearfield compress --from nf-small-r1 --data data --threads 2 --no-measure
-ZOO_MODELS := nf-small nf-small-r4 nf-small-r3 nf-small-camera nf-small-uss nf-small-r2 nf-small-camera-r2 nf-small-r1 nf-small-camera-r1 nf-small-uss-r1 \
+ZOO_MODELS := nf-small nf-small-r4 nf-small-r3 nf-small-camera nf-small-camera-r3 nf-small-uss nf-small-uss-r2 nf-small-r2 nf-small-camera-r2 nf-small-r1 nf-small-camera-r1 nf-small-uss-r1 \
 	nf-small-int8 nf-small-pruned50 nf-small-pruned50-int8 \
 	nf-small-distill nf-small-distill-ens \
 	nf-small-qat-int8 nf-small-lowrank nf-small-magnitude50 nf-small-lamp50 nf-small-random50 nf-small-qat-int4 \
