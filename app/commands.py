@@ -16,6 +16,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     v.add_argument("--manifest", help="zoo manifest to take --model from (default: deploy/zoo/ZOO.toml)")
     v.add_argument("--frame", type=int, default=0, help="frame to show first (0-based)")
     v.add_argument("--screenshot", metavar="OUT.png", help="draw --frame offscreen, save the window as a PNG, exit")
+    v.add_argument("--history", action="store_true",
+                   help="with --screenshot: run every frame from 0 to --frame first, so that the latency and mIoU "
+                        "plots show the drive up to it (as stepping through it in the window would)")
     v.add_argument("--threads", type=int, help="inference threads (default: onnxruntime's)")
     v.add_argument("--free-confidence", type=float, metavar="P",
                    help="near-field bias of the model's map and sectors: within 1 m of the body a cell is free only "
@@ -44,8 +47,10 @@ def _view(args) -> int:
         # the window runs with its own point.
         get_model(args.model, manifest).near_field_settings(
             True, NearFieldSettings(args.free_confidence, args.memory, args.echo_floor), "view")
+    if args.history and not args.screenshot:
+        raise ConfigError("view: --history is for --screenshot (in the window, step or play to build the plots)")
     code = launch(args.log, args.model, args.frame, args.screenshot, manifest, args.settings, args.threads,
-                  args.free_confidence, args.memory, args.echo_floor, args.operating_point)
+                  args.free_confidence, args.memory, args.echo_floor, args.operating_point, args.history)
     if args.screenshot:
         print(args.screenshot)
     return code

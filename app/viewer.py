@@ -19,12 +19,13 @@ SCREENSHOT_SIZE = (1600, 1000)  # a saved window geometry is clamped to the offs
 def launch(log_path: str | Path | None = None, model: str | None = None, frame: int = 0,
            screenshot: str | Path | None = None, manifest: str | Path = MANIFEST, settings: str | Path | None = None,
            threads: int | None = None, free_confidence: float | None = None, memory_decay: float | None = None,
-           echo_floor: bool = False, operating_point: bool = False) -> int:
+           echo_floor: bool = False, operating_point: bool = False, history: bool = False) -> int:
     """Open the viewer on LOG_PATH (None: the demo drive) with MODEL at FRAME. With SCREENSHOT: draw that frame
     offscreen, save the window as a PNG and return 0, or raise ConfigError with what went wrong. free_confidence:
     the near-field bias of the model's class map, memory_decay its near-field memory, echo_floor its echo floor
     (deploy.pipeline.Pipeline); operating_point: each model with its registered operating point instead of the two
-    (zoo.ZooModel.operating_settings; the argmax for a model without one, said in the info line)."""
+    (zoo.ZooModel.operating_settings; the argmax for a model without one, said in the info line). history: with
+    SCREENSHOT, run frames 0 .. FRAME one after the other, so that the plots hold the drive up to FRAME."""
     from perception.postprocess import check_free_confidence
     from perception.temporal import check_decay
 
@@ -57,14 +58,22 @@ def launch(log_path: str | Path | None = None, model: str | None = None, frame: 
     win.open_log(log_path)
     if model:
         win.select_model(model)
-    win.go_to(frame)
+    win.go_to(0 if history else frame)
     win.show()
     if screenshot is None:
         return app.exec()
     try:
-        if not win.wait_for_frame(frame, timeout_ms=600_000, since=0):  # any error since the start fails it
-            problems = "; ".join(win._fatal_errors()) or "timed out waiting for the frame"
-            raise ConfigError(f"view --screenshot: {problems}")
+        if history:
+            _wait_for(win, 0)
+            frames = len(win.source)
+            if frame >= frames:
+                raise ConfigError(f"view --screenshot: {win.source.path}: frame {frame} is past the end "
+                                  f"({frames} frames)")
+            for k in range(1, frame + 1):
+                win.go_to(k)
+                _wait_for(win, k)
+        else:
+            _wait_for(win, frame)
         if not win.export_png(screenshot):
             raise ConfigError(f"view --screenshot: {win.errors[-1]}")
         for warning in win.errors:
@@ -72,3 +81,10 @@ def launch(log_path: str | Path | None = None, model: str | None = None, frame: 
     finally:
         win.close()
     return 0
+
+
+def _wait_for(win, frame: int) -> None:
+    """Run the viewer until FRAME is drawn with its model, or raise ConfigError with what went wrong."""
+    if not win.wait_for_frame(frame, timeout_ms=600_000, since=0):  # any error since the start fails it
+        problems = "; ".join(win._fatal_errors()) or f"timed out waiting for frame {frame}"
+        raise ConfigError(f"view --screenshot: {problems}")

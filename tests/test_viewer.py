@@ -261,8 +261,13 @@ def test_the_demo_drive_is_reused_from_the_cache(qtbot, window, drives, tmp_path
     assert window.source.path == tmp_path / "demo" / "demo-000.mcap"
 
 
-def test_view_command_screenshot(qtbot, drives, zoo, tmp_path, capsys):
+def test_view_command_screenshot(qtbot, drives, zoo, tmp_path, capsys, monkeypatch):
     from app.cli import main
+
+    plotted = []  # frames in the latency plot when each screenshot is taken
+    export_png = ViewerWindow.export_png
+    monkeypatch.setattr(ViewerWindow, "export_png", lambda self, path: (
+        plotted.append(int(np.isfinite(self.plots.latency["inference"]).sum())), export_png(self, path))[1])
 
     out = tmp_path / "shot.png"
     argv = ["view", str(drives["ok"]), "--model", "tiny-structure", "--manifest", str(zoo), "--frame", "3",
@@ -272,6 +277,12 @@ def test_view_command_screenshot(qtbot, drives, zoo, tmp_path, capsys):
     assert img is not None and img.shape[0] > 400 and img.std() > 10
     assert main([*argv[:-6], "--frame", "9", *argv[-6:-4], *argv[-4:]]) == 2
     assert "frame 9 is past the end (6 frames)" in capsys.readouterr().err
+    assert main([*argv, "--history"]) == 0  # frames 0..3 run in turn: the plots hold all four
+    assert plotted == [1, 4]
+    assert main([*argv[:-6], "--frame", "9", *argv[-6:], "--history"]) == 2
+    assert "frame 9 is past the end (6 frames)" in capsys.readouterr().err
+    assert main(["view", str(drives["ok"]), "--history"]) == 2
+    assert "--history is for --screenshot" in capsys.readouterr().err
     assert main(["view", str(drives["ok"]), "--model", "nope", "--manifest", str(zoo), "--screenshot",
                  str(out), "--settings", str(tmp_path / "cli.ini")]) == 2
     assert "unknown deploy model 'nope'" in capsys.readouterr().err
