@@ -50,7 +50,7 @@ def _view(args) -> int:
     if args.history and not args.screenshot:
         raise ConfigError("view: --history is for --screenshot (in the window, step or play to build the plots)")
     code = launch(args.log, args.model, args.frame, args.screenshot, manifest, args.settings, args.threads,
-                  args.free_confidence, args.memory, args.echo_floor, args.operating_point, args.history)
+                  args.free_confidence, args.memory, args.echo_floor, args.operating_point, history=args.history)
     if args.screenshot:
         print(args.screenshot)
     return code

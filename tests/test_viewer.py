@@ -332,7 +332,7 @@ def test_view_operating_point_takes_the_models_registered_bias_and_memory(drives
     shutil.copytree(Path(zoo).parent, tmp_path / "zoo")
     manifest = tmp_path / "zoo" / Path(zoo).name
     seen = []
-    monkeypatch.setattr(app.viewer, "launch", lambda *a: seen.append(a[-4:]) or 0)
+    monkeypatch.setattr(app.viewer, "launch", lambda *a, **kw: seen.append(a[-4:]) or 0)
     argv = ["view", str(drives["ok"]), "--manifest", str(manifest), "--operating-point"]
     assert main(argv) == 2 and "give --model NAME too" in capsys.readouterr().err
     assert main([*argv, "--model", "tiny-structure"]) == 2
