@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from deploy.flops import onnx_flops
 from deploy.pipeline import Pipeline
 from deploy.zoo import MANIFEST, ZooModel, get_model, read_zoo, update_metrics
 from perception.evaluate import Evaluator
+from perception.near_field import NearFieldSettings
 from sensors.errors import LogFormatError
 from sensors.files import find_logs
 from sensors.schemas import GT_OCCUPANCY_TOPIC
@@ -56,7 +57,6 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
     with `accuracy_command` and `accuracy_measured_at`; the stored timings, their machine and command stay. A
     TensorRT artifact (target tensorrt) is always measured so."""
     from sensors.log import LogReader
-    from sensors.replay import replay_frames
     from sensors.timing import machine_description
 
     model = get_model(name, manifest)
@@ -66,44 +66,30 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
         timing = False
     zoo = read_zoo(manifest)
     parent: ZooModel | None = zoo.get(model.parent) if model.parent != name else None
-    logs = find_logs(data, split="test")
-    pipes: list[Pipeline] = []
-    evaluator: Evaluator | None = None
     samples: list[dict[str, np.ndarray]] = []  # network inputs for the timing rounds
+    logs = find_logs(data, split="test")
     per_drive = -(-TIMING_FRAMES // max(len(logs), 1))  # spread over the drives: ceil(frames / drives) from each
-    try:
-        for path in logs:
-            with LogReader(path) as reader:
-                rig = reader.rig
-            if not pipes:
-                pipes.append(Pipeline(model, rig, threads=threads, source=str(path)))
-                if parent is not None and timing:
-                    pipes.append(Pipeline(parent, rig, threads=threads, source=str(path)))
-                evaluator = Evaluator(rig, pipes[0].grid)
-            else:
-                for p in pipes:
-                    p.set_rig(rig, str(path))
-            main = pipes[0]
-            taken = 0
-            for frame in replay_frames(path, decode=True, decode_scale=main.decode_scale):
-                where = f"{path} frame {frame.index} at {frame.stamp_ns} ns"
-                if frame.truth is None:
-                    raise LogFormatError(f"{where}: no ground truth ({GT_OCCUPANCY_TOPIC}); measure needs simulated "
-                                         "or labelled test drives")
-                result = main.process(frame)
-                evaluator.update(result.class_map, main.prep.target(frame.truth, where), frame.conditions, where)
-                if taken < per_drive and len(samples) < TIMING_FRAMES and (frame.index % 4 == 2 or not samples):
-                    samples.append({n: a.copy() for n, a in main.prep.network_inputs(frame)[0].items()})
-                    taken += 1
-        if evaluator is None or not samples:
-            raise LogFormatError(f"zoo measure: no frames in {', '.join(map(str, logs))}")
-        if timing:
+    taken: dict[str, int] = {}
+
+    def keep_sample(pipe: Pipeline, frame, path: Path) -> None:
+        if (taken.get(str(path), 0) < per_drive and len(samples) < TIMING_FRAMES
+                and (frame.index % 4 == 2 or not samples)):
+            samples.append({n: a.copy() for n, a in pipe.prep.network_inputs(frame)[0].items()})
+            taken[str(path)] = taken.get(str(path), 0) + 1
+
+    scores = score_logs(model, logs, threads=threads, on_frame=keep_sample if timing else None)
+    if timing:  # the network inputs kept above, through fresh sessions of both models (time_blocks warms them)
+        with LogReader(logs[0]) as reader:
+            rig = reader.rig
+        pipes = [Pipeline(model, rig, threads=threads, source=str(logs[0]))]
+        try:
+            if parent is not None:
+                pipes.append(Pipeline(parent, rig, threads=threads, source=str(logs[0])))
             times = time_blocks([p.backend for p in pipes], samples)
-            ms, parent_ms = times[0], times[1] if parent is not None else []
-    finally:
-        for p in pipes:
-            p.close()
-    scores = evaluator.result()
+        finally:
+            for p in pipes:
+                p.close()
+        ms, parent_ms = times[0], times[1] if parent is not None else []
     data_args = " ".join(shlex.quote(str(d)) for d in ([data] if isinstance(data, str | Path) else data))
     if not timing:
         metrics = {"test_frames": int(scores["frames"])}
@@ -140,6 +126,48 @@ def measure_model(name: str, data: str | Path | Sequence[str | Path], threads: i
     if store:
         update_metrics(name, metrics, manifest)
     return metrics
+
+
+def score_logs(model: ZooModel, logs: Sequence[str | Path], threads: int | None = None,
+               settings: NearFieldSettings | None = None,
+               on_frame: Callable[[Pipeline, Any, Path], None] | None = None) -> dict[str, Any]:
+    """perception.evaluate's scores of deploy model MODEL on labelled drive LOGS (files, in order), run through
+    deploy.pipeline.Pipeline exactly as `nearfield run` runs it (onnxruntime CPU, THREADS intra-op threads), with the
+    near-field SETTINGS (None: the plain argmax; the memory starts afresh with each log). on_frame(pipeline, frame,
+    path) is called after each frame. LogFormatError for a log without ground truth or no frames at all."""
+    from sensors.log import LogReader
+    from sensors.replay import replay_frames
+
+    settings = settings or NearFieldSettings()
+    pipe: Pipeline | None = None
+    evaluator: Evaluator | None = None
+    try:
+        for path in map(Path, logs):
+            with LogReader(path) as reader:
+                rig = reader.rig
+            if pipe is None:
+                pipe = Pipeline(model, rig, threads=threads, source=str(path),
+                                free_confidence=settings.free_confidence, memory_decay=settings.memory_decay,
+                                echo_floor=settings.echo_floor)
+                evaluator = Evaluator(rig, pipe.grid)
+            else:
+                pipe.set_rig(rig, str(path))  # the calibration of this drive; a fresh memory
+            for frame in replay_frames(path, decode=True, decode_scale=pipe.decode_scale):
+                where = f"{path} frame {frame.index} at {frame.stamp_ns} ns"
+                if frame.truth is None:
+                    raise LogFormatError(f"{where}: no ground truth ({GT_OCCUPANCY_TOPIC}); scoring needs simulated "
+                                         "or labelled drives")
+                result = pipe.process(frame)
+                evaluator.update(result.class_map, pipe.prep.target(frame.truth, where), frame.conditions, where,
+                                 covered=result.covered)
+                if on_frame is not None:
+                    on_frame(pipe, frame, path)
+    finally:
+        if pipe is not None:
+            pipe.close()
+    if evaluator is None or not evaluator.result()["frames"]:
+        raise LogFormatError(f"no frames in {', '.join(map(str, logs))}")
+    return evaluator.result()
 
 
 def time_blocks(backends, samples: list[dict[str, np.ndarray]], rounds: int = TIMING_ROUNDS) -> list[list[float]]:

@@ -49,6 +49,7 @@ class FrameResult:
     conditions: list[str] = field(default_factory=list)  # labels of simulated drives, passed through
     class_logits: np.ndarray | None = None  # (C, R, W) float32, kept when the pipeline is asked to (parity)
     recalled: np.ndarray | None = None  # (R, W) bool: obstacle cells the near-field memory added (None: memory off)
+    covered: np.ndarray | None = None  # (R, W) bool: the cells an ultrasonic beam reached this cycle (the raster's)
 
 
 class Pipeline:
@@ -124,10 +125,10 @@ class Pipeline:
                               "occupancy_logits (the deploy contract)") from None
         classes = class_map(logits[0], self.ego, self.near, self.free_confidence)
         degraded, recalled = list(frame.degraded), None
+        covered = inputs["uss"][0, COVERAGE] > 0.5
         if self.echo_zone is not None:
             classes = apply_echo_floor(classes, inputs["uss"][0, DIRECT_ARC], self.echo_zone)
         if self.memory is not None:
-            covered = inputs["uss"][0, COVERAGE] > 0.5
             classes, recall = self.memory.step(logits[0], classes, covered, frame.odometry, frame.stamp_ns)
             recalled = recall.cells
             if recall.reset:
@@ -138,7 +139,7 @@ class Pipeline:
         latency = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
         return FrameResult(frame.index, frame.stamp_ns, classes, occupancy, sectors, latency, present,
                            degraded, list(frame.conditions),
-                           np.array(logits[0], np.float32) if self.keep_logits else None, recalled)
+                           np.array(logits[0], np.float32) if self.keep_logits else None, recalled, covered)
 
     def close(self) -> None:
         self.backend.close()

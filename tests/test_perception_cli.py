@@ -311,7 +311,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
     root, config = setup
     assert main(["eval", "--model", "no-such-model", "--data", str(root / "data" / "val")]) == 2
     err = capsys.readouterr().err
-    assert "unknown trained model 'no-such-model'" in err and err.count("\n") == 1
+    assert "unknown model 'no-such-model': neither a trained model" in err and err.count("\n") == 1
     assert main(["train", "--data", str(root / "data"), "--out", str(tmp_path / "r")]) == 2
     assert "--config is needed" in capsys.readouterr().err
     assert main(["train", "--config", str(config), "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2

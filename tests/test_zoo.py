@@ -313,3 +313,47 @@ def test_rename_rewrites_options_that_name_the_model(zoo, tmp_path):
     rename("tiny-r1", "tiny-r0", zoo, trained_manifest=trained)
     options = read_zoo(zoo)["tiny-copy"].options
     assert options["trained"] == "tiny-r0" and options["baseline"] == "tiny-r0"
+
+
+def test_eval_scores_a_deploy_model_through_the_runtime_pipeline(zoo, night_log, tmp_path, capsys):
+    out = tmp_path / "eval" / "tiny.json"
+    assert main(["eval", "--model", "tiny", "--manifest", str(zoo), "--data", str(night_log), "--threads", "1",
+                 "--json", str(out)]) == 0
+    assert "tiny (deploy: fp32, any, tiny.onnx)" in capsys.readouterr().out
+    scores = json.loads(out.read_text())
+    expected = _expected_scores(zoo.parent / "tiny.onnx", night_log)
+    assert scores["frames"] == 3 and scores["miou"] == pytest.approx(expected["miou"], abs=1e-12)
+    assert scores["recall_1m"] == expected["recall_1m"]
+    # The coverage split comes from the pipeline's raster: every near cell counted once, covered or not.
+    cells = scores["near_cells_by_uss_coverage"]
+    assert cells["covered"] + cells["uncovered"] == sum(scores["near_cells_by_class"].values())
+    assert cells["covered"] > 0
+    assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+
+
+def test_eval_hands_the_near_field_settings_to_the_deploy_pipeline(zoo, night_log, capsys, monkeypatch):
+    import deploy.measure
+
+    seen = []
+
+    class Recording(deploy.measure.Pipeline):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append(self.near_field)
+
+    monkeypatch.setattr(deploy.measure, "Pipeline", Recording)
+    assert main(["eval", "--model", "tiny", "--manifest", str(zoo), "--data", str(night_log), "--threads", "1",
+                 "--free-confidence", "0.9", "--memory", "--echo-floor"]) == 0
+    assert [(s.free_confidence, s.memory_decay, s.echo_floor) for s in seen] == [(0.9, 0.95, True)]
+    assert "P(free) ≥ 0.9, near-field memory (decay 0.95), echo floor" in capsys.readouterr().out
+
+
+def test_eval_of_an_unknown_or_unfit_deploy_model_is_a_one_line_error(zoo, night_log, capsys):
+    argv = ["eval", "--manifest", str(zoo), "--data", str(night_log)]
+    assert main([*argv, "--model", "tiny", "--blind-cameras"]) == 2
+    assert "--blind-cameras is for trained models" in capsys.readouterr().err
+    assert main([*argv, "--model", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'nope': neither a trained model (nf-small," in err and "nor a deploy model in" in err
+    assert main([*argv, "--model", "nf-small-r1", "--deploy"]) == 2  # trained, but not in this zoo
+    assert "--deploy: no deploy model 'nf-small-r1'" in capsys.readouterr().err
