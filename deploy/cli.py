@@ -6,8 +6,8 @@ import argparse
 import importlib
 
 # export + zoo, the embedded runtime and its operating point, compression, replay regression tests, the benchmark
-# suite.
-AREAS = ("export", "runtime", "operating_point", "compress", "replay", "bench_all")
+# suite, and `eval` extended to deploy models.
+AREAS = ("export", "runtime", "operating_point", "compress", "replay", "bench_all", "eval")
 
 
 def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
