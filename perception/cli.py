@@ -121,9 +121,8 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from perception.model_eval import evaluate_logs, write_eval_report
+    from perception.model_eval import evaluate_logs
     from perception.registry import load_trained
-    from perception.report import markdown_table
 
     model, config = load_trained(args.model)
     result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size,
@@ -131,7 +130,15 @@ def _eval(args) -> int:
                            free_confidence=args.free_confidence, memory_decay=args.memory,
                            echo_floor=args.echo_floor)
     title = f"{args.model} ({config.name})" if args.model != config.name else config.name
-    title += ", cameras blinded" if args.blind_cameras else ""
+    return print_eval(result, title + (", cameras blinded" if args.blind_cameras else ""), args)
+
+
+def print_eval(result: dict, title: str, args) -> int:
+    """`eval`'s output, for a trained or (deploy.commands.eval) a deploy model: the table under TITLE and the near-field
+    settings of ARGS, and with --json the report files."""
+    from perception.model_eval import write_eval_report
+    from perception.report import markdown_table
+
     title += f", free within 1 m only at P(free) ≥ {args.free_confidence:g}" if args.free_confidence is not None else ""
     title += f", near-field memory (decay {args.memory:g})" if args.memory is not None else ""
     title += ", echo floor" if args.echo_floor else ""

@@ -54,9 +54,8 @@ def _deploy_model(args):
 def _eval_deploy(args, model) -> int:
     """`eval` of a deploy model: deploy.measure.score_logs over the logs, with the near-field settings given."""
     from deploy.measure import score_logs
-    from perception.model_eval import write_eval_report
+    from perception.cli import print_eval
     from perception.near_field import NearFieldSettings
-    from perception.report import markdown_table
     from sensors.errors import ConfigError
     from sensors.files import find_logs
 
@@ -65,12 +64,4 @@ def _eval_deploy(args, model) -> int:
                           "deploy model is scored on what the logs hold")
     settings = NearFieldSettings(args.free_confidence, args.memory, args.echo_floor)
     result = score_logs(model, find_logs(args.data), threads=args.threads, settings=settings)
-    title = f"{model.name} (deploy: {model.method}, {model.target}, {model.onnx.name})"
-    title += f", free within 1 m only at P(free) ≥ {args.free_confidence:g}" if args.free_confidence is not None else ""
-    title += f", near-field memory (decay {args.memory:g})" if args.memory is not None else ""
-    title += ", echo floor" if args.echo_floor else ""
-    print(markdown_table(result, title))
-    if args.json:
-        for path in write_eval_report(result, args.json, title):
-            print(path)
-    return 0
+    return print_eval(result, f"{model.name} (deploy: {model.method}, {model.target}, {model.onnx.name})", args)
