@@ -61,12 +61,9 @@ STAGE4_DATA := nearfield simulate --preset train + train-street with unlit night
 	100000-100019 and 110000-110009, scale 0.5); fine-tuned 1 epoch from
 
 STAGE5 := --data data --train-split train train-street train-close --epochs 2 --set train.lr=5e-4 --threads 2 --workers 0
-STAGE5_DATA_SINGLE := nearfield simulate --preset train + train-street + train-close (20 + 10 + 40 drives x 100 frames, \
+STAGE5_DATA := nearfield simulate --preset train + train-street + train-close (20 + 10 + 40 drives x 100 frames, \
 	seeds 100000-100019, 110000-110009 and 120000-120039, scale 0.5; train-close drives end 0.08-0.2 m short of an \
 	obstacle); fine-tuned 2 epochs from
-STAGE5_DATA := nearfield simulate --preset train + train-street + train-close (20 + 10 + 40 drives x 100 frames, seeds \
-	100000-100019, 110000-110009 and 120000-120039, scale 0.5; train-close drives end 0.08-0.2 m short of an obstacle); \
-	fine-tuned 2 epochs from nf-small-r4, lr 5e-4, camera dropout 0.2, camera blackout 0.5, batch 4, CPU
 
 models: $(STAMP)
 	$(BIN)/nearfield train --config nf-small --data data --out runs/nf-small-r1 --epochs 4
@@ -83,8 +80,7 @@ models: $(STAMP)
 		--set train.camera_blackout=0.5 --set train.lr=5e-4 --data data --train-split train train-street --epochs 1 \
 		--threads 1 --workers 1 --out runs/nf-small-r4
 	$(BIN)/nearfield train --config nf-small --init runs/nf-small-r4 --set train.camera_dropout=0.2 \
-		--set train.camera_blackout=0.5 --set train.lr=5e-4 --data data --train-split train train-street train-close \
-		--epochs 2 --threads 2 --workers 0 --out runs/nf-small-r5
+		--set train.camera_blackout=0.5 $(STAGE5) --out runs/nf-small-r5
 	$(BIN)/nearfield train --config nf-small-uss --init runs/nf-small-uss-r2 $(STAGE5) --out runs/nf-small-uss-r3
 	$(BIN)/nearfield train --config nf-small-camera --init runs/nf-small-camera-r3 $(STAGE5) --out runs/nf-small-camera-r4
 	$(BIN)/nearfield register-model runs/nf-small-r2 --name nf-small-r2 --file nf-small-r2 --checkpoint last \
@@ -94,17 +90,17 @@ models: $(STAMP)
 	$(BIN)/nearfield register-model runs/nf-small-uss-r2 --name nf-small-uss-r2 --file nf-small-uss-r2 \
 		--checkpoint last --data "$(STAGE2_DATA) nf-small-uss-r1, lr 1e-3, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-uss-r3 --name nf-small-uss --file nf-small-uss-r3 \
-		--checkpoint last --data "$(STAGE5_DATA_SINGLE) nf-small-uss-r2, lr 5e-4, batch 4, CPU (fusion revision 5's last stage)"
+		--checkpoint last --data "$(STAGE5_DATA) nf-small-uss-r2, lr 5e-4, batch 4, CPU (fusion revision 5's last stage)"
 	$(BIN)/nearfield register-model runs/nf-small-r3 --name nf-small-r3 --file nf-small-r3 --checkpoint last \
 		--data "$(STAGE3_DATA) nf-small-r2, lr 5e-4, camera dropout 0.2, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-r4 --name nf-small-r4 --file nf-small-r4 --checkpoint last \
 		--data "$(STAGE4_DATA) nf-small-r3, lr 5e-4, camera dropout 0.2, camera blackout 0.5, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-r5 --name nf-small --file nf-small-r5 --checkpoint last \
-		--data "$(STAGE5_DATA)"
+		--data "$(STAGE5_DATA) nf-small-r4, lr 5e-4, camera dropout 0.2, camera blackout 0.5, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-camera-r3 --name nf-small-camera-r3 --file nf-small-camera-r3 \
 		--checkpoint last --data "$(STAGE3_DATA) nf-small-camera-r2, lr 5e-4, batch 4, CPU"
 	$(BIN)/nearfield register-model runs/nf-small-camera-r4 --name nf-small-camera --file nf-small-camera-r4 \
-		--checkpoint last --data "$(STAGE5_DATA_SINGLE) nf-small-camera-r3, lr 5e-4, batch 4, CPU (fusion revision 5's last stage)"
+		--checkpoint last --data "$(STAGE5_DATA) nf-small-camera-r3, lr 5e-4, batch 4, CPU (fusion revision 5's last stage)"
 	$(BIN)/nearfield export --model nf-small-r2 --register nf-small-r2 --file nf-small-r2 \
 		--parity-data data/val/val-000.mcap
 	$(BIN)/nearfield export --model nf-small-camera-r2 --register nf-small-camera-r2 --file nf-small-camera-r2 \

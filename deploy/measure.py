@@ -165,9 +165,10 @@ def score_logs(model: ZooModel, logs: Sequence[str | Path], threads: int | None 
     finally:
         if pipe is not None:
             pipe.close()
-    if evaluator is None or not evaluator.result()["frames"]:
+    scores = evaluator.result() if evaluator is not None else None
+    if not scores or not scores["frames"]:
         raise LogFormatError(f"no frames in {', '.join(map(str, logs))}")
-    return evaluator.result()
+    return scores
 
 
 def time_blocks(backends, samples: list[dict[str, np.ndarray]], rounds: int = TIMING_ROUNDS) -> list[list[float]]:
