@@ -186,6 +186,33 @@ def sector_polygons(sectors: Sectors, rig: Rig, inner: float = 0.12, width: floa
     return polys
 
 
+SECTOR_LABEL_SCALE = 0.38
+
+
+def sector_labels(sectors: Sectors, anchors: list[np.ndarray], scale: float = SECTOR_LABEL_SCALE,
+                  gap: int = 2) -> list[tuple[str, tuple[int, int]]]:
+    """The distance labels of the warned sectors, (text, baseline origin in pixels), centred on each sector's anchor
+    (a pixel on its band's outer edge), placed nearest obstacle first and left out where one would overlap a label
+    already placed (within `gap` pixels): where neighbouring sectors of a bumper all warn, their labels would
+    otherwise print over each other, and the nearest distance is the one a driver needs."""
+    placed: list[tuple[int, int, int, int]] = []
+    out = []
+    order = np.argsort(sectors.distance, kind="stable")
+    for k in order.tolist():
+        dist = float(sectors.distance[k])
+        if sectors.level[k] == 0 or not math.isfinite(dist):
+            continue
+        text = f"{dist:.1f}"
+        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x, y = round(float(anchors[k][0]) - w / 2), round(float(anchors[k][1]) + h / 2)
+        box = (x - gap, y - h - gap, x + w + gap, y + base + gap)
+        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            continue
+        placed.append(box)
+        out.append((text, (x, y)))
+    return out
+
+
 def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers | None = None,
                 truth: tuple[np.ndarray, BevGrid] | None = None, prediction: tuple[np.ndarray, BevGrid] | None = None,
                 uss: UssCycle | None = None, sectors: Sectors | None = None,
@@ -219,12 +246,11 @@ def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers 
     nose = np.array([[rig.vehicle.x_max - 0.2, 0.0], [rig.vehicle.x_max - 0.8, 0.35], [rig.vehicle.x_max - 0.8, -0.35]])
     cv2.fillPoly(pic, [_px(view, nose)], (200, 200, 200), aa, shift=3)
     if sectors is not None and layers.sectors:
-        for poly, level, dist in zip(sector_polygons(sectors, rig), sectors.level.tolist(),
-                                     sectors.distance.tolist(), strict=True):
+        polys = sector_polygons(sectors, rig)
+        for poly, level in zip(polys, sectors.level.tolist(), strict=True):
             cv2.fillPoly(pic, [_px(view, poly)], LEVEL_COLORS[min(level, 3)], aa, shift=3)
-            if level > 0 and math.isfinite(dist):
-                mid = poly[len(poly) // 4 * 3]  # on the outer edge, mid-sector
-                outlined_text(pic, f"{dist:.1f}", view.to_pixel(mid[None])[0] + (-10, 4), 0.38)
+        for text, org in sector_labels(sectors, [view.to_pixel(p[len(p) // 4 * 3][None])[0] for p in polys]):
+            outlined_text(pic, text, org, SECTOR_LABEL_SCALE)
     if uss is not None and layers.uss:
         for direct, pts in echo_curves(uss, rig):
             cv2.polylines(pic, [_px(view, pts)], False, DIRECT_COLOR if direct else CROSS_COLOR, 1, aa, shift=3)
@@ -319,6 +345,6 @@ def legend(width: int, height: int = 26) -> np.ndarray:
     return band
 
 
-__all__ = ["RECALLED_COLOR", "Layers", "bev_picture", "camera_failures", "camera_tile", "echo_curves",
-           "failed_sensors", "hatch_cells", "legend", "nearest_direct", "paint_layer", "sector_polygons", "uss_strip",
-           "view_grid"]
+__all__ = ["RECALLED_COLOR", "SECTOR_LABEL_SCALE", "Layers", "bev_picture", "camera_failures", "camera_tile",
+           "echo_curves", "failed_sensors", "hatch_cells", "legend", "nearest_direct", "paint_layer", "sector_labels",
+           "sector_polygons", "uss_strip", "view_grid"]

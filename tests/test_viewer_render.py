@@ -2,6 +2,7 @@
 session that runs zoo models on frames (IoU, checksum), the MP4 export and the demo-drive cache."""
 
 import shutil
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -11,6 +12,7 @@ from app.frames import FrameSource
 from app.render import (
     BACKGROUND,
     FAILED_COLOR,
+    SECTOR_LABEL_SCALE,
     Layers,
     _runs,
     bev_picture,
@@ -18,6 +20,7 @@ from app.render import (
     echo_curves,
     nearest_direct,
     paint_layer,
+    sector_labels,
     sector_polygons,
     view_grid,
 )
@@ -186,6 +189,41 @@ def test_sector_bands_lie_just_outside_the_body(rig):
     d = rig.vehicle.distance_to_body(np.concatenate(polys))
     np.testing.assert_allclose(np.sort(d)[[0, -1]], [0.1, 0.3], atol=1e-6)
     assert np.isclose(d, 0.1, atol=1e-6).sum() == np.isclose(d, 0.3, atol=1e-6).sum() == len(d) // 2
+
+
+def test_sector_labels_never_overlap_and_keep_the_nearest(rig):
+    grid = BevGrid.around(rig.vehicle, 16.0, 0.2)
+    view = view_grid(rig, 16.0, 640)
+    sectors = SectorLayout(rig, grid)(np.zeros(grid.shape, np.uint8))
+    anchors = [view.to_pixel(p[len(p) // 4 * 3][None])[0] for p in sector_polygons(sectors, rig)]
+    n = len(sectors.names)
+    # Every sector warned, the nearest obstacle behind the rear bumper's third sector.
+    rear = [k for k, name in enumerate(sectors.names) if name.startswith("rear")]
+    dist = np.linspace(0.25, 1.4, n).astype(np.float32)[::-1].copy()
+    dist[rear[2]] = 0.11
+    warned = replace(sectors, distance=dist, level=np.full(n, 3, np.uint8))
+    labels = sector_labels(warned, anchors)
+    texts = [t for t, _ in labels]
+    assert texts[0] == "0.1" and labels[0][1][0] < anchors[rear[2]][0] < labels[0][1][0] + 20  # nearest first
+    assert 4 <= len(labels) < n  # crowded bumpers lose labels, the flanks keep theirs
+
+    def box(text, org):
+        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, SECTOR_LABEL_SCALE, 1)
+        return org[0], org[1] - h, org[0] + w, org[1] + base
+
+    boxes = [box(*lbl) for lbl in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    # Clear sectors and sectors without a distance get no label; spread-out warnings all keep theirs.
+    level = np.zeros(n, np.uint8)
+    level[::4] = 2
+    dist = np.full(n, np.inf, np.float32)
+    dist[::4] = 0.6
+    spread = sector_labels(replace(sectors, distance=dist, level=level), anchors)
+    assert [t for t, _ in spread] == ["0.6"] * len(range(0, n, 4))
+    level[1] = 1  # warned but no finite distance
+    assert len(sector_labels(replace(sectors, distance=dist, level=level), anchors)) == len(spread)
 
 
 def test_camera_failures_come_from_missing_images_and_failure_labels():
