@@ -38,8 +38,9 @@ from sensors.classes import SemanticClass
 from sensors.errors import ConfigError
 from sensors.geometry import Pose2D
 
-# Per frame: at 10 Hz evidence halves in 1.35 s. Chosen on the first two scenes of the val-paired split (perception/docs/
-# near_field.md, "The near-field memory"): the largest decay at which the precision of the obstacle calls within 1 m did not fall.
+# Per frame: at 10 Hz evidence halves in 1.35 s. Chosen on the first two scenes of the val-paired split
+# (perception/docs/near_field.md, "The near-field memory"): the largest decay at which the precision of the obstacle
+# calls within 1 m did not fall.
 DEFAULT_DECAY = 0.95
 MAX_GAP_S = 0.5  # a longer gap between frames (dropped frames, a seek in the viewer) starts a fresh memory
 MAX_SPEED_MPS = 15.0  # faster than any parking manoeuvre: an odometry jump, not a motion
