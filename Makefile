@@ -195,8 +195,9 @@ e2gc: $(STAMP)
 	$(BIN)/nearfield compress --method e2gc --from nf-small-e2gc --out nf-small-e2gc --opt baseline=nf-small-resnext \
 		--no-measure
 
-# The operating point of the shipped nf-small (perception/docs/near_field.md, "The near-field bias"): the smallest near-field bias whose recall
-# within 1 m reaches 95 % in every condition of val-paired, with the near-field memory, recorded in its zoo entry
+# The operating point of the shipped nf-small (perception/docs/near_field.md, "The near-field bias, the memory and the
+# operating point"): the smallest near-field bias whose recall within 1 m reaches 95 % in every condition of
+# val-paired, with the near-field memory, recorded in its zoo entry
 # (`nearfield run --model nf-small --operating-point`). 5.5 min on 2 cores, after the 3-minute simulation.
 operating-point: $(STAMP)
 	$(BIN)/nearfield simulate --preset val-paired --out data/val-paired --workers 2
