@@ -323,7 +323,7 @@ def uss_strip(cycle: UssCycle | None, rig: Rig, width: int = 720, height: int = 
                   FAILED_COLOR)
         elif math.isfinite(dist[i]):
             share = 1.0 - min(max((dist[i] - s.range_min) / (s.range_max - s.range_min), 0.0), 1.0)
-            level = min(int((dist[i] <= np.asarray(levels_m)).sum()), len(LEVEL_COLORS) - 1)
+            level = min(int(warning_level(dist[i], levels_m)), len(LEVEL_COLORS) - 1)
             top = round((height - 22) * (1 - share)) + 18
             cv2.rectangle(strip, (x0 + 4, top), (x1 - 4, height - 4), LEVEL_COLORS[level], -1)
             outlined_text(strip, f"{dist[i]:.2f}", (x0 + 2, height - 8), 0.38)

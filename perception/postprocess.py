@@ -84,6 +84,23 @@ def body_cell_distance(body: VehicleBody, grid: BevGrid) -> np.ndarray:
     return np.hypot(dx, dy).reshape(grid.shape)
 
 
+# A distance within this of a threshold counts as at it. Distances are cell geometry (0.2 m cell edges against the
+# body outline) carried in float32: a cell edge 0.3 m from the body comes out 0.30000001, and without the tolerance
+# an obstacle at exactly a level's distance was shown one level milder (at 0.3 and 0.8 m every such cell was, at
+# 1.5 m none). 0.1 mm is far below any sensor's or cell's resolution.
+LEVEL_TOLERANCE_M = 1e-4
+
+
+def within(distance: np.ndarray, threshold_m) -> np.ndarray:
+    """distance <= threshold_m (broadcast), with LEVEL_TOLERANCE_M: what "within X m" means for the display."""
+    return np.asarray(distance, float) <= np.asarray(threshold_m, float) + LEVEL_TOLERANCE_M
+
+
+def warning_level(distance: np.ndarray, levels_m: tuple[float, ...]) -> np.ndarray:
+    """uint8 warning level per distance: the number of the thresholds LEVELS_M (clear -> stop) it is within."""
+    return within(np.asarray(distance, float)[..., None], np.asarray(levels_m, float)).sum(-1).astype(np.uint8)
+
+
 # The echo floor: a direct echo this close to its sensor has its arc at the bumper, inside the display's last level.
 ECHO_FLOOR_RANGE_M = 0.35
 ECHO_FLOOR_WITHIN_M = 0.3
@@ -102,7 +119,7 @@ def echo_floor_zone(rig: Rig, grid: BevGrid, within_m: float = ECHO_FLOOR_WITHIN
     if not len(sensors):
         return np.zeros(grid.shape, bool)
     to_sensor = np.hypot(xy[:, None, 0] - sensors[None, :, 0], xy[:, None, 1] - sensors[None, :, 1]).min(axis=1)
-    zone = (body_cell_distance(rig.vehicle, grid) <= within_m) & (to_sensor.reshape(grid.shape) <= range_m)
+    zone = within(body_cell_distance(rig.vehicle, grid), within_m) & (to_sensor.reshape(grid.shape) <= range_m)
     return zone & ~ego_mask(rig.vehicle, grid)
 
 
@@ -194,8 +211,7 @@ class SectorLayout:
 
     def levels(self, distance: np.ndarray) -> np.ndarray:
         """Warning level per distance: the number of thresholds in levels_m it is within (0 clear .. stop)."""
-        d = np.asarray(distance, float)
-        return (d[..., None] <= np.asarray(self.levels_m)).sum(-1).astype(np.uint8)
+        return warning_level(distance, self.levels_m)
 
     def __call__(self, class_map: np.ndarray) -> Sectors:
         cm = np.asarray(class_map)

@@ -104,6 +104,28 @@ def test_an_obstacle_ahead_of_the_bumper_gives_its_distance_and_level(layout, gr
     assert s.distance.dtype == np.float32 and s.level.dtype == np.uint8
 
 
+@pytest.mark.parametrize("grid_cell", [0.1, 0.2])
+def test_an_obstacle_exactly_at_a_threshold_gets_that_level(rig, grid_cell):
+    """A cell whose edge is exactly 0.3 m (0.8 m, 1.5 m) from the body is within that level. Carried in float32 the
+    distance came out 0.30000001 and the display showed one level milder at 0.3 and 0.8 m."""
+    from perception.postprocess import body_cell_distance
+
+    grid = BevConfig(cell=grid_cell).grid(rig)
+    layout = SectorLayout(rig, grid)
+    d = body_cell_distance(rig.vehicle, grid)
+    for level, t in enumerate(layout.levels_m, start=1):
+        cells = np.argwhere(np.abs(d - t) < 1e-9)
+        assert len(cells), t
+        for r, c in cells[:: max(1, len(cells) // 8)]:
+            cm = np.zeros(grid.shape, np.uint8)
+            cm[r, c] = SemanticClass.VEHICLE
+            s = layout(cm)
+            k = int(layout.sector_of_cells()[r, c])
+            assert s.level[k] == level, (t, float(s.distance[k]))
+        # One millimetre farther is the milder level.
+        assert layout.levels(np.array([t + 1e-3]))[0] == level - 1
+
+
 def test_side_and_corner_obstacles(layout, grid, rig):
     body = rig.vehicle
     side = [body.x_min + 0.3, -body.width / 2 - 0.6]  # by the rear wheel, right
@@ -160,8 +182,8 @@ def test_the_echo_floor_zone_is_the_bumper_band_near_the_sensors(rig, grid, layo
     sensors = np.array([s.position[:2] for s in rig.uss])
     to_sensor = np.hypot(xy[..., None, 0] - sensors[:, 0], xy[..., None, 1] - sensors[:, 1]).min(-1)
     assert zone.any() and not (zone & ego_mask(rig.vehicle, grid)).any()
-    assert (d[zone] <= 0.3).all() and (to_sensor[zone] <= 0.35).all()
-    assert ((d <= 0.3) & (to_sensor <= 0.35) & ~ego_mask(rig.vehicle, grid) == zone).all()
+    assert (d[zone] <= 0.3 + 1e-4).all() and (to_sensor[zone] <= 0.35).all()
+    assert ((d <= 0.3 + 1e-4) & (to_sensor <= 0.35) & ~ego_mask(rig.vehicle, grid) == zone).all()
     # The band sits at the bumpers, where the sensors are: none of it beside the doors.
     assert (np.abs(xy[zone][:, 0] - rig.vehicle.centre[0]) > 1.5).all()
     # The display measures by the same distance.
