@@ -3,14 +3,18 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Where the CPU torch wheel comes from: this project's machines serve it through their pip configuration; on plain
+# PyPI torch 2.13.0 for Linux is the CUDA build, so elsewhere: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: demo test test-slow lint install models zoo e2gc operating-point
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU torch wheel first and pinned, so no dependency can pull the CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	# The CPU torch wheel first and pinned, so no dependency can pull the CUDA build; refuse a CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda and 'CUDA torch: set TORCH_INDEX (Makefile)')"
 	$(BIN)/python -m pip install -q -e '.[torch,runtime,viewer,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
