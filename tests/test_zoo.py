@@ -2,6 +2,7 @@
 `zoo measure`, whose mIoU must equal what Evaluator computes on the same class maps."""
 
 import json
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -17,14 +18,14 @@ from deploy.commands.export import verify, zoo_rows  # noqa: E402
 from deploy.export import export_onnx, input_shapes  # noqa: E402
 from deploy.flops import onnx_flops  # noqa: E402
 from deploy.measure import block_ratios, count_parameters, measure_model, time_blocks  # noqa: E402
-from deploy.zoo import ZooModel, get_model, read_zoo, register, update_metrics  # noqa: E402
+from deploy.zoo import ZooModel, get_model, read_zoo, register, update_metrics, write_zoo  # noqa: E402
 from perception.bev_config import BevConfig, ego_mask  # noqa: E402
 from perception.evaluate import Evaluator  # noqa: E402
 from perception.model import FusionNet, load_model_config  # noqa: E402
 from perception.model import count_parameters as torch_parameters  # noqa: E402
 from perception.postprocess import class_map  # noqa: E402
 from perception.preprocess import FramePreprocessor  # noqa: E402
-from sensors.errors import ChecksumError  # noqa: E402
+from sensors.errors import ChecksumError, ConfigError  # noqa: E402
 from sensors.log import LogReader  # noqa: E402
 from sensors.replay import replay_frames  # noqa: E402
 from sim_data.simulate import DriveSpec, simulate_drive  # noqa: E402
@@ -98,9 +99,74 @@ def test_zoo_list_shows_measured_figures_and_blanks(zoo, capsys):
     assert rows == zoo_rows(zoo) and rows[0]["test_miou"] == 0.4123 and rows[1]["ort_cpu_ms"] is None
 
 
-def test_an_empty_zoo_lists_nothing(tmp_path, capsys):
-    assert main(["zoo", "--manifest", str(tmp_path / "ZOO.toml"), "list"]) == 0
+def test_an_empty_zoo_lists_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("deploy.zoo.MANIFEST", tmp_path / "ZOO.toml")  # the default manifest, not there yet
+    assert main(["zoo", "list"]) == 0
     assert "no models yet" in capsys.readouterr().out
+    assert main(["zoo", "verify"]) == 2  # checking no model is no pass
+    assert "no such zoo manifest" in capsys.readouterr().err
+
+
+def test_a_missing_or_empty_manifest_given_explicitly_is_an_error(tmp_path, capsys):
+    missing = str(tmp_path / "nonexistent" / "ZOO.toml")
+    for argv in (["zoo", "--manifest", missing, "verify"], ["zoo", "--manifest", missing, "list"],
+                 ["zoo", "list", "--manifest", missing],
+                 ["run", "--model", "tiny", "--source", "x.mcap", "--out", str(tmp_path / "o.mcap"), "--manifest",
+                  missing]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{missing}: no such zoo manifest" in err and err.count("\n") == 1
+    empty = tmp_path / "EMPTY.toml"
+    write_zoo({}, empty)
+    assert main(["zoo", "--manifest", str(empty), "verify"]) == 2
+    assert f"{empty}: the zoo manifest lists no model" in capsys.readouterr().err
+
+
+def test_every_zoo_action_takes_manifest_after_it_too(zoo, capsys):
+    assert main(["zoo", "--manifest", str(zoo), "list"]) == 0
+    before = capsys.readouterr().out
+    assert main(["zoo", "list", "--manifest", str(zoo)]) == 0
+    assert capsys.readouterr().out == before
+    assert main(["zoo", "verify", "--manifest", str(zoo)]) == 0
+    assert "2 model file(s) match" in capsys.readouterr().out
+    assert main(["zoo", "rename", "tiny-copy", "tiny-2", "--manifest", str(zoo)]) == 0
+    assert list(read_zoo(zoo)) == ["tiny", "tiny-2"]
+
+
+@pytest.mark.parametrize(("key", "value"), [("options", '"abc"'), ("metrics", "3"), ("method", "4"),
+                                            ("target", "[1]"), ("notes", "true")])
+def test_a_mistyped_manifest_entry_is_a_one_line_error_naming_it(zoo, capsys, key, value):
+    text = zoo.read_text()
+    if f"\n{key} = " in text:  # [tiny] comes first: its line of KEY is the first
+        text = re.sub(rf"\n{key} = .*\n", f"\n{key} = {value}\n", text, count=1)
+    else:
+        text = text.replace("[tiny]\n", f"[tiny]\n{key} = {value}\n", 1)
+    zoo.write_text(text)
+    with pytest.raises(ConfigError, match=rf"{zoo} \[tiny\]: {key}"):
+        read_zoo(zoo)
+    for argv in (["zoo", "--manifest", str(zoo), "list"], ["zoo", "--manifest", str(zoo), "verify"],
+                 ["run", "--model", "tiny", "--source", "x.mcap", "--out", "o.mcap", "--manifest", str(zoo)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "[tiny]" in err and err.count("\n") == 1
+
+
+def test_zoo_list_and_plot_survive_a_damaged_file(zoo, capsys, tmp_path):
+    update_metrics("tiny", {"gflops": 1.25, "test_miou": 0.4, "ort_cpu_ms": 10.0}, zoo)
+    for name in ("tiny", "tiny-copy"):  # truncated: onnx.load raised DecodeError through `zoo list`
+        f = zoo.parent / f"{name}.onnx"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    rows = {r["name"]: r for r in zoo_rows(zoo)}
+    assert rows["tiny"]["gflops"] == 1.25 and rows["tiny"]["file_problem"] is None  # stored: the file is not read
+    assert rows["tiny-copy"]["gflops"] is None and "does not parse" in rows["tiny-copy"]["file_problem"]
+    assert main(["zoo", "--manifest", str(zoo), "list"]) == 0
+    out = capsys.readouterr().out
+    copy = [c.strip() for c in out.splitlines()[3].split("|")[1:-1]]
+    assert copy[0] == "tiny-copy" and copy[5] == "?"
+    assert "? FLOPs not counted" in out and "tiny-copy: tiny-copy.onnx does not parse" in out
+    assert main(["zoo", "--manifest", str(zoo), "plot", str(tmp_path / "zoo.png")]) == 0
+    (zoo.parent / "tiny-copy.onnx").unlink()
+    assert "tiny-copy.onnx is missing" in {r["name"]: r for r in zoo_rows(zoo)}["tiny-copy"]["file_problem"]
 
 
 def _expected_scores(onnx_path, log):

@@ -86,9 +86,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _zoo_model(name: str | None, manifest: str | None):
-    from deploy.zoo import MANIFEST, get_model, list_models
+    from deploy.zoo import MANIFEST, get_model, list_models, read_zoo
     from sensors.errors import ConfigError
 
+    if manifest:  # one named on the command line must exist and list models: a mistyped path is not an empty zoo
+        read_zoo(manifest, required=True)
     manifest = manifest or MANIFEST
     if name is None:
         names = list_models(manifest)
