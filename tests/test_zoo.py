@@ -12,6 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from runtime_world import rewrite_log  # noqa: E402
+
 from app.cli import main  # noqa: E402
 from deploy.backends.ort import OrtBackend  # noqa: E402
 from deploy.commands.export import verify, zoo_rows  # noqa: E402
@@ -27,6 +29,7 @@ from perception.postprocess import class_map  # noqa: E402
 from perception.preprocess import FramePreprocessor  # noqa: E402
 from sensors.errors import ChecksumError, ConfigError  # noqa: E402
 from sensors.log import LogReader  # noqa: E402
+from sensors.messages import CameraImage, GroundTruth  # noqa: E402
 from sensors.replay import replay_frames  # noqa: E402
 from sim_data.simulate import DriveSpec, simulate_drive  # noqa: E402
 
@@ -395,6 +398,43 @@ def test_eval_scores_a_deploy_model_through_the_runtime_pipeline(zoo, night_log,
     assert cells["covered"] + cells["uncovered"] == sum(scores["near_cells_by_class"].values())
     assert cells["covered"] > 0
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+
+
+def test_eval_skips_frames_without_ground_truth_and_counts_degraded_frames(zoo, night_log, tmp_path, capsys):
+    with LogReader(night_log) as reader:
+        last = max(m.stamp_ns for m in reader.messages() if isinstance(m.value, GroundTruth))
+    # The last frame's ground truth lost (as a log cut off mid-frame loses it; a frame of data/test/test-00-day.mcap
+    # cut at byte 2,200,106 stopped the scoring), camera FV gone from every frame.
+    log = rewrite_log(night_log, tmp_path / "cut.mcap", keep=lambda m: not (
+        (isinstance(m.value, GroundTruth) and m.stamp_ns == last)
+        or (isinstance(m.value, CameraImage) and m.value.camera == "FV")))
+    out = tmp_path / "eval" / "cut.json"
+    assert main(["eval", "--model", "tiny", "--manifest", str(zoo), "--data", str(log), "--threads", "1",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    scores = json.loads(out.read_text())
+    assert scores["frames"] == 2 and scores["skipped_frames"] == 1 and scores["damaged_logs"] == {}
+    assert scores["degraded_frames"] == 2 and scores["degraded_by_reason"] == {"camera FV missing": 2}
+    assert scores["by_condition"]["night"]["degraded_frames"] == 2
+    assert "Degraded frames (a sensor missing or failed, or a corrupt image): 2 of 2: camera FV missing 2." in text
+    assert "Not scored: 1 frame(s) without ground truth." in text
+    assert "camera FV missing 2" in out.with_suffix(".md").read_text()
+    # A log without any ground truth is still refused, in one line.
+    bare = rewrite_log(night_log, tmp_path / "bare.mcap", keep=lambda m: not isinstance(m.value, GroundTruth))
+    assert main(["eval", "--model", "tiny", "--manifest", str(zoo), "--data", str(bare), "--threads", "1"]) == 2
+    assert "no frame with ground truth (/gt/occupancy) among its 3 readable frame(s)" in capsys.readouterr().err
+
+
+def test_eval_scores_the_readable_frames_of_a_truncated_log(zoo, night_log, tmp_path, capsys):
+    small = rewrite_log(night_log, tmp_path / "small.mcap", chunk_size=32 << 10)
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(small.read_bytes()[: small.stat().st_size * 9 // 10])
+    out = tmp_path / "cut.json"
+    assert main(["eval", "--model", "tiny", "--manifest", str(zoo), "--data", str(cut), "--threads", "1",
+                 "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert 1 <= scores["frames"] < 3 and list(scores["damaged_logs"]) == [str(cut)]
+    assert "damaged log(s), their readable frames scored: " in capsys.readouterr().out
 
 
 def test_eval_hands_the_near_field_settings_to_the_deploy_pipeline(zoo, night_log, capsys, monkeypatch):
