@@ -234,16 +234,21 @@ def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest
         raise ConfigError(f"zoo rename: {new!r} is already a zoo model ({manifest})")
     check_zoo_name(new)
     keys = ZOO_REFERENCE_OPTIONS
+    trained_renamed = False
     if trained_manifest is not None:
         from perception.registry import read_manifest, rename_trained
 
         if old in read_manifest(trained_manifest):
             rename_trained(old, new, trained_manifest)
             keys += TRAINED_REFERENCE_OPTIONS
+            trained_renamed = True
     out = {}
     for name, m in models.items():
         options = renamed_references(m.options, old, new, keys)
-        m = replace(m, parent=new if m.parent == old else m.parent, options=options)
+        # A zoo model is not its own parent: OLD's own parent OLD is the trained model of that name, which keeps its
+        # name unless it was renamed too (NEW would name no trained model). Other entries' parent OLD is this model.
+        follows = m.parent == old and (name != old or trained_renamed)
+        m = replace(m, parent=new if follows else m.parent, options=options)
         if name == old:
             m = replace(m, name=new, metrics=renamed_commands(m.metrics, old, new))
         out[new if name == old else name] = m

@@ -360,6 +360,28 @@ def test_rename_keeps_file_and_figures_and_children_follow(zoo, tmp_path, capsys
     assert read_zoo(zoo)["tiny-copy-r1"].parent == "tiny-r0"
 
 
+def test_rename_keeps_the_entry_s_parent_a_trained_model_that_exists(zoo, tmp_path):
+    """`zoo rename nf-small-uss nf-small-uss-r3` without --with-trained made the entry's parent nf-small-uss-r3, a
+    trained model that does not exist: a zoo model is not its own parent, its parent of its own name is the trained
+    model, which keeps that name."""
+    from deploy.zoo import rename
+    from perception.registry import read_manifest
+
+    models = read_zoo(zoo)
+    models["tiny"] = replace(models["tiny"], parent="tiny")  # exported from the trained model of the same name
+    write_zoo(models, zoo)
+    assert main(["zoo", "--manifest", str(zoo), "rename", "tiny", "tiny-r1"]) == 0
+    after = read_zoo(zoo)
+    assert after["tiny-r1"].parent == "tiny" and after["tiny-copy"].parent == "tiny-r1"  # the zoo child follows
+    trained = tmp_path / "MODELS.toml"
+    trained.write_text('[tiny]\nconfig = "nf-small"\nweights = "tiny.safetensors"\nsha256 = "ab"\n')
+    models = {**after, "tiny": replace(after["tiny-r1"], name="tiny")}
+    del models["tiny-r1"]
+    write_zoo(models, zoo)
+    rename("tiny", "tiny-r2", zoo, trained_manifest=trained)  # the trained model renamed too: the parent follows
+    assert read_zoo(zoo)["tiny-r2"].parent == "tiny-r2" and set(read_manifest(trained)) == {"tiny-r2"}
+
+
 def test_rename_rewrites_options_that_name_the_model(zoo, tmp_path):
     """A distilled entry's teachers and an E2GC entry's baseline keep naming the model that was used; the trained
     model behind an entry is rewritten only when the trained model is renamed too."""
