@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
+import signal
 import sys
 
 from sensors.errors import NearfieldError
@@ -42,10 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return code
     except NearfieldError as e:
         print(f"nearfield {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`nearfield info LOG | head -1`): stop quietly, as Unix tools do, with the status of a
+        # process SIGPIPE ended; stdout to /dev/null so that the flush at exit does not complain either.
+        with contextlib.suppress(OSError, ValueError):  # ValueError: stdout is no file (captured)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as e:
         # A path the user gave that cannot be read or written: one line naming it, as for any bad input.
         where = f"{e.filename}: " if e.filename else ""

@@ -134,41 +134,60 @@ def score_logs(model: ZooModel, logs: Sequence[str | Path], threads: int | None 
     """perception.evaluate's scores of deploy model MODEL on labelled drive LOGS (files, in order), run through
     deploy.pipeline.Pipeline exactly as `nearfield run` runs it (onnxruntime CPU, THREADS intra-op threads), with the
     near-field SETTINGS (None: the plain argmax; the memory starts afresh with each log). on_frame(pipeline, frame,
-    path) is called after each frame. LogFormatError for a log without ground truth or no frames at all."""
+    path) is called after each frame.
+
+    Frames without ground truth are left out and counted (skipped_frames), as perception's eval leaves them out: a
+    damaged log scores its readable frames, the ones cut off at the damage without their ground truth are skipped,
+    and damaged_logs quotes the reader's damage report per log. LogFormatError for a log without any ground truth,
+    or no frames at all."""
     from sensors.log import LogReader
     from sensors.replay import replay_frames
 
     settings = settings or NearFieldSettings()
     pipe: Pipeline | None = None
     evaluator: Evaluator | None = None
+    skipped, damaged = 0, {}
     try:
         for path in map(Path, logs):
             with LogReader(path) as reader:
                 rig = reader.rig
-            if pipe is None:
-                pipe = Pipeline(model, rig, threads=threads, source=str(path),
-                                free_confidence=settings.free_confidence, memory_decay=settings.memory_decay,
-                                echo_floor=settings.echo_floor)
-                evaluator = Evaluator(rig, pipe.grid)
-            else:
-                pipe.set_rig(rig, str(path))  # the calibration of this drive; a fresh memory
-            for frame in replay_frames(path, decode=True, decode_scale=pipe.decode_scale):
-                where = f"{path} frame {frame.index} at {frame.stamp_ns} ns"
-                if frame.truth is None:
-                    raise LogFormatError(f"{where}: no ground truth ({GT_OCCUPANCY_TOPIC}); scoring needs simulated "
-                                         "or labelled drives")
-                result = pipe.process(frame)
-                evaluator.update(result.class_map, pipe.prep.target(frame.truth, where), frame.conditions, where,
-                                 covered=result.covered)
-                if on_frame is not None:
-                    on_frame(pipe, frame, path)
+                if pipe is None:
+                    pipe = Pipeline(model, rig, threads=threads, source=str(path),
+                                    free_confidence=settings.free_confidence, memory_decay=settings.memory_decay,
+                                    echo_floor=settings.echo_floor)
+                    evaluator = Evaluator(rig, pipe.grid)
+                else:
+                    pipe.set_rig(rig, str(path))  # the calibration of this drive; a fresh memory
+                scored = unlabelled = 0
+                for frame in replay_frames(path, decode=True, decode_scale=pipe.decode_scale, reader=reader):
+                    where = f"{path} frame {frame.index} at {frame.stamp_ns} ns"
+                    if frame.truth is None:
+                        unlabelled += 1
+                        continue
+                    result = pipe.process(frame)
+                    evaluator.update(result.class_map, pipe.prep.target(frame.truth, where), frame.conditions, where,
+                                     covered=result.covered, degraded=frame.degraded)
+                    scored += 1
+                    if on_frame is not None:
+                        on_frame(pipe, frame, path)
+                damage = "; ".join(str(d) for d in reader.damages)
+            if not scored:
+                raise LogFormatError(f"{path}: no frame with ground truth ({GT_OCCUPANCY_TOPIC}) among its "
+                                     f"{unlabelled} readable frame(s); scoring needs simulated or labelled drives"
+                                     + (f"; damage: {damage}" if damage else ""))
+            if damage:
+                damaged[str(path)] = damage
+            if unlabelled:
+                log.warning("%s: %d frame(s) without ground truth (%s) left out%s", path, unlabelled,
+                            GT_OCCUPANCY_TOPIC, " (cut off at the damage)" if damage else "")
+            skipped += unlabelled
     finally:
         if pipe is not None:
             pipe.close()
     scores = evaluator.result() if evaluator is not None else None
     if not scores or not scores["frames"]:
         raise LogFormatError(f"no frames in {', '.join(map(str, logs))}")
-    return scores
+    return {**scores, "skipped_frames": skipped, "damaged_logs": damaged}
 
 
 def time_blocks(backends, samples: list[dict[str, np.ndarray]], rounds: int = TIMING_ROUNDS) -> list[list[float]]:

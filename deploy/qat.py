@@ -221,13 +221,22 @@ def _qat(source: str, out: str, data: str | None, options: dict[str, Any], manif
 
 @method("qat")
 def qat(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
-    """Options: weights (int8 | int4 | ternary; default int8), steps, calib_frames, lr, batch_size, seed."""
+    """Quantisation-aware fine-tuning on --data. Options: weights (int8 | int4 | ternary; default int8), steps,
+    calib_frames, lr, batch_size, seed."""
     return _qat(source, out, data, options, manifest, str(options.get("weights", "int8")))
 
 
+def _qat_with(weights: str):
+    """The method `qat-WEIGHTS`: qat with its weights fixed (the zoo's method names say the weights)."""
+    def run(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
+        return _qat(source, out, data, options, manifest, weights)
+
+    run.__doc__ = f"qat with weights={weights}: {NOTES[weights]}. Options: steps, calib_frames, lr, batch_size, seed."
+    return run
+
+
 for _w in WEIGHTS:
-    method(f"qat-{_w}")(lambda source, out, data, options, manifest, _w=_w: _qat(source, out, data, options,
-                                                                                  manifest, _w))
+    method(f"qat-{_w}")(_qat_with(_w))
 
 
 __all__ = ["NOTES", "WEIGHTS", "export_qat", "finetune", "qat"]

@@ -116,11 +116,15 @@ def unlisted(onnx: str | Path, like: ZooModel) -> ZooModel:
     return replace(like, name=f"{like.name}@{path.name}", onnx=path, sha256=file_sha256(path), metrics={})
 
 
-def read_zoo(manifest: str | Path = MANIFEST) -> dict[str, ZooModel]:
+def read_zoo(manifest: str | Path = MANIFEST, required: bool = False) -> dict[str, ZooModel]:
     """The manifest's models by name, in file order (an absent manifest: none). A malformed entry is a
-    ConfigError naming the manifest and the entry."""
+    ConfigError naming the manifest and the entry. REQUIRED: a manifest that is absent or lists no model is a
+    ConfigError too (one named on the command line: a mistyped path is not an empty zoo)."""
     manifest = Path(manifest)
     if not manifest.is_file():
+        if required:
+            raise ConfigError(f"{manifest}: no such zoo manifest; give the path of an existing one, or leave out "
+                              f"--manifest for the shipped {MANIFEST}")
         return {}
     try:
         data = tomllib.loads(manifest.read_text())
@@ -131,18 +135,26 @@ def read_zoo(manifest: str | Path = MANIFEST) -> dict[str, ZooModel]:
         where = f"{manifest} [{name}]"
         if not isinstance(t, dict) or not all(isinstance(t.get(k), str) for k in ("onnx", "sha256", "parent")):
             raise ConfigError(f"{where}: needs string fields onnx, sha256 and parent")
+        for key, kind, what in (("method", str, "a string"), ("notes", str, "a string"), ("options", dict, "a table"),
+                                ("metrics", dict, "a table")):
+            if key in t and not isinstance(t[key], kind):
+                raise ConfigError(f"{where}: {key} must be {what}, got {t[key]!r}")
         target = t.get("target", "any")
-        if target not in TARGETS:
+        if not isinstance(target, str) or target not in TARGETS:
             raise ConfigError(f"{where}: target {target!r} is not one of {', '.join(TARGETS)}")
         inputs = t.get("inputs", {})
         if not isinstance(inputs, dict) or not all(
-                isinstance(v, list) and all(isinstance(x, int) for x in v) for v in inputs.values()):
+                isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                for v in inputs.values()):
             raise ConfigError(f"{where}: inputs must map input names to lists of whole numbers (shapes)")
         bev = BevConfig.from_dict(t.get("bev", {}), source=where)
         point = checked_operating_point(t.get("operating_point", {}), where)
-        out[name] = ZooModel(name, manifest.parent / t["onnx"], t["sha256"], t["parent"], str(t.get("method", "fp32")),
+        out[name] = ZooModel(name, manifest.parent / t["onnx"], t["sha256"], t["parent"], t.get("method", "fp32"),
                              target, bev, {k: tuple(v) for k, v in inputs.items()}, dict(t.get("options", {})),
-                             dict(t.get("metrics", {})), str(t.get("notes", "")), point)
+                             dict(t.get("metrics", {})), t.get("notes", ""), point)
+    if required and not out:
+        raise ConfigError(f"{manifest}: the zoo manifest lists no model; register one (`nearfield export --register "
+                          "NAME`) or give another manifest")
     return out
 
 
@@ -222,16 +234,21 @@ def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest
         raise ConfigError(f"zoo rename: {new!r} is already a zoo model ({manifest})")
     check_zoo_name(new)
     keys = ZOO_REFERENCE_OPTIONS
+    trained_renamed = False
     if trained_manifest is not None:
         from perception.registry import read_manifest, rename_trained
 
         if old in read_manifest(trained_manifest):
             rename_trained(old, new, trained_manifest)
             keys += TRAINED_REFERENCE_OPTIONS
+            trained_renamed = True
     out = {}
     for name, m in models.items():
         options = renamed_references(m.options, old, new, keys)
-        m = replace(m, parent=new if m.parent == old else m.parent, options=options)
+        # A zoo model is not its own parent: OLD's own parent OLD is the trained model of that name, which keeps its
+        # name unless it was renamed too (NEW would name no trained model). Other entries' parent OLD is this model.
+        follows = m.parent == old and (name != old or trained_renamed)
+        m = replace(m, parent=new if follows else m.parent, options=options)
         if name == old:
             m = replace(m, name=new, metrics=renamed_commands(m.metrics, old, new))
         out[new if name == old else name] = m

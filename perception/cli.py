@@ -43,8 +43,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                         "(nf-small-int8-r5, ...: `nearfield zoo list`; see --deploy)")
     e.add_argument("--data", required=True, nargs="+", help="MCAP drive logs or directories of them")
     e.add_argument("--json", help="write the scores to this JSON file, with .md and .png beside it")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--device", default="auto", help="torch device of a trained model: auto (cuda if available), cpu, "
+                                                    "cuda, cuda:N")
+    e.add_argument("--batch-size", type=int, default=4, help="frames per forward pass of a trained model (default 4)")
     e.add_argument("--no-cache", action="store_true", help="do not cache preprocessed frames in .cache/")
     e.add_argument("--blind-cameras", action="store_true",
                    help="score a fusion model as if every camera had failed: what its ultrasonic branch finds alone")
@@ -58,7 +59,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
     rp = commands.add_parser("report", help="modality x condition tables and chart from several `eval --json` files")
     rp.add_argument("results", nargs="+", metavar="NAME=JSON", help="a label and an eval JSON, e.g. fusion=f.json")
-    rp.add_argument("--markdown", help="write the tables (mIoU, recall within 1 m) to this Markdown file")
+    rp.add_argument("--markdown", help="write the tables it prints (mIoU, recall and precision within 1 m, recall by "
+                                       "class and by ultrasonic coverage, warning levels) to this Markdown file")
     rp.add_argument("--png", help="write the mIoU-by-condition chart to this PNG")
     rp.add_argument("--warning-level", type=int, default=2, metavar="N",
                     help="the parking display's level whose obstacles shown clear the last table counts (1..3: "

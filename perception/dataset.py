@@ -30,9 +30,11 @@ from sensors.schemas import GT_OCCUPANCY_TOPIC
 
 log = logging.getLogger(__name__)
 
-# Bump when preprocessing changes what it produces: old cache files then no longer match.
-CACHE_VERSION = 1
+# Bump when preprocessing changes what it produces: old cache files then no longer match. 2: the frames' degraded
+# reasons and the count of frames left out without ground truth are kept.
+CACHE_VERSION = 2
 _SEP = ","  # condition labels never hold a comma (the simulator joins them with one in the log metadata)
+_DEGRADED_SEP = "; "  # nor do the synchroniser's degraded reasons hold a semicolon
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class FrameMeta:
     stamp_ns: int
     conditions: tuple[str, ...]
     odometry: Pose2D | None = None  # the vehicle's odometry pose at stamp_ns, where the log records one
+    degraded: tuple[str, ...] = ()  # the frame's degraded reasons (sensors.messages.Frame.degraded)
 
 
 @dataclass
@@ -63,6 +66,8 @@ class DriveArrays:
     damage: str = ""  # the reader's damage report, "" for an intact log
     # (F, 3) float64 odometry pose (x, y, yaw) per frame, NaN where a frame had none; None: the log records no odometry
     odometry: np.ndarray | None = None
+    degraded: list[tuple[str, ...]] | None = None  # per frame, its degraded reasons (None: none anywhere)
+    skipped: int = 0  # readable frames left out without ground truth (cut off at the damage, or unlabelled)
 
     def pose(self, f: int) -> Pose2D | None:
         """Frame f's odometry pose, None where it has none."""
@@ -78,14 +83,17 @@ class DriveArrays:
                 "valid": self.valid, "present": self.present, "images": self.images, "uss": self.uss,
                 "target": self.target, "index": self.index, "stamp": self.stamp, "damage": np.array(self.damage),
                 "conditions": np.array([_SEP.join(c) for c in self.conditions], dtype=str),
+                "degraded": np.array([_DEGRADED_SEP.join(d) for d in self.degraded or [()] * len(self)], dtype=str),
+                "skipped": np.array(self.skipped),
                 **({} if self.odometry is None else {"odometry": self.odometry})}
 
     @classmethod
     def from_npz(cls, z) -> DriveArrays:
         conditions = [tuple(s.split(_SEP)) if s else () for s in z["conditions"].tolist()]
+        degraded = [tuple(s.split(_DEGRADED_SEP)) if s else () for s in z["degraded"].tolist()]
         return cls(str(z["name"]), z["grid"], z["valid"], z["present"], z["images"], z["uss"], z["target"],
                    z["index"], z["stamp"], conditions, str(z["damage"]),
-                   z["odometry"] if "odometry" in z.files else None)
+                   z["odometry"] if "odometry" in z.files else None, degraded, int(z["skipped"]))
 
 
 def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> DriveArrays:
@@ -100,6 +108,7 @@ def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> Dr
         prep = FramePreprocessor(rig, config, str(path))
         total = reader.summary().topics.get(GT_OCCUPANCY_TOPIC)
         images, present, uss, target, index, stamp, conditions, odometry = [], [], [], [], [], [], [], []
+        degraded = []
         unlabelled = 0
         frames = replay_frames(path, decode=True, decode_scale=prep.reduction, reader=reader)
         for frame in tqdm(frames, desc=path.stem, unit="frame", total=total.count if total else None,
@@ -115,6 +124,7 @@ def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> Dr
             index.append(s.index)
             stamp.append(s.stamp_ns)
             conditions.append(tuple(s.conditions))
+            degraded.append(tuple(frame.degraded))
             pose = frame.odometry
             odometry.append((np.nan,) * 3 if pose is None else (pose.x, pose.y, pose.yaw))
         damage = "; ".join(str(d) for d in reader.damages)
@@ -130,7 +140,7 @@ def read_drive(path: str | Path, config: BevConfig, progress: bool = True) -> Dr
                     unlabelled + len(index), GT_OCCUPANCY_TOPIC)
     return DriveArrays(path.stem, prep.tables.grid, prep.tables.valid, np.stack(present), np.stack(images),
                        np.stack(uss), np.stack(target), np.array(index, np.int64), np.array(stamp, np.int64),
-                       conditions, damage, _odometry_array(odometry))
+                       conditions, damage, _odometry_array(odometry), degraded, unlabelled)
 
 
 def _odometry_array(rows: list[tuple[float, float, float]]) -> np.ndarray | None:
@@ -175,7 +185,8 @@ class DriveDataset(Dataset):
                                                               disable=not progress or len(self.logs) < 2)]
         self._drive = np.concatenate([np.full(len(d), k) for k, d in enumerate(self.drives)])
         self._frame = np.concatenate([np.arange(len(d)) for d in self.drives])
-        self.meta = [FrameMeta(d.name, int(d.index[f]), int(d.stamp[f]), d.conditions[f], d.pose(f))
+        self.meta = [FrameMeta(d.name, int(d.index[f]), int(d.stamp[f]), d.conditions[f], d.pose(f),
+                               d.degraded[f] if d.degraded else ())
                      for d in self.drives for f in range(len(d))]
         self.cameras = CAMERA_NAMES
 

@@ -5,7 +5,9 @@ Torch-free (numpy), so the same code scores the torch model and the deployed eng
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,10 @@ class Evaluator:
       the same per true level 1..: the nearest obstacle between two thresholds), `over_warned` (of the
       sectors below the top level, the share shown a higher one) and `false_alarm` (of the sectors clear in the
       truth, the share shown any warning: the nuisance a near-field bias costs).
+    - degraded_frames: the frames the synchroniser or decoder flagged degraded (a camera or the ultrasonic cycle
+      missing, a sensor failed, a corrupt image: sensors.messages.Frame.degraded), overall and per condition;
+      degraded_by_reason: how many frames had each reason, counts in a reason written as N ("uss N invalid echoes
+      dropped"), so that a noisy drive gives one line, not one per count.
     """
 
     def __init__(self, rig: Rig, grid: BevGrid, num_classes: int = NUM_CLASSES, near_m: float = 1.0,
@@ -82,12 +88,15 @@ class Evaluator:
         # true level x shown level, every sector of every frame
         self._levels: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((n, n), np.int64))
         self._frames: dict[str, int] = defaultdict(int)
+        self._degraded: dict[str, int] = defaultdict(int)
+        self._reasons: Counter[str] = Counter()
 
     def update(self, pred_class_map: np.ndarray, target: np.ndarray, conditions: list[str] | tuple[str, ...] = (),
-               where: str = "frame", covered: np.ndarray | None = None) -> None:
+               where: str = "frame", covered: np.ndarray | None = None, degraded: Sequence[str] = ()) -> None:
         """Add one frame: pred_class_map and target (rows, cols) integer class maps on the grid (IGNORE allowed
         in both), conditions the frame's labels, covered (rows, cols) bool the cells an ultrasonic beam reached
-        (optional). `where` names the frame in error messages."""
+        (optional), degraded the frame's degraded reasons (Frame.degraded; none: a healthy frame). `where` names the
+        frame in error messages."""
         pred, target = self._checked(pred_class_map, "prediction", where), self._checked(target, "target", where)
         if covered is not None and np.shape(covered) != self.grid.shape:
             raise ConfigError(f"Evaluator: {where}: the coverage mask must have the grid's shape {self.grid.shape}, "
@@ -126,6 +135,8 @@ class Evaluator:
             self._sector_errors[group].append(errors)
             self._levels[group] += levels
             self._frames[group] += 1
+            self._degraded[group] += bool(degraded)
+        self._reasons.update({re.sub(r"\b\d+\b", "N", str(r)) for r in degraded})
 
     def _checked(self, a: np.ndarray, what: str, where: str) -> np.ndarray:
         a = np.asarray(a)
@@ -146,7 +157,8 @@ class Evaluator:
         """The scores (see the class doc); None where a value is undefined (JSON null)."""
         groups = [c for c in CONDITIONS if c in self._frames] + sorted(set(self._frames) - set(CONDITIONS) - {OVERALL})
         out = {**self._scores(OVERALL), "frames": self._frames.get(OVERALL, 0)}
-        out["by_condition"] = {g: {**self._scores(g), "frames": self._frames[g]} for g in groups}
+        out["by_condition"] = {g: {**self._scores(g), "frames": self._frames[g], "degraded_frames": self._degraded[g]}
+                               for g in groups}
         out["recall_1m"] = self._recall(OVERALL)
         out["recall_1m_by_condition"] = {g: self._recall(g) for g in groups}
         out["precision_1m"] = self._precision(OVERALL)
@@ -161,6 +173,8 @@ class Evaluator:
         out["sector_error_m_by_condition"] = {g: self._sector_stats(g) for g in groups}
         out["sector_levels"] = self._level_stats(OVERALL)
         out["sector_levels_by_condition"] = {g: self._level_stats(g) for g in groups}
+        out["degraded_frames"] = self._degraded.get(OVERALL, 0)
+        out["degraded_by_reason"] = dict(sorted(self._reasons.items(), key=lambda kv: (-kv[1], kv[0])))
         return out
 
     def _scores(self, group: str) -> dict[str, Any]:

@@ -116,7 +116,8 @@ class _Setting:
             self.recalled += int(recall.cells.sum())
             self.recalled_true += int((recall.cells & obstacle).sum())
             self.recalled_beside += int((recall.cells & ~obstacle & _beside(obstacle)).sum())
-        self.evaluator.update(out, target, m.conditions if m is not None else (), where, covered=covered)
+        self.evaluator.update(out, target, m.conditions if m is not None else (), where, covered=covered,
+                              degraded=m.degraded if m is not None else ())
 
     def result(self) -> dict[str, Any]:
         result = self.evaluator.result()
@@ -188,11 +189,16 @@ def evaluate_logs_settings(model: FusionNet, paths: Sequence[str | Path], free_c
         cache_dir = (first if first.is_dir() else first.parent) / ".cache"
     dataset = DriveDataset(logs, model.config.bev, cache_dir=cache_dir, progress=progress)
     rig = dataset_rig(dataset)
+    # What was left out: frames without ground truth (a damaged log's cut-off tail), and each damaged log's report.
+    left_out = {"skipped_frames": sum(d.skipped for d in dataset.drives),
+                "damaged_logs": {str(p): d.damage for p, d in zip(dataset.logs, dataset.drives, strict=True)
+                                 if d.damage}}
     if blind_cameras:
         dataset = BlindCameras(dataset)
     device = resolve_device(str(device))
-    return evaluate_settings(model.to(device), dataset, rig, free_confidences, device, batch_size,
-                             amp_dtype("auto", device), progress, memory_decay=memory_decay, echo_floor=echo_floor)
+    results = evaluate_settings(model.to(device), dataset, rig, free_confidences, device, batch_size,
+                                amp_dtype("auto", device), progress, memory_decay=memory_decay, echo_floor=echo_floor)
+    return [{**r, **left_out} for r in results]
 
 
 def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:

@@ -53,6 +53,18 @@ def markdown_table(result: Mapping[str, Any], title: str = "") -> str:
     lines.append(row("**all**", result, None))
     for c in _conditions({"": result}):
         lines.append(row(c, result["by_condition"][c], c))
+    if result.get("degraded_frames"):  # absent from JSONs written before it was counted
+        text = (f"Degraded frames (a sensor missing or failed, or a corrupt image): {result['degraded_frames']:,} of "
+                f"{result['frames']:,}")
+        reasons = result.get("degraded_by_reason", {})
+        lines += ["", text + (": " + ", ".join(f"{r} {n:,}" for r, n in reasons.items()) if reasons else "") + "."]
+    if result.get("skipped_frames") or result.get("damaged_logs"):
+        text = f"Not scored: {result.get('skipped_frames', 0):,} frame(s) without ground truth"
+        damaged = result.get("damaged_logs", {})
+        if damaged:
+            text += "; damaged log(s), their readable frames scored: " + "; ".join(
+                str(damage) for damage in damaged.values())  # each report names its file
+        lines += ["", text + "."]
     by_class, cells = result.get("recall_1m_by_class", {}), result.get("near_cells_by_class", {})
     counted = [c for c in by_class if cells.get(c)]
     if counted:

@@ -63,8 +63,9 @@ class UssRasterizer:
         self.free_range = float(free_range)
         self.shape = (len(USS_CHANNELS), self.grid.rows, self.grid.cols)
         self.ids = np.array([s.id for s in rig.uss])
-        self._index = np.full(int(self.ids.max()) + 1, -1)
-        self._index[self.ids] = np.arange(len(self.ids))
+        # Sensor ids to rig order through the sorted ids, so that no table grows with the ids' magnitude.
+        self._order = np.argsort(self.ids, kind="stable")
+        self._sorted_ids = self.ids[self._order]
         self._rmin = np.array([s.range_min for s in rig.uss])
         self._rmax = np.array([s.range_max for s in rig.uss])
         if self._rmax.max() + self.band >= _KEY_STRIDE / 2:
@@ -83,9 +84,9 @@ class UssRasterizer:
         self._covers = self._in_beam & (self._dist >= self._rmin[:, None]) & (self._dist <= self._rmax[:, None])
 
         # Pair tables: every direct pair and every neighbour cross pair of the rig up front; pairs a log brings
-        # beyond those (another ECU's firing scheme) are added on first sight.
+        # beyond those (another ECU's firing scheme) are added on first sight. _lut is indexed by rig order.
         self._pairs: dict[tuple[int, int], int] = {}
-        self._lut = np.full((len(self._index), len(self._index)), -1, np.int64)
+        self._lut = np.full((len(self.ids), len(self.ids)), -1, np.int64)
         self._keys: list[np.ndarray] = []
         self._halves: list[np.ndarray] = []
         self._cells: list[np.ndarray] = []
@@ -97,15 +98,25 @@ class UssRasterizer:
 
     # -- pair tables ------------------------------------------------------------------------------------
 
+    def _known(self, ids: np.ndarray) -> np.ndarray:
+        """Which of IDS are sensors of the rig."""
+        ids = np.asarray(ids)
+        pos = np.clip(np.searchsorted(self._sorted_ids, ids), 0, len(self.ids) - 1)
+        return self._sorted_ids[pos] == ids
+
+    def _index(self, ids: np.ndarray | int) -> np.ndarray:
+        """Position in rig.uss of each sensor id in IDS (all of them the rig's: see _known)."""
+        return self._order[np.searchsorted(self._sorted_ids, ids)]
+
     def _add_pair(self, sender: int, receiver: int) -> None:
-        i, j = self._index[sender], self._index[receiver]
+        i, j = self._index(sender), self._index(receiver)
         h = (self._dist[i] + self._dist[j]) / 2  # half path via the cell centre; = distance for i == j
         reach = max(self._rmax[i], self._rmax[j]) + self.band
         cells = np.flatnonzero(self._in_beam[i] & self._in_beam[j] & (h <= reach))
         order = np.argsort(h[cells], kind="stable")
         p = len(self._pairs)
         self._pairs[(sender, receiver)] = p
-        self._lut[sender, receiver] = p
+        self._lut[i, j] = p
         self._halves.append(h[cells[order]])
         self._keys.append(p * _KEY_STRIDE + self._halves[-1])
         self._cells.append(cells[order])
@@ -116,15 +127,16 @@ class UssRasterizer:
         self._half_path = np.concatenate(self._halves)
 
     def _pair_index(self, sender: np.ndarray, receiver: np.ndarray) -> np.ndarray:
-        """Pair table index of each echo, through an (id, id) lookup table."""
-        p = self._lut[sender, receiver]
+        """Pair table index of each echo, through a (sensor, sensor) lookup table in rig order."""
+        i, j = self._index(sender), self._index(receiver)
+        p = self._lut[i, j]
         if (p < 0).any():
             for s, r in np.unique(np.column_stack([sender, receiver])[p < 0], axis=0):
                 log.info("ultrasonic pair %d -> %d is not a neighbour pair of rig %r; rasterising it anyway",
                          s, r, self.rig.name)
                 self._add_pair(int(s), int(r))
             self._concat()
-            p = self._lut[sender, receiver]
+            p = self._lut[i, j]
         return p
 
     def _bands(self, pair: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +165,7 @@ class UssRasterizer:
             return out.reshape(self.shape)
         self._check(cycle)
         ok = self.working(cycle)
-        keep = ok[self._index[cycle.sender]] & ok[self._index[cycle.receiver]]
+        keep = ok[self._index(cycle.sender)] & ok[self._index(cycle.receiver)]
         sender, receiver = cycle.sender[keep], cycle.receiver[keep]
         dist = cycle.distance[keep].astype(np.float64)
         amp = cycle.amplitude[keep].astype(np.float32)
@@ -173,10 +185,10 @@ class UssRasterizer:
         # Free space per working sensor: up to its first direct echo, or free_range when it heard nothing.
         working = np.flatnonzero(ok)
         first = np.full(len(self.ids), np.inf)
-        np.minimum.at(first, self._index[sender[direct]], dist[direct])
+        np.minimum.at(first, self._index(sender[direct]), dist[direct])
         reach = np.where(np.isfinite(first), first - self.core - 2 * self.sigma, self.free_range)
         reach = np.minimum(reach, self._rmax)[working]
-        sensor_pair = self._lut[self.ids[working], self.ids[working]]
+        sensor_pair = self._lut[working, working]
         _, e = self._bands(sensor_pair, self._rmin[working], reach)
         out[FREE, self._cell[e]] = 1.0
         out[COVERAGE] = self._covers[working].any(axis=0)
@@ -184,8 +196,7 @@ class UssRasterizer:
 
     def _check(self, cycle: UssCycle) -> None:
         ids = np.concatenate([cycle.sender, cycle.receiver])
-        known = (ids >= 0) & (ids < len(self._index))
-        known[known] = self._index[ids[known]] >= 0
+        known = self._known(ids)
         if not known.all():
             raise SensorError(f"uss cycle {cycle.cycle} at {cycle.stamp_ns} ns: sensor id(s) "
                               f"{sorted(set(ids[~known].tolist()))} are not in rig {self.rig.name!r}; replay the log "

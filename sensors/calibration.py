@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,14 +281,19 @@ class KannalaBrandtCamera(FisheyeCamera):
 
 # --- loading ------------------------------------------------------------------------------------------
 
+def is_number(value: Any) -> bool:
+    """A JSON or TOML number: not a string ("1280" is a quoted number, a typo to point out) nor a bool (true would
+    read as 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _field(block: dict, key: str, source: str, section: str) -> float:
     if not isinstance(block, dict) or key not in block:
         raise CalibrationError(f"{source}: field '{section}.{key}' is missing")
     value = block[key]
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise CalibrationError(f"{source}: field '{section}.{key}' is not a number: {value!r}") from None
+    if not is_number(value):
+        raise CalibrationError(f"{source}: field '{section}.{key}' is not a number: {value!r}")
+    x = float(value)
     if not math.isfinite(x):
         raise CalibrationError(f"{source}: field '{section}.{key}' is not finite: {value!r}")
     return x
@@ -297,10 +303,9 @@ def _vector(block: dict, key: str, n: int, source: str, section: str) -> np.ndar
     if not isinstance(block, dict) or key not in block:
         raise CalibrationError(f"{source}: field '{section}.{key}' is missing")
     value = block[key]
-    try:
-        v = np.asarray(value, dtype=float).reshape(n)
-    except (TypeError, ValueError):
-        raise CalibrationError(f"{source}: field '{section}.{key}' must be {n} numbers, got {value!r}") from None
+    if not isinstance(value, list | tuple | np.ndarray) or len(value) != n or not all(is_number(v) for v in value):
+        raise CalibrationError(f"{source}: field '{section}.{key}' must be {n} numbers, got {value!r}")
+    v = np.asarray(value, dtype=float)
     if not np.all(np.isfinite(v)):
         raise CalibrationError(f"{source}: field '{section}.{key}' has a non-finite value: {value!r}")
     return v
@@ -330,7 +335,7 @@ def camera_from_dict(data: dict[str, Any], source: str = "<calibration>", name: 
     if width <= 0 or height <= 0 or width != int(width) or height != int(height):
         raise CalibrationError(f"{source}: image size {width}x{height} in 'intrinsic.width/height' must be "
                                "positive whole pixels")
-    fov = float(intr.get("fov_deg", DEFAULT_FOV_DEG))
+    fov = _field(intr, "fov_deg", source, "intrinsic") if "fov_deg" in intr else DEFAULT_FOV_DEG
     if not (0 < fov < 360):
         raise CalibrationError(f"{source}: field 'intrinsic.fov_deg' must be in (0, 360), got {fov}")
     model = intr.get("model", "radial_poly")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sensors.calibration import FisheyeCamera, camera_from_dict, load_camera
+from sensors.calibration import FisheyeCamera, camera_from_dict, is_number, load_camera
 from sensors.errors import CalibrationError, RigError
 
 if sys.version_info >= (3, 11):
@@ -20,6 +21,9 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 
 CAMERA_NAMES: tuple[str, ...] = ("FV", "RV", "MVL", "MVR")
 DEFAULT_RIG_PATH = Path(__file__).parent / "rigs" / "default.toml"
+# Ultrasonic sensor ids travel in the 4-bit Sender and Receiver signals of sensors/can/uss.dbc, so a rig's ids are
+# whole numbers 0..15, each used once (the shipped ECU uses 0..11: its cycle start carries 12 sensors' status).
+USS_ID_MAX = 15
 
 
 @dataclass(frozen=True)
@@ -160,12 +164,11 @@ def _deg(rad: float) -> float:
 
 
 def _num(block: dict, key: str, source: str, section: str, positive: bool = True) -> float:
-    if key not in block:
+    if not isinstance(block, dict) or key not in block:
         raise RigError(f"{source}: field '{section}.{key}' is missing")
-    try:
-        x = float(block[key])
-    except (TypeError, ValueError):
-        raise RigError(f"{source}: field '{section}.{key}' is not a number: {block[key]!r}") from None
+    if not is_number(block[key]):
+        raise RigError(f"{source}: field '{section}.{key}' is not a number: {block[key]!r}")
+    x = float(block[key])
     if not math.isfinite(x) or (positive and x <= 0):
         raise RigError(f"{source}: field '{section}.{key}' must be a finite{' positive' if positive else ''} "
                        f"number, got {block[key]!r}")
@@ -198,6 +201,9 @@ def rig_from_dict(data: dict[str, Any], source: str = "<rig>", base_dir: Path | 
         entry = cams_d[name]
         try:
             if isinstance(entry, dict) and "calibration" in entry:
+                if not isinstance(entry["calibration"], str):
+                    raise RigError(f"{source}: field 'cameras.{name}.calibration' must be the path of a calibration "
+                                   f"JSON file (a string), got {entry['calibration']!r}")
                 path = Path(entry["calibration"])
                 if not path.is_absolute():
                     path = (base_dir or Path.cwd()) / path
@@ -210,21 +216,29 @@ def rig_from_dict(data: dict[str, Any], source: str = "<rig>", base_dir: Path | 
         cameras[name] = cam
 
     defaults = data.get("uss_defaults", {})
+    if not isinstance(defaults, dict):
+        raise RigError(f"{source}: [uss_defaults] must be a table of sensor fields")
     entries = data.get("uss")
     if not isinstance(entries, list) or not entries:
         raise RigError(f"{source}: no [[uss]] sensors defined")
     sensors = []
     for i, raw in enumerate(entries):
-        e = {**defaults, **raw}
         where = f"uss[{i}]"
-        try:
-            pos = tuple(float(v) for v in e["position"])
-        except (KeyError, TypeError, ValueError):
-            raise RigError(f"{source}: field '{where}.position' must be [x, y, z] in metres") from None
+        if not isinstance(raw, dict):
+            raise RigError(f"{source}: {where} must be a [[uss]] table, got {raw!r}")
+        e = {**defaults, **raw}
+        pos = e.get("position")
+        if not isinstance(pos, list) or not all(is_number(v) for v in pos):
+            raise RigError(f"{source}: field '{where}.position' must be [x, y, z] in metres")
+        pos = tuple(float(v) for v in pos)
         if len(pos) != 3 or not all(math.isfinite(v) for v in pos):
             raise RigError(f"{source}: field '{where}.position' must be 3 finite numbers")
         if "name" not in e or "id" not in e:
             raise RigError(f"{source}: {where} needs a name and an id")
+        sid = e["id"]
+        if not isinstance(sid, numbers.Integral) or isinstance(sid, bool) or not 0 <= sid <= USS_ID_MAX:
+            raise RigError(f"{source}: field '{where}.id' must be a whole number 0..{USS_ID_MAX} (the 4-bit sensor id "
+                           f"of sensors/can/uss.dbc), got {sid!r}")
         rmin = _num(e, "range_min", source, where)
         rmax = _num(e, "range_max", source, where)
         if rmin >= rmax:
@@ -234,7 +248,7 @@ def rig_from_dict(data: dict[str, Any], source: str = "<rig>", base_dir: Path | 
         if hopen >= 360 or vopen >= 180:
             raise RigError(f"{source}: {where} ({e['name']}): beam openings must be below 360°/180°")
         sensors.append(UssSensor(
-            str(e["name"]), int(e["id"]), pos, math.radians(_num(e, "yaw_deg", source, where, positive=False)),
+            str(e["name"]), int(sid), pos, math.radians(_num(e, "yaw_deg", source, where, positive=False)),
             math.radians(_num(e, "pitch_deg", source, where, positive=False)), math.radians(hopen),
             math.radians(vopen), rmin, rmax))
     ids = [s.id for s in sensors]

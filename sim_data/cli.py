@@ -11,9 +11,11 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
     p = commands.add_parser("simulate", help="write simulated drives (MCAP logs with ground truth)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--preset", default="demo", choices=tuple(PRESETS))
+    paired = ", ".join(name for name, preset in PRESETS.items() if preset.paired)
+    p.add_argument("--preset", default="demo", choices=tuple(PRESETS), help="which drives (default demo)")
     p.add_argument("--frames", type=int, help="frames per drive (10 Hz)")
-    p.add_argument("--drives", type=int, help="number of drives (default: the preset's)")
+    p.add_argument("--drives", type=int, help=f"number of drives (default: the preset's); for the paired presets "
+                                              f"({paired}) the number of scenes, each driven once per condition")
     p.add_argument("--seed", type=int, help="base seed (drive i uses seed + i)")
     p.add_argument("--condition", nargs="+", choices=CONDITIONS, metavar="NAME",
                    help=f"restrict conditions to these ({', '.join(CONDITIONS)})")
@@ -30,12 +32,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
 
     d = bench.add_parser("decode", help="replaying a drive into Frames (JPEG decode included): frames per second")
     d.add_argument("log", nargs="?", help="a log to replay (default: simulate a 40-frame drive first)")
-    d.add_argument("--frames", type=int, default=40)
+    d.add_argument("--frames", type=int, default=40, help="frames of the simulated drive (default 40)")
     d.set_defaults(func=_bench_decode)
 
     b = bench.add_parser("sim", help="simulation frames per second at the default resolution")
-    b.add_argument("--frames", type=int, default=20)
-    b.add_argument("--workers", type=int)
+    b.add_argument("--frames", type=int, default=20, help="frames per drive (default 20)")
+    b.add_argument("--workers", type=int, help="parallel processes, one drive each (default: one per core)")
     b.set_defaults(func=_bench_sim)
 
 
@@ -88,7 +90,7 @@ def _bench_sim(args) -> int:
     print()
     print(format_table([
         ("frames per second, one process", r["fps_single_process"]),
-        (f"frames per second, {r['workers']} processes", r["fps_parallel"]),
+        (f"frames per second, {r['workers']} process{'es' if r['workers'] != 1 else ''}", r["fps_parallel"]),
         ("minutes for a 2000-frame training set", r["minutes_for_2000_frames"]),
     ], ("figure", "value")))
     return 0

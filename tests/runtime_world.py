@@ -9,13 +9,13 @@ from sensors.log_writer import LogWriter
 from sensors.messages import CameraImage, GroundTruth, Odometry, UssCycle
 
 
-def rewrite_log(src: Path, dst: Path, loops: int = 1, chunk_size: int = 1 << 20, drop_image=None) -> Path:
+def rewrite_log(src: Path, dst: Path, loops: int = 1, chunk_size: int = 1 << 20, drop_image=None, keep=None) -> Path:
     """SRC's messages written LOOPS times one after the other (re-stamped, so time runs forward), optionally
-    without camera drop_image[0]'s image number drop_image[1]."""
+    without camera drop_image[0]'s image number drop_image[1], and only those for which keep(message) is true."""
     with LogReader(src) as r:
-        msgs = list(r.messages())
+        msgs = [m for m in r.messages() if keep is None or keep(m)]
         w = LogWriter(dst, r.rig, chunk_size=chunk_size, stamp_creation=False)
-        grid = next(m.grid for m in msgs if m.grid is not None)
+        grid = next((m.grid for m in msgs if m.grid is not None), None)
     span = msgs[-1].stamp_ns - msgs[0].stamp_ns + 100_000_000
     seen = {}
     with w:

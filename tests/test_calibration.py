@@ -131,6 +131,12 @@ def test_load_reads_by_key_name_not_order(tmp_path):
         (lambda d: d["intrinsic"].__setitem__("k4", -60.0), "not monotonic"),
         (lambda d: d["extrinsic"].pop("translation"), "extrinsic.translation"),
         (lambda d: d["intrinsic"].__setitem__("model", "pinhole"), "intrinsic.model"),
+        # Loose types: a quoted number and a bool are typos, not numbers.
+        (lambda d: d["intrinsic"].__setitem__("width", "1280"), "intrinsic.width"),
+        (lambda d: d["intrinsic"].__setitem__("width", True), "intrinsic.width"),
+        (lambda d: d["intrinsic"].__setitem__("k1", "339.7"), "intrinsic.k1"),
+        (lambda d: d["intrinsic"].__setitem__("fov_deg", "wide"), "intrinsic.fov_deg"),
+        (lambda d: d["extrinsic"].__setitem__("translation", ["3.6", 0.0, 0.6]), "extrinsic.translation"),
     ],
 )
 def test_bad_calibration_names_file_and_field(tmp_path, mutate, field):

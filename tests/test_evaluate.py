@@ -270,6 +270,22 @@ def test_empty_evaluator_and_bad_input(rig, tiny):
     assert ev.result()["frames"] == 0
 
 
+def test_degraded_frames_are_counted_by_condition_and_reason(rig, tiny):
+    ev = Evaluator(rig, tiny)
+    ev.update(PRED, TARGET, ["day"], degraded=["camera FV missing"])
+    ev.update(PRED, TARGET, ["day"], degraded=["camera FV missing", "uss 3 invalid echoes dropped"])
+    ev.update(PRED, TARGET, ["night"], degraded=["uss 7 invalid echoes dropped"])
+    ev.update(PRED, TARGET, ["night"])  # healthy
+    r = ev.result()
+    assert r["frames"] == 4 and r["degraded_frames"] == 3
+    # Counts in a reason are written N, so that a noisy drive gives one reason, not one per count.
+    assert r["degraded_by_reason"] == {"camera FV missing": 2, "uss N invalid echoes dropped": 2}
+    assert r["by_condition"]["day"]["degraded_frames"] == 2 and r["by_condition"]["night"]["degraded_frames"] == 1
+    text = markdown_table(r, "t")
+    assert ("Degraded frames (a sensor missing or failed, or a corrupt image): 3 of 4: camera FV missing 2, uss N "
+            "invalid echoes dropped 2.") in text
+
+
 # --- report -------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -296,6 +312,7 @@ def test_markdown_table_rows_and_values(results):
     assert rows["**all**"][-1] == "2"
     assert "| uss_failure | 65.0 |" in text
     assert "by true class" not in text  # no obstacle within 1 m of the body on this grid: no line
+    assert "Degraded" not in text and "Not scored" not in text  # healthy frames, nothing left out: no line
 
 
 def test_modality_table(results):

@@ -92,6 +92,32 @@ def test_eval_writes_json_markdown_and_chart(setup, run_dir, tmp_path, capsys):
     assert "| **all** |" in capsys.readouterr().out
 
 
+def test_eval_counts_degraded_frames_and_skips_frames_without_ground_truth(setup, run_dir, tmp_path, capsys):
+    from runtime_world import rewrite_log
+
+    from sensors.log import LogReader
+    from sensors.messages import CameraImage, GroundTruth
+
+    root, _ = setup
+    src = next((root / "data" / "val").glob("*.mcap"))
+    with LogReader(src) as reader:
+        last = max(m.stamp_ns for m in reader.messages() if isinstance(m.value, GroundTruth))
+    # Camera FV gone from every frame (the report showed a plain "night" row), the last frame's ground truth lost.
+    log = rewrite_log(src, tmp_path / "no-fv.mcap", keep=lambda m: not (
+        (isinstance(m.value, GroundTruth) and m.stamp_ns == last)
+        or (isinstance(m.value, CameraImage) and m.value.camera == "FV")))
+    out = tmp_path / "eval" / "scores.json"
+    assert main(["eval", "--model", str(run_dir), "--data", str(log), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["frames"] == 1 and result["skipped_frames"] == 1 and result["damaged_logs"] == {}
+    assert result["degraded_frames"] == 1 and result["degraded_by_reason"] == {"camera FV missing": 1}
+    assert result["by_condition"]["night"]["degraded_frames"] == 1
+    text = capsys.readouterr().out
+    assert "Degraded frames (a sensor missing or failed, or a corrupt image): 1 of 1: camera FV missing 1." in text
+    assert "Not scored: 1 frame(s) without ground truth." in text
+    assert "camera FV missing 1" in out.with_suffix(".md").read_text()
+
+
 def test_eval_with_blind_cameras_feeds_the_network_no_camera(setup, run_dir, tmp_path, capsys, monkeypatch):
     import perception.model_eval as me
 

@@ -48,6 +48,20 @@ def _default_text():
         ('name = "FOL"', 'name = "FSL"', "unique"),
         ("position = [3.55, 0.60, 0.50]", "position = [3.55, 0.60]", "position"),
         ("[vehicle]", "[vehicle", "not valid TOML"),
+        ('calibration = "default/FV.json"', "calibration = 5", r"'cameras\.FV\.calibration' must be the path"),
+        ("camera_tolerance_ms = 20.0", 'camera_tolerance_ms = "20"', r"'sync\.camera_tolerance_ms' is not a number"),
+        ("camera_tolerance_ms = 20.0", "camera_tolerance_ms = true", r"'sync\.camera_tolerance_ms' is not a number"),
+        ("range_max = 5.5", 'range_max = "5.5"', r"'uss\[0\]\.range_max' is not a number"),
+        ("position = [3.30, 0.86, 0.52]", 'position = ["3.30", 0.86, 0.52]', r"'uss\[0\]\.position'"),
+        # Ids: whole numbers the DBC's 4-bit Sender/Receiver signals carry (id 100000000 once made the rasteriser
+        # allocate a 71 PiB table), each used once.
+        ("id = 0\n", 'id = "abc"\n', r"'uss\[0\]\.id' must be a whole number 0\.\.15"),
+        ("id = 0\n", "id = 100000000\n", r"'uss\[0\]\.id' must be a whole number 0\.\.15"),
+        ("id = 0\n", "id = 16\n", r"'uss\[0\]\.id'"),
+        ("id = 0\n", "id = -1\n", r"'uss\[0\]\.id'"),
+        ("id = 0\n", "id = 1.7\n", r"'uss\[0\]\.id'"),
+        ("id = 0\n", "id = true\n", r"'uss\[0\]\.id'"),
+        ("id = 0\n", "id = 1\n", "unique"),
     ],
 )
 def test_bad_rig_files(tmp_path, old, new, message):
@@ -77,3 +91,47 @@ def test_bev_grid_conventions(rig):
     assert np.allclose(rc - 0.5, ij)
     small = g.resampled(0.2)
     assert small.shape == (80, 80) and small.x_max == pytest.approx(g.x_max)
+
+
+def test_uss_ids_fit_the_dbc_sender_and_receiver_signals():
+    from sensors.drivers.can_uss import load_dbc
+    from sensors.rig import USS_ID_MAX
+
+    echo = load_dbc().get_message_by_name("USS_Echo")
+    for name in ("Sender", "Receiver"):
+        assert (1 << echo.get_signal_by_name(name).length) - 1 == USS_ID_MAX
+
+
+def test_the_rasteriser_tables_do_not_grow_with_the_sensor_ids(rig):
+    from dataclasses import replace
+
+    from perception.bev_config import BevConfig
+    from perception.uss_raster import UssRasterizer
+    from sensors.messages import UssCycle
+
+    # Ids spread over 0..15 (as a rig file may have them) give the same raster as 0..11 for the same echoes.
+    ids = {s.id: 15 - s.id for s in rig.uss}
+    spread = replace(rig, uss=tuple(replace(s, id=ids[s.id]) for s in rig.uss))
+    config = BevConfig(cell=0.4)
+    plain, moved = UssRasterizer(rig, config), UssRasterizer(spread, config)
+    assert moved._lut.shape == (12, 12)
+    echoes = [(2, 2, 1.5, 0.6), (2, 3, 1.7, 0.4), (8, 8, 0.9, 0.8)]
+    status = {s.id: 0 for s in rig.uss}
+
+    def cycle(mapping):
+        e = np.array([(mapping[s], mapping[r], d, a) for s, r, d, a in echoes])
+        return UssCycle(0, 0, e[:, 0], e[:, 1], e[:, 2], e[:, 3], {mapping[k]: v for k, v in status.items()})
+
+    assert np.array_equal(plain(cycle({k: k for k in ids})), moved(cycle(ids)))
+
+
+def test_a_bad_rig_file_is_one_line_and_exit_2_through_the_cli(tmp_path, capsys):
+    from app.cli import main
+
+    text, base = _default_text()
+    p = tmp_path / "rig.toml"
+    p.write_text(text.replace("id = 0\n", "id = 100000000\n", 1))
+    (tmp_path / "default").symlink_to(base / "default")
+    assert main(["simulate", "--out", str(tmp_path / "out"), "--rig", str(p), "--frames", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("nearfield simulate: error: ") and "'uss[0].id'" in err

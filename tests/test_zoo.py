@@ -2,6 +2,7 @@
 `zoo measure`, whose mIoU must equal what Evaluator computes on the same class maps."""
 
 import json
+import re
 import shutil
 import time
 from dataclasses import replace
@@ -11,21 +12,24 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from runtime_world import rewrite_log  # noqa: E402
+
 from app.cli import main  # noqa: E402
 from deploy.backends.ort import OrtBackend  # noqa: E402
 from deploy.commands.export import verify, zoo_rows  # noqa: E402
 from deploy.export import export_onnx, input_shapes  # noqa: E402
 from deploy.flops import onnx_flops  # noqa: E402
 from deploy.measure import block_ratios, count_parameters, measure_model, time_blocks  # noqa: E402
-from deploy.zoo import ZooModel, get_model, read_zoo, register, update_metrics  # noqa: E402
+from deploy.zoo import ZooModel, get_model, read_zoo, register, update_metrics, write_zoo  # noqa: E402
 from perception.bev_config import BevConfig, ego_mask  # noqa: E402
 from perception.evaluate import Evaluator  # noqa: E402
 from perception.model import FusionNet, load_model_config  # noqa: E402
 from perception.model import count_parameters as torch_parameters  # noqa: E402
 from perception.postprocess import class_map  # noqa: E402
 from perception.preprocess import FramePreprocessor  # noqa: E402
-from sensors.errors import ChecksumError  # noqa: E402
+from sensors.errors import ChecksumError, ConfigError  # noqa: E402
 from sensors.log import LogReader  # noqa: E402
+from sensors.messages import CameraImage, GroundTruth  # noqa: E402
 from sensors.replay import replay_frames  # noqa: E402
 from sim_data.simulate import DriveSpec, simulate_drive  # noqa: E402
 
@@ -98,9 +102,74 @@ def test_zoo_list_shows_measured_figures_and_blanks(zoo, capsys):
     assert rows == zoo_rows(zoo) and rows[0]["test_miou"] == 0.4123 and rows[1]["ort_cpu_ms"] is None
 
 
-def test_an_empty_zoo_lists_nothing(tmp_path, capsys):
-    assert main(["zoo", "--manifest", str(tmp_path / "ZOO.toml"), "list"]) == 0
+def test_an_empty_zoo_lists_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("deploy.zoo.MANIFEST", tmp_path / "ZOO.toml")  # the default manifest, not there yet
+    assert main(["zoo", "list"]) == 0
     assert "no models yet" in capsys.readouterr().out
+    assert main(["zoo", "verify"]) == 2  # checking no model is no pass
+    assert "no such zoo manifest" in capsys.readouterr().err
+
+
+def test_a_missing_or_empty_manifest_given_explicitly_is_an_error(tmp_path, capsys):
+    missing = str(tmp_path / "nonexistent" / "ZOO.toml")
+    for argv in (["zoo", "--manifest", missing, "verify"], ["zoo", "--manifest", missing, "list"],
+                 ["zoo", "list", "--manifest", missing],
+                 ["run", "--model", "tiny", "--source", "x.mcap", "--out", str(tmp_path / "o.mcap"), "--manifest",
+                  missing]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{missing}: no such zoo manifest" in err and err.count("\n") == 1
+    empty = tmp_path / "EMPTY.toml"
+    write_zoo({}, empty)
+    assert main(["zoo", "--manifest", str(empty), "verify"]) == 2
+    assert f"{empty}: the zoo manifest lists no model" in capsys.readouterr().err
+
+
+def test_every_zoo_action_takes_manifest_after_it_too(zoo, capsys):
+    assert main(["zoo", "--manifest", str(zoo), "list"]) == 0
+    before = capsys.readouterr().out
+    assert main(["zoo", "list", "--manifest", str(zoo)]) == 0
+    assert capsys.readouterr().out == before
+    assert main(["zoo", "verify", "--manifest", str(zoo)]) == 0
+    assert "2 model file(s) match" in capsys.readouterr().out
+    assert main(["zoo", "rename", "tiny-copy", "tiny-2", "--manifest", str(zoo)]) == 0
+    assert list(read_zoo(zoo)) == ["tiny", "tiny-2"]
+
+
+@pytest.mark.parametrize(("key", "value"), [("options", '"abc"'), ("metrics", "3"), ("method", "4"),
+                                            ("target", "[1]"), ("notes", "true")])
+def test_a_mistyped_manifest_entry_is_a_one_line_error_naming_it(zoo, capsys, key, value):
+    text = zoo.read_text()
+    if f"\n{key} = " in text:  # [tiny] comes first: its line of KEY is the first
+        text = re.sub(rf"\n{key} = .*\n", f"\n{key} = {value}\n", text, count=1)
+    else:
+        text = text.replace("[tiny]\n", f"[tiny]\n{key} = {value}\n", 1)
+    zoo.write_text(text)
+    with pytest.raises(ConfigError, match=rf"{zoo} \[tiny\]: {key}"):
+        read_zoo(zoo)
+    for argv in (["zoo", "--manifest", str(zoo), "list"], ["zoo", "--manifest", str(zoo), "verify"],
+                 ["run", "--model", "tiny", "--source", "x.mcap", "--out", "o.mcap", "--manifest", str(zoo)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "[tiny]" in err and err.count("\n") == 1
+
+
+def test_zoo_list_and_plot_survive_a_damaged_file(zoo, capsys, tmp_path):
+    update_metrics("tiny", {"gflops": 1.25, "test_miou": 0.4, "ort_cpu_ms": 10.0}, zoo)
+    for name in ("tiny", "tiny-copy"):  # truncated: onnx.load raised DecodeError through `zoo list`
+        f = zoo.parent / f"{name}.onnx"
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+    rows = {r["name"]: r for r in zoo_rows(zoo)}
+    assert rows["tiny"]["gflops"] == 1.25 and rows["tiny"]["file_problem"] is None  # stored: the file is not read
+    assert rows["tiny-copy"]["gflops"] is None and "does not parse" in rows["tiny-copy"]["file_problem"]
+    assert main(["zoo", "--manifest", str(zoo), "list"]) == 0
+    out = capsys.readouterr().out
+    copy = [c.strip() for c in out.splitlines()[3].split("|")[1:-1]]
+    assert copy[0] == "tiny-copy" and copy[5] == "?"
+    assert "? FLOPs not counted" in out and "tiny-copy: tiny-copy.onnx does not parse" in out
+    assert main(["zoo", "--manifest", str(zoo), "plot", str(tmp_path / "zoo.png")]) == 0
+    (zoo.parent / "tiny-copy.onnx").unlink()
+    assert "tiny-copy.onnx is missing" in {r["name"]: r for r in zoo_rows(zoo)}["tiny-copy"]["file_problem"]
 
 
 def _expected_scores(onnx_path, log):
@@ -291,6 +360,28 @@ def test_rename_keeps_file_and_figures_and_children_follow(zoo, tmp_path, capsys
     assert read_zoo(zoo)["tiny-copy-r1"].parent == "tiny-r0"
 
 
+def test_rename_keeps_the_entry_s_parent_a_trained_model_that_exists(zoo, tmp_path):
+    """`zoo rename nf-small-uss nf-small-uss-r3` without --with-trained made the entry's parent nf-small-uss-r3, a
+    trained model that does not exist: a zoo model is not its own parent, its parent of its own name is the trained
+    model, which keeps that name."""
+    from deploy.zoo import rename
+    from perception.registry import read_manifest
+
+    models = read_zoo(zoo)
+    models["tiny"] = replace(models["tiny"], parent="tiny")  # exported from the trained model of the same name
+    write_zoo(models, zoo)
+    assert main(["zoo", "--manifest", str(zoo), "rename", "tiny", "tiny-r1"]) == 0
+    after = read_zoo(zoo)
+    assert after["tiny-r1"].parent == "tiny" and after["tiny-copy"].parent == "tiny-r1"  # the zoo child follows
+    trained = tmp_path / "MODELS.toml"
+    trained.write_text('[tiny]\nconfig = "nf-small"\nweights = "tiny.safetensors"\nsha256 = "ab"\n')
+    models = {**after, "tiny": replace(after["tiny-r1"], name="tiny")}
+    del models["tiny-r1"]
+    write_zoo(models, zoo)
+    rename("tiny", "tiny-r2", zoo, trained_manifest=trained)  # the trained model renamed too: the parent follows
+    assert read_zoo(zoo)["tiny-r2"].parent == "tiny-r2" and set(read_manifest(trained)) == {"tiny-r2"}
+
+
 def test_rename_rewrites_options_that_name_the_model(zoo, tmp_path):
     """A distilled entry's teachers and an E2GC entry's baseline keep naming the model that was used; the trained
     model behind an entry is rewritten only when the trained model is renamed too."""
@@ -329,6 +420,43 @@ def test_eval_scores_a_deploy_model_through_the_runtime_pipeline(zoo, night_log,
     assert cells["covered"] + cells["uncovered"] == sum(scores["near_cells_by_class"].values())
     assert cells["covered"] > 0
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+
+
+def test_eval_skips_frames_without_ground_truth_and_counts_degraded_frames(zoo, night_log, tmp_path, capsys):
+    with LogReader(night_log) as reader:
+        last = max(m.stamp_ns for m in reader.messages() if isinstance(m.value, GroundTruth))
+    # The last frame's ground truth lost (as a log cut off mid-frame loses it; a frame of data/test/test-00-day.mcap
+    # cut at byte 2,200,106 stopped the scoring), camera FV gone from every frame.
+    log = rewrite_log(night_log, tmp_path / "cut.mcap", keep=lambda m: not (
+        (isinstance(m.value, GroundTruth) and m.stamp_ns == last)
+        or (isinstance(m.value, CameraImage) and m.value.camera == "FV")))
+    out = tmp_path / "eval" / "cut.json"
+    assert main(["eval", "--model", "tiny", "--manifest", str(zoo), "--data", str(log), "--threads", "1",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    scores = json.loads(out.read_text())
+    assert scores["frames"] == 2 and scores["skipped_frames"] == 1 and scores["damaged_logs"] == {}
+    assert scores["degraded_frames"] == 2 and scores["degraded_by_reason"] == {"camera FV missing": 2}
+    assert scores["by_condition"]["night"]["degraded_frames"] == 2
+    assert "Degraded frames (a sensor missing or failed, or a corrupt image): 2 of 2: camera FV missing 2." in text
+    assert "Not scored: 1 frame(s) without ground truth." in text
+    assert "camera FV missing 2" in out.with_suffix(".md").read_text()
+    # A log without any ground truth is still refused, in one line.
+    bare = rewrite_log(night_log, tmp_path / "bare.mcap", keep=lambda m: not isinstance(m.value, GroundTruth))
+    assert main(["eval", "--model", "tiny", "--manifest", str(zoo), "--data", str(bare), "--threads", "1"]) == 2
+    assert "no frame with ground truth (/gt/occupancy) among its 3 readable frame(s)" in capsys.readouterr().err
+
+
+def test_eval_scores_the_readable_frames_of_a_truncated_log(zoo, night_log, tmp_path, capsys):
+    small = rewrite_log(night_log, tmp_path / "small.mcap", chunk_size=32 << 10)
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(small.read_bytes()[: small.stat().st_size * 9 // 10])
+    out = tmp_path / "cut.json"
+    assert main(["eval", "--model", "tiny", "--manifest", str(zoo), "--data", str(cut), "--threads", "1",
+                 "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert 1 <= scores["frames"] < 3 and list(scores["damaged_logs"]) == [str(cut)]
+    assert "damaged log(s), their readable frames scored: " in capsys.readouterr().out
 
 
 def test_eval_hands_the_near_field_settings_to_the_deploy_pipeline(zoo, night_log, capsys, monkeypatch):

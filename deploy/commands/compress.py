@@ -53,13 +53,22 @@ def _value(text: str) -> Any:
     return text
 
 
+def method_line(name: str, fn) -> str:
+    """NAME and its function's whole docstring, one paragraph wrapped under a hanging indent (the first line alone
+    cut descriptions mid-sentence)."""
+    import textwrap
+
+    doc = " ".join((fn.__doc__ or "(no description)").split())
+    return textwrap.fill(doc, width=120, initial_indent=f"{name:20s} ", subsequent_indent=" " * 21)
+
+
 def _compress(args) -> int:
     from deploy.compress import compress, load_methods
     from deploy.zoo import MANIFEST, read_zoo
 
     if args.method == "list":
         for name, fn in sorted(load_methods().items()):
-            print(f"{name:20s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+            print(method_line(name, fn))
         return 0
     if not args.source or not args.out:
         raise ConfigError("compress: --from and --out are needed (e.g. --from nf-small --out nf-small-int8)")
@@ -78,4 +87,4 @@ def _compress(args) -> int:
     return 0
 
 
-__all__ = ["parse_options", "register"]
+__all__ = ["method_line", "parse_options", "register"]

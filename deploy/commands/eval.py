@@ -41,7 +41,7 @@ def _deploy_model(args):
     if args.model in trained and not args.deploy:
         return None
     manifest = args.manifest or ZOO_MANIFEST
-    zoo = read_zoo(manifest)
+    zoo = read_zoo(manifest, required=args.manifest is not None)  # a mistyped --manifest is not an empty zoo
     if args.model in zoo:
         return zoo[args.model]
     if args.deploy:

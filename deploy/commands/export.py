@@ -4,8 +4,11 @@ and deploy.measure."""
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # `zoo list` columns: (header, key of zoo_rows' dicts)
 COLUMNS = (("name", "name"), ("method", "method"), ("target", "target"), ("parent", "parent"),
@@ -29,7 +32,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     e.set_defaults(func=_export)
 
     z = commands.add_parser("zoo", help="the deploy model zoo: list, verify checksums, measure accuracy and speed")
-    z.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
+    z.add_argument("--manifest", help=MANIFEST_HELP)
     sub = z.add_subparsers(dest="zoo", metavar="ACTION", required=True)
     ls = sub.add_parser("list", help="the zoo's models with their measured figures (blank: not measured)")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -42,8 +45,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     v.set_defaults(func=_verify)
     rn = sub.add_parser("rename", help="rename a zoo model (file, checksum and figures kept; its children follow), "
                                        "e.g. to keep a previous revision when a new one takes the name")
-    rn.add_argument("old")
-    rn.add_argument("new")
+    rn.add_argument("old", help="the zoo model's present name")
+    rn.add_argument("new", help="its new name (no zoo model may have it yet)")
     rn.add_argument("--with-trained", action="store_true", help="rename the trained model of the same name in "
                                                                "perception/weights/MODELS.toml too")
     rn.set_defaults(func=_rename)
@@ -56,12 +59,23 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     m.add_argument("--accuracy-only", action="store_true", help="re-score the test mIoU only; the stored timings "
                                                                   "and the machine they were taken on stay")
     m.set_defaults(func=_measure)
+    # Every other command takes --manifest after its name: so does each zoo action (before it works too).
+    for action in sub.choices.values():
+        action.add_argument("--manifest", default=argparse.SUPPRESS, help=MANIFEST_HELP)
+
+
+MANIFEST_HELP = "zoo manifest (default: deploy/zoo/ZOO.toml); one given must exist and list models"
 
 
 def _manifest(args) -> Path:
-    from deploy.zoo import MANIFEST
+    """--manifest, else the shipped one. One given explicitly must exist and list a model (a mistyped path is not an
+    empty zoo)."""
+    from deploy.zoo import MANIFEST, read_zoo
 
-    return Path(args.manifest) if args.manifest else MANIFEST
+    if not args.manifest:
+        return MANIFEST
+    read_zoo(args.manifest, required=True)
+    return Path(args.manifest)
 
 
 def _export(args) -> int:
@@ -105,16 +119,26 @@ def zoo_rows(manifest: str | Path) -> list[dict[str, Any]]:
                      "speedup": 1 / ratio if isinstance(ratio, int | float) and ratio > 0 else None,
                      "speedup_range": ([1 / spread[1], 1 / spread[0]] if isinstance(spread, list) and len(spread) == 2
                                        and all(isinstance(v, int | float) and v > 0 for v in spread) else None),
-                     "gflops": m.metrics.get("gflops", _gflops(m)),
+                     **_gflops(m),
                      **{k: m.metrics.get(k) for k in ("test_miou", "test_miou_night", "ort_cpu_ms")}})
     return rows
 
 
-def _gflops(m) -> float | None:
-    """FLOPs counted from the model's file when its [metrics] has none yet (they need no measuring run)."""
+def _gflops(m) -> dict[str, Any]:
+    """gflops: the stored figure, else FLOPs counted from the model's file (they need no measuring run; only then is
+    the file read, unverified); file_problem: why the file could not be counted (missing, or it does not parse:
+    damaged, truncated or replaced), else None."""
     from deploy.flops import onnx_flops
 
-    return onnx_flops(m.onnx) / 1e9 if m.onnx.is_file() else None
+    if "gflops" in m.metrics:
+        return {"gflops": m.metrics["gflops"], "file_problem": None}
+    if not m.onnx.is_file():
+        return {"gflops": None, "file_problem": f"{m.onnx.name} is missing"}
+    try:
+        return {"gflops": onnx_flops(m.onnx) / 1e9, "file_problem": None}
+    except Exception as e:  # a damaged file leaves its row's figure blank; the listing goes on
+        log.info("zoo model %s: FLOPs not counted, %s does not parse: %s", m.name, m.onnx, e)
+        return {"gflops": None, "file_problem": f"{m.onnx.name} does not parse ({type(e).__name__})"}
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
@@ -137,23 +161,30 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             cells[[k for _, k in COLUMNS].index("speedup")] += " ({:.2f}–{:.2f})".format(*r["speedup_range"])
         if r.get("sparse") and r.get("size_mb") is not None:
             cells[[k for _, k in COLUMNS].index("size_mb")] += " *"
+        if r.get("file_problem"):
+            cells[[k for _, k in COLUMNS].index("gflops")] = "?"
         return cells
 
     table = format_table([row(r) for r in rows], [h for h, _ in COLUMNS])
     if any(r.get("sparse") for r in rows):
         table += ("\n\n\\* the sparse weights file (unstructured pruning); its ONNX holds the zeros densely and "
                   "runs no faster")
+    problems = [f"{r['name']}: {r['file_problem']}" for r in rows if r.get("file_problem")]
+    if problems:
+        table += (f"\n\n? FLOPs not counted, the model file is missing or damaged ({'; '.join(problems)}); "
+                  "`nearfield zoo verify` checks every file")
     return table
 
 
 def _list(args) -> int:
     import json
 
-    rows = zoo_rows(_manifest(args))
+    manifest = _manifest(args)
+    rows = zoo_rows(manifest)
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not rows:
-        print(f"{_manifest(args)}: no models yet (`nearfield export --register NAME`)")
+        print(f"{manifest}: no models yet (`nearfield export --register NAME`)")
     else:
         print(format_rows(rows))
     return 0
@@ -163,8 +194,9 @@ def _plot(args) -> int:
     from deploy.zoo import read_zoo
     from deploy.zoo_plot import plot_zoo, zoo_points
 
-    points, missing = zoo_points(zoo_rows(_manifest(args)))
-    lines = [*machine_lines(read_zoo(_manifest(args)), {p.name for p in points}),
+    manifest = _manifest(args)
+    points, missing = zoo_points(zoo_rows(manifest))
+    lines = [*machine_lines(read_zoo(manifest), {p.name for p in points}),
              "a model with a parent in the zoo: the parent's ms / its speed-up timed in the same run",
              *([f"no CPU latency (TensorRT artifacts, models not measured), left out: {', '.join(missing)}"]
                if missing else [])]
@@ -189,11 +221,14 @@ def machine_lines(models: dict, names: set[str]) -> list[str]:
 
 
 def verify(manifest: str | Path) -> dict[str, bool]:
-    """verify_zoo, then ChecksumError naming every model whose file is missing or does not match its sha256."""
-    from deploy.zoo import verify_zoo
+    """verify_zoo, then ChecksumError naming every model whose file is missing or does not match its sha256; a
+    ConfigError when the manifest is missing or lists no model (checking nothing is no pass)."""
+    from deploy.zoo import read_zoo, verify_zoo
     from sensors.errors import ChecksumError
 
     result = verify_zoo(manifest)
+    if not result:
+        read_zoo(manifest, required=True)
     bad = [name for name, ok in result.items() if not ok]
     if bad:
         raise ChecksumError(f"{manifest}: {len(bad)} of {len(result)} model file(s) missing or not matching their "

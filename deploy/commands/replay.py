@@ -9,10 +9,12 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p = commands.add_parser("replay", help="replay the reference drives through the runtime and compare the outputs "
                                            "with pinned references (regression tests)")
     sub = p.add_subparsers(dest="replay", metavar="ACTION", required=True)
+    from deploy.replay import REFERENCE_DRIVES
     from perception.temporal import DEFAULT_DECAY
 
-    m = sub.add_parser("make-drives", help="simulate the reference drives (day, night, glare, failed camera, failed "
-                                           "ultrasonic sensor) into tests/replay/drives")
+    names = ", ".join(s.name for s in REFERENCE_DRIVES)
+    m = sub.add_parser("make-drives", help=f"simulate the {len(REFERENCE_DRIVES)} reference drives ({names}) into "
+                                           "tests/replay/drives")
     m.add_argument("--out", help="directory for the drives (default: tests/replay/drives)")
     m.add_argument("--rig", help="rig TOML (default: the default rig)")
     m.set_defaults(func=_make_drives)
@@ -21,9 +23,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
             ("check", _check, "replay and compare with the references; exit 1 on any change beyond tolerance"),
             ("update-refs", _update_refs, "replay and rewrite the references (the one way to refresh them)")):
         c = sub.add_parser(name, help=helptext)
-        c.add_argument("--model", help="zoo model name (default: every reference set; with check, every set of "
-                                        "that model, or one set by its name, e.g. nf-small+memory0.95)")
         if name == "check":
+            c.add_argument("--model", help="zoo model name: every reference set of that model, or one set by its "
+                                            "name, e.g. nf-small+memory0.95 (default: every reference set)")
             c.add_argument("--onnx", help="a newly built ONNX file, checked against the references of --model (or of "
                                           "the model named like the file)")
             c.add_argument("--atol", type=float, help="absolute tolerance on floats (default 1e-4)")
@@ -31,6 +33,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
             c.add_argument("--ignore", nargs="*", default=None,
                            help="topics or topic:field to leave out (default: /perception/latency)")
         else:
+            c.add_argument("--model", help="zoo model name: rewrite its reference set (with --memory, the set with "
+                                            "the memory), or one set by its name, e.g. nf-small+memory0.95 (default: "
+                                            "rewrite every reference set)")
             c.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY",
                            help="with --model: the reference set of the runtime with the near-field memory at DECAY "
                                 f"({DEFAULT_DECAY:g} without a value), named MODEL+memoryDECAY")

@@ -37,7 +37,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    help="the near-field bias, memory and echo floor registered for the model (`nearfield "
                         "operating-point --register`), instead of --free-confidence, --memory and --echo-floor")
     r.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
     r.set_defaults(func=_run)
 
     b = bench.add_parser("runtime", help="per-stage latency and end-to-end frames/s of the runtime, and the same "
@@ -86,9 +86,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _zoo_model(name: str | None, manifest: str | None):
-    from deploy.zoo import MANIFEST, get_model, list_models
+    from deploy.zoo import MANIFEST, get_model, list_models, read_zoo
     from sensors.errors import ConfigError
 
+    if manifest:  # one named on the command line must exist and list models: a mistyped path is not an empty zoo
+        read_zoo(manifest, required=True)
     manifest = manifest or MANIFEST
     if name is None:
         names = list_models(manifest)

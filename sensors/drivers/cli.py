@@ -1,4 +1,5 @@
-"""`nearfield convert to-can`: a log's ultrasonic cycles as a CAN log that standard CAN tools read."""
+"""`nearfield convert to-can`: a log's ultrasonic cycles and odometry as a CAN log that standard CAN tools read;
+`nearfield record` and `nearfield bench can`."""
 
 from __future__ import annotations
 
@@ -18,25 +19,26 @@ def _subcommands(commands, name: str, help_text: str):
 
 def register(commands, bench) -> None:
     convert = _subcommands(commands, "convert", "convert logs to other formats")
-    p = convert.add_parser("to-can", help="write a log's ultrasonic cycles as a CAN log (candump .log, .asc or "
-                           ".blf) encoded with sensors/can/uss.dbc")
+    p = convert.add_parser("to-can", help="write a log's ultrasonic cycles and odometry as a CAN log (candump .log, "
+                           ".asc or .blf), encoded with sensors/can/uss.dbc and vehicle.dbc (VEH_Motion)")
     p.add_argument("log", help="nearfield log (.mcap)")
     p.add_argument("out", help="CAN log to write; the suffix picks the format (.log candump, .asc, .blf)")
     p.add_argument("--channel", default="can0", help="CAN channel name written in the log (default can0)")
-    p.add_argument("--dbc", help="another DBC with the same messages (default: the packaged uss.dbc)")
+    p.add_argument("--dbc", help="another DBC with the same ultrasonic messages (default: the packaged uss.dbc)")
     p.set_defaults(func=_to_can)
     r = commands.add_parser("record", help="record live cameras and CAN ultrasonics into a log")
     r.add_argument("--rig", help="rig file (default: the shipped rig)")
     r.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE",
                    help="a rig camera and its source: video file, /dev/videoN or index, GStreamer pipeline")
     r.add_argument("--can", metavar="CHANNEL|FILE", help="CAN channel (e.g. can0) or CAN log file (.log/.asc/.blf)")
-    r.add_argument("--can-interface", default="socketcan", help="python-can interface for a channel")
+    r.add_argument("--can-interface", default="socketcan", help="python-can interface for a channel (default "
+                                                                "socketcan)")
     r.add_argument("--duration", type=float, help="stop after this many seconds (default: until the sources end "
                    "or Ctrl-C)")
     r.add_argument("--out", required=True, help="the log to write (.mcap)")
     r.set_defaults(func=_record)
     b = bench.add_parser("can", help="USS CAN codec throughput (encode and decode frames per second)")
-    b.add_argument("--cycles", type=int, default=300)
+    b.add_argument("--cycles", type=int, default=300, help="ultrasonic cycles encoded and decoded (default 300)")
     b.add_argument("--echoes", type=int, default=24, help="echoes per cycle")
     b.set_defaults(func=_bench_can)
 
