@@ -38,6 +38,9 @@ bitrate = 500000               # optional
 latency_ms = 100               # how long a frame waits for a late sensor before it goes out degraded
 """
 
+# Errors point here rather than print EXAMPLE: the CLI reports an error in one line.
+EXAMPLE_POINTER = "see the example in deploy/JETSON.md (Run) or deploy/live_config.py EXAMPLE"
+
 
 @dataclass(frozen=True)
 class LiveConfig:
@@ -55,19 +58,22 @@ class LiveConfig:
 def load_live_config(path: str | Path) -> LiveConfig:
     """Read and validate a LIVE_CONFIG TOML (see EXAMPLE); relative paths are resolved against its folder."""
     from sensors.drivers.camera import parse_camera_arg
+    from sensors.live import looks_like_can_file
 
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: unreadable live configuration ({e}); expected a TOML file like:\n{EXAMPLE}") \
-            from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise ConfigError(f"{path}: cannot read the live configuration ({reason}); {EXAMPLE_POINTER}") from None
     unknown = sorted(set(data) - {"rig", "cameras", "can", "sync"})
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; expected rig, [cameras], [can], [sync]")
     cams = data.get("cameras", {})
     if not isinstance(cams, dict) or not all(isinstance(v, (str, int)) for v in cams.values()):
         raise ConfigError(f"{path}: [cameras] must map rig camera names to sources (strings or device numbers)")
+    if "rig" in data and not isinstance(data["rig"], str):
+        raise ConfigError(f"{path}: rig must be the path of a rig file (a string), got {data['rig']!r}")
     rig_path = _resolve(path, data["rig"]) if "rig" in data else None
     cameras = {}
     for name, src in cams.items():
@@ -75,15 +81,18 @@ def load_live_config(path: str | Path) -> LiveConfig:
         cam, parsed = parse_camera_arg(f"{name}={src}")
         cameras[cam] = parsed
     can = data.get("can", {})
-    if not isinstance(can, dict) or not isinstance(can.get("channel", ""), str):
-        raise ConfigError(f"{path}: [can] must be a table with a string 'channel'")
+    if not isinstance(can, dict) or not all(isinstance(can.get(k, ""), str) for k in ("channel", "interface")):
+        raise ConfigError(f"{path}: [can] must be a table with a string 'channel' (and 'interface')")
     unknown = sorted(set(can) - {"channel", "interface", "bitrate"})
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) can.{', can.'.join(unknown)}; expected channel, interface, "
                           "bitrate")
     channel = can.get("channel")
-    if channel is not None and _looks_like_file(channel):
+    if channel is not None and looks_like_can_file(channel):
         channel = str(_resolve(path, channel))
+        if not Path(channel).is_file():  # else it would be tried as a bus channel, and fail as one
+            raise ConfigError(f"{path}: can.channel {can['channel']!r}: no such CAN log file {channel} (a bus "
+                              "channel is a name such as can0)")
     bitrate = can.get("bitrate")
     if bitrate is not None and (not isinstance(bitrate, int) or bitrate <= 0):
         raise ConfigError(f"{path}: can.bitrate must be a positive whole number, got {bitrate!r}")
@@ -93,7 +102,7 @@ def load_live_config(path: str | Path) -> LiveConfig:
             or not isinstance(latency, (int, float)) or not 0 < latency <= 10_000):
         raise ConfigError(f"{path}: [sync] takes only latency_ms, a positive number of milliseconds up to 10000")
     if not cameras and channel is None:
-        raise ConfigError(f"{path}: names no source; give [cameras] and/or [can] like:\n{EXAMPLE}")
+        raise ConfigError(f"{path}: names no source; give [cameras] and/or [can]; {EXAMPLE_POINTER}")
     return LiveConfig(cameras, channel, str(can.get("interface", "socketcan")), bitrate, rig_path, float(latency),
                       str(path))
 
@@ -110,14 +119,15 @@ def _resolve(config: Path, value: str) -> Path:
 class LiveSource:
     """Frames from live drivers, stamped on one monotonic `clock` (so a frame's age is clock() - stamp). The
     sources open in the constructor (a bad one fails before any output exists) and run when frames() is
-    iterated; it ends when every source has ended or `stop` is set. A source that fails mid-run is reported in
-    `errors` while the others go on (the synchroniser flags its frames degraded)."""
+    iterated; video and CAN files replayed as live sensors start their time together then, not when opened (a model
+    load in between would age every frame). It ends when every source has ended or `stop` is set. A source that
+    fails mid-run is reported in `errors` while the others go on (the synchroniser flags its frames degraded)."""
 
     live = True
 
     def __init__(self, config: LiveConfig, clock: Callable[[], int] = time.monotonic_ns,
                  stop: threading.Event | None = None, queue_size: int = 64):
-        from sensors.drivers.camera import VideoCameraSource
+        from sensors.drivers.camera import VideoCameraSource, source_kind
         from sensors.live import _is_can_file
 
         self.config, self.clock = config, clock
@@ -132,14 +142,18 @@ class LiveSource:
         for name in config.cameras:
             if name not in self.rig.cameras:
                 raise ConfigError(f"{config.source}: camera {name!r} is not in the rig ({', '.join(self.rig.cameras)})")
-        t0 = clock()
+        can_file = config.can is not None and _is_can_file(config.can, f"{config.source}: can.channel")
+        # The files this source reads: a run must not write its results over one of them.
+        self.inputs = tuple(Path(p) for p in (config.source, config.rig, config.can if can_file else None,
+                                              *(s for s in config.cameras.values() if source_kind(s) == "file"))
+                            if p is not None)
         try:
             for name, src in config.cameras.items():
                 cam = self.rig.cameras[name]
                 self._sources.append(("image", VideoCameraSource(name, src, clock=clock, size=(cam.width, cam.height),
-                                                                 realtime=True, start_ns=t0)))
+                                                                 realtime=True, start_ns=None)))
             if config.can is not None:
-                if _is_can_file(config.can):
+                if can_file:
                     from sensors.live import _CanFileReplay  # replays a CAN log as a live bus, as `record` does
 
                     self._sources.append(("uss", _CanFileReplay(config.can, clock)))
@@ -161,10 +175,14 @@ class LiveSource:
         return list(self.errors)
 
     def frames(self) -> Iterator[Frame]:
-        sync = Synchroniser(self.rig, latency_ns=round(self.config.sync_latency_ms * 1e6))
+        from sensors.live import start_together
+
+        sync = Synchroniser(self.rig, latency_ns=round(self.config.sync_latency_ms * 1e6),
+                            expect_cameras=bool(self.config.cameras))
         lock = threading.Lock()
         threads = [threading.Thread(target=self._pump, args=(kind, src, sync, lock), daemon=True,
                                     name=f"live {getattr(src, 'name', kind)}") for kind, src in self._sources]
+        start_together([src for _, src in self._sources], self.clock)
         for t in threads:
             t.start()
         try:
@@ -234,4 +252,4 @@ class LiveSource:
         self._sources = []
 
 
-__all__ = ["EXAMPLE", "LiveConfig", "LiveSource", "load_live_config"]
+__all__ = ["EXAMPLE", "EXAMPLE_POINTER", "LiveConfig", "LiveSource", "load_live_config"]

@@ -18,10 +18,11 @@ import numpy as np
 
 from deploy.pipeline import Pipeline
 from deploy.results import LATENCY_STAGES, ResultRecord, ResultsWriter
-from deploy.zoo import ZooModel
+from deploy.zoo import ZooModel, get_model
 from perception.postprocess import check_free_confidence
 from perception.temporal import check_decay
 from sensors.errors import ConfigError, LogFormatError
+from sensors.files import refuse_overwrite
 from sensors.messages import Frame
 from sensors.replay import decode_frame
 from sensors.rig import Rig
@@ -114,17 +115,22 @@ class LogSource:
 
     def __init__(self, path: str | Path):
         from sensors.log import LogReader
-        from sensors.schemas import image_topic
+        from sensors.schemas import USS_TOPIC, image_topic
 
         self.path = Path(path)
         self.name = str(path)
+        self.inputs = (self.path,)  # files the run reads: never to be overwritten by its output
         if not self.path.is_file():
             raise LogFormatError(f"{path}: no such log file")
         self.reader = LogReader(self.path)
         try:
             self.rig: Rig = self.reader.rig
-            self.total: int | None = max((len(self.reader.index(image_topic(c))) for c in self.rig.cameras),
-                                         default=0) or None
+            # Frames anchor on the camera images; without any, on the ultrasonic cycles (sensors.sync).
+            self.total: int | None = (max((len(self.reader.index(image_topic(c))) for c in self.rig.cameras),
+                                          default=0) or len(self.reader.index(USS_TOPIC)) or None)
+            if self.total is None and not self.reader.damages:
+                raise LogFormatError(f"{path}: no camera image (/camera/<name>/image) and no ultrasonic cycle "
+                                     f"({USS_TOPIC}): no frame to run on")
         except Exception:
             self.reader.close()
             raise
@@ -144,7 +150,8 @@ class LogSource:
 
 def open_source(source, stop: threading.Event | None = None):
     """A LogSource for an .mcap drive, a LiveSource for a LIVE_CONFIG .toml (or a LiveConfig); anything with
-    rig, name, live, total, damage, frames() and close() passes through."""
+    rig, name, live, total, damage, frames() and close() (and optionally inputs, the files it reads) passes
+    through."""
     from deploy.live_config import LiveConfig, LiveSource, load_live_config
 
     if isinstance(source, LiveConfig):
@@ -212,15 +219,17 @@ class Runtime:
     def process(self, frame: Frame) -> ResultRecord:
         # A live frame is stamped at capture on `clock`; a log's clock has nothing to do with now.
         age = max(0.0, (self.clock() - frame.stamp_ns) / 1e6) if self.live else 0.0
-        self.degraded += frame.is_degraded
         if self.monitor.stale(age):
+            self.degraded += frame.is_degraded
             late, dropped = self.monitor.judge(age)
             present = tuple(c for c in self.pipeline.prep.cameras if frame.images.get(c) is not None)
             return self._record(frame, None, {"age": age, "total": age}, present, late, dropped)
         t0 = time.perf_counter()
-        decode_frame(frame, self.pipeline.decode_scale)  # live images arrive decoded: nothing to do
+        # Live images arrive decoded (their driver checks their size): nothing to do.
+        decode_frame(frame, self.pipeline.decode_scale, self.pipeline.rig)
         decode_ms = (time.perf_counter() - t0) * 1e3
         result = self.pipeline.process(frame)
+        self.degraded += frame.is_degraded  # after decoding and preprocessing, which flag bad images
         latency = {"decode": decode_ms, **result.latency_ms, "age": age}
         latency["total"] = age + sum(latency[s] for s in ("decode", "preprocess", "inference", "postprocess"))
         late, dropped = self.monitor.judge(latency["total"])
@@ -288,6 +297,9 @@ def _run(model, source, out, backend, threads, device, monitor, progress, stop, 
     src = open_source(source, stop)
     pipeline = None
     try:
+        model = get_model(model) if isinstance(model, str) else model
+        # ResultsWriter creates OUT empty: an OUT that is the drive log (or the model) would be gone before it is read.
+        refuse_overwrite(out, [*getattr(src, "inputs", ()), model.onnx], "--out")
         pipeline = Pipeline(model, src.rig, backend=backend, threads=threads, device=device, source=src.name,
                             free_confidence=free_confidence, memory_decay=memory_decay, echo_floor=echo_floor)
         runtime = Runtime(pipeline, monitor, live=src.live)

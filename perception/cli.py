@@ -126,6 +126,7 @@ def _eval(args) -> int:
     from perception.model_eval import evaluate_logs
     from perception.registry import load_trained
 
+    check_report_paths(args)
     model, config = load_trained(args.model)
     result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size,
                            progress=sys.stderr.isatty(), blind_cameras=args.blind_cameras,
@@ -133,6 +134,16 @@ def _eval(args) -> int:
                            echo_floor=args.echo_floor)
     title = f"{args.model} ({config.name})" if args.model != config.name else config.name
     return print_eval(result, title + (", cameras blinded" if args.blind_cameras else ""), args)
+
+
+def check_report_paths(args) -> None:
+    """`eval --json OUT`: neither OUT nor the .md and .png written beside it may be one of the --data logs. Checked
+    before the evaluation, not after minutes of it."""
+    if args.json:
+        from perception.model_eval import report_paths
+        from sensors.files import find_logs, refuse_overwrite
+
+        refuse_overwrite(report_paths(args.json), find_logs(args.data), "--json")
 
 
 def print_eval(result: dict, title: str, args) -> int:
@@ -156,7 +167,10 @@ def _report(args) -> int:
 
     from perception.report import modality_table, plot_by_condition, split_recall_table, warning_table
     from sensors.errors import ConfigError
+    from sensors.files import refuse_overwrite
 
+    refuse_overwrite([p for p in (args.markdown, args.png) if p],
+                     [item.partition("=")[2] or None for item in args.results], "report output")
     results = {}
     for item in args.results:
         label, sep, path = item.partition("=")

@@ -201,17 +201,23 @@ def evaluate_logs_settings(model: FusionNet, paths: Sequence[str | Path], free_c
     return [{**r, **left_out} for r in results]
 
 
+def report_paths(json_path: str | Path) -> list[Path]:
+    """The files write_eval_report writes: OUT.json, OUT.md and OUT.png."""
+    path = Path(json_path)
+    return [path, path.with_suffix(".md"), path.with_suffix(".png")]
+
+
 def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str) -> list[Path]:
     """OUT.json (the result), OUT.md (Markdown table) and OUT.png (mIoU by condition) beside each other."""
     from perception.report import markdown_table, plot_by_condition
 
-    path = Path(json_path)
+    path, md, png = report_paths(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    md, png = path.with_suffix(".md"), path.with_suffix(".png")
     path.write_text(json.dumps({"model": title, **result}, indent=1) + "\n")
     md.write_text(markdown_table(result, title))
     plot_by_condition({title: result}, png)
     return [path, md, png]
 
 
-__all__ = ["evaluate_dataset", "evaluate_logs", "evaluate_logs_settings", "evaluate_settings", "write_eval_report"]
+__all__ = ["evaluate_dataset", "evaluate_logs", "evaluate_logs_settings", "evaluate_settings", "report_paths",
+           "write_eval_report"]

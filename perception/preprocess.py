@@ -15,6 +15,7 @@ from perception.labels import resample_labels
 from perception.tables import camera_tables
 from perception.uss_raster import UssRasterizer
 from sensors.errors import ConfigError, LogFormatError
+from sensors.imaging import decoded_sizes
 from sensors.messages import Frame, GroundTruth
 from sensors.rig import Rig
 from sensors.schemas import GT_OCCUPANCY_TOPIC
@@ -65,7 +66,10 @@ class FramePreprocessor:
         self.cameras = self.tables.cameras
 
     def images(self, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 3, H, W) uint8 images at config.image_size and (N,) bool: which cameras delivered one."""
+        """(N, 3, H, W) uint8 images at config.image_size and (N,) bool: which cameras delivered one. An image that
+        is its calibration's size at no decode reduction (sensors.replay.decode_frame flags those it decodes; this
+        catches the rest) is left out like a missing one, and the frame flagged: resized, it would put every
+        feature in the wrong BEV cell."""
         w, h = self.config.image_size
         out = np.zeros((len(self.cameras), 3, h, w), np.uint8)
         present = np.zeros(len(self.cameras), bool)
@@ -74,6 +78,12 @@ class FramePreprocessor:
             if im is None or im.rgb is None:
                 continue
             rgb = im.rgb
+            cal = self.rig.cameras[cam]
+            if not any((rgb.shape[1], rgb.shape[0]) in decoded_sizes(cal.width, cal.height, s) for s in _REDUCTIONS):
+                frame.images[cam] = None
+                frame.degraded.append(f"camera {cam} wrong size {rgb.shape[1]}x{rgb.shape[0]}, calibration says "
+                                      f"{cal.width}x{cal.height}")
+                continue
             if rgb.shape[:2] != (h, w):
                 # INTER_AREA averages the pixels a target pixel covers: no aliasing of fine texture.
                 rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)

@@ -1,9 +1,11 @@
-"""Files a user hands over: drive logs found from paths and directories, and the sha256 every model, weights and
-log file is checked against. Torch-free: training, the zoo and the embedded runtime share it."""
+"""Files a user hands over: drive logs found from paths and directories, the sha256 every model, weights and log
+file is checked against, and the check that an output path is none of a command's inputs. Torch-free: training, the
+zoo and the embedded runtime share it."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,4 +45,31 @@ def find_logs(paths: Iterable[str | Path] | str | Path, split: str | None = None
     return logs
 
 
-__all__ = ["file_sha256", "find_logs"]
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether A and B name one file: the same inode when both exist (a hard or symbolic link, `..` in the path),
+    else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        try:
+            return Path(a).resolve() == Path(b).resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop
+            return False
+
+
+def refuse_overwrite(outputs: Iterable[str | Path] | str | Path, inputs: Iterable[str | Path | None],
+                     option: str = "--out") -> None:
+    """ConfigError naming OPTION and both paths when an output is one of the command's INPUTS (the same file under
+    another name included): writers create their file empty, so the input would be gone before it is read. Call it
+    before the first output is opened; None among the inputs is skipped."""
+    outputs = [outputs] if isinstance(outputs, str | Path) else list(outputs)
+    inputs = [i for i in inputs if i is not None]
+    for out in outputs:
+        for inp in inputs:
+            if same_file(out, inp):
+                also = "" if Path(out) == Path(inp) else f" (the same file as the input {inp})"
+                raise ConfigError(f"{option} {out}: is an input of this command{also}; writing it would destroy "
+                                  "the input: choose another output path")
+
+
+__all__ = ["file_sha256", "find_logs", "refuse_overwrite", "same_file"]

@@ -43,6 +43,33 @@ def decode_jpeg(data: bytes, where: str = "image", reduce: int = 1) -> np.ndarra
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def decoded_sizes(width: int, height: int, reduce: int = 1) -> set[tuple[int, int]]:
+    """The (width, height) an image of WIDTH x HEIGHT has when decoded at 1/reduce: JPEG's DCT scaling rounds up,
+    OpenCV's reduced decoding of other formats rounds down."""
+    return {(-(-width // reduce), -(-height // reduce)), (width // reduce, height // reduce)}
+
+
+# JPEG start-of-frame markers (baseline, progressive, ...), which carry the image size; not DHT, JPG or DAC.
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def encoded_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame or a PNG's header without decoding it; None if neither is
+    found (error messages then give the decoded size instead)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    i = 2
+    while data[:2] == b"\xff\xd8" and i + 9 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker in _SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def write_png(rgb: np.ndarray, out: str | Path, what: str = "picture") -> Path:
     """Write (H, W, 3) uint8 RGB to OUT (a .png path; its folder is created). A name not ending in .png or a file
     that cannot be written is a ConfigError naming OUT and WHAT, never an OpenCV exception."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sensors.errors import ConfigError, NearfieldError, SensorError
+from sensors.files import refuse_overwrite
 from sensors.messages import CameraImage, Odometry
 from sensors.rig import load_rig
 
@@ -26,10 +27,22 @@ class RecordResult:
     errors: list[str] = field(default_factory=list)  # sources that failed (the others went on)
 
 
-def _is_can_file(spec: str) -> bool:
+def looks_like_can_file(spec: str) -> bool:
+    """Whether a CAN source names a log file rather than a bus channel: a .log, .asc or .blf suffix, or a path with a
+    slash outside /dev/ (where serial adapters live). Channels are names such as can0, PCAN_USBBUS1 or 239.74.163.2."""
     from sensors.drivers.can_log import CAN_LOG_SUFFIXES
 
-    return Path(spec).suffix.lower() in CAN_LOG_SUFFIXES and Path(spec).is_file()
+    return Path(spec).suffix.lower() in CAN_LOG_SUFFIXES or ("/" in spec and not spec.startswith("/dev/"))
+
+
+def _is_can_file(spec: str, what: str = "--can") -> bool:
+    """True for a CAN log file to replay, False for a bus channel. A file that is not there is a ConfigError naming
+    WHAT: taken for a channel, it would fail as a bus that cannot be opened."""
+    if not looks_like_can_file(spec):
+        return False
+    if not Path(spec).is_file():
+        raise ConfigError(f"{what} {spec}: no such CAN log file (a bus channel is a name such as can0)")
+    return True
 
 
 def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_path: str | Path | None = None,
@@ -42,7 +55,7 @@ def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_
     time, as a live camera would deliver them. can: a CAN channel (e.g. can0) on `can_interface`, or a CAN log file
     (.log/.asc/.blf) replayed in real time. A source that fails is reported and the others keep recording.
     """
-    from sensors.drivers.camera import VideoCameraSource, parse_camera_arg
+    from sensors.drivers.camera import VideoCameraSource, parse_camera_arg, source_kind
     from sensors.imaging import encode_jpeg
     from sensors.recorder import Recorder
 
@@ -53,14 +66,16 @@ def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_
         raise ConfigError(f"each camera may be given once; got {', '.join(names)}")
     if not parsed and can is None:
         raise ConfigError("nothing to record: give --camera NAME=SOURCE and/or --can CHANNEL|FILE")
+    # The Recorder creates OUT empty: a video, CAN log or rig file given as a source would be gone before it is read.
+    refuse_overwrite(out, [rig_path, *(src for _, src in parsed if source_kind(src) == "file"),
+                           can if can is not None and _is_can_file(can) else None], "--out")
 
-    t0 = clock()
     sources = []  # opened before recording starts, so a bad source fails the command up front
     try:
         for name, src in parsed:
             cam = rig.cameras[name]
             sources.append(("camera", name, VideoCameraSource(name, src, clock=clock, size=(cam.width, cam.height),
-                                                              realtime=True, start_ns=t0)))
+                                                              realtime=True, start_ns=None)))
         if can is not None:
             if _is_can_file(can):
                 sources.append(("uss", can, _CanFileReplay(can, clock)))
@@ -108,6 +123,7 @@ def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_
     threads = [threading.Thread(target=pump, args=s, name=f"record {s[1]}", daemon=True) for s in sources]
     if install_signals and threading.current_thread() is threading.main_thread():
         recorder.install_signal_handlers()
+    t0 = start_together([s for _, _, s in sources], clock)
     try:
         for t in threads:
             t.start()
@@ -125,21 +141,32 @@ def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_
     return result
 
 
+def start_together(sources, clock) -> int:
+    """Give the replayed files among live SOURCES (video files, CAN logs: those with a `start_ns` of None) one time
+    base, `clock` now, just before they are iterated: their first frames are stamped together, and as fresh as a
+    live sensor's however long the set-up (a model load) took since they were opened. Returns it."""
+    t0 = clock()
+    for s in sources:
+        if getattr(s, "start_ns", 0) is None:
+            s.start_ns = t0
+    return t0
+
+
 class _CanFileReplay:
     """A CAN log file played like a live bus: cycles and odometry restamped onto the recorder's clock, in real
-    time."""
+    time, the first at `start_ns` (None: the clock when iteration starts)."""
 
-    def __init__(self, path: str, clock):
+    def __init__(self, path: str, clock, start_ns: int | None = None):
         from sensors.drivers.can_log import read_can_log
 
-        self.path, self.clock = path, clock
+        self.path, self.clock, self.start_ns = path, clock, start_ns
         self._cycles = read_can_log(path, odometry=True)
 
     def __iter__(self):
         origin = None
         for cycle in self._cycles:
             if origin is None:
-                origin = (self.clock(), cycle.stamp_ns)
+                origin = (self.clock() if self.start_ns is None else self.start_ns, cycle.stamp_ns)
             due = origin[0] + (cycle.stamp_ns - origin[1])
             delay = due - self.clock()
             if delay > 0:

@@ -7,9 +7,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from sensors.errors import ConfigError, SensorError
-from sensors.imaging import decode_jpeg
+from sensors.imaging import decode_jpeg, decoded_sizes, encoded_size
 from sensors.messages import CameraImage, Frame, GroundTruth, Odometry, UssCycle
+from sensors.rig import Rig
 from sensors.sync import Synchroniser
 
 SPEED_RANGE = (0.25, 4.0)
@@ -51,9 +54,10 @@ def _pool() -> ThreadPoolExecutor:
     return _decoder_pool
 
 
-def decode_frame(frame: Frame, scale: int = 1) -> Frame:
+def decode_frame(frame: Frame, scale: int = 1, rig: Rig | None = None) -> Frame:
     """Decode every camera image of a frame in place (at 1/scale of the size); a corrupt image leaves its slot
-    None and flags the frame degraded."""
+    None and flags the frame degraded. With the RIG, so does an image of another size than its camera's calibration
+    (stretched to the network's size it would put every feature in the wrong BEV cell)."""
     todo = [(cam, im) for cam, im in frame.images.items() if im is not None and im.rgb is None]
 
     def work(item):
@@ -65,12 +69,22 @@ def decode_frame(frame: Frame, scale: int = 1) -> Frame:
 
     results = list(_pool().map(work, todo)) if len(todo) > 1 else [work(t) for t in todo]
     for (cam, im), rgb in zip(todo, results, strict=True):
-        if rgb is None:
+        wrong = None if rgb is None or rig is None else wrong_size(cam, im, rgb, rig, scale)
+        if rgb is None or wrong:
             frame.images[cam] = None
-            frame.degraded.append(f"camera {cam} corrupt image")
+            frame.degraded.append(wrong or f"camera {cam} corrupt image")
         else:
             im.rgb = rgb
     return frame
+
+
+def wrong_size(camera: str, image: CameraImage, rgb: np.ndarray, rig: Rig, scale: int = 1) -> str | None:
+    """The degraded reason for RGB (IMAGE decoded at 1/scale) when it is not its calibration's size, else None."""
+    cal = rig.cameras.get(camera)
+    if cal is None or (rgb.shape[1], rgb.shape[0]) in decoded_sizes(cal.width, cal.height, scale):
+        return None
+    w, h = encoded_size(image.jpeg or b"") or (rgb.shape[1] * scale, rgb.shape[0] * scale)
+    return f"camera {camera} wrong size {w}x{h}, calibration says {cal.width}x{cal.height}"
 
 
 def replay_frames(path: str | Path, speed: float | None = None, decode: bool = True, start_ns: int | None = None,
@@ -101,10 +115,10 @@ def replay_frames(path: str | Path, speed: float | None = None, decode: bool = T
                 sync.push_objects(msg.stamp_ns, v)
             for frame in sync.pop_frames():
                 pacer.wait(frame.stamp_ns)
-                yield decode_frame(frame, decode_scale) if decode else frame
+                yield decode_frame(frame, decode_scale, reader.rig) if decode else frame
         for frame in sync.flush():
             pacer.wait(frame.stamp_ns)
-            yield decode_frame(frame, decode_scale) if decode else frame
+            yield decode_frame(frame, decode_scale, reader.rig) if decode else frame
     finally:
         if own:
             reader.close()

@@ -3,9 +3,10 @@
 A frame is anchored on the earliest pending camera image; it takes from every camera the image nearest to the
 anchor within the rig's camera tolerance, the newest ultrasonic cycle no older than the rig's maximum age and the
 odometry pose interpolated at the anchor. It is emitted once the stream has moved past the anchor (so nothing that
-belongs to it can still arrive), or after a latency allowance with the missing sensors flagged. Faults are counted,
-never raised: late or out-of-order messages, duplicates, rate mismatches (a camera faster than the others has its
-extra images dropped) and clock jumps.
+belongs to it can still arrive), or after a latency allowance with the missing sensors flagged. While every camera
+is silent (none connected, or all failed) the ultrasonics go on: each cycle anchors a frame of its own, flagged with
+every camera missing. Faults are counted, never raised: late or out-of-order messages, duplicates, rate mismatches
+(a camera faster than the others has its extra images dropped) and clock jumps.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ class SyncStats:
 
 
 class Synchroniser:
-    """Assemble frames from one clock's messages. Push messages (ideally in time order), pop frames."""
+    """Assemble frames from one clock's messages. Push messages (ideally in time order), pop frames.
+    expect_cameras False: the stream carries no camera at all (a live source of ultrasonics only), so an ultrasonic
+    cycle need not wait the latency allowance to be sure that no camera image comes for it."""
 
-    def __init__(self, rig: Rig, latency_ns: int = 100_000_000, jump_ns: int = 2 * _NS):
+    def __init__(self, rig: Rig, latency_ns: int = 100_000_000, jump_ns: int = 2 * _NS, expect_cameras: bool = True):
         self.rig = rig
+        self.expect_cameras = expect_cameras
         self.cameras = tuple(rig.cameras)
         self.tol = rig.sync.camera_tolerance_ns
         self.uss_max_age = rig.sync.uss_max_age_ns
@@ -88,6 +92,7 @@ class Synchroniser:
             self._flush_all()
             self._emitted_until = None
             self._odometry.clear()  # poses from before the jump would bracket the new stamps
+            self._uss.clear()  # cycles from before the jump would anchor frames of their own once the clock got there
             self._watermark = stamp
         elif wm is not None and stamp > wm + self.jump:
             log.warning("clock jumped forward by %.3f s at %d ns", (stamp - wm) / _NS, stamp)
@@ -186,9 +191,42 @@ class Synchroniser:
         heads = [b[0].stamp_ns for b in self._images.values() if b]
         return min(heads) if heads else None
 
+    def _cameras_silent_ns(self) -> int:
+        """How far on either side of an ultrasonic cycle no camera image may lie for the cycle to anchor a frame of
+        its own: the latency allowance, and at least one and a half frame periods of the slowest camera, so that live
+        cameras always have an image that close and a healthy stream never gets a camera-less frame."""
+        if not self.expect_cameras:
+            return self.tol
+        periods = [p for p in map(self._period, self.cameras) if p]
+        return self.tol + max(self.latency, round(1.5 * max(periods)) if periods else 0)
+
+    def _uss_anchor(self, camera_anchor: int | None, final: bool) -> int | None:
+        """The stamp of the earliest ultrasonic cycle after the last frame that no camera image is near (within
+        _cameras_silent_ns on either side), once the stream has moved that far past it; None if there is none."""
+        wm = self._watermark
+        silent = None
+        for cycle in self._uss:
+            s = cycle.stamp_ns
+            if self._emitted_until is not None and s <= self._emitted_until:
+                continue
+            if camera_anchor is not None and s >= camera_anchor:
+                return None  # the camera frame goes first
+            if not final and (wm is None or wm < s + self.tol + self.latency * self.expect_cameras):
+                return None  # images of this instant may still arrive (the cheap test before the periods)
+            silent = self._cameras_silent_ns() if silent is None else silent
+            if not final and wm < s + silent:
+                return None
+            if not any(abs(t - s) <= silent for h in self._history.values() for t in h):
+                return s
+        return None
+
     def _collect(self, final: bool = False) -> None:
         while True:
             anchor = self._anchor()
+            uss_anchor = self._uss_anchor(anchor, final)
+            if uss_anchor is not None:
+                self._emit(uss_anchor, dict.fromkeys(self.cameras))
+                continue
             if anchor is None:
                 return
             wm = self._watermark if self._watermark is not None else anchor

@@ -9,9 +9,11 @@ from sensors.log_writer import LogWriter
 from sensors.messages import CameraImage, GroundTruth, Odometry, UssCycle
 
 
-def rewrite_log(src: Path, dst: Path, loops: int = 1, chunk_size: int = 1 << 20, drop_image=None, keep=None) -> Path:
+def rewrite_log(src: Path, dst: Path, loops: int = 1, chunk_size: int = 1 << 20, drop_image=None, keep=None,
+                image=None) -> Path:
     """SRC's messages written LOOPS times one after the other (re-stamped, so time runs forward), optionally
-    without camera drop_image[0]'s image number drop_image[1], and only those for which keep(message) is true."""
+    without camera drop_image[0]'s image number drop_image[1], only those for which keep(message) is true, and with
+    every camera image passed through IMAGE (CameraImage -> CameraImage, or None to leave it out)."""
     with LogReader(src) as r:
         msgs = [m for m in r.messages() if keep is None or keep(m)]
         w = LogWriter(dst, r.rig, chunk_size=chunk_size, stamp_creation=False)
@@ -27,7 +29,10 @@ def rewrite_log(src: Path, dst: Path, loops: int = 1, chunk_size: int = 1 << 20,
                     n = seen[v.camera] = seen.get(v.camera, -1) + 1
                     if drop_image == (v.camera, n):
                         continue
-                    w.write_camera(CameraImage(v.camera, t, jpeg=v.jpeg))
+                    im = CameraImage(v.camera, t, jpeg=v.jpeg)
+                    im = image(im) if image is not None else im
+                    if im is not None:
+                        w.write_camera(im)
                 elif isinstance(v, UssCycle):
                     w.write_uss(UssCycle(t, v.cycle, v.sender, v.receiver, v.distance, v.amplitude, v.status))
                 elif isinstance(v, GroundTruth):

@@ -58,6 +58,17 @@ def test_replay_is_deterministic_and_realtime_paces(tmp_path):
     assert time.monotonic() - t0 >= 5 * 0.040 * 0.9  # six frames span five frame periods
 
 
+def test_a_file_standing_in_for_a_live_camera_is_stamped_from_when_it_is_read(tmp_path):
+    path = tmp_path / "FV.avi"
+    write_video(path, frames(3), fps=25.0)
+    now = [7_000_000_000]
+    cam = VideoCameraSource("FV", str(path), clock=lambda: now[0], start_ns=None)
+    now[0] += 2_000_000_000  # opened, then a model loads for 2 s before the first frame is taken
+    with cam:
+        stamps = [im.stamp_ns for im in cam]
+    assert stamps == [9_000_000_000 + k * 40_000_000 for k in range(3)]
+
+
 def test_missing_file_and_wrong_size(tmp_path):
     with pytest.raises(SensorError, match=r"camera FV \(file .*nope\.mp4\): no such video file"):
         VideoCameraSource("FV", str(tmp_path / "nope.mp4"))

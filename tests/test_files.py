@@ -1,11 +1,12 @@
-"""sensors.files: log discovery (with a data directory's split) and file checksums."""
+"""sensors.files: log discovery (with a data directory's split), file checksums, outputs that are inputs."""
 
 import hashlib
+import os
 
 import pytest
 
 from sensors.errors import ConfigError
-from sensors.files import file_sha256, find_logs
+from sensors.files import file_sha256, find_logs, refuse_overwrite
 
 
 def test_find_logs_takes_the_split_of_a_data_directory_and_plain_directories(tmp_path):
@@ -27,3 +28,19 @@ def test_file_sha256_reads_large_files_in_blocks(tmp_path):
     data = bytes(range(256)) * 9000  # > 2 MiB: several blocks
     (tmp_path / "f").write_bytes(data)
     assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_refuse_overwrite_knows_an_input_under_any_name(tmp_path):
+    (tmp_path / "sub").mkdir()
+    log = tmp_path / "drive.mcap"
+    log.write_bytes(b"recorded")
+    os.link(log, tmp_path / "hard.mcap")
+    (tmp_path / "soft.mcap").symlink_to(log)
+    for out in (log, tmp_path / "sub" / ".." / "drive.mcap", tmp_path / "hard.mcap", tmp_path / "soft.mcap"):
+        with pytest.raises(ConfigError, match=r"^--out .*: is an input of this command.*choose another output path"):
+            refuse_overwrite(out, [tmp_path / "other.mcap", log])
+    with pytest.raises(ConfigError, match="--json"):
+        refuse_overwrite([tmp_path / "r.md", tmp_path / "drive.mcap"], [None, log], "--json")
+    (tmp_path / "copy.mcap").write_bytes(b"recorded")  # equal bytes, another file: fine
+    refuse_overwrite([tmp_path / "copy.mcap", tmp_path / "new.mcap"], [log, None])
+    assert log.read_bytes() == b"recorded"

@@ -82,9 +82,11 @@ def test_record_videos_and_virtual_can(tmp_path, small_rig):
     gaps = np.diff([o.stamp_ns for o in odo]) / 1e9
     assert np.allclose(steps, gaps, atol=2e-3) and all(o.pose.y == 0 for o in odo)  # 1 m/s straight on
     frames = list(replay_frames(out))
-    assert len(frames) == 8
+    assert all(all(f.images.values()) for f in frames[:8])
+    # Once the 0.8 s videos have ended the ultrasonics go on alone: frames of their own, every camera missing.
+    assert all(f.degraded[:4] == [f"camera {c} missing" for c in CAMERA_NAMES] for f in frames[8:])
     # Video frames were filled with 30*i + 5*k: the decoded images keep camera order and time order.
-    for k, f in enumerate(frames):
+    for k, f in enumerate(frames[:8]):
         for i, cam in enumerate(CAMERA_NAMES):
             assert abs(int(f.images[cam].rgb.mean()) - (30 * i + 5 * k)) <= 3
     # One clock: camera stamps and USS stamps interleave within the recording time.
@@ -106,4 +108,7 @@ def test_record_rejects_bad_arguments(tmp_path, small_rig):
     write_video(tmp_path / "big.avi", [np.zeros((size[1] * 2, size[0] * 2, 3), np.uint8)] * 2, 10)
     with pytest.raises(SensorError, match="expected"):
         record(tmp_path / "x.mcap", [f"FV={tmp_path / 'big.avi'}"], rig_path=rig_path)
+    # A CAN log file that is not there is said to be so, not tried as a bus channel named "missing.log".
+    with pytest.raises(ConfigError, match=r"--can .*missing\.log: no such CAN log file"):
+        record(tmp_path / "x.mcap", [], can=str(tmp_path / "missing.log"), rig_path=rig_path)
     assert not (tmp_path / "x.mcap").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_world import run_args
+from runtime_world import rewrite_log, run_args
 
 from deploy.live_config import LiveConfig, load_live_config
 from deploy.results import read_results
@@ -20,6 +20,7 @@ from deploy.runtime import DeadlineMonitor, LatencyStats, run
 from sensors.classes import IGNORE
 from sensors.errors import ConfigError
 from sensors.log import LogReader
+from sensors.messages import CameraImage
 from sensors.replay import replay_frames
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -174,6 +175,109 @@ def test_a_truncated_log_processes_every_readable_frame_and_says_so(world, long_
     assert len(read_results(out)) == readable
 
 
+# --- outputs that are inputs -------------------------------------------------------------------------------------
+
+def test_run_refuses_to_write_over_its_source_or_model(world, tmp_path, capsys):
+    import shutil
+
+    from app.cli import main
+
+    (tmp_path / "sub").mkdir()
+    drive = Path(shutil.copy(world["drive"], tmp_path / "drive.mcap"))
+    os.link(drive, tmp_path / "hard.mcap")
+    data = drive.read_bytes()
+    for out in (drive, tmp_path / "sub" / ".." / "drive.mcap", tmp_path / "hard.mcap", world["model"].onnx):
+        rc = main(run_args("--source", str(drive), "--out", str(out), manifest=world["manifest"]))
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and f"--out {out}: is an input" in err
+    assert drive.read_bytes() == data  # a log truncated to its header before, on the car's only copy of a drive
+    world["model"].verified_onnx()  # ChecksumError had the model file been written
+
+
+def test_commands_that_read_a_log_refuse_to_write_over_it(world, tmp_path, capsys):
+    import shutil
+
+    from app.cli import main
+    from sensors.drivers.camera import write_video
+
+    drive = Path(shutil.copy(world["drive"], tmp_path / "drive.log"))  # an MCAP log, whatever its name
+    data = drive.read_bytes()
+    video = tmp_path / "FV.avi"
+    write_video(video, [np.zeros((48, 64, 3), np.uint8)] * 2)
+    video_data = video.read_bytes()
+    for argv in (["convert", "to-can", str(drive), str(tmp_path / "sub" / ".." / "drive.log")],
+                 ["eval", "--model", "tiny", "--manifest", str(world["manifest"]), "--data", str(drive), "--json",
+                  str(drive)],
+                 ["bench", "soak", "--model", "tiny", "--manifest", str(world["manifest"]), "--log", str(drive),
+                  "--json", str(drive)],
+                 ["record", "--camera", f"FV={video}", "--out", str(video)]):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "is an input of this command" in err, (argv, err)
+    assert drive.read_bytes() == data and video.read_bytes() == video_data
+
+
+# --- inputs the runtime used to take silently ----------------------------------------------------------------------
+
+def test_a_log_without_camera_images_runs_on_its_ultrasonics(world, tmp_path):
+    blind = rewrite_log(world["drive"], tmp_path / "blind.mcap", image=lambda im: None)
+    stats = run(world["model"], blind, tmp_path / "results.mcap", threads=1, progress=False)
+    records = read_results(tmp_path / "results.mcap")
+    assert stats.frames == stats.written == stats.degraded == len(records) == 6
+    for r in records:
+        assert r.present == () and all(f"camera {c} missing" in r.degraded for c in ("FV", "RV", "MVL", "MVR"))
+        assert r.class_map is not None
+
+
+def test_the_ultrasonic_model_gives_the_same_maps_without_the_cameras(tmp_path):
+    """nf-small-uss reads no image: a drive whose cameras are all gone gives it the same maps as the whole drive."""
+    drive = ROOT / "tests" / "replay" / "drives" / "uss_failure.mcap"
+    blind = rewrite_log(drive, tmp_path / "blind.mcap", image=lambda im: None)
+    whole = run("nf-small-uss", drive, tmp_path / "whole.mcap", threads=1, progress=False)
+    alone = run("nf-small-uss", blind, tmp_path / "alone.mcap", threads=1, progress=False)
+    assert alone.frames == whole.frames == 8
+    for a, b in zip(read_results(tmp_path / "alone.mcap"), read_results(tmp_path / "whole.mcap"), strict=True):
+        np.testing.assert_array_equal(a.class_map, b.class_map)
+        assert a.present == () and "camera FV missing" in a.degraded
+
+
+def test_a_log_with_nothing_to_run_on_is_one_line_and_writes_nothing(world, tmp_path, capsys):
+    from app.cli import main
+    from sensors.log_writer import LogWriter
+    from sensors.messages import Odometry
+
+    with LogReader(world["drive"]) as r:
+        rig, odometry = r.rig, [m.value for m in r.messages() if isinstance(m.value, Odometry)]
+    with LogWriter(tmp_path / "odometry.mcap", rig) as w:
+        for o in odometry:
+            w.write_odometry(o)
+    out = tmp_path / "never.mcap"
+    rc = main(run_args("--source", str(tmp_path / "odometry.mcap"), "--out", str(out), manifest=world["manifest"]))
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "no camera image" in err and "/uss/echoes" in err
+    assert not out.exists()
+
+
+def test_an_image_of_the_wrong_size_is_left_out_and_flagged_not_stretched(world, tmp_path):
+    import cv2
+
+    from sensors.imaging import decode_jpeg, encode_jpeg
+
+    def shrink(im):  # MVR at half size (160 x 121 against 320 x 242): decoded at 1/2 it is 80 x 61, not 160 x 121
+        if im.camera != "MVR":
+            return im
+        rgb = decode_jpeg(im.jpeg)
+        return CameraImage(im.camera, im.stamp_ns, jpeg=encode_jpeg(cv2.resize(rgb, (160, 121))))
+
+    small = rewrite_log(world["drive"], tmp_path / "small.mcap", image=shrink)
+    stats = run(world["model"], small, tmp_path / "results.mcap", threads=1, progress=False)
+    records = read_results(tmp_path / "results.mcap")
+    assert stats.degraded == len(records) == 6
+    for r in records:
+        assert "MVR" not in r.present and "camera MVR wrong size 160x121, calibration says 320x242" in r.degraded
+
+
 # --- the deadline monitor -----------------------------------------------------------------------------------------
 
 def test_late_policy_drop_drops_and_records_frames(world, tmp_path):
@@ -268,6 +372,65 @@ def test_live_video_files_and_can_log(world, tmp_path, rig):
         memory_decay=0.9)
     plain = read_results(tmp_path / "plain.mcap")
     assert plain and all("near-field memory restarted: no odometry" in r.degraded for r in plain)
+
+
+def test_live_files_start_their_time_when_frames_are_taken(world, tmp_path, rig):
+    """Video files and a CAN log standing in for live sensors are stamped from when the run takes frames, together,
+    not from when they were opened: a model load in between must not age every frame (with --late-policy drop it
+    dropped them all) nor set the cameras apart from the ultrasonics."""
+    from deploy.live_config import LiveSource
+    from sensors.drivers.camera import write_video
+    from sensors.drivers.can_log import log_to_can
+
+    small = rig.scaled(0.25)
+    (tmp_path / "rig.toml").write_text(small.to_toml())
+    frames = list(replay_frames(world["drive"]))
+    for cam in ("FV", "RV"):
+        write_video(tmp_path / f"{cam}.avi", [f.images[cam].rgb for f in frames], fps=10.0)
+    log_to_can(world["drive"], tmp_path / "uss.log")
+    (tmp_path / "live.toml").write_text('rig = "rig.toml"\n[cameras]\nFV = "FV.avi"\nRV = "RV.avi"\n'
+                                        '[can]\nchannel = "uss.log"\n[sync]\nlatency_ms = 500\n')
+    loading = [0]  # a model load of 2 s between opening the sources and taking frames, on the sources' clock
+
+    def clock():
+        return time.monotonic_ns() + loading[0]
+
+    source = LiveSource(load_live_config(tmp_path / "live.toml"), clock=clock)
+    try:
+        loading[0] = 2_000_000_000
+        started = clock()
+        taken = [(f, clock()) for f in source.frames()]
+    finally:
+        source.close()
+    assert len(taken) >= 6
+    assert taken[0][0].stamp_ns >= started - 20_000_000  # the file's first frame: when frames were first asked for
+    assert max(now - f.stamp_ns for f, now in taken) < 1_500_000_000  # fresh, not 2 s old
+    assert sum(f.uss is not None and f.images["FV"] is not None for f, _ in taken) >= 4  # cameras and CAN together
+
+
+def test_live_config_errors_are_one_line(tmp_path, capsys):
+    from app.cli import main
+
+    cases = {"rig5.toml": ('rig = 5\n[cameras]\nFV = "front.avi"\n', "rig must be the path of a rig file"),
+             "log.toml": ('[can]\nchannel = "missing.log"\n', "can.channel 'missing.log': no such CAN log file"),
+             "path.toml": ('[can]\nchannel = "logs/uss"\n', "can.channel 'logs/uss': no such CAN log file"),
+             "bad.toml": ("[cameras\n", "cannot read the live configuration"),
+             "binary.toml": (None, "cannot read the live configuration"),
+             "absent.toml": ("", "cannot read the live configuration (No such file or directory)"),
+             "empty.toml": ("[sync]\n", "names no source")}
+    for name, (text, message) in cases.items():
+        if name == "binary.toml":
+            (tmp_path / name).write_bytes(b"\xff\xfe\x00rig")
+        elif name != "absent.toml":
+            (tmp_path / name).write_text(text)
+        rc = main(["run", "--model", "nf-small", "--source", str(tmp_path / name), "--out", str(tmp_path / "o.mcap")])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, (name, err)
+        assert str(tmp_path / name) in err
+    assert not (tmp_path / "o.mcap").exists()
+    # Bus channels stay channels, whatever dots they have (python-can's udp_multicast takes an address).
+    (tmp_path / "bus.toml").write_text('[can]\nchannel = "239.74.163.2"\ninterface = "udp_multicast"\n')
+    assert load_live_config(tmp_path / "bus.toml").can == "239.74.163.2"
 
 
 def test_live_config_is_validated(tmp_path):

@@ -211,6 +211,91 @@ def test_corrupt_jpeg_flags_the_frame(rig):
     assert sorted(f.degraded) == ["camera MVL corrupt image", "camera RV corrupt image"]
 
 
+def test_an_image_of_the_wrong_size_is_flagged_and_left_out(rig):
+    """Against the calibration at the decode reduction: half size decoded in full looks like a correct image
+    decoded at half size, and only the reduction tells them apart."""
+    from sensors.imaging import encode_jpeg
+    from sensors.messages import Frame
+    from sensors.replay import decode_frame
+
+    small = rig.scaled(0.25)  # 320 x 242
+
+    def frame(sizes):
+        return Frame(0, 0, {c: CameraImage(c, 0, encode_jpeg(np.zeros((h, w, 3), np.uint8)))
+                            for c, (w, h) in zip(CAMS, sizes, strict=True)}, None)
+
+    f = decode_frame(frame([(320, 242), (160, 121), (640, 484), (242, 320)]), 1, small)
+    assert f.images["FV"].rgb.shape == (242, 320, 3) and [f.images[c] for c in CAMS[1:]] == [None] * 3
+    assert f.degraded == ["camera RV wrong size 160x121, calibration says 320x242",
+                          "camera MVL wrong size 640x484, calibration says 320x242",
+                          "camera MVR wrong size 242x320, calibration says 320x242"]
+    f = decode_frame(frame([(320, 242), (160, 121), (640, 484), (242, 320)]), 2, small)
+    assert f.images["FV"].rgb.shape == (121, 160, 3) and [f.images[c] for c in CAMS[1:]] == [None] * 3
+    assert f.degraded[0] == "camera RV wrong size 160x121, calibration says 320x242"  # 80 x 61 decoded
+    f = decode_frame(frame([(320, 242)] * 4), 1)  # no rig: not checked (live images come checked by their driver)
+    assert not f.degraded
+
+
+def test_the_preprocessor_leaves_out_an_image_no_decode_reduction_explains(rig):
+    from perception.bev_config import BevConfig
+    from perception.preprocess import FramePreprocessor
+    from sensors.messages import Frame
+
+    small = rig.scaled(0.25)
+    prep = FramePreprocessor(small, BevConfig(cell=0.4, image_size=(128, 96)))
+    shapes = {"FV": (242, 320), "RV": (121, 160), "MVL": (320, 242), "MVR": (100, 100)}
+    f = Frame(0, 0, {c: CameraImage(c, 0, rgb=np.full((*s, 3), 7, np.uint8)) for c, s in shapes.items()}, None)
+    images, present = prep.images(f)
+    assert dict(zip(prep.cameras, present.tolist(), strict=True)) == {"FV": True, "RV": True, "MVL": False,
+                                                                      "MVR": False}
+    assert sorted(f.degraded) == ["camera MVL wrong size 242x320, calibration says 320x242",
+                                  "camera MVR wrong size 100x100, calibration says 320x242"]
+    assert not images[list(prep.cameras).index("MVL")].any()  # blank, as for a missing camera; not stretched
+
+
+# --- cameras silent: the ultrasonics go on ------------------------------------------------------------------------
+
+def test_without_any_camera_the_ultrasonic_cycles_anchor_the_frames(rig):
+    msgs = [m for m in _stream() if m[0] != "image"]
+    frames = list(synchronise(rig, msgs))
+    assert [f.stamp_ns for f in frames] == [1_015 * MS + k * 100 * MS for k in range(10)]
+    for f in frames:
+        assert f.uss is not None and f.uss.stamp_ns == f.stamp_ns
+        assert all(v is None for v in f.images.values())
+        assert f.degraded == [f"camera {c} missing" for c in rig.cameras]
+    assert frames[0].truth.stamp_ns == 1_000 * MS and frames[3].conditions == ["night"]  # passed through as ever
+
+
+def test_cameras_that_all_fail_leave_the_ultrasonics_going(rig):
+    skip = {(k, c) for k in range(4, 8) for c in CAMS}
+    frames = list(synchronise(rig, _stream(n=12, skip=skip)))
+    camera = [round((f.stamp_ns - 1_000 * MS) / MS) for f in frames if any(f.images.values())]
+    alone = [round((f.stamp_ns - 1_000 * MS) / MS) for f in frames if not any(f.images.values())]
+    assert camera == [-3, 97, 197, 297, 797, 897, 997, 1097]
+    # Cycles more than the silent span (tolerance + 1.5 frame periods) from any image anchor frames of their own.
+    assert alone == [515, 615]
+    assert [f.index for f in frames] == list(range(len(frames))) and sorted(f.stamp_ns for f in frames) == [
+        f.stamp_ns for f in frames]
+    assert all(not f.degraded for f in frames if any(f.images.values()))
+
+
+def test_a_healthy_stream_with_faster_ultrasonics_gets_no_frames_of_their_own(rig):
+    msgs = [m for m in _stream(n=10) if m[0] != "uss"]
+    msgs += [("uss", _cycle(1_000 * MS + k * 40 * MS + 7 * MS)) for k in range(25)]  # 25 Hz against 10 Hz cameras
+    msgs.sort(key=lambda m: m[1].stamp_ns if hasattr(m[1], "stamp_ns") else m[1][0])
+    frames = list(synchronise(rig, msgs))
+    assert len(frames) == 10 and all(all(f.images.values()) for f in frames)
+
+
+def test_a_stream_that_expects_no_camera_does_not_wait_for_one(rig):
+    waiting, prompt = Synchroniser(rig), Synchroniser(rig, expect_cameras=False)
+    for sync in (waiting, prompt):
+        sync.push_uss(_cycle(1_000 * MS))
+        sync.push_odometry(Odometry(1_030 * MS, Pose2D(0, 0, 0)))  # the clock moves on, 30 ms
+    assert waiting.pop_frames() == []  # a camera image might still come within the latency allowance
+    assert [f.stamp_ns for f in prompt.pop_frames()] == [1_000 * MS]
+
+
 # --- odometry -----------------------------------------------------------------------------------------------------
 # _stream's frames are anchored on MVL's image, 3 ms before each 100 ms tick: 997, 1097, 1197, ... ms.
 

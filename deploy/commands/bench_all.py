@@ -25,8 +25,10 @@ def _bench_all(args) -> int:
 
     from deploy.bench_all import BenchSettings, bench_all, parse_sections
     from deploy.zoo import MANIFEST
+    from sensors.files import refuse_overwrite
 
     sections = parse_sections(args.only)  # a typo fails before minutes of benchmarks
+    refuse_overwrite([p for p in (args.json, args.markdown) if p], [args.log], "bench all output")
     settings = BenchSettings(args.quick, args.config, args.manifest or MANIFEST,
                              tuple(args.models) if args.models else None, args.threads, args.log)
     report = bench_all(settings, sections)

@@ -54,7 +54,7 @@ def _deploy_model(args):
 def _eval_deploy(args, model) -> int:
     """`eval` of a deploy model: deploy.measure.score_logs over the logs, with the near-field settings given."""
     from deploy.measure import score_logs
-    from perception.cli import print_eval
+    from perception.cli import check_report_paths, print_eval
     from perception.near_field import NearFieldSettings
     from sensors.errors import ConfigError
     from sensors.files import find_logs
@@ -62,6 +62,7 @@ def _eval_deploy(args, model) -> int:
     if args.blind_cameras:
         raise ConfigError("eval: --blind-cameras is for trained models (it blanks the torch dataset's images); a "
                           "deploy model is scored on what the logs hold")
+    check_report_paths(args)
     settings = NearFieldSettings(args.free_confidence, args.memory, args.echo_floor)
     result = score_logs(model, find_logs(args.data), threads=args.threads, settings=settings)
     return print_eval(result, f"{model.name} (deploy: {model.method}, {model.target}, {model.onnx.name})", args)

@@ -50,8 +50,11 @@ def _operating_point(args) -> int:
         sweep_table,
     )
     from perception.registry import load_trained
+    from sensors.files import find_logs, refuse_overwrite
 
     settings = sort_settings([None, *(args.free_confidence or DEFAULT_SWEEP)])
+    if args.json:
+        refuse_overwrite(args.json, find_logs(args.data), "--json")
     check_recall_goal(args.recall_goal)  # the goal and the zoo model are checked before any log is read
     if args.register:
         from deploy.zoo import MANIFEST, get_model

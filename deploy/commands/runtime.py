@@ -121,6 +121,7 @@ def _run(args) -> int:
 def _bench_runtime(args) -> int:
     from deploy.runtime_bench import bench_runtime
 
+    _check_json(args)
     model = _zoo_model(args.model, args.manifest)
     result = bench_runtime(model, log=args.log, frames=args.frames, threads=args.threads, onnx=args.onnx,
                            torch_model=args.torch_model, memory_decay=args.memory)
@@ -135,6 +136,7 @@ def _bench_ops(args) -> int:
     from deploy.zoo import unlisted
     from sensors.timing import machine_description
 
+    _check_json(args)
     models = [_zoo_model(name, args.manifest) for name in args.model]
     models += [unlisted(path, models[0]) for path in args.onnx]
     with bench_drive(args.log) as drive:
@@ -150,12 +152,21 @@ def _bench_ops(args) -> int:
 def _bench_soak(args) -> int:
     from deploy.runtime_bench import soak
 
+    _check_json(args)
     model = _zoo_model(args.model, args.manifest)
     result = soak(model, log=args.log, frames=args.frames, warmup=args.warmup, max_growth_mb=args.max_growth_mb,
                   threads=args.threads, memory_decay=args.memory)
     print(result.format())
     _write_json(args.json, result.as_dict())
     return 0 if result.passed else 1
+
+
+def _check_json(args) -> None:
+    """--json must not be the --log it reads (checked before the benchmark, which the write would follow)."""
+    from sensors.files import refuse_overwrite
+
+    if args.json:
+        refuse_overwrite(args.json, [args.log], "--json")
 
 
 def _write_json(path: str | None, data: dict) -> None:

@@ -49,16 +49,18 @@ class VideoCameraSource:
     """Iterator of CameraImages (rgb set, jpeg None) from one capture source; a context manager.
 
     Files replay deterministically: stamps are `start_ns` + the frame's time in the file (CAP_PROP_POS_MSEC),
-    and `realtime=True` paces them at that rate. Live sources (V4L2, GStreamer) are stamped with `clock` at grab
-    time; `fps` and `size` (width, height) are requested from the device and checked. A frame of another size
-    than expected (the requested one, else the first frame's) is dropped and counted in `frames_dropped`.
+    and `realtime=True` paces them at that rate from when iteration starts. start_ns None (a file standing in for a
+    live camera): `clock` when iteration starts, so that the first frame is fresh however long ago the source was
+    opened. Live sources (V4L2, GStreamer) are stamped with `clock` at grab time; `fps` and `size` (width, height)
+    are requested from the device and checked. A frame of another size than expected (the requested one, else the
+    first frame's) is dropped and counted in `frames_dropped`.
     `capture`: an already opened cv2.VideoCapture (e.g. an RTSP stream through CAP_FFMPEG) read as a live
     source instead of opening `source`, which then only names it.
     """
 
     def __init__(self, camera: str, source: str | int, clock: Callable[[], int] = time.monotonic_ns,
                  fps: float | None = None, size: tuple[int, int] | None = None, realtime: bool = False,
-                 start_ns: int = 0, capture=None):
+                 start_ns: int | None = 0, capture=None):
         self.camera, self.source, self.clock = camera, source, clock
         self.kind = source_kind(source) if capture is None else "live"
         self.realtime, self.start_ns = realtime, start_ns
@@ -110,6 +112,7 @@ class VideoCameraSource:
 
     def _files(self) -> Iterator[CameraImage]:
         t_wall0 = time.monotonic_ns()
+        start = self.clock() if self.start_ns is None else self.start_ns
         last_ns = None
         index = 0
         while self._cap is not None and self._cap.isOpened():
@@ -122,7 +125,7 @@ class VideoCameraSource:
             offset_ns = round(pos_ms * 1e6) if pos_ms > 0 or index == 1 else None
             if offset_ns is None and self.fps:
                 offset_ns = round((index - 1) * 1e9 / self.fps)
-            stamp = self.start_ns + (offset_ns or 0)
+            stamp = start + (offset_ns or 0)
             if last_ns is not None and stamp <= last_ns:
                 log.warning("%s: frame %d time %d ns does not advance; dropped", self.name, index, stamp)
                 self.frames_dropped += 1
@@ -132,7 +135,7 @@ class VideoCameraSource:
                 continue
             last_ns = stamp
             if self.realtime:
-                delay = (stamp - self.start_ns) - (time.monotonic_ns() - t_wall0)
+                delay = (stamp - start) - (time.monotonic_ns() - t_wall0)
                 if delay > 0:
                     time.sleep(delay / 1e9)
             yield image

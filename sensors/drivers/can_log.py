@@ -16,6 +16,7 @@ from can.io.blf import BLFParseError
 from sensors.drivers.can_odometry import OdometryCanEncoder, motion_decoder
 from sensors.drivers.can_uss import UssCanDecoder, UssCanEncoder
 from sensors.errors import LogFormatError
+from sensors.files import refuse_overwrite
 from sensors.messages import Odometry, UssCycle
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str
     if out_path.suffix.lower() not in CAN_LOG_SUFFIXES:  # checked here so the message names the user's path
         raise LogFormatError(f"{out_path}: cannot write a CAN log with suffix {out_path.suffix!r}; use one of "
                              f"{', '.join(CAN_LOG_SUFFIXES)}")
+    partial = out_path.with_name(f"{out_path.stem}.partial{out_path.suffix}")
+    refuse_overwrite([out_path, partial], [log_path], "to-can OUT")
     # The MCAP layer is only needed for this conversion.
     from sensors.log import LogReader
     from sensors.schemas import ODOMETRY_TOPIC, USS_TOPIC
@@ -172,7 +175,6 @@ def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str
                 counted[record.topic] += 1
                 yield record.value
 
-    partial = out_path.with_name(f"{out_path.stem}.partial{out_path.suffix}")
     try:
         n_frames = write_can_log(cycles(), partial, db=db, channel=channel)
     except BaseException:
