@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from perception.postprocess import Sectors
+from perception.postprocess import Sectors, warning_level
 from sensors.bev import BevGrid
 from sensors.classes import CLASS_COLORS, CLASS_NAMES, IGNORE, SemanticClass, colorize
 from sensors.imaging import outlined_text

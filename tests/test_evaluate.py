@@ -213,13 +213,13 @@ def test_sector_error_is_zero_for_identical_maps_and_the_shift_otherwise(rig, gr
 def test_sector_warning_levels_count_understated_and_false_warnings(rig, grid):
     ev = Evaluator(rig, grid)
     assert ev.layout.levels_m == (1.5, 0.8, 0.3)
-    front, flank = ev.layout.sector_of_cells()[26, 39], ev.layout.sector_of_cells()[39, 46]
+    front, flank = ev.layout.sector_of_cells()[26, 39], ev.layout.sector_of_cells()[39, 47]
     assert front != flank
     target = _empty(grid, rig)
     target[26, 39] = 1  # 0.4 m ahead of the bumper: level 2 (within 0.8, not 0.3)
     pred = _empty(grid, rig)
     pred[22, 39] = 1  # 1.2 m ahead, same sector: level 1, one too low
-    pred[39, 46] = 4  # 0.4 m off the right flank, where the truth is clear: a false alarm at level 2
+    pred[39, 47] = 4  # its edge 0.5 m off the right flank, where the truth is clear: a false alarm at level 2
     assert ev.layout(target).level[front] == 2 and ev.layout(pred).level[front] == 1
     assert ev.layout(pred).level[flank] == 2
     ev.update(pred, target, ["night"])
