@@ -80,7 +80,13 @@ class Pipeline:
         self.bev = self.model.bev
         self.keep_logits = keep_logits
         if isinstance(backend, str):
-            self.backend = create_backend(backend, self.model.verified_onnx(), threads=threads, device=device)
+            options = {}
+            if backend == "tensorrt":
+                from deploy.backends.tensorrt import precision_for
+
+                options["precision"] = precision_for(self.model.method, self.model.target, self.model.name)
+            self.backend = create_backend(backend, self.model.verified_onnx(), threads=threads, device=device,
+                                          **options)
         else:
             self.backend = backend
         self.set_rig(rig, source)

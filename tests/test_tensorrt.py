@@ -90,6 +90,34 @@ def test_without_tensorrt_the_backend_says_what_to_install(tmp_path):
     assert "pip install" in str(e.value) and "--backend ort" in str(e.value)
 
 
+def test_each_zoo_model_gets_the_precision_its_graph_was_made_for():
+    """The runtime picks the TensorRT precision from the zoo entry: the quantised TensorRT artifacts are built with
+    the INT8 flag (their Q/DQ scales), float models in fp16, and a CPU artifact (asymmetric uint8) is refused
+    before any engine is built, whether or not TensorRT is installed."""
+    from deploy.backends.tensorrt import QUANTISED_METHODS, precision_for
+    from deploy.zoo import read_zoo
+
+    zoo = read_zoo()
+    assert precision_for("int8-ptq", "tensorrt") == "int8" and precision_for("fp32", "any") == "fp16"
+    assert precision_for("prune-structured", "any") == "fp16" and precision_for("distill", "any") == "fp16"
+    for name, m in zoo.items():
+        if m.target == "cpu":
+            with pytest.raises(ConfigError, match="TensorRT does not take"):
+                precision_for(m.method, m.target, name)
+        else:
+            assert precision_for(m.method, m.target, name) == ("int8" if m.method in QUANTISED_METHODS else "fp16")
+    assert any(m.target == "tensorrt" and m.method == "int8-ptq" for m in zoo.values())
+
+
+def test_the_runtime_refuses_a_cpu_artifact_on_tensorrt(rig):
+    from deploy.pipeline import Pipeline
+    from deploy.zoo import read_zoo
+
+    cpu = next(m for m in read_zoo().values() if m.target == "cpu")
+    with pytest.raises(ConfigError, match="target cpu"):
+        Pipeline(cpu, rig, backend="tensorrt")
+
+
 def _tiny_onnx(path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper

@@ -210,11 +210,25 @@ class _Cuda:
 
 # --- engine build and run -----------------------------------------------------------------------------------------
 
-def _has_qdq(onnx_path: Path) -> bool:
-    import onnx
+def _has_qdq(trt, network) -> bool:
+    """Whether the parsed NETWORK holds Q/DQ layers (explicit quantisation). Read from TensorRT's own network, not
+    with the onnx package, which the car does not install (deploy/JETSON.md)."""
+    kinds = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+    return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
 
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
+
+# Zoo methods whose ONNX holds int8 Q/DQ nodes: TensorRT builds them with the INT8 flag (explicit quantisation).
+QUANTISED_METHODS = ("int8-ptq", "qat-int8", "qat-int4", "qat-ternary")
+
+
+def precision_for(method: str, target: str, name: str = "model") -> str:
+    """The TensorRT precision for a zoo model of METHOD and TARGET: int8 for the quantised ones (their scales are in
+    the graph), fp16 for the float ones. A model built for the CPU (onnxruntime's U8S8 layout: asymmetric uint8
+    activations) is refused: TensorRT takes symmetric int8 only, and its `-tensorrt` sibling is the one to run."""
+    if target == "cpu":
+        raise ConfigError(f"{name} is built for onnxruntime on the CPU (target cpu: asymmetric uint8 activations), "
+                          "which TensorRT does not take; run its TensorRT artifact (target tensorrt) or --backend ort")
+    return "int8" if method in QUANTISED_METHODS else "fp16"
 
 
 def build_engine(trt, onnx_path: Path, precision: str, calibration: CalibrationCache | None = None,
@@ -234,7 +248,7 @@ def build_engine(trt, onnx_path: Path, precision: str, calibration: CalibrationC
         config.set_flag(trt.BuilderFlag.FP16)  # int8: layers without int8 kernels fall back to fp16, not fp32
     if precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
-        if not _has_qdq(onnx_path):
+        if not _has_qdq(trt, network):
             if calibration is None:
                 raise DeployError(f"{onnx_path}: int8 needs a Q/DQ model (nearfield compress --method int8-ptq "
                                   "--target tensorrt) or a calibration cache (--calibration-cache FILE)")
@@ -331,5 +345,6 @@ class TensorRTBackend:
             self.cuda.close()
 
 
-__all__ = ["PRECISIONS", "CalibrationCache", "TensorRTBackend", "build_engine", "engine_cache_dir",
-           "engine_cache_key", "engine_path", "read_calibration_cache", "require_tensorrt"]
+__all__ = ["PRECISIONS", "QUANTISED_METHODS", "CalibrationCache", "TensorRTBackend", "build_engine",
+           "engine_cache_dir", "engine_cache_key", "engine_path", "precision_for", "read_calibration_cache",
+           "require_tensorrt"]
