@@ -107,8 +107,11 @@ class Synchroniser:
 
     def push_image(self, image: CameraImage) -> None:
         if image.camera not in self._images:
-            log.warning("image from unknown camera %r at %d ns dropped", image.camera, image.stamp_ns)
-            self.stats.missing[f"unknown camera {image.camera}"] += 1
+            key = f"unknown camera {image.camera}"
+            (log.warning if not self.stats.missing[key] else log.debug)(
+                "image from unknown camera %r at %d ns dropped%s", image.camera, image.stamp_ns,
+                "" if self.stats.missing[key] else "; later ones are counted, not logged")
+            self.stats.missing[key] += 1
             return
         if not self._advance(image.stamp_ns):
             return
@@ -143,8 +146,12 @@ class Synchroniser:
               & np.isfinite(cycle.amplitude) & (cycle.amplitude >= 0) & (cycle.amplitude <= 1))
         bad = int((~ok).sum())
         if bad:
-            log.warning("/uss/echoes at %d ns: %d invalid echoes dropped (NaN or out-of-range distance or amplitude, "
-                        "or unknown sensor id)", cycle.stamp_ns, bad)
+            # Once in the log, not once a cycle: every such frame says it in its degraded list, and the stats count
+            # them all (a sensor gone bad would otherwise print a line ten times a second).
+            (log.warning if not self.stats.bad_echoes else log.debug)(
+                "/uss/echoes at %d ns: %d invalid echoes dropped (NaN or out-of-range distance or amplitude, or "
+                "unknown sensor id)%s", cycle.stamp_ns, bad,
+                "" if self.stats.bad_echoes else "; later ones are counted, not logged")
             self.stats.bad_echoes += bad
             cycle = UssCycle(cycle.stamp_ns, cycle.cycle, cycle.sender[ok], cycle.receiver[ok], cycle.distance[ok],
                              cycle.amplitude[ok], dict(cycle.status))

@@ -196,6 +196,24 @@ def test_invalid_echoes_are_dropped_counted_and_flagged(rig):
     assert not frames[0].degraded and not frames[2].degraded
 
 
+def test_invalid_echoes_are_logged_once_and_counted_always(rig, caplog):
+    """A sensor gone bad sends invalid echoes every cycle: one warning, not one a cycle; every frame still says it."""
+    import logging
+
+    msgs = []
+    for m in _stream(n=4):
+        if m[0] == "uss":
+            c = m[1]
+            m = ("uss", UssCycle(c.stamp_ns, c.cycle, [0, 0], [0, 0], [1.0, float("nan")], [0.5, 0.5]))
+        msgs.append(m)
+    with caplog.at_level(logging.WARNING, logger="sensors.sync"):
+        sync, frames = _run(rig, msgs)
+    warned = [r for r in caplog.records if "invalid echoes" in r.getMessage()]
+    assert len(warned) == 1 and "later ones are counted" in warned[0].getMessage()
+    assert sync.stats.bad_echoes == len(frames) >= 3
+    assert all("uss 1 invalid echoes dropped" in f.degraded for f in frames)
+
+
 def test_corrupt_jpeg_flags_the_frame(rig):
     from sensors.imaging import encode_jpeg
     from sensors.messages import Frame
