@@ -139,6 +139,9 @@ register_topic(re.escape(STATUS_TOPIC), PerceptionStatus, _identity)
 
 # --- writing ------------------------------------------------------------------------------------------------------
 
+RUN_SUMMARY = "nearfield_run_summary"  # the metadata record a run writes at its end (ResultsWriter.summarise)
+
+
 class ResultsWriter:
     """Writes ResultRecords into a results MCAP: the rig attached and every camera's calibration (LogWriter), so
     the file describes itself. Chunks are fsync'ed as they complete, so even a killed process leaves a file
@@ -176,6 +179,11 @@ class ResultsWriter:
         record.latency["write"] = (time.perf_counter() - t0) * 1e3
         self._log.write_message(LATENCY_TOPIC, self._latency(record), stamp)
         self.frames += 1
+
+    def summarise(self, values: dict[str, str]) -> None:
+        """What the run found by its end (frames, late, dropped, degraded, input damage, what stopped it), as the
+        metadata record RUN_SUMMARY: `nearfield info` and LogReader.metadata show it beside the run's settings."""
+        self._log.add_metadata(RUN_SUMMARY, values)
 
     def close(self) -> None:
         self._log.close()

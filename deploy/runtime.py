@@ -322,6 +322,12 @@ def _run(model, source, out, backend, threads, device, monitor, progress, stop, 
                 runtime.written(record)
                 stats.written += not record.dropped
                 bar.update(1)
+            stopped = caught[-1] if caught else ("stop_event" if stop.is_set() else "")
+            writer.summarise({"run_frames": monitor.frames, "run_written": stats.written, "run_late": monitor.late,
+                              "run_dropped": monitor.dropped, "run_degraded": runtime.degraded,
+                              "run_discarded": getattr(src, "discarded", 0),
+                              "run_input_damage": "; ".join(str(d) for d in src.damage),
+                              "run_stopped_by": stopped})
         stats.seconds = time.perf_counter() - t0
     finally:
         src.close()

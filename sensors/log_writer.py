@@ -195,6 +195,15 @@ class LogWriter(LogWrites):
         if self._sync and self._file.tell() != self._on_disk:  # the mcap writer just completed a chunk
             self._to_disk()
 
+    def add_metadata(self, name: str, values: dict[str, str]) -> None:
+        """One more MCAP metadata record (LogReader.metadata merges it under the file's own); e.g. what a run found
+        by its end. The file's own record (METADATA_NAME) is written once, at the start."""
+        if self._closed:
+            raise LogFormatError(f"{self.path}: the log is closed; cannot add metadata {name!r}")
+        if name == METADATA_NAME:
+            raise ConfigError(f"{self.path}: metadata {name!r} is the log's own record, written at the start")
+        self._mcap.add_metadata(name, {str(k): str(v) for k, v in values.items()})
+
     def flush(self) -> None:
         """Close the chunk in progress and put it on disk (a live recorder does this at least every second)."""
         if not self._closed:

@@ -129,6 +129,7 @@ def test_sigterm_mid_run_leaves_a_complete_results_file(world, long_drive, tmp_p
     assert "stopped by SIGTERM" in stdout
     with LogReader(out) as r:
         assert r.damage is None and r.indexed  # finished properly: summary and footer written
+        assert r.metadata["run_stopped_by"] == "SIGTERM" and r.metadata["run_input_damage"] == ""
     records = read_results(out)
     assert 3 <= len(records) < 240
     assert f"{len(records)} frames" in stdout  # every frame taken was written
@@ -173,6 +174,11 @@ def test_a_truncated_log_processes_every_readable_frame_and_says_so(world, long_
     assert rc == 1
     assert "input damaged" in stdout and "every readable frame" in stdout and "truncated" in stdout.lower()
     assert len(read_results(out)) == readable
+    # The results file itself says what the run found: whoever opens it later sees the input was cut short.
+    with LogReader(out) as r:
+        meta = r.metadata
+    assert meta["run_frames"] == meta["run_written"] == str(readable)
+    assert "truncated" in meta["run_input_damage"].lower() and meta["run_stopped_by"] == ""
 
 
 # --- outputs that are inputs -------------------------------------------------------------------------------------
