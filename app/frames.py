@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.results import TOPICS as RESULTS_TOPICS
 from sensors.errors import ConfigError, LogFormatError
 from sensors.log import LogDamage, LogReader
 from sensors.messages import Frame
@@ -31,6 +32,16 @@ class FrameEntry:
     conditions: tuple[str, ...]
     degraded: tuple[str, ...]
     has_truth: bool
+
+
+def results_log_message(path: Path, metadata: dict[str, str]) -> str:
+    """What to say when PATH is the results log of `nearfield run` (its maps and sectors, no sensor data) rather
+    than a drive log: which model over which drive it holds, and how to view that (its metadata names both)."""
+    model, source = metadata.get("model"), metadata.get("source")
+    what = f"{model or 'a model'} over {source or 'a drive log'}"
+    how = (f"open {source or 'that drive log'} with --model {model}" if model
+           else f"open {source or 'the drive log it was made from'} with the model's --model")
+    return f"{path} is a results log of {what}, not a drive log; {how}"
 
 
 class FrameSource:
@@ -54,6 +65,8 @@ class FrameSource:
             raise
         if not entries:
             self.reader.close()
+            if set(self.reader.topics) & set(RESULTS_TOPICS):
+                raise LogFormatError(results_log_message(self.path, self.reader.metadata))
             damage = f" ({self.reader.damages[0]})" if self.reader.damages else ""
             raise LogFormatError(f"{self.path}: no complete frame in the log{damage}; check it with "
                                  f"`nearfield info {self.path}`")

@@ -1,15 +1,17 @@
-"""The viewer's widgets: a panel that shows an RGB picture scaled to fit, the layer controls of the BEV view with
-the class legend, and the latency / IoU plots over the drive (pyqtgraph)."""
+"""The viewer's widgets: a panel that shows an RGB picture scaled to fit, the info line, the layer controls of the
+BEV view with the class and sector ring legends, and the latency / IoU plots over the drive (pyqtgraph)."""
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
-from PyQt6.QtCore import QPointF, QRectF, Qt, pyqtSignal
-from PyQt6.QtGui import QColor, QImage, QPainter
-from PyQt6.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
+from PyQt6.QtGui import QColor, QImage, QPainter, QPalette
+from PyQt6.QtWidgets import QCheckBox, QFormLayout, QHBoxLayout, QLabel, QSizePolicy, QSlider, QVBoxLayout, QWidget
 
-from app.render import Layers
+from app.render import FAILED_COLOR, Layers, ring_key
 from deploy.pipeline import STAGES
 from sensors.classes import CLASS_COLORS, CLASS_NAMES
 
@@ -59,6 +61,54 @@ class ImagePanel(QWidget):
         p.end()
 
 
+class InfoLine(QWidget):
+    """One line of text that never asks for more width than it gets (a toolbar would move it into its overflow
+    menu): as much of the text as fits, elided at its end, and the alert (the degraded sensors) in full at its right
+    in red, cut only where it alone is wider than the line. The whole line is the tooltip."""
+
+    SEPARATOR = "  |  "
+    MARGIN = 8
+
+    def __init__(self, name: str = "info", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self._text = self._alert = ""
+
+    def set_text(self, text: str, alert: str = "") -> None:
+        self._text, self._alert = text, alert
+        self.setToolTip(self.text())
+        self.update()
+
+    def text(self) -> str:
+        return self.SEPARATOR.join(t for t in (self._text, self._alert) if t)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return QSize(200, self.fontMetrics().height() + 6)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return QSize(60, self.fontMetrics().height() + 6)
+
+    def shown(self) -> tuple[str, str]:
+        """(text, alert) as drawn at the present width."""
+        fm = self.fontMetrics()
+        room = max(0, self.width() - 2 * self.MARGIN)
+        alert = fm.elidedText(self._alert, Qt.TextElideMode.ElideRight, room)
+        if alert:
+            room = max(0, room - fm.horizontalAdvance(alert) - fm.horizontalAdvance(self.SEPARATOR))
+        return fm.elidedText(self._text, Qt.TextElideMode.ElideRight, room), alert
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        text, alert = self.shown()
+        p = QPainter(self)
+        r = self.rect().adjusted(self.MARGIN, 0, -self.MARGIN, 0)
+        p.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+        p.drawText(r, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, text)
+        p.setPen(QColor(*FAILED_COLOR))
+        p.drawText(r, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, alert)
+        p.end()
+
+
 class LayerControls(QWidget):
     """Toggles and opacity sliders of the BEV layers, and the class legend. `changed` carries a new Layers."""
 
@@ -93,11 +143,22 @@ class LayerControls(QWidget):
                                '<span style="color:#ff50ff">&#9644; cross echo (ellipse)</span><br>'
                                '<span style="color:#ff2828">&#10005; failed sensor</span><br>'
                                '<span style="color:#6e6e6e">&#9636; hatched: recalled by the near-field memory</span>')
+        self.ring_key = QLabel()
+        self.ring_key.setObjectName("ring_key")
+        self.ring_key.hide()  # until a frame says which thresholds its sectors have (set_levels)
         outer = QVBoxLayout(self)
         outer.addLayout(form)
         outer.addLayout(legend)
+        outer.addWidget(self.ring_key)
         outer.addWidget(self.echo_key)
         outer.addStretch(1)
+
+    def set_levels(self, levels_m: tuple[float, ...]) -> None:
+        """The sector ring's legend for the warning thresholds LEVELS_M (clear -> stop); none: hidden."""
+        rows = [f'<span style="color:rgb{colour}">&#9632;</span> {name} {html.escape(bound)}'
+                for name, colour, bound in ring_key(levels_m)]
+        self.ring_key.setText("sector ring, distance to the body:<br>" + "<br>".join(rows))
+        self.ring_key.setVisible(bool(rows))
 
     def _check(self, text: str, on: bool) -> QCheckBox:
         box = QCheckBox(text)

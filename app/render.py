@@ -5,12 +5,12 @@ arrays drawn with OpenCV. Qt-free, so the MP4 export draws exactly what the wind
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-from perception.postprocess import Sectors, warning_level
+from perception.postprocess import LEVEL_TOLERANCE_M, Sectors, warning_level
 from sensors.bev import BevGrid
 from sensors.classes import CLASS_COLORS, CLASS_NAMES, IGNORE, SemanticClass, colorize
 from sensors.imaging import outlined_text
@@ -20,7 +20,12 @@ from sensors.rig import Rig, UssSensor
 BACKGROUND = (18, 18, 22)
 DIRECT_COLOR = (0, 230, 255)  # direct echoes: cyan arcs
 CROSS_COLOR = (255, 80, 255)  # cross echoes: magenta ellipse arcs
-LEVEL_COLORS = ((70, 150, 70), (250, 220, 40), (255, 140, 20), (255, 30, 30))  # clear, caution, warning, stop
+# The warning levels. The ring draws no band for a clear sector, and the strip's clear bars are neutral grey: no
+# green that could pass for a low obstacle.
+LEVEL_NAMES = ("clear", "caution", "warning", "stop")
+LEVEL_COLORS = ((110, 110, 120), (250, 220, 40), (255, 140, 20), (255, 30, 30))
+LEVELS_M = (1.5, 0.8, 0.3)  # SectorLayout's default; the viewer passes the layout's own (FrameView.levels_m)
+RING_OPACITY = 0.85
 FAILED_COLOR = (255, 40, 40)
 RECALLED_COLOR = (235, 235, 235)  # stripes over cells the near-field memory recalled
 FAILED_FILL = (110, 20, 20)  # a failed sensor's cell in the ultrasonic strip
@@ -112,6 +117,42 @@ def failed_sensors(cycle: UssCycle | None) -> dict[int, UssStatus]:
     return {} if cycle is None else {sid: st for sid, st in cycle.status.items() if st != UssStatus.OK}
 
 
+# --- distances as shown ---------------------------------------------------------------------------------------------
+
+SECTOR_DECIMALS = 2  # sector labels and the ultrasonic strip show centimetres
+
+
+def shown_distance(distance, decimals: int) -> np.ndarray:
+    """Distances cut to DECIMALS toward the car, never rounded away from it (a parking display must not show an
+    obstacle farther than it is); within LEVEL_TOLERANCE_M of the next step up they take that step, so that a
+    float32 0.29999998 shows 0.3 like the threshold it stands for."""
+    scale = 10.0 ** decimals
+    return np.floor(np.asarray(distance, float) * scale + LEVEL_TOLERANCE_M * scale) / scale
+
+
+def distance_text(distance: float, decimals: int) -> str:
+    return f"{float(shown_distance(distance, decimals)):.{decimals}f}"
+
+
+def shown_levels(sectors: Sectors, levels_m: tuple[float, ...], decimals: int = SECTOR_DECIMALS) -> Sectors:
+    """SECTORS with each level raised to that of the distance as its label shows it: cut toward the car, a label
+    can read a threshold (0.30) that the distance itself just misses (0.305), and the colour must then not be the
+    milder level."""
+    shown = warning_level(shown_distance(sectors.distance, decimals), levels_m)
+    return replace(sectors, level=np.maximum(sectors.level, shown).astype(np.uint8))
+
+
+def ring_key(levels_m: tuple[float, ...], le: str = "≤") -> list[tuple[str, tuple[int, int, int], str]]:
+    """(level name, colour, distances) of each warning level of the thresholds LEVELS_M (clear -> stop), for the
+    legends: ("clear", grey, "> 1.5 m, no band"), ("caution", yellow, "≤ 1.5 m"), ...; LE: how to write ≤ (OpenCV's
+    fonts have no ≤)."""
+    out = [(LEVEL_NAMES[0], LEVEL_COLORS[0], f"> {levels_m[0]:g} m, no band")] if levels_m else []
+    for k, t in enumerate(levels_m, start=1):
+        i = min(k, len(LEVEL_COLORS) - 1)
+        out.append((LEVEL_NAMES[k] if k < len(LEVEL_NAMES) else f"level {k}", LEVEL_COLORS[i], f"{le} {t:g} m"))
+    return out
+
+
 # --- the BEV view ---------------------------------------------------------------------------------------------------
 
 def view_grid(rig: Rig, extent: float, size: int) -> BevGrid:
@@ -120,20 +161,22 @@ def view_grid(rig: Rig, extent: float, size: int) -> BevGrid:
 
 
 def paint_layer(canvas: np.ndarray, view: BevGrid, class_map: np.ndarray, grid: BevGrid, opacity: float,
-                outline: bool = False) -> None:
+                outline: bool = False) -> np.ndarray:
     """Blend a class map on GRID into the picture on VIEW (same orientation, square cells) in place; with
-    outline=True only the borders of its obstacle regions, in their class colours."""
+    outline=True only the borders of its obstacle regions, in their class colours. Returns the (H, W) bool pixels
+    of its obstacle cells (none when the layer is invisible), which the sector ring leaves uncovered."""
     if opacity <= 0:
-        return
+        return np.zeros(canvas.shape[:2], bool)
     classes = _on_view(class_map, grid, view, canvas.shape[:2], SemanticClass.FREE)
     cover = _on_view(np.ones(class_map.shape, np.uint8), grid, view, canvas.shape[:2], 0).astype(bool)
+    obstacle = (classes != SemanticClass.FREE) & (classes != IGNORE) & cover
     if outline:
-        obstacle = (classes != SemanticClass.FREE) & (classes != IGNORE) & cover
         inner = cv2.erode(obstacle.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)  # 2 px borders
         cover = obstacle & ~inner
     rgb = colorize(classes)
     a = float(min(max(opacity, 0.0), 1.0))
     canvas[cover] = (canvas[cover] * (1 - a) + rgb[cover] * a).round().astype(np.uint8)
+    return obstacle
 
 
 def _on_view(cells: np.ndarray, grid: BevGrid, view: BevGrid, shape: tuple[int, int], border: int) -> np.ndarray:
@@ -189,12 +232,31 @@ def sector_polygons(sectors: Sectors, rig: Rig, inner: float = 0.12, width: floa
 SECTOR_LABEL_SCALE = 0.38
 
 
+def label_anchors(view: BevGrid, rig: Rig, polys: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per sector band (sector_polygons): the pixel in the middle of its outer edge, and the unit pixel vector
+    pointing away from the body there (the edge's normal: the gradient of the distance to the body)."""
+    anchors, outward = [], []
+    eps = 0.01
+    for p in polys:
+        n = len(p) // 2
+        outer = p[n:][::-1]
+        a = (outer[n // 2 - 1] + outer[n // 2]) / 2
+        grad = rig.vehicle.distance_to_body(a + eps * np.eye(2)) - rig.vehicle.distance_to_body(a - eps * np.eye(2))
+        px, tip = view.to_pixel(np.stack([a, a + grad / max(float(np.linalg.norm(grad)), 1e-12)]))
+        anchors.append(px)
+        outward.append((tip - px) / max(float(np.linalg.norm(tip - px)), 1e-9))
+    return anchors, outward
+
+
 def sector_labels(sectors: Sectors, anchors: list[np.ndarray], scale: float = SECTOR_LABEL_SCALE,
-                  gap: int = 2) -> list[tuple[str, tuple[int, int]]]:
-    """The distance labels of the warned sectors, (text, baseline origin in pixels), centred on each sector's anchor
-    (a pixel on its band's outer edge), placed nearest obstacle first and left out where one would overlap a label
-    already placed (within `gap` pixels): where neighbouring sectors of a bumper all warn, their labels would
-    otherwise print over each other, and the nearest distance is the one a driver needs."""
+                  gap: int = 2, outward: list[np.ndarray] | None = None,
+                  decimals: int = SECTOR_DECIMALS) -> list[tuple[str, tuple[int, int]]]:
+    """The distance labels of the warned sectors, (text, baseline origin in pixels), cut toward the car to DECIMALS
+    (shown_distance), centred on each sector's anchor (a pixel on its band's outer edge) or, given OUTWARD
+    (label_anchors), just beyond it so that they cover nothing in the band; placed nearest obstacle first and left
+    out where one would overlap a label already placed (within `gap` pixels): where neighbouring sectors of a
+    bumper all warn, their labels would otherwise print over each other, and the nearest distance is the one a
+    driver needs."""
     placed: list[tuple[int, int, int, int]] = []
     out = []
     order = np.argsort(sectors.distance, kind="stable")
@@ -202,9 +264,13 @@ def sector_labels(sectors: Sectors, anchors: list[np.ndarray], scale: float = SE
         dist = float(sectors.distance[k])
         if sectors.level[k] == 0 or not math.isfinite(dist):
             continue
-        text = f"{dist:.1f}"
+        text = distance_text(dist, decimals)
         (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        x, y = round(float(anchors[k][0]) - w / 2), round(float(anchors[k][1]) + h / 2)
+        centre = np.asarray(anchors[k], float)
+        if outward is not None:  # the box's half extent along the outward direction, and a pixel more
+            u = outward[k]
+            centre = centre + u * (abs(u[0]) * w / 2 + abs(u[1]) * (h + base) / 2 + 1)
+        x, y = round(float(centre[0]) - w / 2), round(float(centre[1]) + (h - base) / 2)
         box = (x - gap, y - h - gap, x + w + gap, y + base + gap)
         if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
             continue
@@ -213,13 +279,36 @@ def sector_labels(sectors: Sectors, anchors: list[np.ndarray], scale: float = SE
     return out
 
 
+def draw_ring(pic: np.ndarray, view: BevGrid, rig: Rig, sectors: Sectors, keep: np.ndarray) -> None:
+    """The sector warning ring in place: each warned sector's band in its level's colour (a clear one has none),
+    with its distance label beyond it; the pixels of KEEP (obstacle cells) and a pixel around them are left as they
+    are, so that an obstacle in the band, the nearest there can be, stays in sight in its class colour."""
+    polys = sector_polygons(sectors, rig)
+    colour = np.zeros_like(pic)
+    area = np.zeros(pic.shape[:2], np.uint8)
+    for poly, level in zip(polys, sectors.level.tolist(), strict=True):
+        if level == 0:
+            continue
+        cv2.fillPoly(colour, [_px(view, poly)], LEVEL_COLORS[min(level, len(LEVEL_COLORS) - 1)], cv2.LINE_8, shift=3)
+        cv2.fillPoly(area, [_px(view, poly)], 255, cv2.LINE_AA, shift=3)
+    alpha = area.astype(np.float32) * (RING_OPACITY / 255)
+    alpha[cv2.dilate(keep.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)] = 0
+    a = alpha[..., None]
+    pic[:] = (pic * (1 - a) + colour * a).round().astype(np.uint8)
+    anchors, outward = label_anchors(view, rig, polys)
+    for text, org in sector_labels(sectors, anchors, outward=outward):
+        outlined_text(pic, text, org, SECTOR_LABEL_SCALE)
+
+
 def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers | None = None,
                 truth: tuple[np.ndarray, BevGrid] | None = None, prediction: tuple[np.ndarray, BevGrid] | None = None,
                 uss: UssCycle | None = None, sectors: Sectors | None = None,
-                recalled: tuple[np.ndarray, BevGrid] | None = None) -> np.ndarray:
+                recalled: tuple[np.ndarray, BevGrid] | None = None,
+                levels_m: tuple[float, ...] = LEVELS_M) -> np.ndarray:
     """(size, size, 3) RGB picture of the BEV view, car driving up: the prediction filled (the cells the near-field
     memory recalled, RECALLED, hatched), the ground truth filled or, over a prediction, outlined; then the sector
-    ring, echo arcs and ellipses, and the sensors."""
+    ring around the obstacles (draw_ring; LEVELS_M the thresholds the sectors were levelled with), echo arcs and
+    ellipses, and the sensors."""
     layers = layers or Layers()
     view = view_grid(rig, extent, size)
     pic = np.empty((size, size, 3), np.uint8)
@@ -233,12 +322,13 @@ def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers 
         cv2.line(pic, (c, 0), (c, size - 1), (45, 45, 52), 1)
     # Over a prediction, the truth is drawn as outlines so that both stay readable; alone, it is filled.
     over = prediction is not None and layers.prediction
+    obstacles = np.zeros((size, size), bool)
     if over:
-        paint_layer(pic, view, prediction[0], prediction[1], layers.prediction_opacity)
+        obstacles |= paint_layer(pic, view, prediction[0], prediction[1], layers.prediction_opacity)
         if recalled is not None and layers.prediction_opacity > 0:
             hatch_cells(pic, view, recalled[0], recalled[1])
     if truth is not None and layers.truth:
-        paint_layer(pic, view, truth[0], truth[1], layers.truth_opacity, outline=over)
+        obstacles |= paint_layer(pic, view, truth[0], truth[1], layers.truth_opacity, outline=over)
     aa = cv2.LINE_AA
     body = rig.vehicle.footprint()
     cv2.fillPoly(pic, [_px(view, body)], (70, 70, 78), aa, shift=3)
@@ -246,11 +336,7 @@ def bev_picture(rig: Rig, size: int = 640, extent: float = 16.0, layers: Layers 
     nose = np.array([[rig.vehicle.x_max - 0.2, 0.0], [rig.vehicle.x_max - 0.8, 0.35], [rig.vehicle.x_max - 0.8, -0.35]])
     cv2.fillPoly(pic, [_px(view, nose)], (200, 200, 200), aa, shift=3)
     if sectors is not None and layers.sectors:
-        polys = sector_polygons(sectors, rig)
-        for poly, level in zip(polys, sectors.level.tolist(), strict=True):
-            cv2.fillPoly(pic, [_px(view, poly)], LEVEL_COLORS[min(level, 3)], aa, shift=3)
-        for text, org in sector_labels(sectors, [view.to_pixel(p[len(p) // 4 * 3][None])[0] for p in polys]):
-            outlined_text(pic, text, org, SECTOR_LABEL_SCALE)
+        draw_ring(pic, view, rig, shown_levels(sectors, levels_m), obstacles)
     if uss is not None and layers.uss:
         for direct, pts in echo_curves(uss, rig):
             cv2.polylines(pic, [_px(view, pts)], False, DIRECT_COLOR if direct else CROSS_COLOR, 1, aa, shift=3)
@@ -304,10 +390,11 @@ def camera_failures(images: dict, degraded: list[str], conditions: list[str]) ->
 
 
 def uss_strip(cycle: UssCycle | None, rig: Rig, width: int = 720, height: int = 70,
-              levels_m: tuple[float, ...] = (1.5, 0.8, 0.3)) -> np.ndarray:
+              levels_m: tuple[float, ...] = LEVELS_M) -> np.ndarray:
     """(height, width, 3): one cell per sensor in rig order with its nearest direct-echo distance as a bar
-    (longer = closer, coloured by the warning levels of perception.postprocess.SectorLayout) and its name;
-    failed sensors red with the ECU's reason."""
+    (longer = closer, coloured by the warning level of the distance as shown: cut toward the car to centimetres,
+    thresholds LEVELS_M as perception.postprocess.SectorLayout's) and its name; failed sensors red with the ECU's
+    reason."""
     strip = np.empty((height, width, 3), np.uint8)
     strip[:] = (28, 28, 32)
     n = len(rig.uss)
@@ -323,18 +410,19 @@ def uss_strip(cycle: UssCycle | None, rig: Rig, width: int = 720, height: int = 
                   FAILED_COLOR)
         elif math.isfinite(dist[i]):
             share = 1.0 - min(max((dist[i] - s.range_min) / (s.range_max - s.range_min), 0.0), 1.0)
-            level = min(int(warning_level(dist[i], levels_m)), len(LEVEL_COLORS) - 1)
+            level = min(int(warning_level(shown_distance(dist[i], SECTOR_DECIMALS), levels_m)), len(LEVEL_COLORS) - 1)
             top = round((height - 22) * (1 - share)) + 18
             cv2.rectangle(strip, (x0 + 4, top), (x1 - 4, height - 4), LEVEL_COLORS[level], -1)
-            outlined_text(strip, f"{dist[i]:.2f}", (x0 + 2, height - 8), 0.38)
+            outlined_text(strip, distance_text(dist[i], SECTOR_DECIMALS), (x0 + 2, height - 8), 0.38)
         else:
             outlined_text(strip, "-", (x0 + 2, height - 8), 0.38, (150, 150, 150))
         outlined_text(strip, s.name, (x0 + 2, 14), 0.38)
     return strip
 
 
-def legend(width: int, height: int = 26) -> np.ndarray:
-    """The class colours with their names (sensors.classes)."""
+def legend(width: int, height: int = 26, levels_m: tuple[float, ...] = LEVELS_M) -> np.ndarray:
+    """The class colours with their names (sensors.classes), then the sector ring's levels with their distances
+    (ring_key of LEVELS_M; none when empty)."""
     band = np.empty((height, width, 3), np.uint8)
     band[:] = (28, 28, 32)
     x = 8
@@ -342,9 +430,19 @@ def legend(width: int, height: int = 26) -> np.ndarray:
         cv2.rectangle(band, (x, 7), (x + 14, 19), CLASS_COLORS[i], -1)
         outlined_text(band, name, (x + 19, 18), 0.42)
         x += 34 + 9 * len(name)
+    if levels_m:
+        x += 12
+        outlined_text(band, "sector ring:", (x, 18), 0.42)
+        x += cv2.getTextSize("sector ring:", cv2.FONT_HERSHEY_SIMPLEX, 0.42, 1)[0][0] + 12
+        for name, colour, bound in ring_key(levels_m, le="<="):
+            text = f"{name} {bound}"
+            cv2.rectangle(band, (x, 7), (x + 14, 19), colour, -1)
+            outlined_text(band, text, (x + 19, 18), 0.42)
+            x += 19 + cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.42, 1)[0][0] + 16
     return band
 
 
-__all__ = ["RECALLED_COLOR", "SECTOR_LABEL_SCALE", "Layers", "bev_picture", "camera_failures", "camera_tile",
-           "echo_curves", "failed_sensors", "hatch_cells", "legend", "nearest_direct", "paint_layer", "sector_labels",
-           "sector_polygons", "uss_strip", "view_grid"]
+__all__ = ["LEVELS_M", "LEVEL_COLORS", "LEVEL_NAMES", "RECALLED_COLOR", "SECTOR_DECIMALS", "SECTOR_LABEL_SCALE",
+           "Layers", "bev_picture", "camera_failures", "camera_tile", "distance_text", "draw_ring", "echo_curves",
+           "failed_sensors", "hatch_cells", "label_anchors", "legend", "nearest_direct", "paint_layer", "ring_key",
+           "sector_labels", "sector_polygons", "shown_distance", "shown_levels", "uss_strip", "view_grid"]

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from app.frames import FrameSource, display_scale
-from app.render import Layers, bev_picture, camera_failures, camera_tile, legend, uss_strip
+from app.render import LEVELS_M, Layers, bev_picture, camera_failures, camera_tile, legend, uss_strip
 from deploy.pipeline import FrameResult, Pipeline
 from deploy.zoo import ZooModel
 from perception.evaluate import Evaluator
@@ -44,6 +44,7 @@ class FrameView:
     notes: list[str] = field(default_factory=list)  # why something is not shown (e.g. no IoU for this grid)
     near_field: NearFieldSettings = field(default_factory=NearFieldSettings)  # what the model's map was made with
     operating_point: str = ""  # with the viewer's --operating-point: whose point it is, or that the model has none
+    levels_m: tuple[float, ...] = ()  # the warning thresholds the sectors were levelled with (SectorLayout.levels_m)
 
     @property
     def camera_failures(self) -> dict[str, str]:
@@ -148,19 +149,21 @@ class DriveSession:
             pred_grid = self.pipeline.grid
             if frame.truth is not None:
                 miou = self._miou(frame, result, notes)
+        levels_m: tuple[float, ...] = ()
         if result is not None:
-            sectors, sectors_of = result.sectors, "prediction"
+            sectors, sectors_of, levels_m = result.sectors, "prediction", self.pipeline.sectors.levels_m
         elif truth is not None:
             key = (tgrid.rows, tgrid.cols, tgrid.cell)
             if key not in self._truth_sectors:
                 self._truth_sectors[key] = SectorLayout(source.rig, tgrid)
-            sectors, sectors_of = self._truth_sectors[key](truth), "truth"
+            layout = self._truth_sectors[key]
+            sectors, sectors_of, levels_m = layout(truth), "truth", layout.levels_m
         else:
             sectors, sectors_of = None, ""
         return FrameView(k, source.time_s(k), frame, self.model.name if self.model else None, result, pred_grid,
                          truth, tgrid, sectors, sectors_of, miou, notes,
                          self.pipeline.near_field if self.pipeline is not None else NearFieldSettings(),
-                         self.operating_point_note())
+                         self.operating_point_note(), levels_m)
 
     def _catch_up_memory(self, k: int, notes: list[str]) -> None:
         """Bring the near-field memory to where playing the drive up to frame k leaves it, so that a frame shows the
@@ -229,7 +232,8 @@ def compose(view: FrameView, rig, layers: Layers, height: int = 720) -> np.ndarr
     cams = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
     bev = bev_picture(rig, bev_size, view_extent(view), layers, bev_layer(view.truth, view.truth_grid),
                       bev_layer(view.result.class_map if view.result else None, view.pred_grid), view.frame.uss,
-                      view.sectors, bev_layer(view.result.recalled if view.result else None, view.pred_grid))
+                      view.sectors, bev_layer(view.result.recalled if view.result else None, view.pred_grid),
+                      view.levels_m or LEVELS_M)
     top = np.concatenate([cams, bev], 1)
     width = top.shape[1] + top.shape[1] % 2
     top = np.pad(top, ((0, 0), (0, width - top.shape[1]), (0, 0)))
@@ -240,7 +244,9 @@ def compose(view: FrameView, rig, layers: Layers, height: int = 720) -> np.ndarr
     text += f"  [{', '.join(view.frame.conditions) or 'no labels'}]"
     cv2.putText(title, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (235, 235, 235), 1, cv2.LINE_AA)
     rest = height - title.shape[0] - top.shape[0] - 26
-    pic = np.concatenate([title, top, uss_strip(view.frame.uss, rig, width, max(rest, 40)), legend(width)], 0)
+    levels_m = view.levels_m or LEVELS_M
+    pic = np.concatenate([title, top, uss_strip(view.frame.uss, rig, width, max(rest, 40), levels_m),
+                          legend(width, levels_m=view.levels_m)], 0)
     return pic[: pic.shape[0] - pic.shape[0] % 2]
 
 

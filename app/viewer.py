@@ -3,9 +3,11 @@ frame offscreen into a PNG and exits."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from deploy.zoo import MANIFEST
@@ -21,7 +23,8 @@ def launch(log_path: str | Path | None = None, model: str | None = None, frame: 
            threads: int | None = None, free_confidence: float | None = None, memory_decay: float | None = None,
            echo_floor: bool = False, operating_point: bool = False, history: bool = False) -> int:
     """Open the viewer on LOG_PATH (None: the demo drive) with MODEL at FRAME. With SCREENSHOT: draw that frame
-    offscreen, save the window as a PNG and return 0, or raise ConfigError with what went wrong. free_confidence:
+    offscreen, save the window as a PNG and return 0, or raise ConfigError with what went wrong; it starts from
+    the default layout and layers (or SETTINGS, given) and writes no settings. free_confidence:
     the near-field bias of the model's class map, memory_decay its near-field memory, echo_floor its echo floor
     (deploy.pipeline.Pipeline); operating_point: each model with its registered operating point instead of the two
     (zoo.ZooModel.operating_settings; the argmax for a model without one, said in the info line). history: with
@@ -50,9 +53,21 @@ def launch(log_path: str | Path | None = None, model: str | None = None, frame: 
     from app.window import ViewerWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    qsettings = QSettings(str(settings), QSettings.Format.IniFormat) if settings else None
-    win = ViewerWindow(qsettings, manifest, threads, dialogs=screenshot is None, free_confidence=free_confidence,
-                       memory_decay=memory_decay, echo_floor=echo_floor, operating_point=operating_point)
+    fresh = screenshot is not None and not settings
+    with tempfile.TemporaryDirectory(prefix="nearfield-view-") if fresh else contextlib.nullcontext() as scratch:
+        if fresh:
+            # Not the user's saved settings: the picture must not depend on their toggles, nor change them. A file
+            # that is never written (persist=False) gives the defaults.
+            settings = Path(scratch) / "viewer.ini"
+        qsettings = QSettings(str(settings), QSettings.Format.IniFormat) if settings else None
+        win = ViewerWindow(qsettings, manifest, threads, dialogs=screenshot is None, free_confidence=free_confidence,
+                           memory_decay=memory_decay, echo_floor=echo_floor, operating_point=operating_point,
+                           persist=screenshot is None)
+        return _show(app, win, log_path, model, frame, screenshot, history)
+
+
+def _show(app, win, log_path, model, frame, screenshot, history) -> int:
+    """Run the window until it is closed, or draw the screenshot into its PNG and close it."""
     if screenshot is not None:
         win.resize(*SCREENSHOT_SIZE)
     win.open_log(log_path)

@@ -3,6 +3,7 @@ the zoo model selector, exports, persistent layout and settings. All reading and
 
 from __future__ import annotations
 
+import html
 import logging
 from pathlib import Path
 
@@ -18,15 +19,14 @@ from PyQt6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMessageBox,
-    QSizePolicy,
     QSlider,
     QToolBar,
     QWidget,
 )
 
 from app.frames import FrameSource
-from app.panels import ImagePanel, LayerControls, TimelinePlots
-from app.render import Layers, bev_picture, camera_tile, uss_strip
+from app.panels import ImagePanel, InfoLine, LayerControls, TimelinePlots
+from app.render import LEVELS_M, Layers, bev_picture, camera_tile, uss_strip
 from app.session import FrameView, bev_layer, view_extent
 from app.worker import Worker
 from deploy.zoo import MANIFEST, ZooModel, read_zoo
@@ -45,16 +45,19 @@ BEV_SIZE = 640
 
 class ViewerWindow(QMainWindow):
     """`errors` lists every problem shown to the user ("open: ...", "model: ..."), so tests read them instead of
-    clicking through dialogs; with dialogs=True each also opens a non-modal message box."""
+    clicking through dialogs; with dialogs=True each also opens a non-modal message box. persist=False: SETTINGS
+    are read but never written (layout, layers, recent files), as for a screenshot."""
 
     view_shown = pyqtSignal(int)  # a frame's panels were drawn
 
     def __init__(self, settings: QSettings | None = None, manifest: str | Path = MANIFEST, threads: int | None = None,
                  demo_cache: str | Path | None = None, dialogs: bool = True, free_confidence: float | None = None,
-                 memory_decay: float | None = None, echo_floor: bool = False, operating_point: bool = False):
+                 memory_decay: float | None = None, echo_floor: bool = False, operating_point: bool = False,
+                 persist: bool = True):
         super().__init__()
         self.setWindowTitle("nearfield viewer")
         self.settings = settings or QSettings("nearfield", "viewer")
+        self.persist = persist
         self.manifest = Path(manifest)
         self.dialogs = dialogs
         self.errors: list[str] = []
@@ -63,8 +66,8 @@ class ViewerWindow(QMainWindow):
         self.models: dict[str, ZooModel] = {}
         self.model_name: str | None = None  # the model the worker runs
         self.wanted_model: str | None = None  # the model last chosen (the worker may still be loading it)
-        self.current = 0  # the frame shown, or requested and on its way
-        self.awaiting: int | None = None
+        self.current = 0  # the frame last asked for: shown, or on its way (the slider's place)
+        self.awaiting: int | None = None  # the frame last asked for while it is on its way
         self.pending_frame: int | None = None
         self.loop_range = (0, 0)
         self._message_box: QMessageBox | None = None
@@ -75,7 +78,7 @@ class ViewerWindow(QMainWindow):
         self.worker.frame_ready.connect(self._on_frame)
         self.worker.failed.connect(self._on_failed)
         self.worker.busy.connect(lambda text: self.statusBar().showMessage(text))
-        self.worker.video_progress.connect(lambda i, n: self.statusBar().showMessage(f"writing video: frame {i}/{n}"))
+        self.worker.video_progress.connect(lambda i, n: self.statusBar().showMessage(f"writing video: {i}/{n} frames"))
         self.worker.video_done.connect(lambda p: self.statusBar().showMessage(f"video written: {p}", 10_000))
         self.worker.start()
 
@@ -91,6 +94,7 @@ class ViewerWindow(QMainWindow):
 
     def _build_panels(self) -> None:
         self.bev = ImagePanel("bev", (320, 320))
+        self.bev.setFocusPolicy(Qt.FocusPolicy.ClickFocus)  # the keys step the view; see _jumped
         self.setCentralWidget(self.bev)
         cams = QWidget()
         grid = QGridLayout(cams)
@@ -129,10 +133,7 @@ class ViewerWindow(QMainWindow):
         self.model_box.currentTextChanged.connect(self._model_chosen)
         top.addWidget(QLabel(" model "))
         top.addWidget(self.model_box)
-        self.info = QLabel()
-        self.info.setObjectName("info")
-        self.info.setContentsMargins(12, 0, 0, 0)
-        self.info.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.info = InfoLine("info")  # elided to the room it gets, never into the toolbar's overflow menu
         top.addWidget(self.info)
 
         bar = QToolBar("Playback")
@@ -163,9 +164,9 @@ class ViewerWindow(QMainWindow):
         self.jump_box.setPrefix("go to ")
         self.jump_box.setSuffix(" s")
         self.jump_box.setDecimals(2)
-        self.jump_box.editingFinished.connect(lambda: self.jump_to(self.jump_box.value()))
+        self.jump_box.editingFinished.connect(self._jumped)
         bar.addWidget(self.jump_box)
-        self._action("Go to time", "Ctrl+G", self.jump_box.setFocus)
+        self._action("Go to time", "Ctrl+G", lambda: (self.jump_box.setFocus(), self.jump_box.selectAll()))
         self.loop_box = QCheckBox("loop")
         self.loop_box.toggled.connect(lambda _: self._update_info())
         bar.addWidget(self.loop_box)
@@ -199,8 +200,10 @@ class ViewerWindow(QMainWindow):
         return out
 
     def show_shortcuts(self) -> None:
-        box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts",
-                          "\n".join(f"{keys:<14} {text}" for keys, text in self.shortcuts()), parent=self)
+        rows = "".join(f"<tr><td><b>{html.escape(keys)}</b></td><td>&nbsp;&nbsp;{html.escape(text)}</td></tr>"
+                       for keys, text in self.shortcuts())
+        box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts", f"<table>{rows}</table>", parent=self)
+        box.setTextFormat(Qt.TextFormat.RichText)
         box.setModal(False)
         box.show()
 
@@ -271,6 +274,13 @@ class ViewerWindow(QMainWindow):
     def jump_to(self, seconds: float) -> None:
         if self.source is not None:
             self.go_to(self.source.index_at(seconds))
+
+    def _jumped(self) -> None:
+        """The time box's Enter (or leaving it): jump, and after Enter hand the keys back to the view, where the
+        arrows and space step and play instead of editing the box."""
+        self.jump_to(self.jump_box.value())
+        if self.jump_box.hasFocus():
+            self.bev.setFocus()
 
     def toggle_play(self) -> None:
         self.pause() if self.timer.isActive() else self.play()
@@ -368,13 +378,14 @@ class ViewerWindow(QMainWindow):
             self.go_to(self.current)
 
     def _on_frame(self, view: FrameView) -> None:
-        if self.awaiting == view.index:
+        if view.index == self.awaiting:
             self.awaiting = None
-        if self.awaiting is not None and self.awaiting != view.index and self.worker.pending:
+        elif self.worker.pending:
             return  # a newer frame is already queued: skip drawing this one
+        # An answer to an older request, while the newest is being made, is drawn (feedback while scrubbing) but
+        # leaves the timeline on the frame last asked for: stepping goes on from there and the slider never jumps
+        # back under the pointer.
         self.view = view
-        self.current = view.index
-        self._sync_slider()
         if view.result is not None:
             self.plots.add(view.index, view.result.latency_ms, view.miou)
         for note in view.notes:
@@ -421,17 +432,20 @@ class ViewerWindow(QMainWindow):
         pred = (view.result.class_map, view.pred_grid) if view.result is not None else None
         truth = (view.truth, view.truth_grid) if view.truth is not None else None
         recalled = view.result.recalled if view.result is not None else None
+        levels_m = view.levels_m or LEVELS_M
         self.bev.set_image(bev_picture(source.rig, BEV_SIZE, view_extent(view), layers, truth, pred,
-                                       view.frame.uss, view.sectors, bev_layer(recalled, view.pred_grid)))
-        self.uss_panel.set_image(uss_strip(view.frame.uss, source.rig, 720, 64))
+                                       view.frame.uss, view.sectors, bev_layer(recalled, view.pred_grid), levels_m))
+        self.uss_panel.set_image(uss_strip(view.frame.uss, source.rig, 720, 64, levels_m))
+        self.layer_controls.set_levels(view.levels_m)
         self._update_info()
 
     def _update_info(self) -> None:
         view = self.view
         if view is None or self.source is None:
-            self.info.setText("")
+            self.info.set_text("")
             return
-        parts = [f"frame {view.index + 1}/{len(self.source)}", f"model {view.model or '-'}"]
+        # 0-based like --frame, the loop range, the plots and the exports
+        parts = [f"frame {view.index} (0-{len(self.source) - 1})", f"model {view.model or '-'}"]
         if view.operating_point:
             parts.append(view.operating_point)
         near = view.near_field
@@ -448,11 +462,10 @@ class ViewerWindow(QMainWindow):
         if view.sectors_of:
             parts.append(f"sectors: {view.sectors_of}")
         parts.append(f"conditions: {', '.join(view.frame.conditions) or 'none'}")
-        if view.frame.degraded:
-            parts.append(f"degraded: {'; '.join(view.frame.degraded)}")
         if self.loop_box.isChecked():
             parts.append(f"loop {self.loop_range[0]}-{self.loop_range[1]}")
-        self.info.setText("  |  ".join(parts))
+        degraded = f"degraded: {'; '.join(view.frame.degraded)}" if view.frame.degraded else ""
+        self.info.set_text("  |  ".join(parts), degraded)  # the degraded sensors are never what is cut
 
     # --- exports ------------------------------------------------------------------------------------------------
 
@@ -498,6 +511,8 @@ class ViewerWindow(QMainWindow):
     # --- settings -----------------------------------------------------------------------------------------------
 
     def _remember(self, path: Path) -> None:
+        if not self.persist:
+            return
         recent = [str(path.resolve())] + [p for p in self.recent_files() if p != str(path.resolve())]
         self.settings.setValue("recent", recent[:RECENT])
         self._fill_recent()
@@ -530,6 +545,8 @@ class ViewerWindow(QMainWindow):
         self._fill_recent()
 
     def save_settings(self) -> None:
+        if not self.persist:
+            return
         s = self.settings
         s.setValue("geometry", self.saveGeometry())
         s.setValue("state", self.saveState())

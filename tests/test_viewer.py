@@ -1,10 +1,11 @@
 """The Qt viewer, offscreen (pytest-qt): open, step, scrub, play a loop, toggle layers, switch models (the prediction
 layer changes), failed sensors, damaged logs and bad models reported without a crash, PNG / MP4 / screenshot
-exports checked by their content, settings that persist."""
+exports checked by their content, settings that persist (and that a screenshot neither reads nor writes)."""
 
 import itertools
 import os
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -15,9 +16,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("pytestqt")
 
 from PyQt6.QtCore import QPoint, QSettings, Qt
+from PyQt6.QtWidgets import QApplication
 from test_viewer_render import make_zoo
 
-from app.render import FAILED_COLOR, FAILED_FILL, view_grid
+from app.render import FAILED_COLOR, FAILED_FILL, Layers, view_grid
+from app.session import DriveSession
 from app.window import BEV_SIZE, ViewerWindow
 from sensors.classes import CLASS_COLORS, IGNORE, SemanticClass
 from sim_data.simulate import DriveSpec, simulate_drive
@@ -98,7 +101,7 @@ def test_open_step_scrub_jump_and_play_a_loop(qtbot, window, drives):
     wait_shown(qtbot, win, 0)
     win.slider.setValue(5)  # scrubbing
     wait_shown(qtbot, win, 5)
-    assert "frame 6/6" in win.info.text() and "day" in win.info.text()
+    assert "frame 5 (0-5)" in win.info.text() and "day" in win.info.text()  # 0-based, like --frame
     win.jump_to(0.31)
     wait_shown(qtbot, win, 3)
 
@@ -112,6 +115,52 @@ def test_open_step_scrub_jump_and_play_a_loop(qtbot, window, drives):
     win.pause()
     assert set(shown) <= {1, 2, 3}  # 3 only as the frame playback started from
     assert not win.errors
+
+
+def test_fast_steps_and_scrubbing_end_where_asked_and_never_go_back(qtbot, window, drives, monkeypatch):
+    win = window
+    win.open_log(drives["ok"])
+    win.select_model("tiny-structure")
+    wait_shown(qtbot, win, 0)
+    view = DriveSession.view
+    monkeypatch.setattr(DriveSession, "view", lambda self, k: (time.sleep(0.1), view(self, k))[1])  # a slow model
+    drawn = []  # (frame drawn, slider then)
+    win.view_shown.connect(lambda i: drawn.append((i, win.slider.value())))
+    win.activateWindow()
+    for _ in range(5):  # faster than the frames come: answers to older presses arrive while newer ones wait
+        qtbot.keyClick(win, Qt.Key.Key_Right)
+        qtbot.wait(30)
+    wait_shown(qtbot, win, 5)
+    assert win.current == win.slider.value() == 5  # no press lost
+    frames = [i for i, _ in drawn]
+    assert frames == sorted(frames) and all(slider >= i for i, slider in drawn)  # in order; the slider ahead
+    drawn.clear()
+    pulled = []
+    win.slider.setSliderDown(True)  # dragged back to the start
+    for v in range(4, -1, -1):
+        win.slider.setValue(v)
+        qtbot.wait(30)
+        if win.slider.value() != v:
+            pulled.append((v, win.slider.value()))
+    win.slider.setSliderDown(False)
+    wait_shown(qtbot, win, 0)
+    assert not pulled and win.slider.value() == 0
+    assert [i for i, _ in drawn] == sorted((i for i, _ in drawn), reverse=True)
+
+
+def test_after_go_to_time_the_keys_step_the_view_again(qtbot, window, drives):
+    win = window
+    win.open_log(drives["ok"])
+    wait_shown(qtbot, win, 0)
+    win.activateWindow()
+    qtbot.keyClick(win, Qt.Key.Key_G, Qt.KeyboardModifier.ControlModifier)
+    assert win.jump_box.hasFocus()
+    qtbot.keyClicks(win.jump_box, "0.2")
+    qtbot.keyClick(win.jump_box, Qt.Key.Key_Return)
+    wait_shown(qtbot, win, 2)
+    assert not win.jump_box.hasFocus()
+    qtbot.keyClick(QApplication.focusWidget() or win, Qt.Key.Key_Right)  # where a key press goes
+    wait_shown(qtbot, win, 3)
 
 
 def test_layers_toggle_and_switching_model_changes_the_prediction_layer(qtbot, window, drives, tmp_path):
@@ -172,6 +221,49 @@ def test_failed_camera_and_ultrasonic_sensor_are_shown(qtbot, window, drives):
     cells = np.all(win.uss_panel.rgb == FAILED_FILL, axis=-1).any(axis=0)
     assert np.count_nonzero(np.diff(cells.astype(int)) == 1) + cells[0] == len(failed_uss)
     assert np.all(win.bev.rgb == FAILED_COLOR, axis=-1).sum() > 20
+
+
+def test_the_info_line_stays_in_sight_at_1024_px_and_never_cuts_the_degraded_sensors(qtbot, window, drives, tmp_path):
+    win = window
+    win.open_log(drives["failing"])
+    win.select_model("tiny-structure")
+    win.go_to(1)
+    wait_shown(qtbot, win, 1)
+    degraded = f"degraded: {'; '.join(win.view.frame.degraded)}"
+    assert win.view.frame.degraded and win.info.text().endswith(degraded)
+    win.resize(1024, 700)
+    qtbot.waitUntil(lambda: win.width() == 1024)
+    grab(win, tmp_path / "narrow.png")
+    info = win.info
+    assert info.isVisible() and info.width() > 300  # in the toolbar, not in its overflow menu
+    assert info.mapTo(win, QPoint(info.width(), 0)).x() <= win.width()
+    text, alert = info.shown()
+    assert alert == degraded and text.startswith("frame 1 (0-2)")
+    fm = info.fontMetrics()
+    assert fm.horizontalAdvance(text) + fm.horizontalAdvance(alert) <= info.width()
+    assert info.toolTip() == info.text()  # the whole line, whatever was cut
+
+
+def test_the_sector_ring_has_a_legend_with_the_frames_thresholds(qtbot, window, drives):
+    win = window
+    key = win.layer_controls.ring_key
+    assert key.isHidden()  # no frame yet: no thresholds to tell
+    win.open_log(drives["ok"])
+    wait_shown(qtbot, win, 0)
+    levels = win.view.levels_m
+    assert levels == win.worker.session._truth_sectors[next(iter(win.worker.session._truth_sectors))].levels_m
+    assert not key.isHidden() and f"clear &gt; {levels[0]:g} m" in key.text()
+    for name, t in zip(("caution", "warning", "stop"), levels, strict=True):
+        assert f"{name} ≤ {t:g} m" in key.text()
+    win.layer_controls.set_levels((2.0, 1.0, 0.25))
+    assert "stop ≤ 0.25 m" in key.text()
+
+
+def test_the_help_lists_every_shortcut_in_aligned_columns(qtbot, window):
+    window.show_shortcuts()
+    box = next(w for w in QApplication.topLevelWidgets() if w.windowTitle() == "Keyboard shortcuts" and w.isVisible())
+    assert box.text().startswith("<table>") and box.text().count("<tr>") == len(window.shortcuts())
+    box.close()
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
@@ -290,6 +382,60 @@ def test_view_command_screenshot(qtbot, drives, zoo, tmp_path, capsys, monkeypat
     assert "free confidence must be a probability" in capsys.readouterr().err
     assert main([*argv, "--memory", "2"]) == 2
     assert "memory decay must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_screenshot_starts_from_the_defaults_and_never_writes_the_users_settings(qtbot, drives, zoo, tmp_path,
+                                                                                   monkeypatch):
+    from app.cli import main
+
+    native, user = QSettings.Format.NativeFormat, QSettings.Scope.UserScope
+    home = Path(QSettings("nearfield", "viewer").fileName()).parent.parent  # put back at the end
+    QSettings.setPath(native, user, str(tmp_path / "config"))
+    try:
+        saved = QSettings("nearfield", "viewer")
+        saved.setValue("layers/prediction", False)  # what the user last left the window with
+        saved.setValue("recent", ["/somewhere/else.mcap"])
+        saved.sync()
+        mine = Path(saved.fileName())
+        assert mine.is_relative_to(tmp_path)
+        before = mine.read_bytes()
+        seen = []  # (layers, info line) when each screenshot is taken
+        export_png = ViewerWindow.export_png
+        monkeypatch.setattr(ViewerWindow, "export_png", lambda self, path: (
+            seen.append((self.layer_controls.layers(), self.info.text())), export_png(self, path))[1])
+        argv = ["view", str(drives["ok"]), "--model", "tiny-structure", "--manifest", str(zoo), "--screenshot",
+                str(tmp_path / "shot.png"), "--threads", "1"]
+        assert main(argv) == 0
+        assert seen[0][0] == Layers() and "sectors: prediction" in seen[0][1]
+        assert mine.read_bytes() == before
+        # A settings file given with --settings is read, and not written either.
+        given = QSettings(str(tmp_path / "given.ini"), QSettings.Format.IniFormat)
+        given.setValue("layers/uss", False)
+        given.sync()
+        before_given = (tmp_path / "given.ini").read_bytes()
+        assert main([*argv, "--settings", str(tmp_path / "given.ini")]) == 0
+        assert not seen[1][0].uss and seen[1][0].prediction
+        assert (tmp_path / "given.ini").read_bytes() == before_given and mine.read_bytes() == before
+    finally:
+        QSettings.setPath(native, user, str(home))
+
+
+def test_a_results_log_is_named_with_the_drive_and_model_to_open_instead(qtbot, window, drives, zoo, tmp_path,
+                                                                          capsys):
+    from app.cli import main
+    from deploy.runtime import run
+    from deploy.zoo import read_zoo
+
+    results = tmp_path / "results.mcap"
+    run(read_zoo(zoo)["tiny-structure"], drives["ok"], results, threads=1, progress=False)
+    window.open_log(results)
+    qtbot.waitUntil(lambda: bool(window.errors), timeout=TIMEOUT)
+    assert window.errors == [f"open: {results} is a results log of tiny-structure over {drives['ok']}, not a drive "
+                             f"log; open {drives['ok']} with --model tiny-structure"]
+    assert main(["view", str(results), "--screenshot", str(tmp_path / "r.png"), "--manifest", str(zoo)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is a results log of tiny-structure" in err
+    assert "no complete frame" not in err
 
 
 def _window_with_option(qtbot, drives, zoo, tmp_path, absent, **option):

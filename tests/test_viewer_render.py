@@ -12,16 +12,24 @@ from app.frames import FrameSource
 from app.render import (
     BACKGROUND,
     FAILED_COLOR,
+    LEVEL_COLORS,
     SECTOR_LABEL_SCALE,
     Layers,
     _runs,
     bev_picture,
     camera_failures,
+    distance_text,
     echo_curves,
+    label_anchors,
+    legend,
     nearest_direct,
     paint_layer,
+    ring_key,
     sector_labels,
     sector_polygons,
+    shown_distance,
+    shown_levels,
+    uss_strip,
     view_grid,
 )
 from app.session import DriveSession, compose, write_video
@@ -191,39 +199,120 @@ def test_sector_bands_lie_just_outside_the_body(rig):
     assert np.isclose(d, 0.1, atol=1e-6).sum() == np.isclose(d, 0.3, atol=1e-6).sum() == len(d) // 2
 
 
+def _label_box(text, org):
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, SECTOR_LABEL_SCALE, 1)
+    return org[0], org[1] - h, org[0] + w, org[1] + base
+
+
 def test_sector_labels_never_overlap_and_keep_the_nearest(rig):
     grid = BevGrid.around(rig.vehicle, 16.0, 0.2)
     view = view_grid(rig, 16.0, 640)
     sectors = SectorLayout(rig, grid)(np.zeros(grid.shape, np.uint8))
-    anchors = [view.to_pixel(p[len(p) // 4 * 3][None])[0] for p in sector_polygons(sectors, rig)]
+    polys = sector_polygons(sectors, rig)
+    anchors, outward = label_anchors(view, rig, polys)
     n = len(sectors.names)
     # Every sector warned, the nearest obstacle behind the rear bumper's third sector.
     rear = [k for k, name in enumerate(sectors.names) if name.startswith("rear")]
     dist = np.linspace(0.25, 1.4, n).astype(np.float32)[::-1].copy()
     dist[rear[2]] = 0.11
     warned = replace(sectors, distance=dist, level=np.full(n, 3, np.uint8))
-    labels = sector_labels(warned, anchors)
+    labels = sector_labels(warned, anchors, outward=outward)
     texts = [t for t, _ in labels]
-    assert texts[0] == "0.1" and labels[0][1][0] < anchors[rear[2]][0] < labels[0][1][0] + 20  # nearest first
+    assert texts[0] == "0.11" and labels[0][1][0] < anchors[rear[2]][0] < labels[0][1][0] + 30  # nearest first
+    assert labels[0][1][1] - 8 > anchors[rear[2]][1]  # behind the rear bumper's band, not on it
     assert 4 <= len(labels) < n  # crowded bumpers lose labels, the flanks keep theirs
 
-    def box(text, org):
-        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, SECTOR_LABEL_SCALE, 1)
-        return org[0], org[1] - h, org[0] + w, org[1] + base
-
-    boxes = [box(*lbl) for lbl in labels]
+    boxes = [_label_box(*lbl) for lbl in labels]
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    # Beyond the ring: no label covers a pixel of a band (which obstacles in it would share).
+    band = np.zeros((640, 640), np.uint8)
+    for p in polys:
+        cv2.fillPoly(band, [np.round(view.to_pixel(p)).astype(np.int32)], 1)
+    for x0, y0, x1, y1 in boxes:
+        assert not band[y0:y1 + 1, x0:x1 + 1].any(), (x0, y0, x1, y1)
     # Clear sectors and sectors without a distance get no label; spread-out warnings all keep theirs.
     level = np.zeros(n, np.uint8)
     level[::4] = 2
     dist = np.full(n, np.inf, np.float32)
     dist[::4] = 0.6
-    spread = sector_labels(replace(sectors, distance=dist, level=level), anchors)
-    assert [t for t, _ in spread] == ["0.6"] * len(range(0, n, 4))
+    spread = sector_labels(replace(sectors, distance=dist, level=level), anchors, outward=outward)
+    assert [t for t, _ in spread] == ["0.60"] * len(range(0, n, 4))
     level[1] = 1  # warned but no finite distance
     assert len(sector_labels(replace(sectors, distance=dist, level=level), anchors)) == len(spread)
+
+
+def test_an_obstacle_at_the_bumper_stays_in_sight_inside_the_sector_ring(rig):
+    grid = BevGrid.around(rig.vehicle, 16.0, 0.1)
+    view = view_grid(rig, 16.0, 640)
+    body = rig.vehicle
+    # A bollard 0.1 m in front of the front bumper (0.05 .. 0.15 m), inside the ring's band (0.12 .. 0.34 m).
+    xy = grid.cell_centres()
+    ahead = xy[..., 0] - body.x_max
+    bollard = (ahead > 0.05) & (ahead < 0.15) & (np.abs(xy[..., 1]) < 0.15)
+    truth = np.where(bollard, SemanticClass.LOW_OBSTACLE, SemanticClass.FREE).astype(np.uint8)
+    sectors = SectorLayout(rig, grid)(truth)
+    assert sectors.level.max() == 3  # the front sector at the stop level: its band is drawn red
+    pixels = np.zeros((640, 640), bool)
+    pixels[tuple(np.round(view.to_pixel(xy[bollard])).astype(int)[:, ::-1].T)] = True
+    # Filled truth alone, and as the prediction's fill under the truth's outline: the class colour survives.
+    for layers, kw in ((Layers(truth_opacity=1.0), {"truth": (truth, grid)}),
+                       (Layers(prediction_opacity=1.0, truth_opacity=1.0),
+                        {"truth": (truth, grid), "prediction": (truth, grid)})):
+        on = bev_picture(rig, 640, 16.0, layers, sectors=sectors, **kw)
+        off = bev_picture(rig, 640, 16.0, replace(layers, sectors=False), sectors=sectors, **kw)
+        assert np.all(on[pixels] == CLASS_COLORS[SemanticClass.LOW_OBSTACLE])
+        assert np.array_equal(on[pixels], off[pixels])
+        # ... and the ring is drawn all the same, in the stop colour, around it
+        band_px = np.round(view.to_pixel(np.array([[body.x_max + 0.25, 0.4]]))).astype(int)[0]
+        assert tuple(off[band_px[1], band_px[0]]) != tuple(on[band_px[1], band_px[0]])
+        assert on[band_px[1], band_px[0]][0] > 200 and on[band_px[1], band_px[0]][1] < 80  # red
+
+
+def test_a_clear_sector_draws_no_band_and_the_ring_has_a_key(rig):
+    grid = BevGrid.around(rig.vehicle, 16.0, 0.2)
+    clear = SectorLayout(rig, grid)(np.zeros(grid.shape, np.uint8))
+    assert not clear.level.any()
+    assert np.array_equal(bev_picture(rig, 640, 16.0, sectors=clear),
+                          bev_picture(rig, 640, 16.0, Layers(sectors=False), sectors=clear))
+    assert all(c not in LEVEL_COLORS for c in (CLASS_COLORS[SemanticClass.LOW_OBSTACLE], (70, 150, 70)))
+    # The key reads the thresholds it is given, whatever they are.
+    assert [(name, text) for name, _, text in ring_key((2.0, 1.0, 0.25))] == [
+        ("clear", "> 2 m, no band"), ("caution", "≤ 2 m"), ("warning", "≤ 1 m"), ("stop", "≤ 0.25 m")]
+    assert [c for _, c, _ in ring_key((1.5, 0.8, 0.3))] == list(LEVEL_COLORS)
+    wide = legend(1400, levels_m=(2.0, 1.0, 0.25))
+    assert not np.array_equal(wide, legend(1400, levels_m=()))
+    assert np.all(wide[13, :] == wide[13, 0], axis=-1).mean() < 0.95  # the ring's swatches are on the band
+    for colour in LEVEL_COLORS:
+        assert np.all(wide == colour, axis=-1).sum() >= 100
+
+
+def test_distances_are_shown_cut_toward_the_car_and_never_milder_in_colour(rig):
+    assert distance_text(0.36, 1) == "0.3" and distance_text(0.36, 2) == "0.36"  # rounding said 0.4
+    assert distance_text(0.369, 2) == "0.36" and distance_text(1.4998, 1) == "1.4"
+    # float32 thresholds stay what they stand for, on either side of the exact value
+    assert distance_text(np.float32(0.3), 2) == "0.30" and distance_text(0.29999998, 2) == "0.30"
+    assert distance_text(0.2998, 2) == "0.29"
+    np.testing.assert_allclose(shown_distance([0.805, 1.5, 2.0], 2), [0.80, 1.5, 2.0])
+    # A label that reads a threshold gets that threshold's level, though the distance just misses it.
+    grid = BevGrid.around(rig.vehicle, 16.0, 0.2)
+    sectors = SectorLayout(rig, grid)(np.zeros(grid.shape, np.uint8))
+    n = len(sectors.names)
+    dist = np.full(n, np.inf, np.float32)
+    dist[::4] = [0.305, 0.8049, 1.5049, 0.31]  # one a side: no label crowds out another
+    levelled = replace(sectors, distance=dist, level=SectorLayout(rig, grid).levels(dist))
+    assert levelled.level[::4].tolist() == [2, 1, 0, 2]
+    assert shown_levels(levelled, (1.5, 0.8, 0.3)).level[::4].tolist() == [3, 2, 1, 2]
+    view = view_grid(rig, 16.0, 640)
+    anchors, outward = label_anchors(view, rig, sector_polygons(levelled, rig))
+    assert sorted(t for t, _ in sector_labels(shown_levels(levelled, (1.5, 0.8, 0.3)), anchors, outward=outward)) \
+        == ["0.30", "0.31", "0.80", "1.50"]
+    # The ultrasonic strip: 0.8049 m reads "0.80" and is drawn at the warning level, not the caution one.
+    s = rig.uss[0]
+    strip = uss_strip(UssCycle(0, 0, [s.id], [s.id], [0.8049], [0.5]), rig, 720, 64)
+    cell = strip[:, : 720 // len(rig.uss)]
+    assert np.all(cell == LEVEL_COLORS[2], axis=-1).sum() > 50 and not np.all(cell == LEVEL_COLORS[1], axis=-1).any()
 
 
 def test_camera_failures_come_from_missing_images_and_failure_labels():
