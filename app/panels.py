@@ -24,7 +24,11 @@ def to_qimage(rgb: np.ndarray) -> QImage:
 
 
 class ImagePanel(QWidget):
-    """Shows one picture, scaled to fit with its aspect ratio kept, centred on a dark background."""
+    """Shows one picture, scaled to fit with its aspect ratio kept, centred on a dark background. `resized` tells
+    whoever draws the picture that the panel changed size (pictures with text are drawn at the panel's size, so the
+    text keeps its size on screen instead of being scaled with the picture)."""
+
+    resized = pyqtSignal()
 
     def __init__(self, name: str, min_size: tuple[int, int] = (160, 120), parent: QWidget | None = None):
         super().__init__(parent)
@@ -37,6 +41,15 @@ class ImagePanel(QWidget):
         self.rgb = rgb
         self.image = to_qimage(rgb) if rgb is not None else None
         self.update()
+
+    def pixel_size(self) -> tuple[int, int]:
+        """(width, height) of the panel in device pixels: the size a picture drawn for it is shown at 1:1."""
+        ratio = self.devicePixelRatioF()
+        return round(self.width() * ratio), round(self.height() * ratio)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self.resized.emit()
 
     def image_rect(self) -> QRectF:
         """Where the picture is drawn, in widget coordinates."""

@@ -40,7 +40,15 @@ SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0)
 assert SPEEDS[0] == SPEED_RANGE[0] and SPEEDS[-1] == SPEED_RANGE[1]
 RECENT = 8  # recent files remembered
 NO_MODEL = "(no model)"
-BEV_SIZE = 640
+BEV_SIZE = 640  # the BEV picture before the window is laid out; then the panel's size (bev_size)
+BEV_PIXELS = (320, 1600)  # the BEV picture's side, in pixels, at least and at most
+USS_PIXELS = ((360, 2400), (40, 140))  # the ultrasonic strip's width and height, at least and at most
+# The bottom docks' and the side docks' share of the window (fit_docks): the BEV in the centre gets the rest.
+DOCK_SHARES = {"uss": 0.09, "plots": 0.24, "cameras": 0.36, "layers": 0.15}
+
+
+def _clamp(v: int, bounds: tuple[int, int]) -> int:
+    return max(bounds[0], min(bounds[1], int(v)))
 
 
 class ViewerWindow(QMainWindow):
@@ -84,6 +92,15 @@ class ViewerWindow(QMainWindow):
 
         self.timer = QTimer(self)
         self.timer.timeout.connect(self._tick)
+        # A resize redraws the pictures at the panels' new size, once it has settled.
+        self._redraw = QTimer(self)
+        self._redraw.setSingleShot(True)
+        self._redraw.setInterval(60)
+        self._redraw.timeout.connect(self._draw)
+        self._refit = QTimer(self)
+        self._refit.setSingleShot(True)
+        self._refit.setInterval(60)
+        self._refit.timeout.connect(self.fit_docks)
         self._build_panels()
         self._build_toolbars()
         self._build_menu()
@@ -119,9 +136,32 @@ class ViewerWindow(QMainWindow):
             self.addDockWidget(area, dock)
             self.docks[name] = dock
         self.splitDockWidget(self.docks["uss"], self.docks["plots"], Qt.Orientation.Vertical)
+        self.bev.resized.connect(self._redraw.start)
+        self.uss_panel.resized.connect(self._redraw.start)
         self.resize(1600, 1000)
-        self.resizeDocks([self.docks["cameras"], self.docks["layers"]], [560, 220], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.docks["uss"], self.docks["plots"]], [90, 240], Qt.Orientation.Vertical)
+        self.fit_docks()
+
+    def fit_docks(self) -> None:
+        """The docks at their share of the window (DOCK_SHARES), the BEV taking the rest: on a small screen the
+        plots do not crowd out the BEV, and a window made small and then large again gets its panels back (Qt
+        leaves docks at whatever size a shrink squeezed them to). Runs whenever the window is resized; a dock
+        dragged to another size keeps it until the window's size changes by more than a tenth."""
+        w, h = self.width(), self.height()
+        self._fitted = (w, h)
+        docks = self.docks
+        self.resizeDocks([docks["cameras"], docks["layers"]],
+                         [round(w * DOCK_SHARES["cameras"]), max(200, round(w * DOCK_SHARES["layers"]))],
+                         Qt.Orientation.Horizontal)
+        self.resizeDocks([docks["uss"], docks["plots"]],
+                         [max(60, round(h * DOCK_SHARES["uss"])), max(120, round(h * DOCK_SHARES["plots"]))],
+                         Qt.Orientation.Vertical)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        fitted = getattr(self, "_fitted", None)
+        if self.isVisible() and fitted is not None and (abs(self.width() - fitted[0]) > fitted[0] / 10
+                                                         or abs(self.height() - fitted[1]) > fitted[1] / 10):
+            self._refit.start()
 
     def _build_toolbars(self) -> None:
         top = QToolBar("File")
@@ -433,11 +473,19 @@ class ViewerWindow(QMainWindow):
         truth = (view.truth, view.truth_grid) if view.truth is not None else None
         recalled = view.result.recalled if view.result is not None else None
         levels_m = view.levels_m or LEVELS_M
-        self.bev.set_image(bev_picture(source.rig, BEV_SIZE, view_extent(view), layers, truth, pred,
+        self.bev.set_image(bev_picture(source.rig, self.bev_size(), view_extent(view), layers, truth, pred,
                                        view.frame.uss, view.sectors, bev_layer(recalled, view.pred_grid), levels_m))
-        self.uss_panel.set_image(uss_strip(view.frame.uss, source.rig, 720, 64, levels_m))
+        uw, uh = self.uss_panel.pixel_size()
+        self.uss_panel.set_image(uss_strip(view.frame.uss, source.rig, _clamp(uw, USS_PIXELS[0]),
+                                           _clamp(uh, USS_PIXELS[1]), levels_m))
         self.layer_controls.set_levels(view.levels_m)
         self._update_info()
+
+    def bev_size(self) -> int:
+        """The BEV picture's side in pixels: the panel's smaller side at 1:1 (BEV_PIXELS bound it), so that its
+        distance labels are drawn at their size on screen; BEV_SIZE until the window is laid out."""
+        w, h = self.bev.pixel_size()
+        return _clamp(min(w, h), BEV_PIXELS) if self.bev.isVisible() and min(w, h) > 0 else BEV_SIZE
 
     def _update_info(self) -> None:
         view = self.view
@@ -534,6 +582,9 @@ class ViewerWindow(QMainWindow):
             self.restoreGeometry(geometry)
         if isinstance(state, QByteArray):
             self.restoreState(state)
+            self._fitted = (self.width(), self.height())  # the user's own layout, until the window is resized
+        else:
+            self.fit_docks()
         layers = Layers()
         for key, default in vars(Layers()).items():
             value = s.value(f"layers/{key}", default)

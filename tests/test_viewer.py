@@ -21,7 +21,7 @@ from test_viewer_render import make_zoo
 
 from app.render import FAILED_COLOR, FAILED_FILL, Layers, view_grid
 from app.session import DriveSession
-from app.window import BEV_SIZE, ViewerWindow
+from app.window import ViewerWindow
 from sensors.classes import CLASS_COLORS, IGNORE, SemanticClass
 from sim_data.simulate import DriveSpec, simulate_drive
 
@@ -64,7 +64,7 @@ def wait_shown(qtbot, win, index):
 
 def bev_pixel(win, xy):
     """Vehicle-frame point -> its pixel position in a grab of the window."""
-    view = view_grid(win.source.rig, 16.0, BEV_SIZE)
+    view = view_grid(win.source.rig, 16.0, win.bev.image.width())  # the picture is drawn at the panel's size
     px, py = view.to_pixel(np.asarray([xy], float))[0]
     p = win.bev.to_widget(px, py)
     q = win.bev.mapTo(win, QPoint(round(p.x() - 0.5), round(p.y() - 0.5)))
@@ -90,7 +90,7 @@ def test_open_step_scrub_jump_and_play_a_loop(qtbot, window, drives):
     win = window
     win.open_log(drives["ok"])
     wait_shown(qtbot, win, 0)
-    assert win.slider.maximum() == 5 and win.bev.rgb.shape == (BEV_SIZE, BEV_SIZE, 3)
+    assert win.slider.maximum() == 5 and win.bev.rgb.shape == (win.bev_size(), win.bev_size(), 3)
     assert all(p.rgb is not None and p.rgb.std() > 10 for p in win.cameras.values())
     keys = dict((text, k) for k, text in win.shortcuts())
     assert keys["Play"] == "Space" and keys["Step ▶"] == "Right" and keys["Loop in"] == "["
@@ -242,6 +242,35 @@ def test_the_info_line_stays_in_sight_at_1024_px_and_never_cuts_the_degraded_sen
     fm = info.fontMetrics()
     assert fm.horizontalAdvance(text) + fm.horizontalAdvance(alert) <= info.width()
     assert info.toolTip() == info.text()  # the whole line, whatever was cut
+
+
+def test_pictures_are_drawn_at_the_panels_size_and_the_docks_follow_the_window(qtbot, window, drives, tmp_path):
+    """The BEV and the ultrasonic strip are drawn at their panels' size, so their labels keep their size on screen;
+    a window made small and large again gets its panels back instead of keeping the squeezed docks."""
+    win = window
+    win.open_log(drives["ok"])
+    wait_shown(qtbot, win, 0)
+
+    def drawn_at_panel_size():
+        w, h = win.bev.pixel_size()
+        uw, uh = win.uss_panel.pixel_size()
+        return (win.bev.image.width() == win.bev.image.height() == min(max(min(w, h), 320), 1600)
+                and win.uss_panel.image.width() == min(max(uw, 360), 2400)
+                and win.uss_panel.image.height() == min(max(uh, 40), 140))
+
+    for size in ((1024, 700), (1920, 1080), (1366, 768)):
+        win.resize(*size)
+        qtbot.waitUntil(lambda size=size: (win.width(), win.height()) == size and drawn_at_panel_size(),
+                        timeout=TIMEOUT)
+    big = (1920, 1080)
+    win.resize(1024, 700)
+    qtbot.waitUntil(lambda: win._fitted == (1024, 700), timeout=TIMEOUT)
+    win.resize(*big)
+    qtbot.waitUntil(lambda: win._fitted == big and drawn_at_panel_size(), timeout=TIMEOUT)
+    plots, cams = win.docks["plots"], win.docks["cameras"]
+    assert plots.height() >= 0.2 * big[1] and cams.width() >= 0.3 * big[0]  # not left squeezed
+    assert min(win.bev.width(), win.bev.height()) >= 0.45 * big[1]  # the BEV has the rest
+    grab(win, tmp_path / "big.png")
 
 
 def test_the_sector_ring_has_a_legend_with_the_frames_thresholds(qtbot, window, drives):
