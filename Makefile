@@ -24,7 +24,7 @@ install: $(STAMP)
 # The main job: simulate the demo drive, run the shipped fusion model over it with the embedded runtime (results
 # MCAP, opens in Foxglove), summarise both logs, and draw a contact sheet and the viewer's picture of one frame.
 demo: $(STAMP)
-	$(BIN)/nearfield simulate --preset demo --out out/demo
+	$(BIN)/nearfield simulate --preset demo --out out/demo --overwrite
 	$(BIN)/nearfield info out/demo/demo-000.mcap
 	$(BIN)/nearfield run --model nf-small --source out/demo/demo-000.mcap --out out/demo/results.mcap
 	$(BIN)/nearfield info out/demo/results.mcap
@@ -204,5 +204,5 @@ e2gc: $(STAMP)
 # val-paired, with the near-field memory, recorded in its zoo entry
 # (`nearfield run --model nf-small --operating-point`). 5.5 min on 2 cores, after the 3-minute simulation.
 operating-point: $(STAMP)
-	$(BIN)/nearfield simulate --preset val-paired --out data/val-paired --workers 2
+	$(BIN)/nearfield simulate --preset val-paired --out data/val-paired --workers 2 --overwrite
 	$(BIN)/nearfield operating-point --model nf-small --data data/val-paired --memory --echo-floor --register nf-small

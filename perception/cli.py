@@ -17,17 +17,24 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     t.add_argument("--config", help="model config name (nf-small, ...) or TOML path; a --resume reads the run's own")
     t.add_argument("--data", required=True, help="directory with train/ and val/ folders of MCAP drive logs")
     t.add_argument("--out", required=True, help="run directory: checkpoints, config.toml, metrics.jsonl")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (saved at each epoch's end, at --max-steps "
+                        "and on Ctrl-C or SIGTERM after the step under way), with the run's own config and plan: "
+                        "--epochs, --schedule, --warmup, --no-augment and --freeze-bn may be left out")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     t.add_argument("--epochs", type=int, help="override the config's train.epochs")
     t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total (resumable)")
-    t.add_argument("--threads", type=int, help="torch CPU threads per process (default: all cores, shared)")
+    t.add_argument("--threads", type=int, help="torch CPU threads per process, at least 1 (default: all cores, "
+                                                "shared among the processes)")
     t.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="mixed precision (CUDA)")
-    t.add_argument("--workers", type=int, help="data loader processes (default: the config's train.num_workers)")
-    t.add_argument("--schedule", default="cosine", choices=("cosine", "onecycle"), help="learning-rate schedule")
+    t.add_argument("--workers", type=int, help="data loader processes, 0 to load in the training process (default: "
+                                                "the config's train.num_workers)")
+    t.add_argument("--schedule", choices=("cosine", "onecycle"), help="learning-rate schedule (default cosine)")
     t.add_argument("--warmup", type=float, help="share of the steps spent warming up (0.05 cosine, 0.3 one-cycle)")
-    t.add_argument("--no-augment", action="store_true", help="no photometric jitter or camera/USS dropout")
-    t.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm running statistics fixed")
+    t.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="no photometric jitter or camera/USS dropout")
+    t.add_argument("--freeze-bn", action="store_const", const=True, default=None,
+                   help="keep BatchNorm running statistics fixed")
     t.add_argument("--train-split", nargs="+", default=["train"], metavar="FOLDER",
                    help="training folders under --data (default: train), e.g. train train-street")
     t.add_argument("--init", metavar="MODEL|RUN_DIR",
@@ -45,13 +52,14 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     e.add_argument("--json", help="write the scores to this JSON file, with .md and .png beside it")
     e.add_argument("--device", default="auto", help="torch device of a trained model: auto (cuda if available), cpu, "
                                                     "cuda, cuda:N")
-    e.add_argument("--batch-size", type=int, default=4, help="frames per forward pass of a trained model (default 4)")
+    e.add_argument("--batch-size", type=int, default=4, help="frames per forward pass of a trained model, at least 1 "
+                                                             "(default 4)")
     e.add_argument("--no-cache", action="store_true", help="do not cache preprocessed frames in .cache/")
     e.add_argument("--blind-cameras", action="store_true",
                    help="score a fusion model as if every camera had failed: what its ultrasonic branch finds alone")
     e.add_argument("--free-confidence", type=float, metavar="P",
                    help="near-field bias: within 1 m of the body call a cell free only where the network gives FREE "
-                        "at least P (0.5..1; default: the argmax); trades precision within 1 m for recall")
+                        "at least P (0.5 <= P < 1; default: the argmax); trades precision within 1 m for recall")
     e.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
     e.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP)
     e.set_defaults(func=_eval)
@@ -113,7 +121,7 @@ def _train(args) -> int:
         config = override_train(config, args.set)
     options = TrainOptions(device=args.device, epochs=args.epochs, max_steps=args.max_steps, resume=args.resume,
                            threads=args.threads, amp=args.amp, num_workers=args.workers, schedule=args.schedule,
-                           warmup=args.warmup, augment=not args.no_augment, freeze_bn=args.freeze_bn,
+                           warmup=args.warmup, augment=args.augment, freeze_bn=args.freeze_bn,
                            init=args.init)
     result = train_from_dir(config, args.data, args.out, options, train_splits=args.train_split)
     if init_processes(args.device).main:
@@ -123,10 +131,11 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from perception.model_eval import evaluate_logs
+    from perception.model_eval import check_batch_size, evaluate_logs
     from perception.registry import load_trained
 
     check_report_paths(args)
+    check_batch_size(args.batch_size)
     model, config = load_trained(args.model)
     result = evaluate_logs(model, args.data, cache=not args.no_cache, device=args.device, batch_size=args.batch_size,
                            progress=sys.stderr.isatty(), blind_cameras=args.blind_cameras,
@@ -177,9 +186,11 @@ def _report(args) -> int:
         if not sep or not label or not path:
             raise ConfigError(f"report: {item!r} must be NAME=JSON (e.g. fusion=out/nf-small.json)")
         try:
-            results[label] = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
+            results[label] = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not an eval JSON ({e}); write one with `nearfield eval --json`") from None
+        if not isinstance(results[label], dict):
+            raise ConfigError(f"{path}: not an eval JSON (not an object); write one with `nearfield eval --json`")
         needed = ("miou", "recall_1m", "by_condition", "recall_1m_by_condition")
         missing = [k for k in needed if k not in results[label]]
         if missing:

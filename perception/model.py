@@ -9,6 +9,7 @@ raster joined before one BEV encoder; late: one decoder per modality, prediction
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -52,6 +53,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "near_m": 1.0,  # the near band of near_weight, metres from the body outline (eval's recall_1m band: 1.0)
     "num_workers": 2,  # data loader processes
 }
+# Closed ranges (inf: no upper bound; a value must still be finite), except lr, which must also be above 0.
 _TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "epochs": (1, float("inf")), "batch_size": (1, float("inf")), "lr": (0, float("inf")),
     "weight_decay": (0, float("inf")), "seed": (0, float("inf")), "stage1_weight": (0, float("inf")),
@@ -226,9 +228,12 @@ def _read_with_extends(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if path in chain:
         raise ConfigError(f"{chain[0]}: 'extends' loops back to {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read model config {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a TOML model config (not UTF-8 text: byte {e.start}); give a .toml file "
+                          "written by hand or by `nearfield train` (a run's config.toml)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
     base_name = data.pop("extends", None)
@@ -253,10 +258,11 @@ def _validate_train(train: dict[str, Any], source: str) -> dict[str, Any]:
     for key, default in TRAIN_DEFAULTS.items():
         v = train.get(key, default)
         lo, hi = _TRAIN_RANGES[key]
-        ok = _is_int(v) if isinstance(default, int) else _is_number(v)
-        if not ok or not lo <= v <= hi or (key in ("lr",) and v <= 0):
-            kind = "a whole number" if isinstance(default, int) else "a number"
-            raise ConfigError(f"{source}: field 'train.{key}' must be {kind} in [{lo}, {hi}], got {v!r}")
+        ok = _is_int(v) if isinstance(default, int) else _is_number(v) and math.isfinite(v)
+        if not ok or not lo <= v <= hi or (key == "lr" and v <= 0):
+            kind = "a whole number" if isinstance(default, int) else "a finite number"
+            where = (f"> {lo:g}" if key == "lr" else f">= {lo:g}") if math.isinf(hi) else f"in [{lo:g}, {hi:g}]"
+            raise ConfigError(f"{source}: field 'train.{key}' must be {kind} {where}, got {v!r}")
         out[key] = type(default)(v)
     return out
 

@@ -58,6 +58,7 @@ def evaluate_settings(model: FusionNet, dataset: Dataset, rig: Rig, free_confide
     memory carries the obstacles of the map it is given, so a setting's memory is its own)."""
     if not free_confidences:
         raise ConfigError("evaluate_settings: no setting to score (give at least one free confidence, or None)")
+    check_batch_size(batch_size)
     for p in free_confidences:
         if p is not None:
             check_free_confidence(p)
@@ -95,6 +96,13 @@ def evaluate_settings(model: FusionNet, dataset: Dataset, rig: Rig, free_confide
     finally:
         model.train(was_training)
     return [run.result() for run in runs]
+
+
+def check_batch_size(batch_size: int) -> int:
+    """--batch-size of eval and operating-point: a whole number of frames, at least 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a whole number of frames, at least 1, got {batch_size!r}")
+    return batch_size
 
 
 class _Setting:
@@ -173,6 +181,7 @@ def evaluate_logs_settings(model: FusionNet, paths: Sequence[str | Path], free_c
     (`nearfield operating-point`)."""
     if not free_confidences:
         raise ConfigError("no free confidence to score: give at least one value (or None for the argmax)")
+    check_batch_size(batch_size)  # before any log is read
     for p in free_confidences:
         if p is not None:
             check_free_confidence(p)
@@ -219,5 +228,5 @@ def write_eval_report(result: dict[str, Any], json_path: str | Path, title: str)
     return [path, md, png]
 
 
-__all__ = ["evaluate_dataset", "evaluate_logs", "evaluate_logs_settings", "evaluate_settings", "report_paths",
-           "write_eval_report"]
+__all__ = ["check_batch_size", "evaluate_dataset", "evaluate_logs", "evaluate_logs_settings", "evaluate_settings",
+           "report_paths", "write_eval_report"]

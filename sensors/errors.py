@@ -33,3 +33,7 @@ class ChecksumError(NearfieldError):
 
 class DeployError(NearfieldError):
     """An exported or compressed model fails a deploy check (operators, parity, backend), or a backend cannot run."""
+
+
+class TrainingError(NearfieldError):
+    """A training run diverged (non-finite loss or weights) and was stopped before saving the damage."""

@@ -271,7 +271,10 @@ def load_rig(path: str | Path | None = None) -> Rig:
     """Read a rig file; without a path, the default rig shipped with nearfield."""
     path = Path(path) if path is not None else DEFAULT_RIG_PATH
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise RigError(f"{path}: cannot read rig file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise RigError(f"{path}: not a rig file (not UTF-8 text: byte {e.start}); give a TOML rig such as "
+                       "sensors/rigs/default.toml") from None
     return rig_from_toml(text, str(path), path.parent)

@@ -16,12 +16,15 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     p.add_argument("--frames", type=int, help="frames per drive (10 Hz)")
     p.add_argument("--drives", type=int, help=f"number of drives (default: the preset's); for the paired presets "
                                               f"({paired}) the number of scenes, each driven once per condition")
-    p.add_argument("--seed", type=int, help="base seed (drive i uses seed + i)")
+    p.add_argument("--seed", type=int, help="base seed, at least 0 (drive i uses seed + i; default: the preset's)")
     p.add_argument("--condition", nargs="+", choices=CONDITIONS, metavar="NAME",
                    help=f"restrict conditions to these ({', '.join(CONDITIONS)})")
     p.add_argument("--rig", help="rig file (default: the shipped rig)")
-    p.add_argument("--scale", type=float, default=None, help="image scale of the native 1280x966 (default 0.5)")
-    p.add_argument("--workers", type=int, help="parallel processes (default: one per core)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="image scale of the native 1280x966, 0.1..1.0 (default 0.5)")
+    p.add_argument("--workers", type=int, help="parallel processes, at least 1 (default: one per core)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write over logs of the same names in --out (without it they are an error)")
     p.set_defaults(func=_simulate)
 
     c = commands.add_parser("contact-sheet", help="PNG of a frame of each log: four cameras and BEV ground truth")
@@ -45,7 +48,7 @@ def _simulate(args) -> int:
     from sim_data.simulate import DEFAULT_SCALE, simulate
 
     paths = simulate(args.out, args.preset, args.frames, args.seed, args.condition, args.rig, args.drives,
-                     args.scale or DEFAULT_SCALE, args.workers)
+                     DEFAULT_SCALE if args.scale is None else args.scale, args.workers, overwrite=args.overwrite)
     for p in paths:
         print(p)
     return 0

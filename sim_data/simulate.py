@@ -115,6 +115,8 @@ def plan_drives(preset: str, frames: int | None = None, seed: int | None = None,
     if nf < 1:
         raise ConfigError("--frames must be at least 1")
     base = seed if seed is not None else p.seed
+    if base < 0:
+        raise ConfigError(f"--seed must be at least 0 (drive i uses seed + i), got {base}")
     out = []
     if p.paired and not conditions:
         # The scene is drawn from the seed before the condition (simulate_drive), so one seed = one scene.
@@ -223,6 +225,11 @@ def simulate_drive(spec: DriveSpec, out_dir: str | Path, rig: Rig, scale: float 
     return path
 
 
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (leave it out for one per core), got {workers}")
+
+
 def _drive_worker(args) -> str:
     spec, out_dir, rig_path, scale, queue = args
     rig = load_rig(rig_path)
@@ -231,15 +238,24 @@ def _drive_worker(args) -> str:
 
 def simulate(out_dir: str | Path, preset: str = "demo", frames: int | None = None, seed: int | None = None,
              conditions: Sequence[str] | None = None, rig_path: str | Path | None = None, drives: int | None = None,
-             scale: float = DEFAULT_SCALE, workers: int | None = None, show_progress: bool = True) -> list[Path]:
-    """Simulate the drives of a preset into OUT_DIR, one MCAP file each, drives in parallel processes."""
+             scale: float = DEFAULT_SCALE, workers: int | None = None, show_progress: bool = True,
+             overwrite: bool = False) -> list[Path]:
+    """Simulate the drives of a preset into OUT_DIR, one MCAP file each, drives in parallel processes (WORKERS,
+    default one per core). A log of the same name already in OUT_DIR is a ConfigError unless OVERWRITE."""
     from tqdm import tqdm
 
     if not (0.1 <= scale <= 1.0):
         raise ConfigError(f"--scale must be in 0.1..1.0, got {scale}")
+    _check_workers(workers)
     rig = load_rig(rig_path)  # validate before starting workers
-    Path(out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before any work
-    specs = plan_drives(preset, frames, seed, drives, conditions)
+    specs = plan_drives(preset, frames, seed, drives, conditions)  # checked before --out is made
+    out = Path(out_dir)
+    existing = [s.name + ".mcap" for s in specs if (out / f"{s.name}.mcap").exists()]
+    if existing and not overwrite:
+        names = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise ConfigError(f"{out}: {len(existing)} of the {len(specs)} logs to write exist already ({names}); "
+                          "choose another --out, delete them, or give --overwrite")
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails before any work
     total = sum(s.frames for s in specs)
     workers = max(1, min(workers or os.cpu_count() or 1, len(specs)))
     bar = tqdm(total=total, unit="frame", desc=f"simulate {preset}", disable=not show_progress)
@@ -275,6 +291,7 @@ def bench_sim(frames: int = 20, scale: float = DEFAULT_SCALE, workers: int | Non
     import tempfile
     import time
 
+    _check_workers(workers)
     rig = load_rig()
     workers = workers or os.cpu_count() or 1
     timer = StageTimer()

@@ -19,6 +19,7 @@ import torch.multiprocessing as mp  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from perception.bev_config import BevConfig  # noqa: E402
+from perception.checkpoint import checkpoint_file  # noqa: E402
 from perception.model import ModelConfig, dummy_inputs  # noqa: E402
 from perception.tables import camera_tables  # noqa: E402
 from perception.train import TrainOptions, train  # noqa: E402
@@ -87,8 +88,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
     assert single.steps == STEPS
     mp.spawn(_worker, args=(_free_port(), str(tmp_path / "two")), nprocs=2, join=True)
 
-    one, two = load_file(str(tmp_path / "one" / "last.safetensors")), load_file(str(tmp_path / "two" /
-                                                                                    "last.safetensors"))
+    one, two = (load_file(str(checkpoint_file(tmp_path / d, "last"))) for d in ("one", "two"))
     torch.manual_seed(CONFIG.train["seed"])
     from perception.model import FusionNet
 
@@ -97,5 +97,6 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path)
     assert moved > 1e-3  # the runs trained: the comparison is not between two copies of the initial weights
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=0, msg=k)
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [  # rank 0 alone wrote, no best: no val set
-        "config.toml", "last.json", "last.safetensors", "last.state.safetensors", "metrics.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted([  # rank 0 alone wrote, no best: no val
+        "config.toml", f"last-{STEPS:06d}.safetensors", f"last-{STEPS:06d}.state.safetensors", "last.json",
+        "metrics.jsonl"])

@@ -414,3 +414,44 @@ def test_report_tabulates_models_by_condition(tmp_path, capsys):
     (tmp_path / "x.json").write_text(json.dumps({"miou": 0.1}))
     assert main(["report", f"x={tmp_path / 'x.json'}"]) == 2
     assert "not an eval JSON" in capsys.readouterr().err
+
+
+def test_counts_and_files_a_command_cannot_use_are_one_line_errors(setup, run_dir, tmp_path, capsys):
+    """Bad counts and files that are not text: exit 2 and one line naming the option or file, no traceback."""
+    root, config = setup
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(bytes(range(128, 256)))
+    data = str(root / "data" / "val")
+    out = str(tmp_path / "r")
+    for argv, message in [
+        (["eval", "--model", str(run_dir), "--data", data, "--batch-size", "0"], "--batch-size must be"),
+        (["operating-point", "--model", str(run_dir), "--data", data, "--batch-size", "0"], "--batch-size must be"),
+        (["train", "--config", str(config), "--data", str(root / "data"), "--out", out, "--workers", "-1"],
+         "--workers must be at least 0"),
+        (["train", "--config", str(config), "--data", str(root / "data"), "--out", out, "--threads", "-1"],
+         "--threads must be at least 1"),
+        (["train", "--config", str(config), "--data", str(root / "data"), "--out", out, "--threads", "0"],
+         "--threads must be at least 1"),
+        (["train", "--config", str(config), "--data", str(root / "data"), "--out", str(config)],
+         f"--out {config} is a file"),
+        (["train", "--config", str(config), "--data", str(root / "data"), "--out", out, "--set", "train.lr=inf"],
+         "'train.lr' must be a finite number > 0, got inf"),
+        (["train", "--config", str(binary), "--data", str(root / "data"), "--out", out], "not UTF-8 text"),
+        (["report", f"a={binary}"], f"{binary}: not an eval JSON"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_help_says_what_a_resume_continues_from():
+    from app.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    helps = {a.option_strings[0]: a.help for a in sub.choices["train"]._actions if a.option_strings}
+    assert "from its last checkpoint" in helps["--resume"] and "exactly where it stopped" not in helps["--resume"]
+    assert "Ctrl-C" in helps["--resume"]
+    eval_helps = {a.option_strings[0]: a.help for a in sub.choices["eval"]._actions if a.option_strings}
+    assert "0.5 <= P < 1" in eval_helps["--free-confidence"]  # as check_free_confidence: 1 is refused

@@ -135,3 +135,15 @@ def test_a_bad_rig_file_is_one_line_and_exit_2_through_the_cli(tmp_path, capsys)
     assert main(["simulate", "--out", str(tmp_path / "out"), "--rig", str(p), "--frames", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("nearfield simulate: error: ") and "'uss[0].id'" in err
+
+
+def test_a_rig_file_that_is_not_text_is_one_line_and_exit_2(tmp_path, capsys):
+    from app.cli import main
+
+    p = tmp_path / "rig.toml"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(RigError, match="not UTF-8 text"):
+        load_rig(p)
+    assert main(["simulate", "--out", str(tmp_path / "out"), "--rig", str(p), "--frames", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{p}: not a rig file" in err and not (tmp_path / "out").exists()

@@ -270,3 +270,36 @@ def test_a_close_obstacle_drive_ends_in_the_displays_last_level_and_keeps_the_dr
     assert close_frames[0].odometry == plain_frames[0].odometry
     levels = layout.levels(np.array(nearest))
     assert levels[-1] == 3 and levels[0] < 3
+
+
+def test_bad_counts_are_refused_before_out_is_made(tmp_path, capsys):
+    out = tmp_path / "sim"
+    for argv, message in [
+        (["--frames", "0"], "--frames must be at least 1"),
+        (["--seed", "-1"], "--seed must be at least 0"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--workers", "-2"], "--workers must be at least 1"),
+        (["--scale", "0"], "--scale must be in 0.1..1.0, got 0"),  # not the default 0.5 in disguise
+        (["--scale", "-1"], "--scale must be in 0.1..1.0"),
+    ]:
+        assert main(["simulate", "--out", str(out), *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)
+        assert not out.exists(), argv
+
+
+def test_logs_already_in_out_are_kept_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "sim"
+    args = ["simulate", "--out", str(out), "--frames", "1", "--drives", "2", "--scale", "0.25", "--workers", "1"]
+    assert main(args) == 0
+    first = out / "demo-000.mcap"
+    first.write_bytes(b"mine")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 of the 2 logs to write exist already (demo-000.mcap, demo-001.mcap)" in err and "--overwrite" in err
+    assert first.read_bytes() == b"mine"
+    assert main([*args, "--overwrite"]) == 0
+    assert first.read_bytes() != b"mine"
+    with pytest.raises(ConfigError, match="exist already"):
+        simulate(out, "demo", frames=1, drives=1, scale=0.25, workers=1, show_progress=False)

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import load_file  # noqa: E402
 
 from perception.bev_config import BevConfig  # noqa: E402
-from perception.checkpoint import ChecksumError  # noqa: E402
+from perception.checkpoint import ChecksumError, checkpoint_file, checkpoint_files  # noqa: E402
 from perception.dataset import DriveDataset  # noqa: E402
 from perception.model import ModelConfig, load_model_config  # noqa: E402
 from perception.registry import load_trained, read_manifest, register_trained  # noqa: E402
@@ -76,11 +76,11 @@ def test_resume_continues_exactly(tmp_path, data):
     train(TINY, *data, parts, TrainOptions(max_steps=2, **QUIET))  # stops inside the first epoch
     resumed = train(None, *data, parts, TrainOptions(max_steps=5, resume=True, **QUIET))
     assert resumed.steps == 5
-    for name in ("last.safetensors", "last.state.safetensors"):
-        a, b = load_file(str(whole / name)), load_file(str(parts / name))
+    for which in ("weights", "state"):
+        a, b = (load_file(str(checkpoint_file(d, "last", which))) for d in (whole, parts))
         assert set(a) == set(b)
         for k in a:
-            assert torch.equal(a[k], b[k]), (name, k)
+            assert torch.equal(a[k], b[k]), (which, k)
     records = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["partial"]) for r in records] == [(2, True), (3, False), (5, True)]
 
@@ -99,8 +99,10 @@ def test_resume_refuses_what_would_not_continue_exactly(tmp_path, data):
 
 def test_checkpoints_are_safetensors_and_toml_and_load_by_run_dir(run, data):
     out, result = run
-    assert sorted(p.name for p in out.iterdir()) == ["best.json", "best.safetensors", "config.toml", "last.json",
-                                                     "last.safetensors", "last.state.safetensors", "metrics.jsonl"]
+    best_step = json.loads((out / "best.json").read_text())["step"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([  # each checkpoint's files named after its step, no more
+        "best.json", f"best-{best_step:06d}.safetensors", "config.toml", "last-000012.safetensors",
+        "last-000012.state.safetensors", "last.json", "metrics.jsonl"])
     assert load_model_config(out / "config.toml").to_dict() == TINY.to_dict()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6, 9, 12] and all(r["val_frames"] == 2 for r in records)
@@ -108,7 +110,7 @@ def test_checkpoints_are_safetensors_and_toml_and_load_by_run_dir(run, data):
     assert best["val_miou"] == max(r["val_miou"] for r in records) == result.best_miou
     model, config = load_trained(out)
     assert not model.training and config.to_dict() == TINY.to_dict()
-    saved = load_file(str(out / "best.safetensors"))
+    saved = load_file(str(checkpoint_file(out, "best")))
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k])
 
@@ -116,11 +118,14 @@ def test_checkpoints_are_safetensors_and_toml_and_load_by_run_dir(run, data):
 def test_a_tampered_weights_file_fails_its_checksum(tmp_path, run):
     out = tmp_path / "copy"
     shutil.copytree(run[0], out)
-    raw = bytearray((out / "best.safetensors").read_bytes())
+    best = checkpoint_file(out, "best")
+    raw = bytearray(best.read_bytes())
     raw[-5] ^= 0xFF  # one byte of the last tensor's data
-    (out / "best.safetensors").write_bytes(bytes(raw))
-    with pytest.raises(ChecksumError, match="sha256"):
+    best.write_bytes(bytes(raw))
+    with pytest.raises(ChecksumError, match="sha256") as e:
         load_trained(out)
+    # A run's checkpoint, not a registered model: no advice to re-download or re-register it.
+    assert "checkpoint of the training run" in str(e.value) and "re-register" not in str(e.value)
 
 
 def test_registered_models_load_by_name_in_half_precision(tmp_path, run, data):
@@ -208,7 +213,7 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_them(tmp_path, ru
                   TrainOptions(max_steps=1, augment=False, init=str(run[0]), **QUIET))
     record = json.loads((tuned.run_dir / "last.json").read_text())
     assert record["init_sha256"] == sha and record["plan"]["init"] == str(run[0])
-    after = load_file(str(tuned.run_dir / "last.safetensors"))
+    after = load_file(str(checkpoint_file(tuned.run_dir, "last")))
     key = "camera.backbone.stem.0.weight" if "camera.backbone.stem.0.weight" in after else next(
         k for k, v in after.items() if v.dim() == 4)
     ref = source.state_dict()[key]
@@ -325,9 +330,201 @@ def test_a_new_revision_is_registered_beside_the_files_it_replaces(tmp_path, run
     last = register_trained(run[0], "nf-tiny-last", "last", manifest, checkpoint="last")
     record = json.loads((run[0] / "last.json").read_text())
     assert last.val_miou == pytest.approx(record["val_miou"], abs=1e-4)
-    state = load_file(str(run[0] / "last.safetensors"))
+    state = load_file(str(checkpoint_file(run[0], "last")))
     model, _ = load_trained("nf-tiny-last", manifest=manifest)
     k = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 4)
     assert torch.allclose(model.state_dict()[k], state[k].float(), atol=1e-2)
     with pytest.raises(ConfigError, match="checkpoint must be"):
         register_trained(run[0], "nf-tiny-x", "x", manifest, checkpoint="middle")
+
+
+# --- a run stopped or diverging keeps a checkpoint it can resume from -----------------------------------------------
+
+class Killed(BaseException):
+    """The process dying: nothing catches it as it would an Exception."""
+
+
+def _same_checkpoint(a, b):
+    for which in ("weights", "state"):
+        x, y = (load_file(str(checkpoint_file(d, "last", which))) for d in (a, b))
+        assert set(x) == set(y)
+        for k in x:
+            assert torch.equal(x[k], y[k]), (which, k)
+
+
+def test_a_run_killed_at_any_point_of_a_save_resumes_exactly(tmp_path, data, monkeypatch):
+    """Each file operation of the saves at step 6 (best and last checkpoint) in turn is the last the process does;
+    the run then still has a complete checkpoint (step 3's or step 6's), and resuming it ends where an uninterrupted
+    run ends, metrics without a step twice."""
+    import perception.checkpoint as ck
+
+    whole, first = tmp_path / "whole", tmp_path / "first"
+    train(TINY, *data, whole, TrainOptions(max_steps=6, **QUIET))
+    train(TINY, *data, first, TrainOptions(max_steps=3, **QUIET))
+    real_replace, real_discard = ck._replace_atomically, ck._discard
+    ops: list[str] = []
+    kill_after = {"n": None}
+
+    def op(name):
+        ops.append(name)
+        if len(ops) == kill_after["n"]:
+            raise Killed(name)
+
+    def replace_atomically(path, write):
+        real_replace(path, lambda tmp: (write(tmp), op(f"write {tmp.name}")))
+        op(f"rename {path.name}")
+
+    def discard(path):
+        real_discard(path)
+        op(f"remove {path.name}")
+
+    monkeypatch.setattr(ck, "_replace_atomically", replace_atomically)
+    monkeypatch.setattr(ck, "_discard", discard)
+    train(None, *data, shutil.copytree(first, tmp_path / "count"), TrainOptions(max_steps=6, resume=True, **QUIET))
+    n = len(ops)
+    assert n >= 8 and any(o.startswith("remove last-000003") for o in ops), ops  # both saves, the old files removed
+    for k in range(1, n + 1):
+        ops.clear()
+        kill_after["n"] = k
+        run = shutil.copytree(first, tmp_path / f"kill-{k}")
+        with pytest.raises(Killed):
+            train(None, *data, run, TrainOptions(max_steps=6, resume=True, **QUIET))
+        kill_after["n"] = None
+        step = json.loads((run / "last.json").read_text())["step"]
+        assert step in (3, 6), (k, ops[-1])
+        load_trained(run)  # the best checkpoint, whichever it is, is whole too
+        resumed = train(None, *data, run, TrainOptions(max_steps=6, resume=True, **QUIET))
+        assert resumed.steps == 6, (k, ops[-1])
+        _same_checkpoint(whole, run)
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [3, 6], (k, ops[-1], steps)
+        named = {"config.toml", "metrics.jsonl", "last.json", "best.json"}
+        for stem in ("last", "best"):
+            named |= set(checkpoint_files(json.loads((run / f"{stem}.json").read_text()), stem).values())
+        assert {p.name for p in run.iterdir()} == named, k  # no leftover of the killed save
+
+
+def test_a_signal_saves_a_checkpoint_after_the_step_under_way(tmp_path, data, monkeypatch):
+    """SIGINT (Ctrl-C) during step 5: the step completes, a checkpoint is saved at step 5 and the run stops with
+    KeyboardInterrupt; its resume ends as an uninterrupted run does. The handlers are restored."""
+    import os
+    import signal
+
+    import perception.train as tr
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(TINY, *data, whole, TrainOptions(max_steps=6, **QUIET))
+    real_step, calls = tr.train_step, []
+
+    def step_with_signal(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    monkeypatch.setattr(tr, "train_step", step_with_signal)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, *data, parts, TrainOptions(max_steps=6, **QUIET))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    record = json.loads((parts / "last.json").read_text())
+    assert record["step"] == 5 and record["val_miou"] is None  # saved straight away, not validated
+    metrics = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("interrupted", False)) for r in metrics] == [(3, False), (5, True)]
+    monkeypatch.setattr(tr, "train_step", real_step)
+    assert train(None, *data, parts, TrainOptions(max_steps=6, resume=True, **QUIET)).steps == 6
+    _same_checkpoint(whole, parts)
+
+
+def test_resume_takes_the_runs_plan_for_what_is_left_out(tmp_path, data):
+    out = tmp_path / "r"
+    train(TINY, *data, out, TrainOptions(epochs=2, max_steps=2, schedule="onecycle", warmup=0.5, augment=False,
+                                         freeze_bn=True, **QUIET))
+    resumed = train(None, *data, out, TrainOptions(resume=True, **QUIET))
+    assert resumed.steps == 6  # 2 epochs of 3 steps, as planned, not the config's 10
+    plan = json.loads((out / "last.json").read_text())["plan"]
+    assert plan == {"epochs": 2, "batch_size": 2, "schedule": "onecycle", "warmup": 0.5, "augment": False,
+                    "freeze_bn": True}
+    with pytest.raises(ConfigError, match="planned with schedule='onecycle'"):
+        train(None, *data, out, TrainOptions(resume=True, schedule="cosine", **QUIET))
+
+
+def test_a_diverging_step_stops_the_run_before_its_weights_are_saved(tmp_path, data, monkeypatch):
+    import perception.train as tr
+    from sensors.errors import TrainingError
+
+    real_step, calls = tr.train_step, []
+
+    def poisoning_step(net, *args):
+        out = real_step(net, *args)
+        calls.append(1)
+        if len(calls) == 5:
+            with torch.no_grad():
+                next(net.parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(tr, "train_step", poisoning_step)
+    out = tmp_path / "r"
+    with pytest.raises(TrainingError, match="step 5 left non-finite weights in") as e:
+        train(TINY, *data, out, TrainOptions(max_steps=6, **QUIET))
+    # Advice that can be followed: --set works on a new run only, --init keeps what was learnt.
+    assert "--set train.lr=" in str(e.value) and f"--init {out}" in str(e.value) and "resume" not in str(e.value)
+    assert json.loads((out / "last.json").read_text())["step"] == 3
+    assert all(torch.isfinite(v).all() for v in load_file(str(checkpoint_file(out, "last"))).values())
+    assert tr.nonfinite_tensors(torch.nn.Linear(2, 2)) == []
+
+
+def test_the_learning_rate_must_be_finite_and_positive():
+    from perception.model import override_train
+
+    for value in ("inf", "0", "-1e-3", "nan"):
+        with pytest.raises(ConfigError, match=r"'train.lr' must be a finite number > 0"):
+            override_train(TINY, [f"train.lr={value}"])
+    with pytest.raises(ConfigError, match=r"'train.weight_decay' must be a finite number >= 0, got inf"):
+        override_train(TINY, ["train.weight_decay=inf"])
+    assert override_train(TINY, ["train.lr=1e-4"]).train["lr"] == 1e-4
+
+
+def test_train_from_dir_checks_everything_it_can_before_reading_data(tmp_path, run, monkeypatch):
+    """Mistakes in the options or --out are reported before the drives are preprocessed (minutes on real data)."""
+    import perception.dataset
+    import perception.train as tr
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the drives were read before the options were checked")
+
+    monkeypatch.setattr(perception.dataset, "DriveDataset", no_loading)
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    new = tmp_path / "new"
+    for out, options, message in [
+        (run[0], {}, "already holds a training run"),
+        (new, {"resume": True}, "nothing to resume"),
+        (new, {"epochs": 0}, "--epochs must be at least 1"),
+        (new, {"max_steps": 0}, "--max-steps must be at least 1"),
+        (new, {"warmup": 1.5}, r"--warmup must be a share of the steps in \[0, 1\)"),
+        (new, {"schedule": "linear"}, "--schedule must be one of"),
+        (new, {"init": "nf-nonexistent"}, "not a registered model"),
+        (new, {"threads": 0}, "--threads must be at least 1"),
+        (new, {"num_workers": -1}, "--workers must be at least 0"),
+        (a_file, {}, "is a file"),
+        (a_file / "run", {}, "is a file"),
+        (run[0], {"resume": True, "epochs": 2}, "planned with epochs=4"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            tr.train_from_dir(TINY, root, out, TrainOptions(**{**QUIET, **options}))
+    assert not new.exists()
+    with pytest.raises(ConfigError, match="differs in bev_channels"):
+        tr.train_from_dir(TINY.replace(bev_channels=4), root, new, TrainOptions(init=str(run[0]), **QUIET))
+
+
+def test_a_missing_checkpoint_names_the_one_the_run_has(tmp_path, run):
+    from perception.checkpoint import run_weights
+
+    out = shutil.copytree(run[0], tmp_path / "only-last")
+    (out / "best.json").unlink()
+    with pytest.raises(ConfigError, match=r"no best checkpoint \(best.json\); the run has only its last checkpoint"):
+        run_weights(out, "best")
+    assert run_weights(out)[0] == checkpoint_file(out, "last")
