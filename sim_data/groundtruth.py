@@ -166,7 +166,9 @@ def object_boxes(objects: Sequence[SceneObject], ego: Pose2D, grid: BevGrid,
     rect = np.array([[0.0, 0.0], [grid.rows, 0.0], [grid.rows, grid.cols], [0.0, grid.cols]])
     hit = np.nonzero(_overlaps_rect(corners, rect))[0]
     xy = ego.to_local(boxes[hit, :2])
-    yaw = np.angle(np.exp(1j * (boxes[hit, 2] - ego.yaw)))
+    # Wrapped with math.remainder, which is exact: numpy's arctan2 (inside np.angle) takes a SIMD path on AVX-512
+    # CPUs whose last bit differs from other CPUs', and a drive must be the same bytes on every machine.
+    yaw = [math.remainder(float(d), math.tau) for d in boxes[hit, 2] - ego.yaw]
     out = []
     for k, i in enumerate(hit):
         o = objects[i]
