@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     v.add_argument("--threads", type=int, help="inference threads (default: onnxruntime's)")
     v.add_argument("--free-confidence", type=float, metavar="P",
                    help="near-field bias of the model's map and sectors: within 1 m of the body a cell is free only "
-                        "where the model gives FREE at least P (0.5..1; default: the argmax)")
+                        "where the model gives FREE at least P (0.5 <= P < 1; default: the argmax)")
     v.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
     v.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP)
     v.add_argument("--operating-point", action="store_true",
