@@ -69,6 +69,8 @@ STAGE5_DATA := nearfield simulate --preset train + train-street + train-close (2
 	seeds 100000-100019, 110000-110009 and 120000-120039, scale 0.5; train-close drives end 0.08-0.2 m short of an \
 	obstacle); fine-tuned 2 epochs from
 
+# These targets rebuild the shipped entries under their names, so each registration says --replace (a name the
+# registry has already is refused without it).
 models: $(STAMP)
 	$(BIN)/nearfield train --config nf-small --data data --out runs/nf-small-r1 --epochs 4
 	$(BIN)/nearfield train --config nf-small-camera --data data --out runs/nf-small-camera-r1 --epochs 4
@@ -87,41 +89,41 @@ models: $(STAMP)
 		--set train.camera_blackout=0.5 $(STAGE5) --out runs/nf-small-r5
 	$(BIN)/nearfield train --config nf-small-uss --init runs/nf-small-uss-r2 $(STAGE5) --out runs/nf-small-uss-r3
 	$(BIN)/nearfield train --config nf-small-camera --init runs/nf-small-camera-r3 $(STAGE5) --out runs/nf-small-camera-r4
-	$(BIN)/nearfield register-model runs/nf-small-r2 --name nf-small-r2 --file nf-small-r2 --checkpoint last \
+	$(BIN)/nearfield register-model --replace runs/nf-small-r2 --name nf-small-r2 --file nf-small-r2 --checkpoint last \
 		--data "$(STAGE2_DATA) nf-small-r1, lr 1e-3, camera dropout 0.2, batch 4, CPU"
-	$(BIN)/nearfield register-model runs/nf-small-camera-r2 --name nf-small-camera-r2 --file nf-small-camera-r2 \
+	$(BIN)/nearfield register-model --replace runs/nf-small-camera-r2 --name nf-small-camera-r2 --file nf-small-camera-r2 \
 		--checkpoint last --data "$(STAGE2_DATA) nf-small-camera-r1, lr 1e-3, batch 4, CPU"
-	$(BIN)/nearfield register-model runs/nf-small-uss-r2 --name nf-small-uss-r2 --file nf-small-uss-r2 \
+	$(BIN)/nearfield register-model --replace runs/nf-small-uss-r2 --name nf-small-uss-r2 --file nf-small-uss-r2 \
 		--checkpoint last --data "$(STAGE2_DATA) nf-small-uss-r1, lr 1e-3, batch 4, CPU"
-	$(BIN)/nearfield register-model runs/nf-small-uss-r3 --name nf-small-uss --file nf-small-uss-r3 \
+	$(BIN)/nearfield register-model --replace runs/nf-small-uss-r3 --name nf-small-uss --file nf-small-uss-r3 \
 		--checkpoint last --data "$(STAGE5_DATA) nf-small-uss-r2, lr 5e-4, batch 4, CPU (fusion revision 5's last stage)"
-	$(BIN)/nearfield register-model runs/nf-small-r3 --name nf-small-r3 --file nf-small-r3 --checkpoint last \
+	$(BIN)/nearfield register-model --replace runs/nf-small-r3 --name nf-small-r3 --file nf-small-r3 --checkpoint last \
 		--data "$(STAGE3_DATA) nf-small-r2, lr 5e-4, camera dropout 0.2, batch 4, CPU"
-	$(BIN)/nearfield register-model runs/nf-small-r4 --name nf-small-r4 --file nf-small-r4 --checkpoint last \
+	$(BIN)/nearfield register-model --replace runs/nf-small-r4 --name nf-small-r4 --file nf-small-r4 --checkpoint last \
 		--data "$(STAGE4_DATA) nf-small-r3, lr 5e-4, camera dropout 0.2, camera blackout 0.5, batch 4, CPU"
-	$(BIN)/nearfield register-model runs/nf-small-r5 --name nf-small --file nf-small-r5 --checkpoint last \
+	$(BIN)/nearfield register-model --replace runs/nf-small-r5 --name nf-small --file nf-small-r5 --checkpoint last \
 		--data "$(STAGE5_DATA) nf-small-r4, lr 5e-4, camera dropout 0.2, camera blackout 0.5, batch 4, CPU"
-	$(BIN)/nearfield register-model runs/nf-small-camera-r3 --name nf-small-camera-r3 --file nf-small-camera-r3 \
+	$(BIN)/nearfield register-model --replace runs/nf-small-camera-r3 --name nf-small-camera-r3 --file nf-small-camera-r3 \
 		--checkpoint last --data "$(STAGE3_DATA) nf-small-camera-r2, lr 5e-4, batch 4, CPU"
-	$(BIN)/nearfield register-model runs/nf-small-camera-r4 --name nf-small-camera --file nf-small-camera-r4 \
+	$(BIN)/nearfield register-model --replace runs/nf-small-camera-r4 --name nf-small-camera --file nf-small-camera-r4 \
 		--checkpoint last --data "$(STAGE5_DATA) nf-small-camera-r3, lr 5e-4, batch 4, CPU (fusion revision 5's last stage)"
-	$(BIN)/nearfield export --model nf-small-r2 --register nf-small-r2 --file nf-small-r2 \
+	$(BIN)/nearfield export --replace --model nf-small-r2 --register nf-small-r2 --file nf-small-r2 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small-camera-r2 --register nf-small-camera-r2 --file nf-small-camera-r2 \
+	$(BIN)/nearfield export --replace --model nf-small-camera-r2 --register nf-small-camera-r2 --file nf-small-camera-r2 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small-uss-r2 --register nf-small-uss-r2 --file nf-small-uss-r2 \
+	$(BIN)/nearfield export --replace --model nf-small-uss-r2 --register nf-small-uss-r2 --file nf-small-uss-r2 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small-uss --register nf-small-uss --file nf-small-uss-r3 \
+	$(BIN)/nearfield export --replace --model nf-small-uss --register nf-small-uss --file nf-small-uss-r3 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small-r3 --register nf-small-r3 --file nf-small-r3 \
+	$(BIN)/nearfield export --replace --model nf-small-r3 --register nf-small-r3 --file nf-small-r3 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small-camera-r3 --register nf-small-camera-r3 --file nf-small-camera-r3 \
+	$(BIN)/nearfield export --replace --model nf-small-camera-r3 --register nf-small-camera-r3 --file nf-small-camera-r3 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small-camera --register nf-small-camera --file nf-small-camera-r4 \
+	$(BIN)/nearfield export --replace --model nf-small-camera --register nf-small-camera --file nf-small-camera-r4 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small-r4 --register nf-small-r4 --file nf-small-r4 \
+	$(BIN)/nearfield export --replace --model nf-small-r4 --register nf-small-r4 --file nf-small-r4 \
 		--parity-data data/val/val-000.mcap
-	$(BIN)/nearfield export --model nf-small --register nf-small --file nf-small-r5 --parity-data data/val/val-000.mcap
+	$(BIN)/nearfield export --replace --model nf-small --register nf-small --file nf-small-r5 --parity-data data/val/val-000.mcap
 
 # The compression zoo as shipped: each method run on nf-small-r1 (revision 1 of nf-small; the zoo was made before
 # revision 2) and fine-tuned on data/train (simulate it first: `nearfield simulate --preset train --out data/train`,
@@ -133,7 +135,7 @@ models: $(STAMP)
 # nf-small-pruned50-int8-r4, the pruned model quantised (45 min for the pruning on one core);
 # registered, then every model measured on data/test one after the other, listed and plotted. About 1.5 h on 2 CPU
 # cores. The E2GC pair it measures comes from `make e2gc` (below).
-COMPRESS := $(BIN)/nearfield compress --from nf-small-r1 --data data --threads 2 --no-measure
+COMPRESS := $(BIN)/nearfield compress --replace --from nf-small-r1 --data data --threads 2 --no-measure
 ZOO_MODELS := nf-small nf-small-r4 nf-small-r3 nf-small-camera nf-small-camera-r3 nf-small-uss nf-small-uss-r2 nf-small-r2 nf-small-camera-r2 nf-small-r1 nf-small-camera-r1 nf-small-uss-r1 \
 	nf-small-int8 nf-small-pruned50 nf-small-pruned50-int8 \
 	nf-small-distill nf-small-distill-ens \
@@ -147,7 +149,7 @@ ZOO_MODELS := nf-small nf-small-r4 nf-small-r3 nf-small-camera nf-small-camera-r
 zoo: $(STAMP)
 	$(COMPRESS) --method int8-ptq --out nf-small-int8 --calib-frames 64
 	$(COMPRESS) --method prune-structured --out nf-small-pruned50 --steps 500 --opt flops_ratio=0.5
-	$(BIN)/nearfield compress --method int8-ptq --from nf-small-pruned50 --out nf-small-pruned50-int8 --data data \
+	$(BIN)/nearfield compress --replace --method int8-ptq --from nf-small-pruned50 --out nf-small-pruned50-int8 --data data \
 		--threads 2 --no-measure --calib-frames 64 --opt targets=cpu
 	$(COMPRESS) --method distill --out nf-small-distill --steps 600
 	$(COMPRESS) --method distill --out nf-small-distill-ens --steps 600 --opt teachers=nf-small-resnext,nf-small-e2gc
@@ -158,26 +160,26 @@ zoo: $(STAMP)
 	$(COMPRESS) --method prune-random --out nf-small-random50 --steps 150 --opt sparsity=0.5
 	$(COMPRESS) --method qat --out nf-small-qat-int4 --steps 200 --opt weights=int4
 	$(COMPRESS) --method qat --out nf-small-qat-ternary --steps 300 --opt weights=ternary
-	$(BIN)/nearfield compress --method distill --from nf-small-r2 --out nf-small-distill-r2 --data data --threads 2 \
+	$(BIN)/nearfield compress --replace --method distill --from nf-small-r2 --out nf-small-distill-r2 --data data --threads 2 \
 		--no-measure --steps 600 --opt train_splits=train,train-street --opt lr=0.002
-	$(BIN)/nearfield compress --method int8-ptq --from nf-small-r2 --out nf-small-int8-r2 --data data --threads 2 \
+	$(BIN)/nearfield compress --replace --method int8-ptq --from nf-small-r2 --out nf-small-int8-r2 --data data --threads 2 \
 		--no-measure --calib-frames 64
-	$(BIN)/nearfield compress --method prune-structured --from nf-small-r3 --out nf-small-pruned50-r3 --data data \
+	$(BIN)/nearfield compress --replace --method prune-structured --from nf-small-r3 --out nf-small-pruned50-r3 --data data \
 		--threads 1 --no-measure --steps 3000 --opt flops_ratio=0.5 --opt lift_channels=24 --opt lr=1e-3 \
 		--opt train_splits=train,train-street
-	$(BIN)/nearfield compress --method distill --from nf-small-r3 --out nf-small-distill-r3 --data data --threads 2 \
+	$(BIN)/nearfield compress --replace --method distill --from nf-small-r3 --out nf-small-distill-r3 --data data --threads 2 \
 		--no-measure --steps 3000 --opt train_splits=train,train-street --opt lr=0.002 --opt temperature=1 \
 		--opt feature_weight=1 --opt seed=0
-	$(BIN)/nearfield compress --method int8-ptq --from nf-small-r4 --out nf-small-int8-r4 --data data --threads 1 \
+	$(BIN)/nearfield compress --replace --method int8-ptq --from nf-small-r4 --out nf-small-int8-r4 --data data --threads 1 \
 		--no-measure --calib-frames 64
-	$(BIN)/nearfield compress --method prune-structured --from nf-small-r4 --out nf-small-pruned50-r4 --data data \
+	$(BIN)/nearfield compress --replace --method prune-structured --from nf-small-r4 --out nf-small-pruned50-r4 --data data \
 		--threads 1 --no-measure --steps 3000 --opt flops_ratio=0.5 --opt lift_channels=24 --opt lr=1e-3 \
 		--opt train_splits=train,train-street
-	$(BIN)/nearfield compress --method int8-ptq --from nf-small-pruned50-r4 --out nf-small-pruned50-int8-r4 \
+	$(BIN)/nearfield compress --replace --method int8-ptq --from nf-small-pruned50-r4 --out nf-small-pruned50-int8-r4 \
 		--data data --threads 1 --no-measure --calib-frames 64
-	$(BIN)/nearfield compress --method int8-ptq --from nf-small --out nf-small-int8-r5 --data data --threads 2 \
+	$(BIN)/nearfield compress --replace --method int8-ptq --from nf-small --out nf-small-int8-r5 --data data --threads 2 \
 		--no-measure --calib-frames 64
-	$(BIN)/nearfield compress --method prune-structured --from nf-small --out nf-small-pruned50-r5 --data data \
+	$(BIN)/nearfield compress --replace --method prune-structured --from nf-small --out nf-small-pruned50-r5 --data data \
 		--threads 2 --no-measure --steps 3000 --opt flops_ratio=0.5 --opt lift_channels=24 --opt lr=1e-3 \
 		--opt train_splits=train,train-street,train-close
 	for m in $(ZOO_MODELS); do $(BIN)/nearfield zoo measure $$m --data data --threads 2 || exit 1; done
@@ -193,10 +195,10 @@ E2GC_DATA := "nearfield simulate --preset train (20 drives x 100 frames, seeds 1
 e2gc: $(STAMP)
 	$(BIN)/nearfield train --config nf-small-resnext --data data --out runs/nf-small-resnext --epochs 4
 	$(BIN)/nearfield train --config nf-small-e2gc --data data --out runs/nf-small-e2gc --epochs 4
-	$(BIN)/nearfield register-model runs/nf-small-resnext --name nf-small-resnext --data $(E2GC_DATA)
-	$(BIN)/nearfield register-model runs/nf-small-e2gc --name nf-small-e2gc --data $(E2GC_DATA)
-	$(BIN)/nearfield export --model nf-small-resnext --register nf-small-resnext --parity-data data/val/val-000.mcap
-	$(BIN)/nearfield compress --method e2gc --from nf-small-e2gc --out nf-small-e2gc --opt baseline=nf-small-resnext \
+	$(BIN)/nearfield register-model --replace runs/nf-small-resnext --name nf-small-resnext --data $(E2GC_DATA)
+	$(BIN)/nearfield register-model --replace runs/nf-small-e2gc --name nf-small-e2gc --data $(E2GC_DATA)
+	$(BIN)/nearfield export --replace --model nf-small-resnext --register nf-small-resnext --parity-data data/val/val-000.mcap
+	$(BIN)/nearfield compress --replace --method e2gc --from nf-small-e2gc --out nf-small-e2gc --opt baseline=nf-small-resnext \
 		--no-measure
 
 # The operating point of the shipped nf-small (perception/docs/near_field.md, "The near-field bias, the memory and the

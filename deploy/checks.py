@@ -4,6 +4,7 @@ named inputs and outputs), TensorRT's operator support (deploy/trt_ops.toml) and
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 
 from perception.preprocess import INPUT_NAMES, OUTPUT_NAMES
 from sensors.errors import ConfigError, DeployError
+from sensors.files import refuse_overwrite, same_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -307,20 +309,33 @@ def simulate_parity_log(out_dir: str | Path, frames: int = 3, seed: int = 4242, 
 
 def export_checked(trained: str | Path, out: str | Path | None = None, register_as: str | None = None,
                    manifest: str | Path | None = None, parity_logs: Sequence[str | Path] | None = None,
-                   frames: int = 4, stem: str | None = None) -> tuple[Path, ParityReport]:
+                   frames: int = 4, stem: str | None = None, replace: bool = False) -> tuple[Path, ParityReport]:
     """`nearfield export`: export a trained model (registered name or run directory) to OUT and/or into the zoo as
     REGISTER_AS (in the file STEM.onnx, default REGISTER_AS.onnx), then check it (check_onnx) and its parity with torch
     on PARITY_LOGS (default: a small drive simulated for the purpose). A file that fails is not left behind and not
-    registered: DeployError."""
-    import shutil
+    registered: DeployError.
+
+    Nothing is written over before every check passed: the new file is written beside OUT (and beside the zoo's) and
+    moved into place after, so a failing export leaves what was there. OUT may not be one of the inputs (the parity
+    logs, the trained model's files) nor the file of a zoo model other than REGISTER_AS; a REGISTER_AS the zoo has
+    already is replaced only with REPLACE (deploy.zoo.register): ConfigError before any work."""
     import tempfile
 
     from deploy.export import export_onnx, export_trained
-    from deploy.zoo import MANIFEST
+    from deploy.zoo import MANIFEST, check_new_names, check_own_file
     from perception.registry import load_trained
 
     if out is None and register_as is None:
         raise ConfigError("export: give --out FILE.onnx, --register ZOONAME, or both")
+    manifest = Path(manifest or MANIFEST)
+    if out is not None:
+        out = Path(out)
+        refuse_overwrite(out, [*(parity_logs or ()), *trained_files(trained)], "--out")
+        # The zoo registered into (REGISTER_AS may take its own file there), the shipped one, and one beside OUT.
+        for zoo in (manifest, MANIFEST, out.parent / MANIFEST.name):
+            check_own_file(out, register_as if same_file(zoo, manifest) else None, zoo)
+    if register_as:
+        check_new_names([register_as], manifest, replace)
     with tempfile.TemporaryDirectory(prefix="nearfield-parity-") as tmp:
         logs = list(parity_logs) if parity_logs else [simulate_parity_log(tmp, frames=min(frames, 4))]
         reports: list[ParityReport] = []
@@ -331,23 +346,53 @@ def export_checked(trained: str | Path, out: str | Path | None = None, register_
             return {"parity_max_abs": reports[-1].max_abs, "parity_agreement": reports[-1].agreement}
 
         if register_as:
-            entry = export_trained(trained, register_as, manifest or MANIFEST, check=check, stem=stem)
+            entry = export_trained(trained, register_as, manifest, check=check, stem=stem, replace=replace)
             path = entry.onnx
-            if out is not None:
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, out)
-                path = Path(out)
+            if out is not None and not same_file(out, path):
+                fresh = _beside(out)
+                try:
+                    shutil.copyfile(path, fresh)
+                except BaseException:
+                    fresh.unlink(missing_ok=True)
+                    raise
+                path = fresh.replace(out)
         else:
             model, config = load_trained(trained)
-            path = export_onnx(model, config, out)
+            fresh = _beside(out)
             try:
-                check(model, config, path)
+                export_onnx(model, config, fresh)
+                check(model, config, fresh)
             except BaseException:
-                path.unlink(missing_ok=True)
+                fresh.unlink(missing_ok=True)
                 raise
+            path = fresh.replace(out)
     return path, reports[-1]
+
+
+def _beside(out: Path) -> Path:
+    """A new, empty file in OUT's directory (created if missing) to write OUT's next content to, then rename it:
+    the rename stays on one file system, and what OUT held stays until then."""
+    import os
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".new.onnx")
+    os.close(fd)
+    return Path(name)
+
+
+def trained_files(trained: str | Path) -> list[Path]:
+    """The files a trained model is read from: a run directory's own files, or a registered model's weights and
+    config file (none for a name the registry does not know: loading it fails later with the known names)."""
+    path = Path(trained)
+    if path.is_dir():
+        return [p for p in path.iterdir() if p.is_file()]
+    from perception.registry import MANIFEST, read_manifest
+
+    entry = read_manifest(MANIFEST).get(str(trained))
+    return [] if entry is None else [entry.weights, MANIFEST.parent / entry.config]
 
 
 __all__ = ["CONTRACT_OPSET", "PARITY_AGREEMENT", "PARITY_ATOL", "TRT_OPS", "ParityReport", "TrtOpTable",
            "check_onnx", "check_operators", "check_parity", "contract_problems", "export_checked", "load_trt_table",
-           "simulate_parity_log"]
+           "simulate_parity_log", "trained_files"]

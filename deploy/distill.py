@@ -174,6 +174,12 @@ def from_scratch_lr(config: ModelConfig) -> float:
     return config.train["lr"]
 
 
+# The options tune() reads (fine-tuning), and those of fine-tuning against the uncompressed source (wants_teacher):
+# the methods that fine-tune with them declare them (deploy.compress.method).
+TUNE_OPTIONS = ("lr", "seed", "train_splits")
+KD_OPTIONS = ("kd", "kd_temperature")
+
+
 def wants_teacher(options: dict[str, Any]) -> bool:
     """--opt kd=true: fine-tune a compressed model against its uncompressed source's predictions too (tune)."""
     return str(options.get("kd", False)).lower() in ("true", "1", "yes")
@@ -374,7 +380,9 @@ def miou(model: FusionNet, dataset) -> float | None:
     return evaluate_dataset(model, dataset, dataset_rig(dataset))["miou"]
 
 
-@method("distill")
+@method("distill", ("teachers", "student", "steps", "seed", "lr", "temperature", "kd_weight", "occupancy_weight",
+                    "hard_weight", "feature_weight", "channel_weight", "channel_temperature", "balance",
+                    "train_splits"))
 def distill_method(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
     """`nearfield compress --method distill`: a student trained from the teachers' soft BEV predictions (options
     teachers=A,B (default: SOURCE), student=CONFIG (default: SOURCE's config at half width), temperature (2),
@@ -454,7 +462,7 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
 
-__all__ = ["DistillLoss", "FeatureMimic", "Loss", "channel_distributions", "channel_targets", "channel_term",
-           "distill_method", "distill_terms", "ensemble_targets", "fine_tune", "from_scratch_lr", "half_width",
-           "hard_loss", "loss_record", "miou", "name_list", "set_threads", "soft_targets", "teacher_outputs",
-           "train_splits", "training_data", "tune", "wants_teacher"]
+__all__ = ["KD_OPTIONS", "TUNE_OPTIONS", "DistillLoss", "FeatureMimic", "Loss", "channel_distributions",
+           "channel_targets", "channel_term", "distill_method", "distill_terms", "ensemble_targets", "fine_tune",
+           "from_scratch_lr", "half_width", "hard_loss", "loss_record", "miou", "name_list", "set_threads",
+           "soft_targets", "teacher_outputs", "train_splits", "training_data", "tune", "wants_teacher"]

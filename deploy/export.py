@@ -62,19 +62,21 @@ def input_shapes(onnx_path: str | Path) -> dict[str, tuple[int, ...]]:
 
 def export_trained(trained: str | Path, name: str | None = None, manifest: str | Path = MANIFEST,
                    metrics: dict | None = None, check: Callable[[Any, Any, Path], dict | None] | None = None,
-                   stem: str | None = None) -> ZooModel:
+                   stem: str | None = None, replace: bool = False) -> ZooModel:
     """Export a trained model (a registered name or a run directory) into the zoo as NAME (default: the trained
     model's name) and register it as method fp32, in the file STEM.onnx (default NAME.onnx; a new revision of a
     model takes a file of its own, so the file of the revision it replaces stays for the entry that keeps it).
     CHECK(model, config, onnx_path), when given, runs on the new file before it replaces the zoo's; it raises to
-    refuse the file (the zoo then stays as it was) and may return figures to record in the entry's metrics."""
-    from deploy.zoo import read_zoo
+    refuse the file (the zoo then stays as it was) and may return figures to record in the entry's metrics. A NAME the
+    zoo has already is replaced only with REPLACE (deploy.zoo.register)."""
+    from deploy.zoo import check_new_names, read_zoo
     from perception.registry import load_trained
 
     model, config = load_trained(trained)
     name = name or (config.name if Path(str(trained)).is_dir() else str(trained))
     if not name:
         raise ConfigError("export: give --name for the zoo entry")
+    check_new_names([name], manifest, replace)  # before the export's work, not after it
     stem = stem or name
     if not stem or any(c in stem for c in "/\\ \"'[]"):
         raise ConfigError(f"export: file stem {stem!r} must be non-empty, without spaces, quotes or slashes")
@@ -93,7 +95,7 @@ def export_trained(trained: str | Path, name: str | None = None, manifest: str |
     metrics = {**(metrics or {}), **(extra or {})}
     entry = ZooModel(name, path, "", str(trained), "fp32", "any", config.bev, input_shapes(path),
                      metrics=dict(metrics or {}))
-    return register(entry, manifest)
+    return register(entry, manifest, replace=replace)
 
 
 __all__ = ["OPSET", "export_onnx", "export_trained", "input_shapes"]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from deploy.compress import Source, load_torch_model, method, option, output_path, register_output, resolve_source
-from deploy.distill import loss_record, set_threads, tune, wants_teacher
+from deploy.distill import KD_OPTIONS, TUNE_OPTIONS, loss_record, set_threads, tune, wants_teacher
 from deploy.zoo import MANIFEST, ZooModel, read_zoo
 from perception.model import FusionNet
 from sensors.errors import ConfigError
@@ -153,7 +153,7 @@ def factorise_model(model: nn.Module, rank_ratio: float | None = None, energy: f
     return LowRankResult(before, sum(p.numel() for p in model.parameters()), layers)
 
 
-@method("lowrank")
+@method("lowrank", ("energy", "rank_ratio", "steps", *TUNE_OPTIONS, *KD_OPTIONS))
 def lowrank_method(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
     """`nearfield compress --method lowrank --opt rank_ratio=0.5` (or `--opt energy=0.9`): factorise, fine-tune
     --steps on --data, export the thinner network."""
@@ -234,7 +234,7 @@ def register_e2gc(trained: str, out: str, manifest: str | Path = MANIFEST, basel
     return register_output(out, path, src, "e2gc", "any", options, notes, Path(manifest))
 
 
-@method("e2gc")
+@method("e2gc", ("baseline",))
 def e2gc_method(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
     """`nearfield compress --method e2gc --from TRAINED [--opt baseline=ZOO_MODEL]`: the zoo entry of a trained E2GC
     model (nothing is changed), compared with BASELINE, the fixed-group-count model trained the same way."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from deploy.compress import load_torch_model, method, option, output_path, register_output, resolve_source
-from deploy.distill import loss_record, set_threads, tune, wants_teacher
+from deploy.distill import KD_OPTIONS, TUNE_OPTIONS, loss_record, set_threads, tune, wants_teacher
 from deploy.zoo import ZooModel
 from perception.model import FusionNet, ModelConfig, dummy_inputs
 from sensors.errors import ConfigError, DeployError
@@ -181,7 +181,8 @@ def prune_lift(model: FusionNet, keep: int) -> list[int]:
     return kept
 
 
-@method("prune-structured")
+@method("prune-structured", ("flops_ratio", "iterative_steps", "round_to", "steps", "lift_channels", *TUNE_OPTIONS,
+                            *KD_OPTIONS))
 def structured_method(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
     """`nearfield compress --method prune-structured --opt flops_ratio=0.5`: channel pruning to the FLOPs target,
     channel counts multiples of round_to (default 8), the lifted camera features cut to lift_channels first
@@ -437,7 +438,7 @@ def _unstructured_method(how: str):
 
     build.__name__ = build.__qualname__ = f"{how}_method"
     build.__doc__ = f"`nearfield compress --method {name} --opt sparsity=0.5 --opt min_density=0.05`."
-    return method(name)(build)
+    return method(name, ("sparsity", "min_density", "seed", "steps", *TUNE_OPTIONS))(build)
 
 
 for _how in UNSTRUCTURED:

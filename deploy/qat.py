@@ -199,17 +199,27 @@ NOTES = {
 }
 
 
+# What the qat methods read (qat also weights; qat-WEIGHTS has them in its name).
+QAT_OPTIONS = ("steps", "calib_frames", "lr", "batch_size", "seed")
+
+
 def _qat(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path, weights: str) -> ZooModel:
-    if data is None:
-        raise ConfigError("qat needs --data: drive logs with ground truth to fine-tune on")
-    src = resolve_source(source, manifest)
-    model, config = load_torch_model(src)
     name = f"qat-{weights}"
+    # The options first: a bad one fails before the model is loaded.
+    if weights not in WEIGHTS:
+        raise ConfigError(f"qat: --opt weights={weights!r} is not one of {', '.join(WEIGHTS)}")
     steps = option(options, "steps", 20, int, 0, 10**7, name)
+    if steps < 1:
+        raise ConfigError(f"{name}: --steps {steps} fine-tunes nothing, and quantisation-aware fine-tuning is what "
+                          "qat is; give --steps 1 or more (int8-ptq quantises without fine-tuning)")
     calib = option(options, "calib_frames", 16, int, 1, 100_000, name)
     lr = option(options, "lr", 1e-4, float, 1e-12, 10, name)
     batch = option(options, "batch_size", 2, int, 1, 4096, name)
     seed = option(options, "seed", 0, int, 0, 2**31, name)
+    if data is None:
+        raise ConfigError("qat needs --data: drive logs with ground truth to fine-tune on")
+    src = resolve_source(source, manifest)
+    model, config = load_torch_model(src)
     qmodel, state = finetune(model, config, data, weights, steps, calib, lr, batch, seed, options.get("threads"))
     path = output_path(out, manifest)
     schemes = export_qat(qmodel, state, config, path, data, calib)
@@ -219,7 +229,7 @@ def _qat(source: str, out: str, data: str | None, options: dict[str, Any], manif
     return register_output(out, path, src, f"qat-{weights}", "cpu", opts, NOTES[weights], manifest)
 
 
-@method("qat")
+@method("qat", (*QAT_OPTIONS, "weights"))
 def qat(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
     """Quantisation-aware fine-tuning on --data. Options: weights (int8 | int4 | ternary; default int8), steps,
     calib_frames, lr, batch_size, seed."""
@@ -236,7 +246,7 @@ def _qat_with(weights: str):
 
 
 for _w in WEIGHTS:
-    method(f"qat-{_w}")(_qat_with(_w))
+    method(f"qat-{_w}", QAT_OPTIONS)(_qat_with(_w))
 
 
-__all__ = ["NOTES", "WEIGHTS", "export_qat", "finetune", "qat"]
+__all__ = ["NOTES", "QAT_OPTIONS", "WEIGHTS", "export_qat", "finetune", "qat"]

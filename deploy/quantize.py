@@ -276,16 +276,27 @@ NOTES = {
 }
 
 
-@method("int8-ptq")
-def int8_ptq(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
-    """OUT (target cpu) and OUT-tensorrt (target tensorrt) from SOURCE, calibrated on frames of DATA. Options:
-    calibration, calib_frames, targets ("cpu,tensorrt" by default)."""
-    if data is None:
-        raise ConfigError("int8-ptq needs --data: drive logs to calibrate the activation ranges on")
+def ptq_outputs(out: str, options: dict[str, Any]) -> list[tuple[str, str]]:
+    """(zoo name, target) of each artifact int8-ptq makes for --out OUT: OUT for the first of the targets (--opt
+    targets, default cpu,tensorrt), OUT-tensorrt (or OUT-cpu) for the other."""
     targets = [t.strip() for t in str(options.get("targets", "cpu,tensorrt")).split(",") if t.strip()]
     bad = [t for t in targets if t not in TARGETS]
     if bad or not targets:
         raise ConfigError(f"--opt targets={options.get('targets')}: choose from {', '.join(TARGETS)}")
+    return [(out if t == targets[0] else f"{out}{TRT_SUFFIX if t == 'tensorrt' else '-' + t}", t) for t in targets]
+
+
+def _ptq_names(out: str, options: dict[str, Any]) -> list[str]:
+    return [name for name, _ in ptq_outputs(out, options)]
+
+
+@method("int8-ptq", ("calibration", "calib_frames", "targets", "percentile"), outputs=_ptq_names)
+def int8_ptq(source: str, out: str, data: str | None, options: dict[str, Any], manifest: Path) -> ZooModel:
+    """OUT (target cpu) and OUT-tensorrt (target tensorrt) from SOURCE, calibrated on frames of DATA. Options:
+    calibration, calib_frames, targets ("cpu,tensorrt" by default), percentile."""
+    if data is None:
+        raise ConfigError("int8-ptq needs --data: drive logs to calibrate the activation ranges on")
+    outputs = ptq_outputs(out, options)
     calibration = str(options.get("calibration", "minmax"))
     if calibration not in CALIBRATIONS:
         raise ConfigError(f"--calibration {calibration!r} is not one of {', '.join(CALIBRATIONS)}")
@@ -298,8 +309,7 @@ def int8_ptq(source: str, out: str, data: str | None, options: dict[str, Any], m
 
         frames = calibration_frames(data, src.bev, count, list(input_shapes(fp)))
         first = None
-        for target in targets:
-            name = out if target == targets[0] else f"{out}{TRT_SUFFIX if target == 'tensorrt' else '-' + target}"
+        for name, target in outputs:
             path = output_path(name, manifest)
             settings = quantize_onnx(fp, path, frames, target, calibration, percentile=percentile)
             opts = {"calib_data": str(data), **settings,
@@ -311,4 +321,4 @@ def int8_ptq(source: str, out: str, data: str | None, options: dict[str, Any], m
 
 
 __all__ = ["CALIBRATIONS", "TARGETS", "TRT_SUFFIX", "bypass_float_edges", "calibration_frames", "calibration_logs",
-           "float_nodes", "int8_ptq", "quantize_onnx"]
+           "float_nodes", "int8_ptq", "ptq_outputs", "quantize_onnx"]

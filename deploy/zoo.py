@@ -4,7 +4,10 @@ it is loaded. Torch-free: the embedded runtime and the viewer read it."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,12 +15,14 @@ from typing import Any
 from perception.bev_config import BevConfig
 from perception.near_field import NearFieldSettings
 from sensors.errors import ChecksumError, ConfigError
-from sensors.files import file_sha256
+from sensors.files import file_sha256, same_file
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
+
+log = logging.getLogger(__name__)
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 MANIFEST = ZOO_DIR / "ZOO.toml"
@@ -198,19 +203,108 @@ def get_model(name: str, manifest: str | Path = MANIFEST) -> ZooModel:
     return models[name]
 
 
-def register(model: ZooModel, manifest: str | Path = MANIFEST) -> ZooModel:
-    """Add or replace MODEL in the manifest (its file must already sit beside the manifest). The sha256 is
-    computed here from the file, never taken on trust."""
+def register(model: ZooModel, manifest: str | Path = MANIFEST, replace: bool = False) -> ZooModel:
+    """Add MODEL to the manifest (its file must already sit beside the manifest). The sha256 is computed here from
+    the file, never taken on trust. A name the zoo has already is a ConfigError unless REPLACE (check_new_names);
+    replacing keeps the old entry's figures and operating point only when the file is the same, and says what it
+    drops (carried_over). A file another entry points at is a ConfigError."""
     manifest = Path(manifest)
     check_zoo_name(model.name)
     if model.onnx.parent.resolve() != manifest.parent.resolve():
         raise ConfigError(f"zoo model {model.name}: {model.onnx} must sit beside the manifest {manifest}")
     if model.target not in TARGETS:
         raise ConfigError(f"zoo model {model.name}: target {model.target!r} is not one of {', '.join(TARGETS)}")
-    model = replace(model, sha256=file_sha256(model.onnx))
-    models = {**read_zoo(manifest), model.name: model}
+    check_new_names([model.name], manifest, replace)
+    check_own_file(model.onnx, model.name, manifest)
+    models = read_zoo(manifest)
+    model = dataclasses.replace(model, sha256=file_sha256(model.onnx))
+    if model.name in models:
+        model = carried_over(models[model.name], model, models, manifest)
+    models[model.name] = model  # a replaced entry keeps its place in the file
     write_zoo(models, manifest)
     return model
+
+
+def check_new_names(names: Iterable[str], manifest: str | Path = MANIFEST, replace: bool = False) -> None:
+    """ConfigError for the first of NAMES the zoo has already, unless REPLACE: registering it would drop what its
+    entry records (file, figures, operating point), so replacing is asked for explicitly or the entry renamed first.
+    Commands call it before any work, so that a refusal costs nothing."""
+    if replace:
+        return
+    models = read_zoo(manifest)
+    for name in names:
+        old = models.get(name)
+        if old is None:
+            continue
+        has = [f"{old.method}", f"file {old.onnx.name}", f"parent {old.parent}"]
+        if measured(old.metrics):
+            has.append("measured figures")
+        if old.operating_point:
+            has.append("an operating point")
+        # An export of the trained model of the same name: that one may be kept under the new name too.
+        trained = " [--with-trained]" if old.parent == name else ""
+        raise ConfigError(f"zoo model {name} is in {manifest} already ({', '.join(has)}); give --replace to replace "
+                          f"it (what was measured on its file is dropped), or keep it under another name first: "
+                          f"`nearfield zoo rename {name} {name}-old{trained}`")
+
+
+def check_own_file(path: str | Path, name: str | None, manifest: str | Path = MANIFEST) -> None:
+    """ConfigError when PATH is the file of a zoo model other than NAME (None: of any zoo model) in MANIFEST: writing
+    it would leave that entry with a file its sha256 no longer matches."""
+    for other, m in read_zoo(manifest).items():
+        if other != name and same_file(m.onnx, path):
+            raise ConfigError(f"{path}: is the file of zoo model {other} ({manifest}); writing it would break that "
+                              "entry: choose another file name")
+
+
+# Figures that describe the file's export rather than a measurement of the model (recomputed by every export).
+EXPORT_FIGURES = ("parity_max_abs", "parity_agreement")
+
+
+def measured(metrics: dict[str, Any]) -> list[str]:
+    return [k for k in metrics if k not in EXPORT_FIGURES]
+
+
+def carried_over(old: ZooModel, new: ZooModel, models: dict[str, ZooModel], manifest: Path) -> ZooModel:
+    """NEW, replacing OLD of the same name: with the same file (sha256), OLD's figures, operating point and notes
+    still hold and are kept (NEW's figures win); with another file they were measured on what is gone and are dropped,
+    with a warning naming them, the entries made from OLD and a changed parent."""
+    if new.sha256 == old.sha256:
+        log.info("zoo model %s: the same file as before; its figures and operating point are kept", new.name)
+        return dataclasses.replace(new, metrics={**old.metrics, **new.metrics},
+                                   operating_point=new.operating_point or old.operating_point,
+                                   notes=new.notes or old.notes)
+    dropped = []
+    if measured(old.metrics):
+        dropped.append(f"figures ({', '.join(measured(old.metrics))})")
+    if old.operating_point and not new.operating_point:
+        dropped.append("operating point (" + ", ".join(f"{k} {old.operating_point[k]}" for k in
+                                                      ("free_confidence", "memory_decay", "echo_floor")
+                                                      if k in old.operating_point) + ")")
+    lines = [f"{manifest}: zoo model {new.name} replaced: file {old.onnx.name} (sha256 {old.sha256[:12]}...) -> "
+             f"{new.onnx.name} (sha256 {new.sha256[:12]}...)"]
+    if dropped:
+        lines.append(f"dropped what was measured on the old file: {'; '.join(dropped)}; measure it again "
+                     f"(`nearfield zoo measure {new.name} --data ...`"
+                     + (f", `nearfield operating-point --model {new.parent} --data ... --register {new.name}`"
+                        if old.operating_point else "") + ")")
+    if old.parent != new.parent:
+        lines.append(f"parent {old.parent} -> {new.parent}")
+    children = [n for n, m in models.items() if n != new.name and (m.parent == new.name or new.name in
+                                                                   _references(m.options))]
+    if children:
+        lines.append(f"made from the old file and still naming it: {', '.join(children)} (remake them, or rename "
+                     "the old entry first to keep the pair)")
+    log.warning("; ".join(lines))
+    return new
+
+
+def _references(options: dict[str, Any]) -> list[str]:
+    out = []
+    for key in ZOO_REFERENCE_OPTIONS:
+        value = options.get(key)
+        out += value if isinstance(value, list) else [value] if isinstance(value, str) else []
+    return out
 
 
 def update_metrics(name: str, metrics: dict[str, Any], manifest: str | Path = MANIFEST) -> ZooModel:
@@ -315,6 +409,6 @@ def verify_zoo(manifest: str | Path = MANIFEST) -> dict[str, bool]:
     return {name: m.onnx.is_file() and file_sha256(m.onnx) == m.sha256 for name, m in read_zoo(manifest).items()}
 
 
-__all__ = ["MANIFEST", "TARGETS", "ZOO_DIR", "ZooModel", "get_model", "list_models", "read_zoo",
-           "register", "remove", "rename", "set_operating_point", "unlisted", "update_metrics", "verify_zoo",
-           "write_zoo"]
+__all__ = ["EXPORT_FIGURES", "MANIFEST", "TARGETS", "ZOO_DIR", "ZooModel", "carried_over", "check_new_names",
+           "check_own_file", "get_model", "list_models", "measured", "read_zoo", "register", "remove", "rename",
+           "set_operating_point", "unlisted", "update_metrics", "verify_zoo", "write_zoo"]

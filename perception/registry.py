@@ -3,6 +3,7 @@ data and validation mIoU; load_trained(name | run_dir) checks the file and retur
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST = WEIGHTS_DIR / "MODELS.toml"
@@ -54,8 +57,9 @@ def read_manifest(manifest: str | Path = MANIFEST) -> dict[str, TrainedModel]:
         return {}
     try:
         data = tomllib.loads(manifest.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{manifest}: unreadable model manifest ({e})") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{manifest}: unreadable model manifest ({type(e).__name__}: {e}); restore it from git or "
+                          "give another --manifest") from None
     out = {}
     for name, entry in data.items():
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("config", "weights",
@@ -100,18 +104,28 @@ def _run_config(run_dir: Path) -> Path:
 
 
 def register_trained(run_dir: str | Path, name: str, data: str, manifest: str | Path = MANIFEST,
-                     dtype: str = SHIPPED_DTYPE, stem: str | None = None, checkpoint: str | None = None
-                     ) -> TrainedModel:
-    """Add (or replace) NAME in the manifest from a training run: its weights saved as STEM.safetensors in `dtype`
-    beside the manifest, its config copied as STEM.toml (STEM defaults to NAME), sha256 and validation mIoU recorded;
+                     dtype: str = SHIPPED_DTYPE, stem: str | None = None, checkpoint: str | None = None,
+                     replace: bool = False) -> TrainedModel:
+    """Add NAME to the manifest from a training run: its weights saved as STEM.safetensors in `dtype` beside the
+    manifest, its config copied as STEM.toml (STEM defaults to NAME), sha256 and validation mIoU recorded;
     `checkpoint` picks the run's best (default, else last) or last. A new revision of a shipped model takes a new STEM,
-    so the files of the revision it replaces stay as they are (another entry may still use them)."""
+    so the files of the revision it replaces stay as they are (another entry may still use them).
+
+    A NAME the manifest already has is a ConfigError unless REPLACE: the entry's data text, val mIoU and sha256 would
+    be lost (`nearfield zoo rename OLD NEW --with-trained` keeps it under another name). Replacing logs what the old
+    entry recorded."""
     run_dir, manifest = Path(run_dir), Path(manifest)
     for what, value in (("model name", name), ("file stem", name if stem is None else stem)):
         if not value or any(c in value for c in "/\\ \"'[]"):
             raise ConfigError(f"{what} {value!r} must be non-empty, without spaces, quotes, brackets or slashes")
     stem = name if stem is None else stem
-    used = {e.weights.name for n, e in read_manifest(manifest).items() if n != name}
+    entries = read_manifest(manifest)
+    old = entries.get(name)
+    if old is not None and not replace:
+        raise ConfigError(f"{manifest}: trained model {name} is registered already ({old.weights.name}, "
+                          f"{_miou_text(old.val_miou)}); give --replace to replace it, or keep it under another name "
+                          f"first: `nearfield zoo rename {name} {name}-old --with-trained`")
+    used = {e.weights.name for n, e in entries.items() if n != name}
     if f"{stem}.safetensors" in used:
         raise ConfigError(f"{manifest}: {stem}.safetensors belongs to another model; choose another --file")
     model, config = load_trained(run_dir, checkpoint=checkpoint)
@@ -121,9 +135,17 @@ def register_trained(run_dir: str | Path, name: str, data: str, manifest: str | 
     (base / f"{stem}.toml").write_text(config.to_toml())
     sha = save_weights(model, base / f"{stem}.safetensors", dtype, metadata={"model": name, "config": config.name})
     entry = TrainedModel(name, f"{stem}.toml", base / f"{stem}.safetensors", sha, data, record.get("val_miou"), dtype)
-    entries = {**read_manifest(manifest), name: entry}
-    _write_manifest(manifest, entries)
+    if old is not None:
+        kept = ("; its files stay beside the manifest" if old.weights.name != entry.weights.name
+                else "; its weights file was overwritten")
+        log.warning("%s: trained model %s replaced: the old entry (%s, sha256 %s..., %s, data %r) is dropped%s",
+                    manifest, name, old.weights.name, old.sha256[:16], _miou_text(old.val_miou), old.data, kept)
+    _write_manifest(manifest, {**entries, name: entry})
     return entry
+
+
+def _miou_text(miou: float | None) -> str:
+    return "no val mIoU" if miou is None else f"val mIoU {100 * miou:.1f}%"
 
 
 def rename_trained(old: str, new: str, manifest: str | Path = MANIFEST) -> TrainedModel:
@@ -151,7 +173,9 @@ def _write_manifest(manifest: Path, entries: dict[str, TrainedModel]) -> None:
         if e.val_miou is not None:
             t["val_miou"] = round(float(e.val_miou), 4)
         tables[name] = t
-    manifest.write_text(_HEADER + ("\n" + tomli_w.dumps(tables) if tables else ""))
+    tmp = manifest.with_suffix(".toml.tmp")
+    tmp.write_text(_HEADER + ("\n" + tomli_w.dumps(tables) if tables else ""))
+    tmp.replace(manifest)  # a crash mid-write never leaves half a manifest
 
 
 def verify_manifest(manifest: str | Path = MANIFEST) -> dict[str, bool]:

@@ -3,7 +3,9 @@ own thread, all stamped on one monotonic clock and written by the crash-safe Rec
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -11,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sensors.errors import ConfigError, NearfieldError, SensorError
+from sensors.errors import ConfigError, LogFormatError, NearfieldError, SensorError
 from sensors.files import refuse_overwrite
 from sensors.messages import CameraImage, Odometry
 from sensors.rig import load_rig
@@ -48,8 +50,9 @@ def _is_can_file(spec: str, what: str = "--can") -> bool:
 def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_path: str | Path | None = None,
            can_interface: str = "socketcan", duration_s: float | None = None, jpeg_quality: int = 90,
            clock=time.monotonic_ns, stop: threading.Event | None = None,
-           install_signals: bool = True) -> RecordResult:
-    """Record until every source ends, `duration_s` passes, `stop` is set, or SIGINT/SIGTERM arrives.
+           install_signals: bool = True, overwrite: bool = False) -> RecordResult:
+    """Record until every source ends, `duration_s` passes (None: no limit), `stop` is set, or SIGINT/SIGTERM
+    arrives. An existing OUT is a ConfigError unless OVERWRITE: it is most likely a drive recorded before.
 
     cameras: NAME=SOURCE strings (video file, /dev/videoN or index, GStreamer pipeline). Video files play in real
     time, as a live camera would deliver them. can: a CAN channel (e.g. can0) on `can_interface`, or a CAN log file
@@ -59,6 +62,9 @@ def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_
     from sensors.imaging import encode_jpeg
     from sensors.recorder import Recorder
 
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise ConfigError(f"--duration {duration_s:g}: must be a positive number of seconds; leave it out to record "
+                          "until the sources end or Ctrl-C")
     rig = load_rig(rig_path)
     parsed = [parse_camera_arg(a, rig.cameras) for a in cameras]
     names = [n for n, _ in parsed]
@@ -69,6 +75,9 @@ def record(out: str | Path, cameras: Iterable[str], can: str | None = None, rig_
     # The Recorder creates OUT empty: a video, CAN log or rig file given as a source would be gone before it is read.
     refuse_overwrite(out, [rig_path, *(src for _, src in parsed if source_kind(src) == "file"),
                            can if can is not None and _is_can_file(can) else None], "--out")
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(f"--out {out}: exists already (a drive recorded before?); give another path, or --overwrite "
+                          "to record over it")
 
     sources = []  # opened before recording starts, so a bad source fails the command up front
     try:
@@ -154,17 +163,28 @@ def start_together(sources, clock) -> int:
 
 class _CanFileReplay:
     """A CAN log file played like a live bus: cycles and odometry restamped onto the recorder's clock, in real
-    time, the first at `start_ns` (None: the clock when iteration starts)."""
+    time, the first at `start_ns` (None: the clock when iteration starts). The file is read up to its first cycle
+    or odometry sample when opened, so that one that is not a CAN log of these buses fails before recording starts:
+    LogFormatError."""
 
     def __init__(self, path: str, clock, start_ns: int | None = None):
         from sensors.drivers.can_log import read_can_log
 
         self.path, self.clock, self.start_ns = path, clock, start_ns
         self._cycles = read_can_log(path, odometry=True)
+        try:
+            self._first = next(self._cycles, None)
+        except BaseException:
+            self.close()
+            raise
+        if self._first is None:
+            raise LogFormatError(f"--can {path}: holds no ultrasonic cycle nor VEH_Motion frame of sensors/can/uss.dbc "
+                                 "and vehicle.dbc (no CAN frames of these buses, or not a CAN log); give the log of "
+                                 "the car's ultrasonic bus")
 
     def __iter__(self):
         origin = None
-        for cycle in self._cycles:
+        for cycle in itertools.chain([self._first] if self._first is not None else [], self._cycles):
             if origin is None:
                 origin = (self.clock() if self.start_ns is None else self.start_ns, cycle.stamp_ns)
             due = origin[0] + (cycle.stamp_ns - origin[1])

@@ -487,6 +487,14 @@ def test_convert_to_can_end_to_end_from_mcap(tmp_path, rig, capsys):
     out = tmp_path / "drive.log"
     assert main(["convert", "to-can", str(drive), str(out)]) == 0
     assert "8 ultrasonic cycles and 30 odometry samples in" in capsys.readouterr().out
+    # Into a folder that does not exist yet: made, as eval and register-model make theirs; a file on the way is said.
+    deep = tmp_path / "new" / "dir" / "drive.asc"
+    assert main(["convert", "to-can", str(drive), str(deep)]) == 0
+    assert sorted(p.name for p in deep.parent.iterdir()) == ["drive.asc"]
+    capsys.readouterr()
+    assert main(["convert", "to-can", str(drive), str(out / "x.log")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create its folder {out}" in err and "partial" not in err
     poses = [o.pose.x for o in read_can_log(out, odometry=True) if isinstance(o, Odometry)]
     assert np.allclose(poses, [o.pose.x for o in odometry], atol=1e-3)
     decoder = UssCanDecoder()

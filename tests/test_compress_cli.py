@@ -50,6 +50,51 @@ def test_bad_input_ends_in_one_line(capsys, tmp_path):
         assert err.count("\n") == 1 and said in err, err
 
 
+@pytest.mark.parametrize(("method", "args", "said"), [
+    ("int8-ptq", ["--opt", "calibraton=entropy"], "unknown option --opt calibraton (did you mean calibration?)"),
+    ("int8-ptq", ["--opt", "unknown_key=1"], "unknown option --opt unknown_key; int8-ptq reads calib_frames, "
+                                             "calibration, percentile, targets, threads"),
+    ("int8-ptq", ["--steps", "500"], "--steps (--opt steps) is not used by int8-ptq"),
+    ("qat", ["--calibration", "entropy"], "--calibration (--opt calibration) is not used by qat"),
+    ("qat-int4", ["--opt", "weights=int8"], "--opt weights is not used by qat-int4"),
+    ("prune-magnitude", ["--opt", "kd=true"], "--opt kd is not used by prune-magnitude"),
+    ("prune-lamp", ["--opt", "sparsty=0.5"], "(did you mean sparsity?)"),
+    ("qat", ["--steps", "0"], "qat-int8: --steps 0 fine-tunes nothing"),
+])
+def test_an_option_the_method_does_not_read_is_a_one_line_error(tmp_path, capsys, method, args, said):
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    assert main(["compress", "--method", method, "--from", "nowhere", "--out", "x", "--data", str(tmp_path),
+                 *args, "--manifest", str(manifest), "--no-measure"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err, err
+    assert not manifest.parent.exists()  # refused before anything was made
+
+
+def test_compress_refuses_a_zoo_name_or_file_it_would_replace(tmp_path, capsys):
+    from deploy.zoo import ZooModel, register
+
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    manifest.parent.mkdir()
+    for name, stem in (("m", "m-r2"), ("m-int8", "m-int8"), ("n-tensorrt", "n-tensorrt")):
+        (manifest.parent / f"{stem}.onnx").write_bytes(name.encode())
+        register(ZooModel(name, manifest.parent / f"{stem}.onnx", "", "m"), manifest)
+    before = {p.name: p.read_bytes() for p in manifest.parent.iterdir()}
+    args = ["compress", "--method", "int8-ptq", "--from", "nowhere", "--data", str(tmp_path), "--manifest",
+            str(manifest)]
+    for out, said in (("m-int8", "zoo model m-int8 is in"), ("n", "zoo model n-tensorrt is in"),  # OUT-tensorrt too
+                      ("m-r2", "m-r2.onnx: is the file of zoo model m")):
+        assert main([*args, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+    assert "give --replace to replace it" in err or "choose another file name" in err
+    assert {p.name: p.read_bytes() for p in manifest.parent.iterdir()} == before
+    # --replace lets the name through to the method (here to its next check, the unknown source).
+    assert main([*args, "--out", "m-int8", "--replace"]) == 2
+    err = capsys.readouterr().err
+    assert "compress --from 'nowhere': neither a zoo model" in err and "`nearfield zoo list`" in err
+    assert "nearfield models" not in err  # no such command
+
+
 @pytest.mark.slow
 def test_int8_ptq_from_a_run_directory_is_registered_and_measured(tmp_path, rig, capsys):
     data = tmp_path / "data"
@@ -63,13 +108,15 @@ def test_int8_ptq_from_a_run_directory_is_registered_and_measured(tmp_path, rig,
     assert main(["compress", "--method", "int8-ptq", "--from", str(run), "--out", "t-int8", "--data", str(data),
                  "--calib-frames", "2", "--calibration", "percentile", "--opt", "targets=cpu", "--manifest",
                  str(manifest), "--threads", "1"]) == 0
+    assert f"{manifest}: no such zoo manifest, a new one was created" in capsys.readouterr().out
     zoo = read_zoo(manifest)
     assert list(zoo) == ["t-int8"]
     entry = zoo["t-int8"]
     assert entry.options["calibration"] == "percentile" and entry.options["calib_frames"] == 2
     assert entry.metrics  # measured on data/test
-    assert "t-int8: int8-ptq (cpu)" in capsys.readouterr().out
     assert main(["compress", "--method", "int8-ptq", "--from", str(run), "--out", "t-int8b", "--data", str(data),
                  "--calib-frames", "2", "--opt", "targets=cpu", "--manifest", str(manifest), "--threads", "1",
                  "--no-measure"]) == 0
     assert read_zoo(manifest)["t-int8b"].metrics == {}  # registered, measuring left for `zoo measure`
+    out = capsys.readouterr().out
+    assert "t-int8b: int8-ptq (cpu)" in out and "a new one was created" not in out

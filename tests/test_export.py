@@ -261,3 +261,87 @@ def test_a_file_that_fails_a_check_is_neither_registered_nor_left(run_dir, sim_l
 def test_export_without_a_destination_is_one_line(run_dir, capsys):
     assert main(["export", "--model", str(run_dir)]) == 2
     assert "give --out FILE.onnx, --register ZOONAME, or both" in capsys.readouterr().err
+
+
+def test_export_never_writes_over_an_input_or_another_zoo_model_s_file(run_dir, sim_log, tmp_path, capsys):
+    import shutil
+
+    from deploy.zoo import ZooModel, register
+
+    drive = tmp_path / "val" / "val-000.mcap"
+    drive.parent.mkdir()
+    shutil.copyfile(sim_log, drive)
+    kept = drive.read_bytes()
+    assert main(["export", "--model", str(run_dir), "--out", str(drive), "--parity-data", str(drive)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is an input of this command" in err
+    assert drive.read_bytes() == kept  # the drive log is still there, whole
+    assert main(["export", "--model", str(run_dir), "--out", str(run_dir / "last.safetensors")]) == 2
+    assert "is an input of this command" in capsys.readouterr().err
+    # The file of a zoo model, in the manifest beside it or the one registered into.
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    manifest.parent.mkdir()
+    theirs = manifest.parent / "m-r5.onnx"
+    theirs.write_bytes(b"zoo model m's file")
+    register(ZooModel("m", theirs, "", "m"), manifest)
+    for extra in ([], ["--register", "fresh", "--manifest", str(manifest)]):
+        assert main(["export", "--model", str(run_dir), "--out", str(theirs), "--parity-data", str(drive),
+                     *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "m-r5.onnx: is the file of zoo model m" in err, err
+    assert theirs.read_bytes() == b"zoo model m's file" and list(read_zoo(manifest)) == ["m"]
+
+
+def test_a_failed_check_leaves_what_was_at_out(run_dir, sim_log, tmp_path, capsys, monkeypatch):
+    import deploy.checks
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the previous build")
+    with monkeypatch.context() as m:
+        m.setattr(deploy.checks, "check_operators", lambda proto, table=None: ["node x: operator Foo"])
+        assert main(["export", "--model", str(run_dir), "--out", str(out), "--parity-data", str(sim_log),
+                     "--parity-frames", "1"]) == 2
+    assert "operator Foo" in capsys.readouterr().err
+    assert out.read_bytes() == b"the previous build" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    assert main(["export", "--model", str(run_dir), "--out", str(out), "--parity-data", str(sim_log),
+                 "--parity-frames", "1"]) == 0  # passing every check, it takes the place
+    check_onnx(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_export_replaces_a_zoo_model_only_with_replace(run_dir, small, sim_log, tmp_path, capsys, caplog):
+    from deploy.zoo import set_operating_point, update_metrics
+
+    model, config, _ = small
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    args = ["export", "--register", "m", "--manifest", str(manifest), "--parity-data", str(sim_log),
+            "--parity-frames", "1"]
+    assert main([*args, "--model", str(run_dir)]) == 0
+    assert f"{manifest}: no such zoo manifest, a new one was created" in capsys.readouterr().out
+    update_metrics("m", {"test_miou": 0.4}, manifest)
+    set_operating_point("m", {"free_confidence": 0.9}, manifest)
+    before = manifest.read_bytes()
+    assert main([*args, "--model", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "zoo model m is in" in err and "--replace" in err and "zoo rename m m-old" in err
+    assert manifest.read_bytes() == before
+    assert main([*args, "--model", str(run_dir), "--replace"]) == 0  # the same weights: the same file, all holds
+    entry = read_zoo(manifest)["m"]
+    assert entry.metrics["test_miou"] == 0.4 and entry.operating_point == {"free_confidence": 0.9}
+    # Other weights: what was measured on the old file is dropped, and said so.
+    other = tmp_path / "run-2"
+    other.mkdir()
+    (other / "config.toml").write_text(config.to_toml())
+    changed = FusionNet(config).eval()
+    changed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        next(changed.parameters()).add_(0.01)
+    sha = save_weights(changed, other / "last.safetensors", "float32")
+    (other / "last.json").write_text(json.dumps({"weights_sha256": sha, "step": 1}))
+    with caplog.at_level("WARNING", logger="deploy.zoo"):
+        assert main([*args, "--model", str(other), "--replace"]) == 0
+    entry = read_zoo(manifest)["m"]
+    assert "test_miou" not in entry.metrics and not entry.operating_point and entry.parent == str(other)
+    assert "figures (test_miou)" in caplog.text and "operating point (free_confidence 0.9)" in caplog.text
+    assert main(["export", "--model", str(run_dir), "--out", str(tmp_path / "x.onnx"), "--replace"]) == 2
+    assert "--replace replaces a zoo model; it needs --register" in capsys.readouterr().err

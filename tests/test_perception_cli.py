@@ -333,6 +333,58 @@ def test_register_model_writes_the_manifest_entry(setup, run_dir, tmp_path, caps
     capsys.readouterr()
 
 
+def test_register_model_replaces_a_name_only_with_replace(setup, run_dir, tmp_path, capsys):
+    manifest = tmp_path / "new" / "MODELS.toml"
+    args = ["register-model", str(run_dir), "--name", "nf-tiny", "--manifest", str(manifest)]
+    assert main([*args, "--data", "first"]) == 0
+    assert f"{manifest}: no such manifest, a new one was created" in capsys.readouterr().out
+    before = manifest.read_text()
+    assert main([*args, "--data", "second"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nf-tiny is registered already" in err and "--replace" in err, err
+    assert "nearfield zoo rename nf-tiny nf-tiny-old --with-trained" in err
+    assert manifest.read_text() == before
+    assert main([*args, "--data", "second", "--replace"]) == 0
+    assert "a new one was created" not in capsys.readouterr().out
+    assert 'data = "second"' in manifest.read_text()
+
+
+def test_operating_point_registers_only_into_a_zoo_model_made_from_the_model(setup, run_dir, tmp_path, capsys):
+    from deploy.commands.operating_point import check_derives, lineage
+    from deploy.zoo import ZooModel, read_zoo, register
+    from sensors.errors import ConfigError
+
+    root, _ = setup
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    manifest.parent.mkdir()
+    # e2gc: its parent is the baseline it is compared with; its trained model is in options.trained.
+    for name, parent, options in (("tiny", str(run_dir), {}), ("tiny-int8", "tiny", {}),
+                                  ("tiny-int8-pruned", "tiny-int8", {}), ("uss", "uss", {}),
+                                  ("e2gc", "uss", {"trained": "e2gc"})):
+        (manifest.parent / f"{name}.onnx").write_bytes(name.encode())
+        register(ZooModel(name, manifest.parent / f"{name}.onnx", "", parent, options=options), manifest)
+    zoo = read_zoo(manifest)
+    assert lineage("tiny-int8-pruned", zoo) == ["tiny-int8-pruned", "tiny-int8", "tiny", str(run_dir)]
+    assert lineage("e2gc", zoo) == ["e2gc", "e2gc"]
+    for name in ("tiny", "tiny-int8", "tiny-int8-pruned"):
+        check_derives(name, str(run_dir), manifest)
+        check_derives(name, f"{run_dir}/", manifest)  # the same run directory, spelled otherwise
+    check_derives("tiny-int8-pruned", "tiny-int8", manifest)
+    check_derives("e2gc", "e2gc", manifest)
+    with pytest.raises(ConfigError, match="made from uss, not from --model e2gc"):
+        check_derives("uss", "e2gc", manifest)
+    # From the command line: refused before any log is read, nothing registered.
+    drives = [str(root / "data" / "val")]
+    assert main(["operating-point", "--model", str(run_dir), "--data", *drives, "--register", "uss", "--manifest",
+                 str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"that zoo model is made from uss, not from --model {run_dir}" in err, err
+    assert not read_zoo(manifest)["uss"].operating_point
+    assert main(["operating-point", "--model", str(run_dir), "--data", *drives, "--register", "tiny", "--manifest",
+                 str(tmp_path / "nope.toml")]) == 2
+    assert "no such zoo manifest" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys):
     root, config = setup
     assert main(["eval", "--model", "no-such-model", "--data", str(root / "data" / "val")]) == 2

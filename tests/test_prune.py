@@ -190,6 +190,16 @@ def test_compress_dispatches_without_data_when_no_fine_tuning(tmp_path, source):
         compress("prune-structured", source, "p1", None, {**QUIET, "steps": 1}, tmp_path / "ZOO.toml")
     with pytest.raises(ConfigError, match="flops_ratio='half'"):
         compress("prune-structured", source, "p2", None, {**QUIET, "flops_ratio": "half"}, tmp_path / "ZOO.toml")
+    # The same name again: refused before pruning, unless replacing, which the method's registration then does.
+    before = (tmp_path / "ZOO.toml").read_bytes()
+    with pytest.raises(ConfigError, match=r"zoo model p0 is in .* already"):
+        compress("prune-structured", source, "p0", None, {**QUIET, "steps": 0, "flops_ratio": "0.5"},
+                 tmp_path / "ZOO.toml")
+    assert (tmp_path / "ZOO.toml").read_bytes() == before
+    again = compress("prune-structured", source, "p0", None, {**QUIET, "steps": 0, "flops_ratio": "0.5"},
+                     tmp_path / "ZOO.toml", replace=True)
+    assert again.options["flops_ratio"] == 0.5 and again.verified_onnx()
+    assert "calibration" not in again.options  # only the options the method reads are recorded
 
 
 # --- unstructured -----------------------------------------------------------------------------------------------

@@ -112,3 +112,59 @@ def test_record_rejects_bad_arguments(tmp_path, small_rig):
     with pytest.raises(ConfigError, match=r"--can .*missing\.log: no such CAN log file"):
         record(tmp_path / "x.mcap", [], can=str(tmp_path / "missing.log"), rig_path=rig_path)
     assert not (tmp_path / "x.mcap").exists()
+
+
+def _can_log(path, cycles=4, period_ns=50_000_000):
+    from sensors.drivers.can_log import write_can_log
+
+    t0 = 1_700_000_000_000_000_000
+    write_can_log([UssCycle(t0 + k * period_ns, k, [0, 1], [0, 2], [1.25, 2.5], [0.8, 0.3],
+                            {i: UssStatus.OK for i in range(12)}) for k in range(cycles)], path)
+    return path
+
+
+def test_record_refuses_an_existing_out_unless_overwrite(tmp_path, small_rig, capsys):
+    from app.cli import main
+
+    rig_path, _ = small_rig
+    can_log = str(_can_log(tmp_path / "bus.log"))
+    out = tmp_path / "drive.mcap"
+    out.write_bytes(b"a drive recorded before")
+    with pytest.raises(ConfigError, match=r"exists already.*--overwrite"):
+        record(out, [], can=can_log, rig_path=rig_path, install_signals=False)
+    assert main(["record", "--can", can_log, "--rig", str(rig_path), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"a drive recorded before"
+    assert main(["record", "--can", can_log, "--rig", str(rig_path), "--out", str(out), "--overwrite"]) == 0
+    assert "/uss/echoes 4" in capsys.readouterr().out
+    with LogReader(out) as reader:
+        assert reader.summary().topics["/uss/echoes"].count == 4
+
+
+@pytest.mark.parametrize("duration", [0.0, -1.0, float("nan"), float("inf")])
+def test_record_refuses_a_duration_that_is_not_a_positive_time(tmp_path, small_rig, duration):
+    rig_path, _ = small_rig
+    with pytest.raises(ConfigError, match=r"--duration .*positive number of seconds"):
+        record(tmp_path / "x.mcap", [], can=str(_can_log(tmp_path / "bus.log")), rig_path=rig_path,
+               duration_s=duration, install_signals=False)
+    assert not (tmp_path / "x.mcap").exists()
+
+
+@pytest.mark.parametrize(("name", "content", "said"), [
+    ("garbage.log", b"this is not candump\nnor this\n", "unreadable CAN record"),
+    ("garbage.blf", b"\x00\x01 not a blf container" * 10, "not a readable .blf CAN log"),
+    ("garbage.asc", b"hello\nworld\n", "holds no ultrasonic cycle"),
+    ("notes/bus.txt", b"(1.0) can0 300#00\n", "not a CAN log"),
+])
+def test_a_can_file_that_is_no_can_log_fails_before_recording(tmp_path, small_rig, capsys, name, content, said):
+    from app.cli import main
+
+    rig_path, _ = small_rig
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
+    out = tmp_path / "rec" / "x.mcap"
+    assert main(["record", "--can", str(path), "--rig", str(rig_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err, err
+    assert not out.exists()

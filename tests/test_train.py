@@ -310,6 +310,26 @@ def test_train_from_dir_joins_several_training_folders(tmp_path, rig, monkeypatc
         tr.train_from_dir(TINY, root, tmp_path / "run", TrainOptions(**QUIET), train_splits=["val"])
 
 
+def test_registering_a_name_again_needs_replace_and_says_what_it_drops(tmp_path, run, caplog):
+    manifest = tmp_path / "weights" / "MODELS.toml"
+    register_trained(run[0], "nf-tiny", "first data", manifest, stem="nf-tiny-r1")
+    before = manifest.read_bytes()
+    with pytest.raises(ConfigError, match=r"nf-tiny is registered already .*--replace.*zoo rename nf-tiny nf-tiny-old "
+                                          r"--with-trained"):
+        register_trained(run[0], "nf-tiny", "second data", manifest, stem="nf-tiny-r2")
+    assert manifest.read_bytes() == before and not (manifest.parent / "nf-tiny-r2.safetensors").exists()
+    with caplog.at_level("WARNING", logger="perception.registry"):
+        entry = register_trained(run[0], "nf-tiny", "second data", manifest, stem="nf-tiny-r2", replace=True)
+    assert entry.data == "second data" and read_manifest(manifest)["nf-tiny"].weights.name == "nf-tiny-r2.safetensors"
+    said = caplog.text
+    assert "nf-tiny replaced" in said and "nf-tiny-r1.safetensors" in said and "'first data'" in said
+    assert (manifest.parent / "nf-tiny-r1.safetensors").is_file()  # the old files stay, as said
+    # A manifest that is not UTF-8 text is a ConfigError naming it, not a UnicodeDecodeError.
+    manifest.write_bytes(b"\xff\xfe[nf-tiny]\n")
+    with pytest.raises(ConfigError, match=r"MODELS\.toml: unreadable model manifest"):
+        read_manifest(manifest)
+
+
 def test_a_new_revision_is_registered_beside_the_files_it_replaces(tmp_path, run):
     manifest = tmp_path / "weights" / "MODELS.toml"
     old = register_trained(run[0], "nf-tiny", "first", manifest)

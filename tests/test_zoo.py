@@ -125,6 +125,46 @@ def test_a_missing_or_empty_manifest_given_explicitly_is_an_error(tmp_path, caps
     assert f"{empty}: the zoo manifest lists no model" in capsys.readouterr().err
 
 
+def test_registering_a_zoo_name_again_needs_replace_and_drops_only_what_no_longer_holds(tmp_path, caplog):
+    from deploy.zoo import set_operating_point
+
+    manifest = tmp_path / "zoo" / "ZOO.toml"
+    manifest.parent.mkdir()
+    files = {}
+    for name in ("a", "a-r2", "a-int8"):
+        files[name] = manifest.parent / f"{name}.onnx"
+        files[name].write_bytes(f"the file {name}".encode())
+    register(ZooModel("a", files["a"], "", "a"), manifest)
+    register(ZooModel("a-int8", files["a-int8"], "", "a", "int8-ptq"), manifest)
+    update_metrics("a", {"test_miou": 0.5, "parity_max_abs": 1e-6}, manifest)
+    set_operating_point("a", {"free_confidence": 0.9}, manifest)
+    before = manifest.read_bytes()
+    with pytest.raises(ConfigError, match=r"zoo model a is in .* already \(fp32, file a.onnx, parent a, measured "
+                                          r"figures, an operating point\); give --replace .*`nearfield zoo rename a "
+                                          r"a-old \[--with-trained\]`"):
+        register(ZooModel("a", files["a-r2"], "", "run-2"), manifest)
+    # Another entry's file is not taken over either, whatever the name.
+    with pytest.raises(ConfigError, match=r"a-int8\.onnx: is the file of zoo model a-int8"):
+        register(ZooModel("b", files["a-int8"], "", "a"), manifest)
+    assert manifest.read_bytes() == before
+    # The same file again (an identical re-export): its figures and operating point still hold.
+    same = register(ZooModel("a", files["a"], "", "a", metrics={"parity_max_abs": 2e-6}), manifest, replace=True)
+    assert same.metrics == {"test_miou": 0.5, "parity_max_abs": 2e-6} and same.operating_point == {
+        "free_confidence": 0.9}
+    # Another file: they were measured on what is gone; dropped, and said so, with the entries made from the old one.
+    with caplog.at_level("WARNING", logger="deploy.zoo"):
+        new = register(ZooModel("a", files["a-r2"], "", "run-2"), manifest, replace=True)
+    assert new.metrics == {} and new.operating_point == {} and list(read_zoo(manifest)) == ["a", "a-int8"]
+    said = caplog.text
+    for words in ("zoo model a replaced", "figures (test_miou)", "operating point (free_confidence 0.9)",
+                  "parent a -> run-2", "still naming it: a-int8"):
+        assert words in said, said
+    # A manifest that is not UTF-8 text is one line, not a traceback.
+    manifest.write_bytes(b"\xff\xfe[a]\n")
+    with pytest.raises(ConfigError, match="unreadable zoo manifest"):
+        read_zoo(manifest)
+
+
 def test_every_zoo_action_takes_manifest_after_it_too(zoo, capsys):
     assert main(["zoo", "--manifest", str(zoo), "list"]) == 0
     before = capsys.readouterr().out

@@ -27,6 +27,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                                                               "(measure several models later, one after the other, "
                                                               "with `nearfield zoo measure`)")
     c.add_argument("--manifest", help="zoo manifest (default: deploy/zoo/ZOO.toml)")
+    c.add_argument("--replace", action="store_true",
+                   help="replace the zoo model(s) of that name if there are any (what was measured on the old files is "
+                        "dropped, with a warning); `nearfield zoo rename OLD NEW` keeps one instead")
     c.set_defaults(func=_compress)
 
 
@@ -77,8 +80,12 @@ def _compress(args) -> int:
     for key in ("steps", "calib_frames", "calibration", "threads"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    created = not manifest.exists()
     before = {n: m.sha256 for n, m in read_zoo(manifest).items()}
-    compress(args.method, args.source, args.out, args.data, options, manifest, measure=not args.no_measure)
+    compress(args.method, args.source, args.out, args.data, options, manifest, measure=not args.no_measure,
+             replace=args.replace)
+    if created:
+        print(f"{manifest}: no such zoo manifest, a new one was created")
     for name, m in read_zoo(manifest).items():
         if before.get(name) != m.sha256:
             figures = ", ".join(f"{k} {v}" for k, v in m.metrics.items() if isinstance(v, (int, float)))

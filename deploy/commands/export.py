@@ -26,6 +26,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     e.add_argument("--manifest", help="zoo manifest for --register (default: deploy/zoo/ZOO.toml)")
     e.add_argument("--file", metavar="STEM", help="with --register: the zoo file STEM.onnx (default: the zoo name; a "
                                                   "new revision of a model gets a file of its own)")
+    e.add_argument("--replace", action="store_true",
+                   help="with --register: replace the zoo model of that name if there is one (what was measured on its "
+                        "old file is dropped, with a warning); `nearfield zoo rename OLD NEW` keeps it instead")
     e.add_argument("--parity-data", nargs="+", help="drive logs for the parity check (default: a small drive "
                                                     "simulated for it)")
     e.add_argument("--parity-frames", type=int, default=4, help="frames compared with torch (default 4)")
@@ -89,14 +92,27 @@ def _export(args) -> int:
         from sensors.errors import ConfigError
 
         raise ConfigError("export: --file names the zoo file; it needs --register ZOONAME")
+    if args.replace and not args.register:
+        from sensors.errors import ConfigError
+
+        raise ConfigError("export: --replace replaces a zoo model; it needs --register ZOONAME")
+    created = bool(args.register) and not _manifest_path(args).exists()
     path, report = export_checked(args.model, args.out, args.register, args.manifest, args.parity_data,
-                                  args.parity_frames, stem=args.file)
+                                  args.parity_frames, stem=args.file, replace=args.replace)
     size = path.stat().st_size / 1e6
     print(f"{path}: {size:.1f} MB, opset 17, ONNX checker and TensorRT operators passed")
     print(report)
+    if created:
+        print(f"{_manifest_path(args)}: no such zoo manifest, a new one was created")
     if args.register:
         print(f"registered as {args.register} in {_manifest(args)}")
     return 0
+
+
+def _manifest_path(args) -> Path:
+    from deploy.zoo import MANIFEST
+
+    return Path(args.manifest) if args.manifest else MANIFEST
 
 
 def zoo_rows(manifest: str | Path) -> list[dict[str, Any]]:

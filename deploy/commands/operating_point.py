@@ -57,9 +57,11 @@ def _operating_point(args) -> int:
         refuse_overwrite(args.json, find_logs(args.data), "--json")
     check_recall_goal(args.recall_goal)  # the goal and the zoo model are checked before any log is read
     if args.register:
-        from deploy.zoo import MANIFEST, get_model
+        from deploy.zoo import MANIFEST, read_zoo
 
-        get_model(args.register, args.manifest or MANIFEST)
+        if args.manifest:
+            read_zoo(args.manifest, required=True)  # a mistyped path is not an empty zoo
+        check_derives(args.register, args.model, args.manifest or MANIFEST)
     model, config = load_trained(args.model)
     results = evaluate_logs_settings(model, args.data, settings, device=args.device, batch_size=args.batch_size,
                                      progress=sys.stderr.isatty(), memory_decay=args.memory,
@@ -81,6 +83,38 @@ def _operating_point(args) -> int:
     if args.register:
         _register_operating_point(args, settings, results)
     return 0
+
+
+def lineage(name: str, models: dict) -> list[str]:
+    """Zoo model NAME and what it was made from, back to the trained model: each entry's parent (for an entry that
+    names its trained model in options.trained, as an E2GC one whose parent is the baseline it is compared with,
+    that one), followed through the zoo while it names another zoo model."""
+    out, current = [name], models[name]
+    while True:
+        trained = current.options.get("trained")
+        origin = trained if isinstance(trained, str) else current.parent
+        out.append(origin)
+        # A zoo model's parent of its own name is the trained model it was exported from.
+        if origin == current.name or origin not in models or origin in out[:-1]:
+            return out
+        current = models[origin]
+
+
+def check_derives(zoo_name: str, model: str, manifest: str | Path) -> None:
+    """ConfigError unless zoo model ZOO_NAME is MODEL (a trained model's name or run directory) exported, or made
+    from it (lineage): an operating point chosen on one network says nothing about another's outputs."""
+    from deploy.zoo import get_model, read_zoo
+    from sensors.errors import ConfigError
+    from sensors.files import same_file
+
+    get_model(zoo_name, manifest)
+    chain = lineage(zoo_name, read_zoo(manifest))
+    if any(model == c or (Path(model).is_dir() and same_file(model, c)) for c in chain):
+        return
+    raise ConfigError(f"operating-point --register {zoo_name}: that zoo model is made from "
+                      f"{' <- '.join(chain[1:])}, not from --model {model}; the operating point is chosen on "
+                      f"{model}'s outputs, so register it into {model}'s own zoo model or one made from it (`nearfield "
+                      f"zoo list` shows the parents), or choose it with --model {chain[-1]}")
 
 
 def _register_operating_point(args, settings, results) -> None:

@@ -163,6 +163,11 @@ def log_to_can(log_path: str | Path, out_path: str | Path, db=None, channel: str
                              f"{', '.join(CAN_LOG_SUFFIXES)}")
     partial = out_path.with_name(f"{out_path.stem}.partial{out_path.suffix}")
     refuse_overwrite([out_path, partial], [log_path], "to-can OUT")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)  # as every other command that writes a file does
+    except (FileExistsError, NotADirectoryError):
+        raise LogFormatError(f"{out_path}: cannot create its folder {out_path.parent}: it, or a folder above it, is a "
+                             "file") from None
     # The MCAP layer is only needed for this conversion.
     from sensors.log import LogReader
     from sensors.schemas import ODOMETRY_TOPIC, USS_TOPIC

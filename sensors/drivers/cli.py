@@ -33,9 +33,11 @@ def register(commands, bench) -> None:
     r.add_argument("--can", metavar="CHANNEL|FILE", help="CAN channel (e.g. can0) or CAN log file (.log/.asc/.blf)")
     r.add_argument("--can-interface", default="socketcan", help="python-can interface for a channel (default "
                                                                 "socketcan)")
-    r.add_argument("--duration", type=float, help="stop after this many seconds (default: until the sources end "
-                   "or Ctrl-C)")
+    r.add_argument("--duration", type=float, help="stop after this many seconds, more than 0 (default: until the "
+                   "sources end or Ctrl-C)")
     r.add_argument("--out", required=True, help="the log to write (.mcap)")
+    r.add_argument("--overwrite", action="store_true", help="record over an existing --out (refused otherwise: it is "
+                                                            "most likely a drive recorded before)")
     r.set_defaults(func=_record)
     b = bench.add_parser("can", help="USS CAN codec throughput (encode and decode frames per second)")
     b.add_argument("--cycles", type=int, default=300, help="ultrasonic cycles encoded and decoded (default 300)")
@@ -56,7 +58,8 @@ def _to_can(args) -> int:
 def _record(args) -> int:
     from sensors.live import record
 
-    result = record(args.out, args.camera, args.can, args.rig, args.can_interface, args.duration)
+    result = record(args.out, args.camera, args.can, args.rig, args.can_interface, args.duration,
+                    overwrite=args.overwrite)
     counts = ", ".join(f"{t} {n}" for t, n in sorted(result.counts.items())) or "nothing"
     print(f"{result.path}: {result.seconds:.1f} s recorded: {counts}")
     for err in result.errors:
