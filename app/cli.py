@@ -15,7 +15,7 @@ from sensors.errors import NearfieldError
 
 # Modules with `register(commands, bench)`; imported in this order, each optional until its package exists.
 COMMAND_MODULES = (
-    "sim_data.cli", "sensors.cli", "sensors.drivers.cli", "perception.cli", "perception.register_command", "deploy.cli",
+    "sim_data.cli", "sensors.cli", "sensors.drivers.cli", "perception.cli", "deploy.cli",
     "app.commands",
 )
 

@@ -86,6 +86,9 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    "by validation mIoU, else last)")
     r.add_argument("--file", metavar="STEM", help="weights and config file names beside the manifest (default: the "
                    "name; a new revision of a model gets files of its own, e.g. nf-small-r2)")
+    r.add_argument("--replace", action="store_true",
+                   help="replace the entry of that name if there is one (its data text, val mIoU and sha256 are "
+                        "dropped; `nearfield zoo rename OLD NEW --with-trained` keeps it instead)")
     r.set_defaults(func=_register_model)
 
     bt = bench.add_parser("train", help="training samples per second (synthetic batches, no data loading)")
@@ -220,9 +223,12 @@ def _report(args) -> int:
 def _register_model(args) -> int:
     from perception.registry import MANIFEST, register_trained
 
-    manifest = args.manifest or MANIFEST
+    manifest = Path(args.manifest or MANIFEST)
+    created = not manifest.exists()
     entry = register_trained(args.run_dir, args.name, args.data, manifest, args.dtype, stem=args.file,
-                             checkpoint=args.checkpoint)
+                             checkpoint=args.checkpoint, replace=args.replace)
+    if created:
+        print(f"{manifest}: no such manifest, a new one was created")
     miou = "–" if entry.val_miou is None else f"{100 * entry.val_miou:.1f}%"
     print(f"{manifest}: {entry.name} -> {entry.weights.name} ({entry.dtype}, sha256 {entry.sha256[:16]}..., "
           f"val mIoU {miou})")

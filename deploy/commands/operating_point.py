@@ -20,8 +20,8 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
     op.add_argument("--data", required=True, nargs="+",
                     help="MCAP drive logs or directories of them: a validation split (val-paired), not the test split")
     op.add_argument("--free-confidence", type=float, nargs="+", metavar="P",
-                    help="the biases to try (0.5..1; the argmax is always tried too; default: 0.7 0.8 0.9 0.95 0.98 "
-                         "0.99)")
+                    help="the biases to try (0.5 <= P < 1; the argmax is always tried too; default: 0.7 0.8 0.9 0.95 "
+                         "0.98 0.99)")
     op.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
     op.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP + " (every setting scored with it, "
                                                                                "and registered with the choice)")

@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction, bench: argparse._SubParsersAc
                    help="keep: publish late frames, flagged; drop: withhold their maps (always recorded)")
     r.add_argument("--free-confidence", type=float, metavar="P",
                    help="near-field bias: within 1 m of the body call a cell free only where the model gives FREE at "
-                        "least P (0.5..1; default: the argmax); more warnings, fewer misses beside the car")
+                        "least P (0.5 <= P < 1; default: the argmax); more warnings, fewer misses beside the car")
     r.add_argument("--memory", type=float, nargs="?", const=DEFAULT_DECAY, metavar="DECAY", help=MEMORY_HELP)
     r.add_argument("--echo-floor", action="store_true", help=ECHO_FLOOR_HELP)
     r.add_argument("--operating-point", action="store_true",
