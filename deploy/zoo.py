@@ -344,7 +344,8 @@ def rename(old: str, new: str, manifest: str | Path = MANIFEST, trained_manifest
         follows = m.parent == old and (name != old or trained_renamed)
         m = replace(m, parent=new if follows else m.parent, options=options)
         if name == old:
-            m = replace(m, name=new, metrics=renamed_commands(m.metrics, old, new))
+            m = replace(m, name=new, metrics=renamed_commands(m.metrics, old, new),
+                        operating_point=renamed_operating_point(m.operating_point, old, new, trained_renamed))
         out[new if name == old else name] = m
     write_zoo(out, manifest)
 
@@ -377,6 +378,25 @@ def renamed_commands(metrics: dict[str, Any], old: str, new: str) -> dict[str, A
         words = str(out.get(key, "")).split(" ")
         if words[:4] == ["nearfield", "zoo", "measure", old]:
             out[key] = " ".join([*words[:3], new, *words[4:]])
+    return out
+
+
+def renamed_operating_point(point: dict[str, Any], old: str, new: str, trained_renamed: bool) -> dict[str, Any]:
+    """OLD's registered operating point, renamed with it: the command's `--register OLD` names NEW; the trained model
+    it was chosen with (`chosen_with`, `--model`) only where that was renamed too (`--with-trained`), so that the
+    record names the model the point was really chosen on and rerunning its command chooses it again."""
+    if not point:
+        return point
+    out = dict(point)
+    renames = {"--register": True, "--model": trained_renamed}
+    words = str(out.get("command", "")).split(" ")
+    for i in range(len(words) - 1):
+        if renames.get(words[i]) and words[i + 1] == old:
+            words[i + 1] = new
+    if "command" in out:
+        out["command"] = " ".join(words)
+    if trained_renamed and out.get("chosen_with") == old:
+        out["chosen_with"] = new
     return out
 
 

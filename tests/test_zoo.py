@@ -422,6 +422,32 @@ def test_rename_keeps_the_entry_s_parent_a_trained_model_that_exists(zoo, tmp_pa
     assert read_zoo(zoo)["tiny-r2"].parent == "tiny-r2" and set(read_manifest(trained)) == {"tiny-r2"}
 
 
+def test_rename_carries_the_operating_point_s_record_with_the_model(zoo, tmp_path):
+    """The point's command registers into the renamed zoo model; the trained model it was chosen with follows only
+    when that was renamed too (the shipped nf-small-r4 still said it was chosen with nf-small, revision 5's name)."""
+    from deploy.zoo import rename
+
+    models = read_zoo(zoo)
+    point = {"free_confidence": 0.9, "chosen_with": "tiny",
+             "command": "nearfield operating-point --model tiny --data data/val-paired --memory 0.95 --register tiny"}
+    models["tiny"] = replace(models["tiny"], parent="tiny", operating_point=point)
+    write_zoo(models, zoo)
+    rename("tiny", "tiny-r1", zoo)  # the trained model keeps its name: so does the record of what chose the point
+    op = read_zoo(zoo)["tiny-r1"].operating_point
+    assert op["chosen_with"] == "tiny" and op["free_confidence"] == 0.9
+    assert op["command"].endswith("--model tiny --data data/val-paired --memory 0.95 --register tiny-r1")
+    trained = tmp_path / "MODELS.toml"
+    trained.write_text('[tiny-r1]\nconfig = "nf-small"\nweights = "tiny.safetensors"\nsha256 = "ab"\n')
+    models = read_zoo(zoo)
+    models["tiny-r1"] = replace(models["tiny-r1"], operating_point={**point, "chosen_with": "tiny-r1", "command":
+                                point["command"].replace("tiny", "tiny-r1")})
+    write_zoo(models, zoo)
+    rename("tiny-r1", "tiny-r2", zoo, trained_manifest=trained)
+    op = read_zoo(zoo)["tiny-r2"].operating_point
+    assert op["chosen_with"] == "tiny-r2" and "--model tiny-r2 " in op["command"]
+    assert op["command"].endswith("--register tiny-r2")
+
+
 def test_rename_rewrites_options_that_name_the_model(zoo, tmp_path):
     """A distilled entry's teachers and an E2GC entry's baseline keep naming the model that was used; the trained
     model behind an entry is rewritten only when the trained model is renamed too."""
