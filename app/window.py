@@ -146,6 +146,7 @@ class ViewerWindow(QMainWindow):
         plots do not crowd out the BEV, and a window made small and then large again gets its panels back (Qt
         leaves docks at whatever size a shrink squeezed them to). Runs whenever the window is resized; a dock
         dragged to another size keeps it until the window's size changes by more than a tenth."""
+        self.layout().activate()  # the docks laid out at the window's new size first, or resizeDocks clamps to the old
         w, h = self.width(), self.height()
         self._fitted = (w, h)
         docks = self.docks

@@ -268,7 +268,8 @@ def test_pictures_are_drawn_at_the_panels_size_and_the_docks_follow_the_window(q
     win.resize(*big)
     qtbot.waitUntil(lambda: win._fitted == big and drawn_at_panel_size(), timeout=TIMEOUT)
     plots, cams = win.docks["plots"], win.docks["cameras"]
-    assert plots.height() >= 0.2 * big[1] and cams.width() >= 0.3 * big[0]  # not left squeezed
+    qtbot.waitUntil(lambda: plots.height() >= 0.2 * big[1] and cams.width() >= 0.3 * big[0],  # not left squeezed
+                    timeout=TIMEOUT)
     assert min(win.bev.width(), win.bev.height()) >= 0.45 * big[1]  # the BEV has the rest
     grab(win, tmp_path / "big.png")
 
