@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from perception.postprocess import LEVEL_TOLERANCE_M, Sectors, warning_level
+from perception.postprocess import LEVEL_TOLERANCE_M, LEVELS_M, Sectors, warning_level
 from sensors.bev import BevGrid
 from sensors.classes import CLASS_COLORS, CLASS_NAMES, IGNORE, SemanticClass, colorize
 from sensors.imaging import outlined_text
@@ -24,7 +24,6 @@ CROSS_COLOR = (255, 80, 255)  # cross echoes: magenta ellipse arcs
 # green that could pass for a low obstacle.
 LEVEL_NAMES = ("clear", "caution", "warning", "stop")
 LEVEL_COLORS = ((110, 110, 120), (250, 220, 40), (255, 140, 20), (255, 30, 30))
-LEVELS_M = (1.5, 0.8, 0.3)  # SectorLayout's default; the viewer passes the layout's own (FrameView.levels_m)
 RING_OPACITY = 0.85
 FAILED_COLOR = (255, 40, 40)
 RECALLED_COLOR = (235, 235, 235)  # stripes over cells the near-field memory recalled

@@ -89,6 +89,8 @@ def body_cell_distance(body: VehicleBody, grid: BevGrid) -> np.ndarray:
 # an obstacle at exactly a level's distance was shown one level milder (at 0.3 and 0.8 m every such cell was, at
 # 1.5 m none). 0.1 mm is far below any sensor's or cell's resolution.
 LEVEL_TOLERANCE_M = 1e-4
+# A parking display's warning thresholds, clear -> stop: caution within 1.5 m, warning within 0.8 m, stop within 0.3 m.
+LEVELS_M = (1.5, 0.8, 0.3)
 
 
 def within(distance: np.ndarray, threshold_m) -> np.ndarray:
@@ -167,7 +169,7 @@ class SectorLayout:
     falls in. Cells inside the footprint are the ego car itself and never count.
     """
 
-    def __init__(self, rig: Rig, grid: BevGrid, count: int = 16, levels_m: tuple[float, ...] = (1.5, 0.8, 0.3)):
+    def __init__(self, rig: Rig, grid: BevGrid, count: int = 16, levels_m: tuple[float, ...] = LEVELS_M):
         if count < 4 or count % 2:
             raise ConfigError(f"SectorLayout: count must be an even number >= 4 (16 for a 4+4+4+4 layout), "
                               f"got {count}")

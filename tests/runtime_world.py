@@ -86,3 +86,13 @@ def spy_pipelines(monkeypatch, what):
 
     monkeypatch.setattr(rt, "Pipeline", Spy)
     return built
+
+
+def without_fv_and_last_truth(src: Path, dst: Path) -> Path:
+    """SRC with camera FV gone from every frame and the last frame's ground truth lost (as a log cut off mid-frame
+    loses it): a log whose scoring must count degraded frames and skip the unlabelled one."""
+    with LogReader(src) as reader:
+        last = max(m.stamp_ns for m in reader.messages() if isinstance(m.value, GroundTruth))
+    return rewrite_log(src, dst, keep=lambda m: not (
+        (isinstance(m.value, GroundTruth) and m.stamp_ns == last)
+        or (isinstance(m.value, CameraImage) and m.value.camera == "FV")))

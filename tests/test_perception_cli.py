@@ -93,19 +93,12 @@ def test_eval_writes_json_markdown_and_chart(setup, run_dir, tmp_path, capsys):
 
 
 def test_eval_counts_degraded_frames_and_skips_frames_without_ground_truth(setup, run_dir, tmp_path, capsys):
-    from runtime_world import rewrite_log
-
-    from sensors.log import LogReader
-    from sensors.messages import CameraImage, GroundTruth
+    from runtime_world import without_fv_and_last_truth
 
     root, _ = setup
     src = next((root / "data" / "val").glob("*.mcap"))
-    with LogReader(src) as reader:
-        last = max(m.stamp_ns for m in reader.messages() if isinstance(m.value, GroundTruth))
     # Camera FV gone from every frame (the report showed a plain "night" row), the last frame's ground truth lost.
-    log = rewrite_log(src, tmp_path / "no-fv.mcap", keep=lambda m: not (
-        (isinstance(m.value, GroundTruth) and m.stamp_ns == last)
-        or (isinstance(m.value, CameraImage) and m.value.camera == "FV")))
+    log = without_fv_and_last_truth(src, tmp_path / "no-fv.mcap")
     out = tmp_path / "eval" / "scores.json"
     assert main(["eval", "--model", str(run_dir), "--data", str(log), "--json", str(out)]) == 0
     result = json.loads(out.read_text())

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from runtime_world import rewrite_log  # noqa: E402
+from runtime_world import rewrite_log, without_fv_and_last_truth  # noqa: E402
 
 from app.cli import main  # noqa: E402
 from deploy.backends.ort import OrtBackend  # noqa: E402
@@ -29,7 +29,7 @@ from perception.postprocess import class_map  # noqa: E402
 from perception.preprocess import FramePreprocessor  # noqa: E402
 from sensors.errors import ChecksumError, ConfigError  # noqa: E402
 from sensors.log import LogReader  # noqa: E402
-from sensors.messages import CameraImage, GroundTruth  # noqa: E402
+from sensors.messages import GroundTruth  # noqa: E402
 from sensors.replay import replay_frames  # noqa: E402
 from sim_data.simulate import DriveSpec, simulate_drive  # noqa: E402
 
@@ -489,13 +489,9 @@ def test_eval_scores_a_deploy_model_through_the_runtime_pipeline(zoo, night_log,
 
 
 def test_eval_skips_frames_without_ground_truth_and_counts_degraded_frames(zoo, night_log, tmp_path, capsys):
-    with LogReader(night_log) as reader:
-        last = max(m.stamp_ns for m in reader.messages() if isinstance(m.value, GroundTruth))
     # The last frame's ground truth lost (as a log cut off mid-frame loses it; a frame of data/test/test-00-day.mcap
     # cut at byte 2,200,106 stopped the scoring), camera FV gone from every frame.
-    log = rewrite_log(night_log, tmp_path / "cut.mcap", keep=lambda m: not (
-        (isinstance(m.value, GroundTruth) and m.stamp_ns == last)
-        or (isinstance(m.value, CameraImage) and m.value.camera == "FV")))
+    log = without_fv_and_last_truth(night_log, tmp_path / "cut.mcap")
     out = tmp_path / "eval" / "cut.json"
     assert main(["eval", "--model", "tiny", "--manifest", str(zoo), "--data", str(log), "--threads", "1",
                  "--json", str(out)]) == 0
